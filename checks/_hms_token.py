@@ -1,0 +1,133 @@
+"""Where the app reads its 100ms management token, and reading it without ever showing it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from integrations.docker import DockerReader
+from integrations.errors import NotFound, ProviderError
+from integrations.hms import HmsTarget
+from integrations.kubernetes import KubernetesReader
+
+__all__ = ["SourceKind", "TokenSource"]
+
+SourceKind = Literal["kubernetes", "docker", "config", "self-signed"]
+
+
+class TokenSource:
+    """Where the app reads its management token; reads it without ever showing it."""
+
+    def __init__(
+        self,
+        hms: HmsTarget,
+        *,
+        kubernetes: KubernetesReader | None = None,
+        docker: DockerReader | None = None,
+        secret: str = "hms-credentials",
+        key: str = "HMS_MANAGEMENT_TOKEN",
+    ) -> None:
+        self.hms = hms
+        self.kubernetes = kubernetes
+        self.docker = docker
+        self.secret = secret
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"TokenSource({self.where})"
+
+    @property
+    def kind(self) -> SourceKind:
+        if self.kubernetes is not None:
+            return "kubernetes"
+        if self.docker is not None:
+            return "docker"
+        return "config" if self.hms.management_token is not None else "self-signed"
+
+    @property
+    def where(self) -> str:
+        """Names the place, e.g. 'secret hms-credentials key HMS_MANAGEMENT_TOKEN'."""
+        if self.kubernetes is not None:
+            ns = self.kubernetes.target.namespace
+            return f"secret {self.secret} key {self.key} (namespace {ns})"
+        if self.docker is not None:
+            return f"environment variable {self.key} of {self.docker.target.label}"
+        if self.kind == "config":
+            return "oncall's configuration (hms.management_token)"
+        return "not visible to oncall (it signs its own tokens from the app secret)"
+
+    async def read(self) -> SecretStr | None:
+        """The token the app uses; None when oncall cannot see it (self-signed)."""
+        if self.kubernetes is not None:
+            return await asyncio.to_thread(_secret_value, self.kubernetes, self.secret, self.key)
+        if self.docker is not None:
+            return await asyncio.to_thread(_env_value, self.docker, self.key)
+        return self.hms.management_token
+
+    async def target(self) -> HmsTarget:
+        """The HmsTarget that sends the app's token (so a probe sees what the app sees)."""
+        token = await self.read()
+        if token is None:
+            return self.hms
+        return self.hms.model_copy(update={"management_token": token})
+
+    async def app(self) -> dict[str, Any]:
+        """What reads the token: the deployment and its pods, or the containers."""
+        if self.kubernetes is not None:
+            reader = self.kubernetes
+            pods = await asyncio.to_thread(reader.pods)
+            return {
+                "kind": "kubernetes",
+                "namespace": reader.target.namespace,
+                "deployment": reader.target.deployment,
+                "pods": [p.name for p in pods],
+            }
+        if self.docker is not None:
+            return {
+                "kind": "docker",
+                "containers": await asyncio.to_thread(_containers, self.docker),
+            }
+        return {"kind": self.kind}
+
+
+# The readers list secrets' and containers' metadata only; reading one value is done here,
+# through their own error translation, because only this check needs it.
+def _secret_value(reader: KubernetesReader, name: str, key: str) -> SecretStr:
+    ns = reader.target.namespace
+    secret = reader._call(f"read secret {name}", reader._core().read_namespaced_secret, name, ns)
+    data = (secret.data or {}).get(key)
+    if data is None:
+        raise NotFound(
+            f"{reader.target.label}: secret {name} has no key {key}", target=reader.target.label
+        )
+    try:
+        return SecretStr(base64.b64decode(data).decode())
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProviderError(
+            f"{reader.target.label}: key {key} of secret {name} is not base64 text",
+            target=reader.target.label,
+        ) from exc
+
+
+def _env_value(reader: DockerReader, key: str) -> SecretStr:
+    name = reader._resolve(None)
+    env = reader._inspect(name)["Config"].get("Env") or []
+    for entry in env:
+        variable, _, value = entry.partition("=")
+        if variable == key:
+            return SecretStr(value)
+    raise NotFound(
+        f"{reader.target.label}: container {name} has no environment variable {key}",
+        target=reader.target.label,
+    )
+
+
+def _containers(reader: DockerReader) -> list[str]:
+    t = reader.target
+    if t.compose_project and t.compose_service and not t.container:
+        return [c.name for c in reader.service_containers() if c.running]
+    return [reader.container().name]

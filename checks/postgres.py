@@ -1,0 +1,349 @@
+"""PostgreSQL connection diagnostics (seed 000 Part E Incident 1, seeds 001/003/004).
+
+Each check takes a :class:`PostgresReader` (read-only by construction) and returns
+Findings. Session rows in evidence carry what a remediation needs to re-validate
+its target later: pid, backend_start and xact_start/query_start.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime
+from typing import Any
+
+from checks.findings import Finding, Severity, Status
+from integrations.errors import ProviderError
+from integrations.postgres import PostgresReader
+
+__all__ = [
+    "SESSIONS_SQL",
+    "connection_utilisation",
+    "idle_in_transaction",
+    "lock_chains",
+    "long_running_queries",
+    "protected_reason",
+    "reachability",
+    "top_statements",
+]
+
+SESSIONS_SQL = """
+SELECT a.pid, a.datname, a.usename, a.application_name, host(a.client_addr) AS client_addr,
+       a.state, a.backend_type, a.backend_start, a.xact_start, a.query_start,
+       extract(epoch FROM now() - a.state_change)::float8 AS state_age_s,
+       extract(epoch FROM now() - a.query_start)::float8 AS query_age_s,
+       extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,
+       left(a.query, 200) AS query, a.wait_event_type, a.wait_event,
+       coalesce(r.rolsuper, false) AS superuser,
+       coalesce(r.rolreplication, false) AS replication,
+       a.pid = pg_backend_pid() AS own,
+       pg_blocking_pids(a.pid) AS blocked_by
+FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
+WHERE a.datid IS NOT NULL OR a.backend_type = 'walsender'
+"""
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, datetime | date):
+            value = value.isoformat()
+        elif isinstance(value, float):
+            value = round(value, 1)
+        out[key] = value
+    return out
+
+
+def protected_reason(session: dict[str, Any]) -> str | None:
+    """Why a session must never be cancelled or terminated by a runbook, or None."""
+    if session.get("own"):
+        return "the runbook's own session"
+    if session.get("backend_type") not in (None, "client backend"):
+        return f"{session.get('backend_type')} process"
+    if session.get("replication"):
+        return "replication session"
+    if session.get("superuser"):
+        return "superuser session"
+    return None
+
+
+async def _sessions(db: PostgresReader, database: str | None = None) -> list[dict[str, Any]]:
+    rows = [_jsonable(row) for row in await db.fetch(SESSIONS_SQL)]
+    return [r for r in rows if database is None or r["datname"] == database]
+
+
+def _top(counter: Counter, n: int = 10) -> dict[str, int]:
+    return {str(k): v for k, v in counter.most_common(n)}
+
+
+async def connection_utilisation(
+    db: PostgresReader, warn_pct: float = 70.0, critical_pct: float = 90.0
+) -> list[Finding]:
+    """How full max_connections is, and who holds the connections."""
+    limits = await db.fetch_one(
+        "SELECT current_setting('max_connections')::int AS max_connections,"
+        " current_setting('superuser_reserved_connections')::int AS superuser_reserved,"
+        " coalesce(current_setting('reserved_connections', true), '0')::int AS reserved"
+    )
+    sessions = [s for s in await _sessions(db) if s["backend_type"] == "client backend"]
+    usable = limits["max_connections"] - limits["superuser_reserved"] - limits["reserved"]
+    in_use = len(sessions)
+    pct = round(100.0 * in_use / usable, 1) if usable > 0 else 100.0
+    if pct >= critical_pct:
+        status, severity = Status.CRITICAL, Severity.P1
+    elif pct >= warn_pct:
+        status, severity = Status.WARN, Severity.P2
+    else:
+        status, severity = Status.OK, None
+    evidence = {
+        **limits,
+        "usable": usable,
+        "in_use": in_use,
+        "utilisation_pct": pct,
+        "by_state": _top(Counter(s["state"] or "unknown" for s in sessions)),
+        "by_user": _top(Counter(s["usename"] for s in sessions)),
+        "by_application": _top(Counter(s["application_name"] or "(none)" for s in sessions)),
+        "by_client": _top(Counter(s["client_addr"] or "local socket" for s in sessions)),
+        "by_database": _top(Counter(s["datname"] or "-" for s in sessions)),
+    }
+    top_state = next(iter(evidence["by_state"].items()), ("none", 0))
+    summary = (
+        f"{in_use} of {usable} usable connections in use ({pct}%);"
+        f" most are '{top_state[0]}' ({top_state[1]})"
+    )
+    return [
+        Finding(
+            check="connection_utilisation",
+            target=db.target.name,
+            status=status,
+            summary=summary,
+            evidence=evidence,
+            severity=severity,
+        )
+    ]
+
+
+async def idle_in_transaction(
+    db: PostgresReader, older_than_s: float = 300.0, database: str | None = None
+) -> list[Finding]:
+    """Sessions idle inside an open transaction for longer than the threshold."""
+    old = [
+        s
+        for s in await _sessions(db, database)
+        if (s["state"] or "").startswith("idle in transaction")
+        and (s["state_age_s"] or 0) >= older_than_s
+        and not s["own"]
+    ]
+    old.sort(key=lambda s: -(s["state_age_s"] or 0))
+    if not old:
+        return [
+            Finding(
+                check="idle_in_transaction",
+                target=db.target.name,
+                status=Status.OK,
+                summary=f"no session idle in transaction for {older_than_s:g}s or more",
+                evidence={"older_than_s": older_than_s, "sessions": []},
+            )
+        ]
+    status = Status.CRITICAL if len(old) >= 5 else Status.WARN
+    oldest = old[0]
+    return [
+        Finding(
+            check="idle_in_transaction",
+            target=db.target.name,
+            status=status,
+            summary=(
+                f"{len(old)} session(s) idle in transaction for {older_than_s:g}s or more;"
+                f" oldest pid {oldest['pid']} ({oldest['usename']}/"
+                f"{oldest['application_name'] or '-'}) for {oldest['state_age_s']:.0f}s"
+            ),
+            evidence={"older_than_s": older_than_s, "sessions": old},
+            severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
+        )
+    ]
+
+
+async def long_running_queries(
+    db: PostgresReader, older_than_s: float = 300.0, database: str | None = None
+) -> list[Finding]:
+    """Active queries running for longer than the threshold."""
+    slow = [
+        s
+        for s in await _sessions(db, database)
+        if s["state"] == "active"
+        and s["backend_type"] == "client backend"
+        and (s["query_age_s"] or 0) >= older_than_s
+        and not s["own"]
+    ]
+    slow.sort(key=lambda s: -(s["query_age_s"] or 0))
+    if not slow:
+        return [
+            Finding(
+                check="long_running_queries",
+                target=db.target.name,
+                status=Status.OK,
+                summary=f"no query running for {older_than_s:g}s or more",
+                evidence={"older_than_s": older_than_s, "sessions": []},
+            )
+        ]
+    top = slow[0]
+    return [
+        Finding(
+            check="long_running_queries",
+            target=db.target.name,
+            status=Status.WARN,
+            summary=(
+                f"{len(slow)} query(ies) running for {older_than_s:g}s or more; longest pid"
+                f" {top['pid']} for {top['query_age_s']:.0f}s: {top['query'][:60]!r}"
+            ),
+            evidence={"older_than_s": older_than_s, "sessions": slow},
+            severity=Severity.P2,
+        )
+    ]
+
+
+async def lock_chains(db: PostgresReader, database: str | None = None) -> list[Finding]:
+    """Who blocks whom (pg_blocking_pids): root blockers and how many wait on each."""
+    sessions = await _sessions(db)
+    by_pid = {s["pid"]: s for s in sessions}
+    blocked = [s for s in sessions if s["blocked_by"] and database in (None, s["datname"])]
+    if not blocked:
+        return [
+            Finding(
+                check="lock_chains",
+                target=db.target.name,
+                status=Status.OK,
+                summary="no session is waiting on a lock held by another",
+                evidence={"chains": []},
+            )
+        ]
+    parents = {s["pid"]: list(s["blocked_by"]) for s in blocked}
+
+    def roots_of(pid: int, seen: frozenset[int] = frozenset()) -> set[int]:
+        if pid not in parents or pid in seen:
+            return {pid}
+        found: set[int] = set()
+        for parent in parents[pid]:
+            found |= roots_of(parent, seen | {pid})
+        return found
+
+    waiters: dict[int, list[int]] = {}
+    for s in blocked:
+        for root in roots_of(s["pid"]):
+            waiters.setdefault(root, []).append(s["pid"])
+    chains = []
+    for root, waiting in sorted(waiters.items(), key=lambda kv: -len(kv[1])):
+        root_session = by_pid.get(root, {"pid": root, "state": "gone"})
+        longest = max((by_pid[w]["query_age_s"] or 0) for w in waiting)
+        chains.append(
+            {
+                "root": root_session,
+                "waiters": sorted(waiting),
+                "waiter_count": len(waiting),
+                "longest_wait_s": round(longest, 1),
+            }
+        )
+    total = sum(c["waiter_count"] for c in chains)
+    longest = max(c["longest_wait_s"] for c in chains)
+    status = Status.CRITICAL if total >= 5 or longest >= 60 else Status.WARN
+    head = chains[0]
+    return [
+        Finding(
+            check="lock_chains",
+            target=db.target.name,
+            status=status,
+            summary=(
+                f"{total} session(s) waiting on locks; root blocker pid {head['root']['pid']}"
+                f" ({head['root'].get('state')}) holds up {head['waiter_count']}"
+            ),
+            evidence={"chains": chains},
+            severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
+        )
+    ]
+
+
+async def top_statements(
+    db: PostgresReader, limit: int = 10, slow_mean_ms: float | None = None
+) -> list[Finding]:
+    """The heaviest statements by total time, when pg_stat_statements is installed.
+
+    Informational unless ``slow_mean_ms`` is given: then statements slower than that
+    on average make it a warning.
+    """
+    installed = await db.fetch("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'")
+    if not installed:
+        return [
+            Finding(
+                check="top_statements",
+                target=db.target.name,
+                status=Status.UNKNOWN,
+                summary="pg_stat_statements is not installed: no per-statement history",
+                evidence={"installed": False},
+            )
+        ]
+    try:
+        rows = await db.fetch(
+            "SELECT queryid::text, calls, round(total_exec_time::numeric, 1)::float8 AS total_ms,"
+            " round(mean_exec_time::numeric, 1)::float8 AS mean_ms, rows,"
+            " left(query, 200) AS query FROM pg_stat_statements"
+            " ORDER BY total_exec_time DESC LIMIT %(limit)s",
+            {"limit": limit},
+        )
+    except ProviderError as exc:
+        return [
+            Finding(
+                check="top_statements",
+                target=db.target.name,
+                status=Status.UNKNOWN,
+                summary=f"pg_stat_statements is installed but unreadable: {exc}",
+                evidence={"installed": True},
+            )
+        ]
+    slow = [r for r in rows if slow_mean_ms is not None and r["mean_ms"] >= slow_mean_ms]
+    summary = (
+        f"top statement by total time: {rows[0]['total_ms']:.0f} ms over {rows[0]['calls']}"
+        f" calls: {rows[0]['query'][:60]!r}"
+        if rows
+        else "pg_stat_statements has no statements yet"
+    )
+    return [
+        Finding(
+            check="top_statements",
+            target=db.target.name,
+            status=Status.WARN if slow else Status.OK,
+            summary=summary,
+            evidence={"installed": True, "statements": [_jsonable(r) for r in rows]},
+            severity=Severity.P2 if slow else None,
+        )
+    ]
+
+
+async def reachability(db: PostgresReader) -> list[Finding]:
+    """Can we connect at all, and how fast; a full server refusing us is itself the diagnosis."""
+    try:
+        row = await db.fetch_one(
+            "SELECT current_setting('server_version') AS version,"
+            " pg_is_in_recovery() AS in_recovery"
+        )
+    except ProviderError as exc:
+        if exc.status == 53300:
+            return [
+                Finding(
+                    check="reachability",
+                    target=db.target.name,
+                    status=Status.CRITICAL,
+                    summary=f"the server refused our connection: all slots taken ({exc})",
+                    evidence={"exhausted": True},
+                    severity=Severity.P1,
+                )
+            ]
+        raise
+    role = "replica" if row["in_recovery"] else "primary"
+    return [
+        Finding(
+            check="reachability",
+            target=db.target.name,
+            status=Status.OK,
+            summary=f"connected to PostgreSQL {row['version']} ({role})",
+            evidence={"version": row["version"], "in_recovery": row["in_recovery"]},
+        )
+    ]

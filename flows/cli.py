@@ -1,0 +1,531 @@
+"""The ``oncall`` command line.
+
+Fast paths (``--help``, ``runbooks``, ``pending``, ``approve``) never import
+Prefect; commands that run flows import it when they need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Annotated, Any, NoReturn
+
+# httpx imports its own command line (click, rich.progress, pygments) on `import httpx`:
+# ~0.2 s of every oncall command for a CLI we never run (encode/httpx#3547). A None entry
+# makes that optional import fail, and httpx falls back to a stub `httpx.main`.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from integrations.errors import (  # noqa: E402
+    AuthError,
+    ConfigError,
+    OncallError,
+    TargetError,
+    Timeout,
+    Unreachable,
+)
+from integrations.redact import scrub  # noqa: E402
+
+
+class PlainHelpGroup(TyperGroup):
+    """Plain help (no rich import) listing each command's whole first line, wrapped."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, (cmd.short_help or cmd.help or "").strip().split("\n")[0]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+app = typer.Typer(
+    name="oncall",
+    help="Runbooks as code for on-call engineers, on Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Plain help: Typer's rich help imports rich.markdown & co (~0.3 s of every --help).
+    rich_markup_mode=None,
+    cls=PlainHelpGroup,
+)
+server_app = typer.Typer(
+    help="Manage the local Prefect server.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    cls=PlainHelpGroup,
+)
+app.add_typer(server_app, name="server")
+
+_secrets: list[str] = []
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    sys.stderr.write(f"oncall: {scrub(message, _secrets)}\n")
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Maps our errors to one line on stderr and an exit code; never a traceback."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except ConfigError as exc:
+        _fail(2, f"error: {exc}")
+    except AuthError as exc:
+        _fail(2, f"credentials refused: {exc}")
+    except (Unreachable, Timeout) as exc:
+        _fail(3, f"unreachable: {exc}")
+    except TargetError as exc:
+        _fail(3, f"target error: {exc}")
+    except OncallError as exc:
+        _fail(1, f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        _fail(130, "interrupted")
+    except Exception as exc:
+        from flows.server import prefect_home
+
+        path = prefect_home() / "oncall-cli-errors.log"
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as log:
+                log.write(scrub(traceback.format_exc(), _secrets) + "\n")
+        _fail(1, f"internal error: {type(exc).__name__}: {exc} (traceback in {path})")
+
+
+def _console(json_mode: bool = False):
+    from rich.console import Console
+
+    # With --json, stdout carries only JSON: the live view goes to stderr.
+    return Console(stderr=json_mode, highlight=False)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _spec(name: str):
+    from runbooks.catalog import RUNBOOKS
+
+    spec = RUNBOOKS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown runbook {name!r} (known: {', '.join(RUNBOOKS)})")
+    return spec
+
+
+def _params(spec, pairs: list[str]):
+    from pydantic import ValidationError
+
+    values: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--param needs NAME=VALUE, got {pair!r}")
+        values[name.strip().replace("-", "_")] = value
+    try:
+        return spec.params.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(spec.params.model_fields)
+            raise ConfigError(
+                f"--param {field}: not a parameter of {spec.name} (known: {known})"
+            ) from None
+        raise ConfigError(f"--param {field}: {err['msg']}") from None
+
+
+def _approver(name: str | None, option: str) -> str | None:
+    import re
+
+    from runbooks.model import APPROVER_RE
+
+    if name is not None and not re.fullmatch(APPROVER_RE, name):
+        raise ConfigError(f"{option} {name!r}: use 1-64 letters, digits, spaces or ._@+-")
+    return name
+
+
+def _dsn_service(dsn: str | None):
+    """A one-target Service from ``--dsn``."""
+    from psycopg.conninfo import conninfo_to_dict
+    from pydantic import ValidationError
+
+    from integrations.postgres import PostgresTarget, malformed
+    from integrations.service import Service
+
+    if not dsn:
+        raise ConfigError("give --service NAME (from oncall.yaml) or --dsn DSN")
+    _secrets.append(dsn)
+    if error := malformed(dsn):
+        raise error
+    info = conninfo_to_dict(dsn)
+    if info.get("password"):
+        _secrets.append(str(info["password"]))
+    host = str(info.get("host") or "local")
+    host = "local" if host.startswith("/") else host
+    name = f"{info.get('dbname') or 'postgres'}@{host}"
+    try:
+        return Service(name=name, postgres=PostgresTarget(name=name, dsn=dsn))
+    except ValidationError as exc:
+        raise ConfigError(exc.errors()[0]["msg"]) from None
+
+
+def _ensure_server(console, wait: bool = True) -> str:
+    """The Prefect API URL; starts the local server on first use.
+
+    ``wait=False`` lets the command import Prefect and build its sandbox while the server
+    starts (~15 s); ``flows.execute.run_runbook`` waits for it before the first API call.
+    """
+    from flows import server
+
+    if not os.environ.get("PREFECT_API_URL") and not server.healthy(server.DEFAULT_API_URL):
+        console.print("[dim]starting the local Prefect server (first use; ~15 s)…[/dim]")
+    return server.ensure(wait=wait)
+
+
+@app.command("runbooks")
+def runbooks_cmd(json_out: JsonOpt = False) -> None:
+    """Lists the runbooks: what each diagnoses, what it may change, and at what risk."""
+    from runbooks.catalog import RUNBOOKS
+
+    if json_out:
+        _print_json(
+            [
+                {
+                    "name": s.name,
+                    "summary": s.summary,
+                    "diagnoses": s.diagnoses,
+                    "changes": [{"action": a, "risk": str(r)} for a, r in s.changes],
+                    "target": s.target,
+                    "parameters": s.params.model_json_schema()["properties"],
+                }
+                for s in RUNBOOKS.values()
+            ]
+        )
+        return
+    from rich.table import Table
+
+    table = Table(title="Runbooks", show_lines=True)
+    for column in ("runbook", "diagnoses", "may change", "risk"):
+        table.add_column(column)
+    for spec in RUNBOOKS.values():
+        table.add_row(
+            f"[bold]{spec.name}[/bold]\n{spec.summary}",
+            "\n".join(f"• {d}" for d in spec.diagnoses),
+            "\n".join(f"• {a}" for a, _ in spec.changes),
+            "\n".join(str(r) for _, r in spec.changes),
+        )
+    _console().print(table)
+
+
+@app.command("run")
+def run_cmd(
+    name: Annotated[str, typer.Argument(help="Runbook name (see `oncall runbooks`).")],
+    dsn: Annotated[
+        str | None,
+        typer.Option(envvar="ONCALL_DSN", show_envvar=False, help="PostgreSQL DSN of the target."),
+    ] = None,
+    service_name: Annotated[
+        str | None,
+        typer.Option("--service", "-s", help="A service from oncall.yaml (all its targets)."),
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="oncall.yaml (default: ./oncall.yaml)")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, repeatable.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Diagnose and plan; change nothing.")
+    ] = False,
+    approve_as: Annotated[
+        str | None, typer.Option("--approve-as", help="Pre-approve every gate as NAME.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Runs a runbook as a Prefect flow: diagnose, plan, ask for approval, act, verify."""
+    with _errors():
+        spec = _spec(name)
+        params = _params(spec, param or [])
+        approve_as = _approver(approve_as, "--approve-as")
+        if service_name:
+            from runbooks.config import find_config, load_config
+
+            path = find_config(config)
+            if path is None:
+                raise ConfigError("--service needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
+            service = load_config(path).service(service_name)
+            if not getattr(service, spec.target, None):
+                raise ConfigError(
+                    f"{spec.name} needs a {spec.target} target; service {service_name!r} has none"
+                )
+        else:
+            service = _dsn_service(dsn)
+        console = _console(json_out)
+        _ensure_server(console, wait=False)
+        from flows.execute import run_runbook
+        from runbooks.model import RunContext, os_identity
+
+        report = run_runbook(
+            spec,
+            service=service,
+            params=params,
+            dry_run=dry_run,
+            approve_as=approve_as,
+            context=RunContext(requested_by=os_identity()),
+            console=console,
+            interactive=sys.stdin.isatty() and not json_out,
+            show=not json_out,
+        )
+        if json_out:
+            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        else:
+            from flows.render import report_summary
+
+            report_summary(console, report)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("pending")
+def pending_cmd(json_out: JsonOpt = False) -> None:
+    """Lists approval gates waiting for a decision."""
+    from flows.prefect_api import PrefectAPI
+    from flows.server import DEFAULT_API_URL
+
+    with _errors(), PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL)) as api:
+        rows = []
+        for run in api.paused_runs():
+            gate = api.gate(run) or {}
+            rows.append(
+                {
+                    "run_id": run["id"],
+                    "run_name": run.get("name"),
+                    "runbook": gate.get("runbook") or api.flow_name(run["flow_id"]),
+                    "target": gate.get("target"),
+                    "plan": gate.get("summary", "(no oncall gate record)"),
+                    "risk": gate.get("risk"),
+                    "waiting_since": gate.get("waiting_since") or run.get("start_time"),
+                    "timeout_at": gate.get("timeout_at"),
+                    "state": (run.get("state") or {}).get("name"),
+                }
+            )
+        if json_out:
+            _print_json(rows)
+            return
+        if not rows:
+            _console().print("No gate is waiting for a decision.")
+            return
+        from rich.table import Table
+
+        table = Table(title="Waiting for approval")
+        for column in ("run id", "runbook", "target", "plan", "risk", "waiting since"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(
+                row["run_id"],
+                row["runbook"],
+                row["target"] or "",
+                row["plan"],
+                row["risk"] or "",
+                (row["waiting_since"] or "")[:19],
+            )
+        _console().print(table)
+
+
+@app.command("approve")
+def approve_cmd(
+    run_id: Annotated[str, typer.Argument(help="Flow run id (or a unique prefix).")],
+    as_: Annotated[str, typer.Option("--as", help="Your name, recorded as the approver.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject the plan instead.")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the report.")] = "",
+) -> None:
+    """Decides a waiting approval gate (approve, or --reject)."""
+    from flows.prefect_api import PrefectAPI
+    from flows.server import DEFAULT_API_URL
+
+    with _errors(), PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL)) as api:
+        approver = _approver(as_, "--as")
+        if len(reason) > 500:
+            raise ConfigError("--reason is limited to 500 characters")
+        full_id = api.resolve_run_id(run_id)
+        try:
+            run = api.flow_run(full_id)
+        except TargetError as exc:
+            if exc.status in (404, 422):
+                raise ConfigError(f"no flow run {run_id!r}") from None
+            raise
+        state = run.get("state") or {}
+        if state.get("type") != "PAUSED":
+            raise ConfigError(
+                f"run {full_id} is not waiting for approval (state: {state.get('name')})"
+            )
+        from runbooks.model import os_identity
+
+        who = os_identity()
+        result = api.resume(
+            full_id,
+            {
+                "approved": not reject,
+                "approver": approver,
+                "reason": reason,
+                "channel": "cli",
+                "identity": who,
+            },
+        )
+        if result.get("status") != "ACCEPT":
+            detail = (result.get("details") or {}).get("reason") or result
+            raise ConfigError(f"Prefect refused the decision: {detail}")
+        verdict = "rejected" if reject else "approved"
+        gate = api.gate(run) or {}
+        sys.stdout.write(
+            f"{verdict} {gate.get('summary', 'the plan')} of run {full_id} as {approver}"
+            f" (identity {who})\n"
+        )
+
+
+@app.command("drill")
+def drill_cmd(
+    scenario: Annotated[str, typer.Argument(help="Scenario, e.g. db-connections.")],
+    approve_as: Annotated[
+        str | None, typer.Option("--approve-as", help="Pre-approve the plan as NAME.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Runs a game day: sandbox, injected fault, real runbook, approval, scorecard."""
+    with _errors():
+        from flows.drills import DRILLS
+
+        if scenario not in DRILLS:
+            raise ConfigError(f"unknown drill {scenario!r} (known: {', '.join(DRILLS)})")
+        approve_as = _approver(approve_as, "--approve-as")
+        console = _console(json_out)
+        _ensure_server(console, wait=False)
+        card = DRILLS[scenario](
+            approve_as=approve_as,
+            console=console,
+            interactive=sys.stdin.isatty() and not json_out,
+            show=not json_out,
+        )
+        if json_out:
+            sys.stdout.write(card.model_dump_json(indent=2) + "\n")
+        else:
+            from flows.render import scorecard_panel
+
+            console.print(scorecard_panel(card))
+    raise typer.Exit(0 if card.passed else 1)
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="oncall.yaml (default: ./oncall.yaml)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Receiver address (receiver.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="Receiver port (receiver.port)")] = None,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at once")] = None,
+    runner: Annotated[
+        bool,
+        typer.Option(
+            "--runner/--no-runner",
+            help="Also run the deployments here (--no-runner: receiver only, workers run them)",
+        ),
+    ] = True,
+) -> None:
+    """Runs the webhook receiver, the health sweep and every flow as Prefect deployments."""
+    with _errors():
+        import asyncio
+
+        # A deployment run (an alert's incident, its runbooks) starts when the runner next
+        # polls: every 10 s by default, twice on the way from an alert to a finding.
+        os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+
+        from runbooks.config import find_config
+
+        path = find_config(config)
+        if path is None:
+            raise ConfigError("oncall serve needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
+        console = _console()
+        _ensure_server(console)
+        from flows.execute import quiet_prefect_console
+        from flows.serve import serve
+
+        quiet_prefect_console()
+        console.print(
+            f"oncall serve: config {path}; receiver and deployments starting (Ctrl-C stops)"
+        )
+        asyncio.run(serve(str(path), host=host, port=port, limit=limit, runner=runner))
+        console.print("oncall serve: stopped")
+
+
+@server_app.command("status")
+def server_status(json_out: JsonOpt = False) -> None:
+    """Shows whether the Prefect server answers, where, and its version."""
+    from flows import server
+
+    info = server.status()
+    if json_out:
+        _print_json(info)
+    else:
+        state = "[green]healthy[/green]" if info["healthy"] else "[red]not answering[/red]"
+        _console().print(
+            f"Prefect API {info['api_url']}: {state}"
+            + (f" (version {info.get('version')}, pid {info['pid']})" if info["healthy"] else "")
+        )
+        if info["healthy"]:
+            _console().print(f"UI: {info['ui_url']}")
+    raise typer.Exit(0 if info["healthy"] else 3)
+
+
+@server_app.command("start")
+def server_start(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url", help="postgresql+asyncpg://… (default: SQLite under PREFECT_HOME)"
+        ),
+    ] = None,
+) -> None:
+    """Starts the local Prefect server in the background (if none answers)."""
+    from flows import server
+
+    with _errors():
+        if database_url:
+            _secrets.append(database_url)
+        url = os.environ.get("PREFECT_API_URL", server.DEFAULT_API_URL)
+        info = server.start(url, database_url=database_url)
+        _console().print(f"Prefect server healthy at {info['api_url']} — UI {info.get('ui_url')}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stops the Prefect server that oncall started."""
+    from flows import server
+
+    stopped = server.stop()
+    _console().print("stopped" if stopped else "no server started by oncall is running")
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    app()
+
+
+if __name__ == "__main__":
+    # Run through the importable module so commands registered on it (cli_incident) exist.
+    from flows.cli import main as _main
+
+    _main()
+
+
+from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)

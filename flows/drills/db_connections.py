@@ -1,0 +1,50 @@
+"""Drill db-connections: exhaust an embedded PostgreSQL's connections, let the runbook fix it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from checks.findings import Severity
+from flows.drills import Scorecard, score
+
+__all__ = ["drill"]
+
+
+def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+    """Exhausts an embedded PostgreSQL's connections and lets db-connections fix it."""
+    from flows.execute import run_runbook
+    from flows.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
+    from integrations.postgres import PostgresTarget
+    from integrations.service import Service
+    from runbooks.catalog import RUNBOOKS
+
+    spec = RUNBOOKS["db-connections"]
+    params = spec.params(
+        idle_in_transaction_seconds=2,
+        long_query_seconds=60,
+        approval_timeout_seconds=300,
+        verify_timeout_seconds=10,
+    )
+    with EmbeddedPostgres(max_connections=20) as pg, ConnectionExhaustion(pg.app_dsn) as fault:
+        injected = time.monotonic()
+        if show:
+            console.print(
+                f"[bold]Drill db-connections[/bold]: embedded PostgreSQL, max_connections=20; "
+                f"injected {len(fault.idle_pids)} idle-in-transaction sessions and a lock chain "
+                f"(root blocker pid {fault.blocker_pid}, {len(fault.waiter_pids)} waiting)."
+            )
+        time.sleep(params.idle_in_transaction_seconds + 0.3)  # let the fault age past the threshold
+        target = PostgresTarget(name="drill-postgres", dsn=pg.dsn)
+        started = time.monotonic() - injected
+        report = run_runbook(
+            spec,
+            service=Service(name="drill-postgres", postgres=target),
+            params=params,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+            extra_tags=("drill",),
+        )
+    return score("db-connections", Severity.P1, report, started)

@@ -1,0 +1,57 @@
+"""Drill hms-failures: expire the app's 100ms management token, let the runbook roll a new one."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from checks.findings import Severity
+from flows.drills import Scorecard, score
+
+__all__ = ["drill"]
+
+
+def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+    """Expires the app's 100ms token in its Kubernetes secret; hms-failures must fix it."""
+    from flows.execute import run_runbook
+    from flows.sandbox.kube_api import KubeApiServer
+    from flows.sandbox.saas import SaasSandbox
+    from integrations.kubernetes import KubernetesTarget
+    from integrations.service import Service
+    from runbooks.catalog import RUNBOOKS
+
+    spec = RUNBOOKS["hms-failures"]
+    params = spec.params(approval_timeout_seconds=300, verify_timeout_seconds=10)
+    with SaasSandbox() as saas, KubeApiServer(namespace="video") as kube:
+        image = "ghcr.io/acme/video-api:2.3.0"
+        kube.seed_deployment("video-api", [image], replicas=2, deployed_ago=timedelta(days=2))
+        # The fault: the token the app reads expired half an hour ago, so 100ms answers 401.
+        expired = saas.management_token(ttl=-1800)
+        kube.seed_secret(params.token_secret, {params.token_key: expired})
+        injected = time.monotonic()
+        if show:
+            console.print(
+                "[bold]Drill hms-failures[/bold]: local 100ms API and status page, local "
+                "Kubernetes API with deployment video/video-api (2 pods); the management token "
+                f"in secret {params.token_secret} expired 30 min ago, so 100ms answers 401."
+            )
+        service = Service(
+            name="drill-video",
+            hms=saas.hms_target(),
+            kubernetes=KubernetesTarget(
+                deployment="video-api", namespace="video", api_url=kube.url
+            ),
+        )
+        started = time.monotonic() - injected
+        report = run_runbook(
+            spec,
+            service=service,
+            params=params,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+            extra_tags=("drill",),
+        )
+    return score("hms-failures", Severity.P1, report, started)

@@ -1,0 +1,124 @@
+"""Drill rollback: a deploy whose pods crash-loop takes the health endpoint down; roll it back."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from checks.findings import Severity
+from flows.drills import Scorecard, score
+
+__all__ = ["IMAGES", "HealthApp", "drill"]
+
+IMAGES = ["ghcr.io/acme/api:1.4.0", "ghcr.io/acme/api:1.4.1", "ghcr.io/acme/api:1.4.2"]
+TOKEN = "drill-kube-token"
+
+
+class HealthApp:
+    """``GET /health``: 200 while the deployment has a ready pod, 503 otherwise.
+
+    It stands for the service in front of the pods: with no ready endpoint behind it, the
+    load balancer answers 503, as the seeds' "Application Down" describes.
+    """
+
+    def __init__(self, kube: Any, deployment: str, namespace: str | None = None) -> None:
+        self.kube, self.deployment, self.namespace = kube, deployment, namespace
+        self._server: ThreadingHTTPServer | None = None
+        self.url = ""
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        """What ``/health`` answers now."""
+        dep = self.kube.get("deployments", self.deployment, self.namespace)
+        ready = dep.get("status", {}).get("readyReplicas", 0)
+        images = [c["image"] for c in dep["spec"]["template"]["spec"]["containers"]]
+        body = {"status": "ok" if ready else "unavailable", "ready": ready, "images": images}
+        return (200 if ready else 503), body
+
+    def start(self) -> HealthApp:
+        """Serves on a free loopback port in a daemon thread."""
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                code, body = app.status() if self.path == "/health" else (404, {"error": "no"})
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                """Keeps request lines off the drill's terminal."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> HealthApp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+    """Deploys a crash-looping image to a local Kubernetes API and lets rollback undo it."""
+    from pydantic import SecretStr
+
+    from flows.execute import run_runbook
+    from flows.sandbox.kube_api import KubeApiServer
+    from integrations.kubernetes import KubernetesTarget
+    from integrations.service import HttpEndpoint, Service
+    from runbooks.catalog import RUNBOOKS
+
+    spec = RUNBOOKS["rollback"]
+    params = spec.params(
+        lookback_minutes=30, approval_timeout_seconds=300, verify_timeout_seconds=30
+    )
+    with KubeApiServer(token=TOKEN, namespace="prod") as kube, HealthApp(kube, "api") as health:
+        kube.crashing_images.add(IMAGES[-1])
+        kube.seed_deployment("api", IMAGES, replicas=3, deployed_ago=timedelta(0))
+        injected = time.monotonic()
+        if show:
+            code, body = health.status()
+            console.print(
+                f"[bold]Drill rollback[/bold]: local Kubernetes API {kube.url}, deployment "
+                f"prod/api; deployed {IMAGES[-1]} (crash-looping); /health answers {code} "
+                f"({body['ready']} ready pods)."
+            )
+        target = KubernetesTarget(
+            api_url=kube.url, token=SecretStr(TOKEN), namespace="prod", deployment="api"
+        )
+        service = Service(
+            name="drill-api",
+            kubernetes=target,
+            http=[HttpEndpoint(name="health", url=f"{health.url}/health", timeout_s=2)],
+        )
+        started = time.monotonic() - injected
+        report = run_runbook(
+            spec,
+            service=service,
+            params=params,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+            extra_tags=("drill",),
+        )
+    return score("rollback", Severity.P1, report, started)

@@ -1,0 +1,191 @@
+"""The few Prefect REST calls the CLI's fast paths need, over httpx (no ``import prefect``).
+
+``oncall pending`` and ``oncall approve`` must answer in well under a second at
+3 a.m.; importing Prefect alone costs more than that. These are Prefect's own
+endpoints (the same ones its client calls): runs, run inputs, resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from integrations.errors import ConfigError, NotFound, ProviderError, Unreachable
+
+__all__ = ["PrefectAPI"]
+
+
+class PrefectAPI:
+    """A thin, synchronous view of the Prefect server's REST API."""
+
+    def __init__(self, api_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._client = httpx.Client(base_url=self.api_url, timeout=10.0, transport=transport)
+
+    def __enter__(self) -> PrefectAPI:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        # A busy SQLite-backed server answers 503 ("database is locked"): retry briefly.
+        for attempt in range(4):
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise Unreachable(
+                    f"Prefect API at {self.api_url}: {exc}", target="prefect"
+                ) from exc
+            if response.status_code != 503 or attempt == 3:
+                break
+            time.sleep(0.25 * 2**attempt)
+        if response.status_code == 404:
+            raise NotFound(f"not found: {path}", target="prefect", status=404)
+        if response.status_code >= 400:
+            detail = response.text[:300]
+            raise ProviderError(
+                f"Prefect API {method} {path}: HTTP {response.status_code} {detail}",
+                target="prefect",
+                status=response.status_code,
+            )
+        return response
+
+    def flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._call("POST", "/flow_runs/filter", json=body).json()
+
+    def paused_runs(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Flow runs waiting in a Paused/Suspended state, oldest first."""
+        return self.flow_runs(
+            {
+                "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": limit,
+            }
+        )
+
+    def flow_run(self, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/flow_runs/{run_id}").json()
+
+    def flow_name(self, flow_id: str) -> str:
+        return self._call("GET", f"/flows/{flow_id}").json().get("name", "?")
+
+    def run_inputs(self, run_id: str, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self._call(
+            "POST",
+            f"/flow_runs/{run_id}/input/filter",
+            json={"prefix": prefix, "limit": limit, "exclude_keys": []},
+        ).json()
+
+    def gate(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """The oncall gate record of a paused run (what the approver decides on)."""
+        pause_key = ((run.get("state") or {}).get("state_details") or {}).get("pause_key") or ""
+        inputs = self.run_inputs(run["id"], "oncall-gate-")
+        records = [json.loads(i["value"]) for i in inputs]
+        for record in records:
+            if record.get("pause_key") == pause_key:
+                return record
+        return records[-1] if records else None
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """A full run id from a full id or a unique prefix of a waiting run's id."""
+        if len(run_id) == 36:
+            return run_id
+        matches = [r["id"] for r in self.paused_runs() if r["id"].startswith(run_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ConfigError(f"no run waiting for approval has an id starting with {run_id!r}")
+        raise ConfigError(f"{run_id!r} matches {len(matches)} waiting runs; give more characters")
+
+    def send_input(self, run_id: str, key: str, value: dict[str, Any]) -> None:
+        """Writes a flow run input: how ack/resolve/joining alerts reach an incident."""
+        self._call(
+            "POST",
+            f"/flow_runs/{run_id}/input",
+            json={"key": key, "value": json.dumps(value), "sender": "oncall-cli"},
+        )
+
+    def incident_runs(
+        self, extra_tags: list[str] | None = None, *, open_only: bool = False, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Incident flow runs, newest first."""
+        body: dict[str, Any] = {
+            "flows": {"name": {"any_": ["incident"]}},
+            "flow_runs": {"tags": {"all_": ["incident", *(extra_tags or [])]}},
+            "sort": "EXPECTED_START_TIME_DESC",
+            "limit": limit,
+        }
+        if open_only:
+            body["flow_runs"]["state"] = {
+                "type": {"any_": ["RUNNING", "PAUSED", "PENDING", "SCHEDULED"]}
+            }
+        return self.flow_runs(body)
+
+    def find_incident(self, incident_id: str) -> dict[str, Any]:
+        """The flow run of ``INC-<n>`` (case-insensitive), or ConfigError."""
+        ident = incident_id.upper()
+        if not ident.startswith("INC-"):
+            ident = f"INC-{ident}"
+        runs = self.incident_runs([ident], limit=5)
+        if not runs:
+            raise ConfigError(f"no incident {ident} on this Prefect server")
+        return runs[0]
+
+    def latest_artifact(self, key: str) -> dict[str, Any] | None:
+        found = self._call(
+            "POST",
+            "/artifacts/latest/filter",
+            json={"artifacts": {"key": {"any_": [key]}}, "limit": 1},
+        ).json()
+        return found[0] if found else None
+
+    def paused_children(self, incident_id: str) -> list[dict[str, Any]]:
+        return self.flow_runs(
+            {
+                "flow_runs": {
+                    "tags": {"all_": [f"incident:{incident_id}"]},
+                    "state": {"type": {"any_": ["PAUSED"]}},
+                }
+            }
+        )
+
+    def events(
+        self, related_run_ids: list[str], since: str, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Events related to these flow runs since an ISO time, oldest first."""
+        body = {
+            "filter": {
+                "occurred": {"since": since},
+                "related": {"id": [f"prefect.flow-run.{r}" for r in related_run_ids]},
+                "order": "ASC",
+            },
+            "limit": limit,
+        }
+        return self._call("POST", "/events/filter", json=body).json().get("events", [])
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        """A deployment by ``flow/deployment`` name, or None."""
+        try:
+            return self._call("GET", f"/deployments/name/{name}").json()
+        except NotFound:
+            return None
+
+    def resume(self, run_id: str, run_input: dict[str, Any]) -> dict[str, Any]:
+        """Resumes a paused run with input; returns Prefect's orchestration result.
+
+        A run becomes Paused a moment before its input schema is stored; a decision
+        landing in that window is refused with "schema not found", so it is retried.
+        """
+        deadline = time.monotonic() + 5
+        while True:
+            result = self._call(
+                "POST", f"/flow_runs/{run_id}/resume", json={"run_input": run_input}
+            ).json()
+            reason = str((result.get("details") or {}).get("reason", ""))
+            if "schema not found" not in reason or time.monotonic() > deadline:
+                return result
+            time.sleep(0.2)

@@ -1,0 +1,129 @@
+"""An embedded PostgreSQL (pgserver) and the connection-exhaustion fault for drills."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import psycopg
+
+from integrations.errors import ConfigError
+
+__all__ = ["ConnectionExhaustion", "EmbeddedPostgres"]
+
+
+class EmbeddedPostgres:
+    """A throw-away PostgreSQL server in a temporary directory, on a unix socket.
+
+    ``max_connections`` is kept small so a drill can exhaust it with a handful of
+    sessions. ``dsn`` is the superuser (what the runbook uses); ``app_dsn`` is an
+    ordinary role, like an application's pool.
+    """
+
+    def __init__(self, max_connections: int = 20, superuser_reserved: int = 3) -> None:
+        self.max_connections = max_connections
+        self.superuser_reserved = superuser_reserved
+        self._dir: Path | None = None
+        self._server = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import pgserver
+            except ImportError as exc:  # pragma: no cover - pgserver is a dependency
+                raise ConfigError("the drill needs the `pgserver` package") from exc
+            self._pgserver = pgserver
+            self._dir = Path(tempfile.mkdtemp(prefix="oncall-drill-pg-"))
+            self._server = pgserver.get_server(self._dir, cleanup_mode="delete")
+        self._server.psql(
+            f"ALTER SYSTEM SET max_connections = {int(self.max_connections)};"
+            f"ALTER SYSTEM SET superuser_reserved_connections = {int(self.superuser_reserved)};"
+        )
+        self._pgserver.pg_ctl(
+            ["-w", "restart"], pgdata=self._server.pgdata, user=self._server.system_user
+        )
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("CREATE ROLE app LOGIN")
+            conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
+            conn.execute("INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g")
+            conn.execute("GRANT SELECT, UPDATE ON accounts TO app")
+        return self
+
+    @property
+    def dsn(self) -> str:
+        return self._server.get_uri()
+
+    @property
+    def app_dsn(self) -> str:
+        return self.dsn.replace("postgres:@", "app:@", 1)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            # already stopped is fine: the directory goes anyway
+            with contextlib.suppress(Exception):
+                self._pgserver.pg_ctl(
+                    ["-w", "-m", "immediate", "stop"],
+                    pgdata=self._server.pgdata,
+                    user=self._server.system_user,
+                )
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class ConnectionExhaustion:
+    """Injects the seed's incident: a leaking pool of idle-in-transaction sessions plus a
+    lock chain (one root blocker holding a row lock, ``waiters`` sessions stuck behind it).
+    """
+
+    def __init__(self, app_dsn: str, idle_sessions: int = 13, waiters: int = 2) -> None:
+        self.app_dsn = app_dsn
+        self.idle_sessions = idle_sessions
+        self.waiters = waiters
+        self._conns: list[psycopg.Connection] = []
+        self._threads: list[threading.Thread] = []
+        self.idle_pids: list[int] = []
+        self.blocker_pid: int | None = None
+        self.waiter_pids: list[int] = []
+
+    def _open(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.app_dsn, application_name="leaky-api")
+        self._conns.append(conn)
+        return conn
+
+    def __enter__(self) -> ConnectionExhaustion:
+        for _ in range(self.idle_sessions):
+            conn = self._open()
+            conn.execute("SELECT balance FROM accounts WHERE id = 1")  # opens a transaction
+            self.idle_pids.append(conn.info.backend_pid)
+        blocker = self._open()
+        blocker.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 2")
+        self.blocker_pid = blocker.info.backend_pid
+        for _ in range(self.waiters):
+            conn = self._open()
+            self.waiter_pids.append(conn.info.backend_pid)
+            thread = threading.Thread(target=self._wait_on_lock, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        time.sleep(0.2)
+        return self
+
+    @staticmethod
+    def _wait_on_lock(conn: psycopg.Connection) -> None:
+        try:
+            conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+            conn.commit()
+        except psycopg.Error:
+            pass  # the drill may end while we wait
+
+    def __exit__(self, *exc_info: object) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        for thread in self._threads:
+            thread.join(timeout=2)

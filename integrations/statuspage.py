@@ -1,0 +1,291 @@
+"""Statuspage.io: read any provider's public page; write incidents on our own page.
+
+Sources:
+- public page API v2 (``/api/v2/status.json``, ``components.json``,
+  ``incidents/unresolved.json``, ``summary.json``; indicator none/minor/major/critical;
+  component status operational/degraded_performance/partial_outage/major_outage):
+  https://www.githubstatus.com/api (the same documented API on every Statuspage page)
+- manage API v1 (``Authorization: OAuth <key>``, ``POST/PATCH /pages/{page_id}/incidents``
+  with an ``{"incident": {...}}`` body, ``GET .../incidents/unresolved``):
+  https://developer.statuspage.io/#tag/incidents
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, Field, SecretStr
+
+from integrations.errors import ConfigError, TargetError
+from integrations.http import HttpClient, async_client
+
+__all__ = [
+    "INCIDENT_STATUSES",
+    "Component",
+    "IncidentSummary",
+    "ProviderStatus",
+    "StatuspageManage",
+    "StatuspageManageTarget",
+    "StatuspagePage",
+    "StatuspagePublic",
+]
+
+MANAGE_URL = "https://api.statuspage.io/v1"
+INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
+Impact = Literal["none", "minor", "major", "critical"]
+
+
+class StatuspagePage(BaseModel):
+    """A public Statuspage page, e.g. https://status.100ms.live."""
+
+    name: str = Field(description="Provider name shown in reports")
+    url: str = Field(description="Page base URL, without /api/v2")
+    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
+    retries: int = Field(default=2, ge=0, le=5, description="Retries on 429/5xx/timeouts")
+    backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds")
+
+
+class Component(BaseModel):
+    """One component and its status."""
+
+    name: str
+    status: str
+
+
+class IncidentSummary(BaseModel):
+    """An unresolved incident and what it last said."""
+
+    id: str
+    name: str
+    status: str
+    impact: str = "none"
+    shortlink: str | None = None
+    started_at: str | None = None
+    latest_update: str | None = None
+    latest_update_at: str | None = None
+
+
+class ProviderStatus(BaseModel):
+    """A provider's state as its status page reports it."""
+
+    name: str
+    page_url: str
+    indicator: str = Field(description="none, minor, major or critical")
+    description: str
+    degraded_components: list[Component] = Field(default_factory=list)
+    incidents: list[IncidentSummary] = Field(default_factory=list)
+    updated_at: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.indicator == "none" and not self.degraded_components and not self.incidents
+
+    @property
+    def sentence(self) -> str:
+        parts = [f"{self.name}: {self.description} (indicator {self.indicator})"]
+        if self.degraded_components:
+            parts.append(
+                "degraded: " + ", ".join(f"{c.name} {c.status}" for c in self.degraded_components)
+            )
+        parts += [f"incident '{i.name}' {i.status}" for i in self.incidents]
+        return "; ".join(parts)
+
+
+def _incident(doc: dict[str, Any]) -> IncidentSummary:
+    updates = list(enumerate(doc.get("incident_updates") or []))
+    # Newest by time; on a tie the earlier list entry wins, as Statuspage lists newest first.
+    _, last = max(
+        updates,
+        key=lambda item: (item[1].get("display_at") or item[1].get("created_at") or "", -item[0]),
+        default=(0, {}),
+    )
+    return IncidentSummary(
+        id=str(doc.get("id", "")),
+        name=str(doc.get("name", "")),
+        status=str(doc.get("status", "")),
+        impact=str(doc.get("impact") or "none"),
+        shortlink=doc.get("shortlink"),
+        started_at=doc.get("started_at") or doc.get("created_at"),
+        latest_update=last.get("body"),
+        latest_update_at=last.get("display_at") or last.get("created_at"),
+    )
+
+
+class StatuspagePublic(HttpClient):
+    """Read-only client for a provider's public page. ``async with StatuspagePublic(page)``."""
+
+    def __init__(
+        self, page: StatuspagePage, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(transport=transport)
+        self.page = page
+
+    def __repr__(self) -> str:
+        return f"StatuspagePublic(name={self.page.name!r}, url={self.page.url!r})"
+
+    def _open(self) -> httpx.AsyncClient:
+        return async_client(
+            self.page.url.rstrip("/") + "/api/v2",
+            timeout=self.page.timeout,
+            transport=self._transport,
+        )
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        response = await self._send(
+            "GET",
+            path,
+            target=f"{self.page.name} status page",
+            retries=self.page.retries,
+            backoff=self.page.backoff,
+        )
+        return response.json()
+
+    async def status(self) -> dict[str, str]:
+        """The page rollup: ``{"indicator": ..., "description": ...}``."""
+        return (await self._get("/status.json"))["status"]
+
+    async def components(self) -> list[Component]:
+        """Every non-group component with its status."""
+        docs = (await self._get("/components.json"))["components"]
+        return [Component(name=c["name"], status=c["status"]) for c in docs if not c.get("group")]
+
+    async def unresolved_incidents(self) -> list[IncidentSummary]:
+        """Incidents still investigating, identified or monitoring."""
+        return [_incident(i) for i in (await self._get("/incidents/unresolved.json"))["incidents"]]
+
+    async def summary(self) -> ProviderStatus:
+        """Status, degraded components and open incidents in one call (summary.json)."""
+        doc = await self._get("/summary.json")
+        components = [
+            Component(name=c["name"], status=c["status"])
+            for c in doc.get("components") or []
+            if not c.get("group") and c.get("status") != "operational"
+        ]
+        return ProviderStatus(
+            name=self.page.name,
+            page_url=self.page.url,
+            indicator=doc["status"]["indicator"],
+            description=doc["status"]["description"],
+            degraded_components=components,
+            incidents=[_incident(i) for i in doc.get("incidents") or []],
+            updated_at=(doc.get("page") or {}).get("updated_at"),
+        )
+
+    async def preflight(self) -> dict[str, bool | str]:
+        """Checks the page answers status.json."""
+        try:
+            await self.status()
+            return {"status_page": True}
+        except TargetError as exc:
+            return {"status_page": str(exc)}
+        except (KeyError, ValueError) as exc:
+            return {"status_page": f"not a Statuspage API answer ({exc})"}
+
+
+class StatuspageManageTarget(BaseModel):
+    """Our own Statuspage page; the API key is a secret."""
+
+    name: str = Field(default="statuspage", description="Short name shown in reports")
+    api_key: SecretStr = Field(description="Statuspage API key (user profile > API info)")
+    page_id: str = Field(description="Page id from the manage URL")
+    base_url: str = Field(default=MANAGE_URL, description="Manage API base URL")
+    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
+    retries: int = Field(default=2, ge=0, le=5, description="Retries on 429/5xx/timeouts")
+    backoff: float = Field(default=1.0, ge=0, description="First retry delay in seconds")
+
+
+class StatuspageManage(HttpClient):
+    """Writes incidents on our page; built only inside approved communications."""
+
+    def __init__(
+        self, target: StatuspageManageTarget, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(transport=transport)
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"StatuspageManage(name={self.target.name!r}, page_id={self.target.page_id!r})"
+
+    def _open(self) -> httpx.AsyncClient:
+        key = self.target.api_key.get_secret_value()
+        return async_client(
+            self.target.base_url,
+            headers={"Authorization": f"OAuth {key}"},
+            timeout=self.target.timeout,
+            transport=self._transport,
+        )
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = await self._send(
+            method,
+            f"/pages/{self.target.page_id}{path}",
+            target=self.target.name,
+            retries=self.target.retries,
+            backoff=self.target.backoff,
+            secrets=[self.target.api_key.get_secret_value()],
+            json=body,
+        )
+        return response.json()
+
+    async def unresolved(self) -> list[IncidentSummary]:
+        """Our page's open incidents."""
+        return [_incident(doc) for doc in await self._call("GET", "/incidents/unresolved")]
+
+    async def create_incident(
+        self,
+        name: str,
+        status: str = "investigating",
+        body: str = "",
+        component_ids: list[str] | None = None,
+        impact_override: Impact | None = None,
+        component_status: str = "major_outage",
+    ) -> tuple[IncidentSummary, str]:
+        """Opens an incident unless one with this name is already open; says which."""
+        _check_status(status)
+        for open_incident in await self.unresolved():
+            if open_incident.name == name:
+                return open_incident, f"incident '{name}' is already open ({open_incident.id})"
+        incident: dict[str, Any] = {"name": name, "status": status, "body": body}
+        if component_ids:
+            incident["component_ids"] = component_ids
+            incident["components"] = {cid: component_status for cid in component_ids}
+        if impact_override:
+            incident["impact_override"] = impact_override
+        doc = await self._call("POST", "/incidents", {"incident": incident})
+        created = _incident(doc)
+        return created, f"opened incident '{name}' ({created.id}) as {status}"
+
+    async def update_incident(self, incident_id: str, status: str, body: str) -> str:
+        """Posts an update; when status and message are unchanged it says so and posts nothing."""
+        _check_status(status)
+        current = _incident(await self._call("GET", f"/incidents/{incident_id}"))
+        if current.status == status and (current.latest_update or "") == body:
+            return f"incident {incident_id} is already {status} with that message"
+        if current.status == "resolved" and status == "resolved":
+            return f"incident {incident_id} is already resolved"
+        payload = {"incident": {"status": status, "body": body}}
+        await self._call("PATCH", f"/incidents/{incident_id}", payload)
+        if current.status == status:
+            return f"posted an update on incident {incident_id}; status stays {status}"
+        return f"moved incident {incident_id} from {current.status} to {status}"
+
+    async def resolve_incident(self, incident_id: str, body: str) -> str:
+        """Marks the incident resolved (components return to operational)."""
+        return await self.update_incident(incident_id, "resolved", body)
+
+    async def preflight(self) -> dict[str, bool | str]:
+        """Checks the key can read the page and its incidents."""
+        result: dict[str, bool | str] = {}
+        for capability, path in (("page", ""), ("incidents", "/incidents/unresolved")):
+            try:
+                await self._call("GET", path)
+                result[capability] = True
+            except TargetError as exc:
+                result[capability] = str(exc)
+        return result
+
+
+def _check_status(status: str) -> None:
+    if status not in INCIDENT_STATUSES:
+        raise ConfigError(f"incident status must be one of {', '.join(INCIDENT_STATUSES)}")

@@ -1,0 +1,340 @@
+"""The shared life of a runbook run: diagnose → plan → gate → act → verify → report.
+
+A runbook module is an async Prefect flow that drives one :class:`RunbookRun`
+top to bottom; this module keeps the bookkeeping (timings, events, the report
+artifact) out of the runbooks so each reads in one screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
+from prefect.context import FlowRunContext
+from pydantic import BaseModel
+
+from checks.findings import Finding, Severity, Status, timed
+from integrations.errors import ApprovalRequired, ConfigError
+from integrations.service import Service
+from runbooks import live
+from runbooks.gate import approved_scope, decide, emit_run_event
+from runbooks.model import (
+    Action,
+    ActionResult,
+    Approval,
+    Outcome,
+    Plan,
+    RunbookReport,
+    RunContext,
+)
+from runbooks.report import report_markdown
+
+__all__ = [
+    "Check",
+    "Executor",
+    "RunbookRun",
+    "healthy",
+    "resolve_service",
+    "run_name",
+    "set_service_resolver",
+    "suspendable",
+]
+
+Check = Callable[[], Awaitable[list[Finding]]]
+Executor = Callable[..., Awaitable[ActionResult]]
+
+
+_resolver: Callable[[str], Service] | None = None
+
+
+def set_service_resolver(resolver: Callable[[str], Service] | None) -> None:
+    """Lets runbook flows take a service *name* (deployments, the UI): flows/ installs this."""
+    global _resolver
+    _resolver = resolver
+
+
+def resolve_service(service: Service | str) -> Service:
+    """The Service itself, or the configured service of that name."""
+    if isinstance(service, Service):
+        return service
+    if _resolver is not None:
+        return _resolver(service)
+    from runbooks.config import find_config, load_config
+
+    path = find_config()
+    if path is None:
+        raise ConfigError(
+            f"service {service!r} given by name, but there is no oncall.yaml"
+            " (set ONCALL_CONFIG, as `oncall serve` and prefect.yaml do)"
+        )
+    return load_config(path).service(service)
+
+
+def run_name(runbook: str) -> Callable[[], str]:
+    """A flow run name ``<runbook> · <service>`` whether the service came as a model or a name."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        service = flow_run.parameters.get("service")
+        if isinstance(service, dict):
+            service = service.get("name")
+        return f"{runbook} · {getattr(service, 'name', service) or '?'}"
+
+    return name
+
+
+def suspendable() -> bool:
+    """A top-level deployment run can suspend (free its worker) while a person decides."""
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx else None
+    return bool(run and run.deployment_id and not run.parent_task_run_id)
+
+
+def _persisted(task_: Any, key: str) -> Any:
+    """The task, cached under ``key`` with its result persisted (suspend re-runs the flow)."""
+    return task_.with_options(
+        cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda *_: key), persist_result=True
+    )
+
+
+def healthy(findings: list[Finding]) -> bool:
+    """No finding reports a problem (warn or critical)."""
+    return not any(f.status.is_problem for f in findings)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "target"
+
+
+def _run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+_emit = emit_run_event
+
+
+def _announce(kind: str, finding: Finding, runbook: str, run_id: str | None) -> None:
+    live.publish(kind, {"finding": finding, "runbook": runbook, "flow_run_id": run_id})
+    _emit(
+        f"oncall.{kind}.{finding.status}",
+        f"oncall.check.{runbook}.{finding.check}",
+        f"{finding.check} on {finding.target}",
+        finding.model_dump(mode="json"),
+    )
+
+
+@task(name="diagnose", cache_policy=NO_CACHE)
+async def _run_checks(
+    runbook: str, target: str, kind: str, checks: Mapping[str, Check]
+) -> list[Finding]:
+    run_id = _run_id()
+
+    async def one(name: str, call: Check) -> list[Finding]:
+        findings = await timed(name, target, call)
+        for finding in findings:
+            _announce(kind, finding, runbook, run_id)
+        return findings
+
+    batches = await asyncio.gather(*(one(name, call) for name, call in checks.items()))
+    return [finding for batch in batches for finding in batch]
+
+
+@task(name="act", cache_policy=NO_CACHE)
+async def _act(action: Action, executor: Executor, context: dict[str, Any]) -> ActionResult:
+    return await executor(action, **context)
+
+
+class RunbookRun:
+    """Collects one run's report while its runbook flow moves through the phases."""
+
+    def __init__(
+        self,
+        runbook: str,
+        target: str,
+        params: BaseModel,
+        *,
+        dry_run: bool = False,
+        approve_as: str | None = None,
+        context: RunContext | None = None,
+    ) -> None:
+        self.runbook = runbook
+        self.target = target
+        self.params = params
+        self.dry_run = dry_run
+        self.approve_as = approve_as
+        self.context = context or RunContext()
+        self.suspend = suspendable()
+        self.logger = get_run_logger()
+        self.report = RunbookReport(
+            runbook=runbook,
+            target=target,
+            params=params.model_dump(mode="json"),
+            flow_run_id=_run_id(),
+        )
+        self._t0 = time.perf_counter()
+        self._approval: Approval | None = None
+        live.publish(
+            "start",
+            {
+                "runbook": runbook,
+                "target": target,
+                "flow_run_id": self.report.flow_run_id,
+                "incident_id": self.context.incident_id,
+            },
+        )
+
+    def mark(self, name: str) -> None:
+        """Records seconds since the start for a milestone (first time only)."""
+        self.report.timings.setdefault(name, round(time.perf_counter() - self._t0, 3))
+
+    def note(self, text: str) -> None:
+        self.report.notes.append(text)
+        self.logger.info(text)
+
+    async def diagnose(self, checks: Mapping[str, Check]) -> list[Finding]:
+        """Runs the read-only checks in parallel; each finding is announced as it arrives."""
+        run_checks = _run_checks
+        if self.suspend:  # on resume the flow re-runs from the top: reuse the first diagnosis
+            run_checks = _persisted(_run_checks, f"{self.report.flow_run_id}-diagnose")
+        findings = await run_checks(self.runbook, self.target, "finding", checks)
+        if findings:
+            self.mark("first_finding")
+        self.mark("diagnosis")
+        self.report.findings.extend(findings)
+        for finding in findings:
+            self.report.severity = (
+                finding.severity.raise_to(self.report.severity)
+                if finding.severity
+                else self.report.severity
+            )
+        return findings
+
+    async def gate(self, plan: Plan) -> Approval | None:
+        """Passes the plan through the approval gate; returns the approval, or None."""
+        if self.report.flow_run_id:
+            # The same run always proposes the same plan id: a re-run after suspend finds
+            # its gate (keyed by plan id) already answered instead of asking again.
+            digest = hashlib.sha256(f"{self.report.flow_run_id}/{self.runbook}".encode())
+            plan = plan.model_copy(update={"id": digest.hexdigest()[:12]})
+        self.report.plan = plan
+        self.mark("plan")
+        live.publish("plan", {"plan": plan, "runbook": self.runbook, "flow_run_id": _run_id()})
+        _emit(
+            "oncall.plan.proposed",
+            f"oncall.plan.{plan.id}",
+            plan.summary,
+            plan.model_dump(mode="json"),
+        )
+        if not plan.actions:
+            return None
+        if self.dry_run:
+            self.note("dry run: stopped before the approval gate; nothing was changed")
+            return None
+        decisions = await decide(
+            self.runbook,
+            self.report.findings,
+            plan,
+            policy=self.context.policy,
+            severity=self.context.severity or self.report.severity,
+            requested_by=self.context.requested_by,
+            approve_as=self.approve_as,
+            timeout_s=getattr(self.params, "approval_timeout_seconds", 900),
+            suspend=self.suspend,
+        )
+        self.mark("decision")
+        self.report.approvals.extend(decisions)
+        approval = decisions[-1]
+        self._approval = approval
+        return approval if approval.approved else None
+
+    async def act(
+        self, plan: Plan, approval: Approval, executors: Mapping[str, Executor], **context: Any
+    ) -> list[ActionResult]:
+        """Executes each approved action with its remediation; refuses anything unguarded."""
+        results = []
+        with approved_scope(approval):
+            for action in plan.actions:
+                executor = executors.get(action.kind)
+                if executor is None or not getattr(executor, "__oncall_remediation__", False):
+                    raise ApprovalRequired(f"{action.kind} has no guarded remediation")
+                result = await _act.with_options(name=f"act-{action.id}")(action, executor, context)
+                results.append(result)
+                self.report.results.append(result)
+                live.publish("result", {"result": result, "flow_run_id": _run_id()})
+                _emit(
+                    f"oncall.action.{result.status}",
+                    f"oncall.action.{plan.id}.{action.id}",
+                    action.title,
+                    result.model_dump(mode="json"),
+                )
+        self.mark("mitigation")
+        return results
+
+    async def verify(
+        self,
+        checks: Mapping[str, Check],
+        is_healthy: Callable[[list[Finding]], bool] = healthy,
+    ) -> bool:
+        """Re-runs the checks until healthy or the verify timeout passes."""
+        deadline = time.monotonic() + getattr(self.params, "verify_timeout_seconds", 15.0)
+        while True:
+            findings = await _run_checks(self.runbook, self.target, "verification", checks)
+            if is_healthy(findings) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(1.0)
+        self.report.verification = findings
+        ok = is_healthy(findings)
+        if ok:
+            self.mark("verified")
+        return ok
+
+    def _outcome(self) -> Outcome:
+        findings = self.report.findings
+        observed = [f for f in findings if f.status not in (Status.ERROR, Status.UNKNOWN)]
+        if findings and not observed and any(f.status is Status.ERROR for f in findings):
+            # Nothing could be observed at all: calling that "healthy" would be a lie.
+            return Outcome.UNREACHABLE
+        if healthy(findings):
+            return Outcome.HEALTHY
+        if self.dry_run:
+            return Outcome.DRY_RUN
+        if self.report.plan is None or not self.report.plan.actions:
+            return Outcome.PROBLEM_REMAINS
+        if self._approval is None or not self._approval.approved:
+            if self._approval is not None and self._approval.channel == "timeout":
+                return Outcome.TIMED_OUT
+            return Outcome.REJECTED
+        if self.report.verification and healthy(self.report.verification):
+            return Outcome.FIXED
+        return Outcome.PROBLEM_REMAINS
+
+    async def finish(self, severity: Severity | None = None) -> RunbookReport:
+        """Decides the outcome, writes the report artifact and returns the report."""
+        report = self.report
+        report.outcome = self._outcome()
+        report.severity = severity or report.severity
+        report.finished_at = datetime.now(UTC)
+        await acreate_markdown_artifact(
+            markdown=report_markdown(report),
+            key=f"{_slug(self.runbook)}-{_slug(self.target)}",
+            description=f"{self.runbook} on {self.target}: {report.outcome}",
+        )
+        live.publish("report", {"report": report, "flow_run_id": report.flow_run_id})
+        _emit(
+            f"oncall.runbook.{report.outcome}",
+            f"oncall.runbook.{self.runbook}",
+            f"{self.runbook} on {self.target}",
+            report.model_dump(mode="json"),
+        )
+        self.logger.info("%s on %s: %s", self.runbook, self.target, report.outcome)
+        return report

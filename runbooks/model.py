@@ -1,0 +1,250 @@
+"""What a runbook proposes, who decided, what it did: Action, Plan, Approval, Report."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from checks.findings import Finding, Severity, Status, worst
+
+__all__ = [
+    "APPROVER_RE",
+    "Action",
+    "ActionResult",
+    "Approval",
+    "ApprovalPolicy",
+    "AutoApprove",
+    "RunContext",
+    "Outcome",
+    "Plan",
+    "Risk",
+    "RunbookParams",
+    "RunbookReport",
+    "os_identity",
+]
+
+# Who may be named as an approver: the same pattern is the JSON schema Prefect
+# checks on resume and what the CLI checks before sending.
+APPROVER_RE = r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}$"
+
+
+def os_identity() -> str:
+    """The OS user running this process: the identity a terminal decision carries."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+class Risk(StrEnum):
+    """How much harm an action can do if it is wrong."""
+
+    SAFE = "safe"
+    RISKY = "risky"
+    DESTRUCTIVE = "destructive"
+
+
+class Action(BaseModel):
+    """One proposed change, with the exact preview of what it will touch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Stable id within the plan, e.g. 'terminate-sessions'")
+    kind: str = Field(description="Which remediation executes it")
+    title: str = Field(description="What it does, e.g. 'Terminate 3 sessions'")
+    target: str = Field(description="Where, without secrets")
+    risk: Risk
+    preview: str = Field(description="Exactly what it will touch, for the approver")
+    items: list[dict[str, Any]] = Field(
+        default_factory=list, description="The rows it will touch, re-validated before acting"
+    )
+    undo: str | None = Field(default=None, description="How to undo it, where possible")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Plan(BaseModel):
+    """The actions a runbook proposes after diagnosis; approved or rejected as a whole."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    runbook: str
+    target: str
+    actions: list[Action] = Field(default_factory=list)
+    spared: list[dict[str, Any]] = Field(
+        default_factory=list, description="What was considered and deliberately left alone, why"
+    )
+
+    @property
+    def risk(self) -> Risk:
+        order = [Risk.SAFE, Risk.RISKY, Risk.DESTRUCTIVE]
+        return max((a.risk for a in self.actions), key=order.index, default=Risk.SAFE)
+
+    @property
+    def summary(self) -> str:
+        if not self.actions:
+            return "nothing to change"
+        return "; ".join(f"{a.title} ({a.risk})" for a in self.actions)
+
+
+Channel = Literal["cli", "cli-preapproved", "ui", "slack", "policy", "timeout", "incident"]
+
+
+class Approval(BaseModel):
+    """A decision on a plan. Minted only by the approval gate (see ``runbooks.gate``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan_id: str
+    approved: bool
+    approver: str
+    reason: str = ""
+    channel: Channel
+    identity: str | None = Field(
+        default=None, description="The identity we could verify (OS user, Slack user id)"
+    )
+    action_ids: list[str] = Field(default_factory=list)
+    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    seal: str = Field(default="", exclude=True, repr=False)
+
+
+class AutoApprove(BaseModel):
+    """Actions of this risk may run without a person in these severities."""
+
+    risk: Risk
+    severities: list[Severity]
+
+
+class ApprovalPolicy(BaseModel):
+    """Who must approve what (SPEC §4). A timeout always rejects; nothing is approved by it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_approve: list[AutoApprove] = Field(
+        default_factory=list, description="e.g. [{risk: safe, severities: [P0]}]; none by default"
+    )
+    approvers: dict[Risk, int] = Field(
+        default_factory=lambda: {Risk.SAFE: 1, Risk.RISKY: 1, Risk.DESTRUCTIVE: 1},
+        description="Distinct approvers needed, by the plan's highest risk",
+    )
+    approvers_by_severity: dict[Severity, int] = Field(
+        default_factory=dict, description="Raise the count in these severities (the max wins)"
+    )
+    forbid_self_approval: list[Risk] = Field(
+        default_factory=list,
+        description="Risks the person who started the run may not approve (e.g. [destructive])",
+    )
+    escalate_on_timeout: bool = Field(default=True, description="Escalate when a gate times out")
+
+    def auto_approves(self, plan: Plan, severity: Severity | None) -> bool:
+        if not plan.actions or severity is None:
+            return False
+        return all(
+            any(a.risk == rule.risk and severity in rule.severities for rule in self.auto_approve)
+            for a in plan.actions
+        )
+
+    def required(self, plan: Plan, severity: Severity | None) -> int:
+        count = self.approvers.get(plan.risk, 1)
+        if severity is not None:
+            count = max(count, self.approvers_by_severity.get(severity, 0))
+        return max(1, count)
+
+    def refuses(self, plan: Plan, approver: str, requested_by: str | None) -> str | None:
+        """Why this person may not approve this plan, or None."""
+        if (
+            requested_by
+            and approver.strip().lower() == requested_by.strip().lower()
+            and any(a.risk in self.forbid_self_approval for a in plan.actions)
+        ):
+            return f"{approver} started this run: self-approval of {plan.risk} actions is forbidden"
+        return None
+
+
+class RunContext(BaseModel):
+    """Where a runbook run comes from: the incident, its severity, policy and requester."""
+
+    incident_id: str | None = None
+    severity: Severity | None = None
+    policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    requested_by: str | None = Field(default=None, description="Who started it (person/alert)")
+
+
+class ActionResult(BaseModel):
+    """What one action did, item by item."""
+
+    action_id: str
+    title: str
+    status: Literal["done", "partial", "skipped", "failed"]
+    detail: str
+    items: list[dict[str, Any]] = Field(default_factory=list)
+    finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Outcome(StrEnum):
+    """How a runbook run ended; decides the CLI's exit code."""
+
+    HEALTHY = "healthy"
+    FIXED = "fixed"
+    PROBLEM_REMAINS = "problem_remains"
+    DRY_RUN = "dry_run"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    UNREACHABLE = "unreachable"
+
+    @property
+    def exit_code(self) -> int:
+        if self in (Outcome.HEALTHY, Outcome.FIXED):
+            return 0
+        if self is Outcome.UNREACHABLE:
+            return 3
+        return 1
+
+
+class RunbookParams(BaseModel):
+    """Parameters every runbook shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approval_timeout_seconds: int = Field(
+        default=900, ge=5, le=86_400, description="How long the gate waits before it rejects"
+    )
+    verify_timeout_seconds: float = Field(
+        default=15.0, ge=0, le=3_600, description="How long to re-check for recovery after acting"
+    )
+
+
+class RunbookReport(BaseModel):
+    """Findings, plan, approvals, executed actions and verification of one run."""
+
+    runbook: str
+    target: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    flow_run_id: str | None = None
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    plan: Plan | None = None
+    approvals: list[Approval] = Field(default_factory=list)
+    results: list[ActionResult] = Field(default_factory=list)
+    verification: list[Finding] = Field(default_factory=list)
+    outcome: Outcome = Outcome.PROBLEM_REMAINS
+    severity: Severity | None = Field(default=None, description="Most severe finding suggests")
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="Seconds from start: first_finding, diagnosis, ..."
+    )
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+    @property
+    def status(self) -> Status:
+        return worst(self.verification or self.findings)

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real Prefect server and a real PostgreSQL.
+
+The Prefect settings are fixed here, before anything imports Prefect: a private
+PREFECT_HOME and a free port, so tests never touch a developer's own server.
+Set ONCALL_TEST_PREFECT_API_URL to reuse a server you already run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_REUSE = os.environ.get("ONCALL_TEST_PREFECT_API_URL")
+_HOME = tempfile.mkdtemp(prefix="oncall-test-prefect-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _HOME
+os.environ["PREFECT_API_URL"] = _REUSE or f"http://127.0.0.1:{_free_port()}/api"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """A running Prefect server (started once per session); yields its API URL."""
+    from flows import server
+
+    url = os.environ["PREFECT_API_URL"]
+    if _REUSE:
+        yield url
+        return
+    server.start(url, wait_s=180)
+    yield url
+    import sys
+
+    if "prefect" in sys.modules:  # flush run logs before the server goes away
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgdb():
+    """A fresh database on the machine's PostgreSQL (or an embedded one)."""
+    from tests.pg import test_database
+
+    with test_database() as db:
+        yield db
+
+
+@pytest.fixture
+def faults(pgdb):
+    """Injects sessions into ``pgdb``; every one is closed after the test."""
+    from tests.pg import Faults
+
+    injected = Faults(pgdb)
+    yield injected
+    injected.close()
+
+
+def cancel_waiting_runs(api_url: str) -> int:
+    """Cancels every run still Scheduled/Pending/Paused: a test that starts a runner (oncall
+    serve, a worker) must not pick up what earlier tests left waiting."""
+    import httpx
+
+    runs = httpx.post(
+        f"{api_url}/flow_runs/filter",
+        json={
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "PAUSED"]}}},
+            "limit": 200,
+        },
+        timeout=30,
+    ).json()
+    for run in runs:
+        httpx.post(
+            f"{api_url}/flow_runs/{run['id']}/set_state",
+            timeout=30,
+            json={
+                "state": {
+                    "type": "CANCELLED",
+                    "name": "Cancelled",
+                    "message": "cancelled by the test suite before starting a runner",
+                },
+                "force": True,
+            },
+        )
+    return len(runs)

@@ -1,0 +1,317 @@
+"""The app-down runbook as a real Prefect flow against the local Kubernetes API and Docker
+Engine, a small local app, and the machine's PostgreSQL; assertions are on what they received."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from flows.drills.rollback import IMAGES, HealthApp
+from flows.prefect_api import PrefectAPI
+from flows.sandbox.docker_api import DockerApiServer
+from flows.sandbox.kube_api import KubeApiServer
+from flows.sandbox.prometheus import free_port
+from integrations.docker import DockerTarget
+from integrations.errors import ApprovalRequired
+from integrations.kubernetes import KubernetesOperator, KubernetesTarget
+from integrations.postgres import PostgresTarget
+from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Service
+from runbooks import live
+from runbooks.model import Action, Outcome, Risk
+from runbooks.params import AppDownParams
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+DEPLOYMENT = "/apis/apps/v1/namespaces/prod/deployments/api"
+
+
+def _params(**overrides: Any) -> AppDownParams:
+    values = dict(lookback_minutes=30, approval_timeout_seconds=60, verify_timeout_seconds=10)
+    return AppDownParams(**{**values, **overrides})
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeApiServer]:
+    with KubeApiServer(namespace="prod") as server:
+        yield server
+
+
+def _kube_service(kube: KubeApiServer, health: HealthApp | None = None, **extra: Any) -> Service:
+    target = KubernetesTarget(api_url=kube.url, namespace="prod", deployment="api")
+    http = [HttpEndpoint(name="health", url=f"{health.url}/health")] if health else []
+    return Service(name="api", kubernetes=target, http=http, **extra)
+
+
+async def test_crash_after_a_recent_deploy_is_rolled_back_with_the_rollback_plan(kube):
+    from runbooks.app_down import app_down
+
+    kube.crashing_images.add(IMAGES[2])
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(minutes=5))
+    with HealthApp(kube, "api", "prod") as health:
+        report = await app_down(
+            service=_kube_service(kube, health), params=_params(), approve_as="alice"
+        )
+        assert health.status()[0] == 200
+    [action] = report.plan.actions
+    assert action.kind == "rollback.kubernetes"
+    assert action.preview.splitlines()[0] == (
+        f"deployment api: revision 3 (image {IMAGES[2]}) → revision 2 (image {IMAGES[1]})"
+    )
+    assert any("a recent deploy is the suspect" in s["reason"] for s in report.plan.spared)
+    [patch] = kube.writes()
+    assert (patch.method, patch.path) == ("PATCH", DEPLOYMENT)
+    assert patch.body[1]["value"]["spec"]["containers"][0]["image"] == IMAGES[1]
+    assert report.outcome is Outcome.FIXED
+    [logs] = [f for f in report.findings if f.check == "logs"]
+    assert "FATAL config: missing required setting DATABASE_URL" in logs.evidence["lines"]
+
+
+async def test_a_deployment_scaled_to_zero_is_scaled_back_up(kube):
+    from runbooks.app_down import app_down
+
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
+    with KubernetesOperator(_kube_service(kube).kubernetes) as op:
+        op.scale("api", 0)
+    before = len(kube.writes())
+    report = await app_down(
+        service=_kube_service(kube), params=_params(scale_to=3), approve_as="alice"
+    )
+    [action] = report.plan.actions
+    assert action.preview.startswith("scale deployment prod/api 0 → 3 replicas")
+    assert [(w.method, w.path, w.body) for w in kube.writes()[before:]] == [
+        ("PATCH", f"{DEPLOYMENT}/scale", {"spec": {"replicas": 3}})
+    ]
+    assert (
+        report.outcome is Outcome.FIXED and kube.get("deployments", "api")["spec"]["replicas"] == 3
+    )
+
+
+async def test_oom_killed_pods_get_a_rolling_restart_and_a_memory_leak_note(kube):
+    from runbooks.app_down import app_down
+
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
+    kube.seed_oom_kills("api", restarts=4)
+    report = await app_down(service=_kube_service(kube), params=_params(), approve_as="alice")
+    [action] = report.plan.actions
+    assert action.kind == "kubernetes.restart" and "rollout restart deployment prod/api" in (
+        action.preview
+    )
+    [patch] = kube.writes()
+    assert patch.content_type == "application/strategic-merge-patch+json"
+    annotations = patch.body["spec"]["template"]["metadata"]["annotations"]
+    assert list(annotations) == ["kubectl.kubernetes.io/restartedAt"]
+    assert report.outcome is Outcome.FIXED
+    assert any("memory-leak" in note for note in report.notes)
+
+
+async def _paused_at_gate(prefect_api: str) -> str:
+    """Waits until a runbook flow reaches its gate and is Paused; returns its run id."""
+    seen: dict = {}
+    event = asyncio.Event()
+
+    def listener(kind: str, data: dict) -> None:
+        if kind == "gate":
+            seen.update(data)
+            event.set()
+
+    live.subscribe(listener)
+    try:
+        await asyncio.wait_for(event.wait(), 60)
+    finally:
+        live.unsubscribe(listener)
+    with PrefectAPI(prefect_api) as api:
+        for _ in range(100):
+            if api.flow_run(seen["flow_run_id"])["state"]["type"] == "PAUSED":
+                break
+            await asyncio.sleep(0.1)
+    return seen["flow_run_id"]
+
+
+async def test_dry_run_and_rejection_send_no_write(kube, prefect_api):
+    from runbooks.app_down import app_down
+
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
+    kube.seed_oom_kills("api", restarts=4)
+    report = await app_down(service=_kube_service(kube), params=_params(), dry_run=True)
+    assert report.outcome is Outcome.DRY_RUN and report.plan.actions
+    assert kube.writes() == []
+
+    task = asyncio.create_task(app_down(service=_kube_service(kube), params=_params()))
+    run_id = await _paused_at_gate(prefect_api)
+    decision = {"approved": False, "approver": "bob", "reason": "no", "channel": "cli"}
+    with PrefectAPI(prefect_api) as api:
+        assert api.resume(run_id, {**decision, "identity": "tester"})["status"] == "ACCEPT"
+    report = await asyncio.wait_for(task, 60)
+    assert report.outcome is Outcome.REJECTED and kube.writes() == []
+
+
+async def test_a_database_outage_restarts_nothing(kube):
+    from runbooks.app_down import app_down
+
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
+    kube.seed_oom_kills("api", restarts=4)
+    db = PostgresTarget(dsn=f"postgresql://app:pw@127.0.0.1:{free_port()}/app", connect_timeout=1)
+    report = await app_down(
+        service=_kube_service(kube, postgres=db), params=_params(), approve_as="alice"
+    )
+    [pg] = [f for f in report.findings if f.check == "postgres"]
+    assert pg.status == "critical" and pg.severity == "P0"
+    assert report.plan.actions == [] and kube.writes() == []
+    assert any("postgres" in note and "would not bring it back" in note for note in report.notes)
+    assert report.outcome is Outcome.PROBLEM_REMAINS
+
+
+async def test_a_healthy_app_needs_nothing(kube, pgdb):
+    from runbooks.app_down import app_down
+
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(minutes=5))
+    service = _kube_service(
+        kube,
+        postgres=PostgresTarget(dsn=pgdb.dsn),
+        redis_url=SecretStr("redis://127.0.0.1:6379/0"),
+    )
+    report = await app_down(service=service, params=_params())
+    assert report.outcome is Outcome.HEALTHY and report.plan.actions == []
+    checks = {f.check for f in report.findings}
+    assert {"pods", "logs", "postgres", "redis", "kubernetes_deploys"} <= checks
+    assert kube.writes() == []
+
+
+async def test_kubernetes_api_down_is_unreachable_exit_3():
+    from runbooks.app_down import app_down
+
+    target = KubernetesTarget(api_url=f"http://127.0.0.1:{free_port()}", deployment="api")
+    report = await app_down(service=Service(name="gone", kubernetes=target), params=_params())
+    assert report.outcome is Outcome.UNREACHABLE and report.exit_code == 3
+
+
+# -- Docker ----------------------------------------------------------------------------------
+
+WEB = ["ghcr.io/acme/web:1.2", "ghcr.io/acme/web:1.3"]
+OLD = _params(lookback_minutes=10, grace_minutes=0)  # the 1 h old deploy is not a suspect
+
+
+@pytest.fixture
+def engine() -> Iterator[DockerApiServer]:
+    with DockerApiServer() as server:
+        server.seed_compose_service("shop", "web", WEB, replicas=2)  # last deploy: 1 h ago
+        yield server
+
+
+async def test_an_exited_container_is_restarted(engine):
+    from runbooks.app_down import app_down
+
+    engine.oom_kill("shop-web-2", exited=True)
+    target = DockerTarget(base_url=engine.base_url, container="shop-web-2")
+    report = await app_down(
+        service=Service(name="web", docker=target), params=OLD, approve_as="alice"
+    )
+    [action] = report.plan.actions
+    assert action.kind == "docker.restart" and "restart container shop-web-2 (exited" in (
+        action.preview
+    )
+    assert [(w.method, w.path) for w in engine.writes()] == [
+        ("POST", "/containers/shop-web-2/restart")
+    ]
+    assert report.outcome is Outcome.FIXED and engine.container("shop-web-2")["State"]["Running"]
+
+
+async def test_a_compose_service_with_nothing_running_is_started(engine):
+    from runbooks.app_down import app_down
+
+    for name in ("shop-web-1", "shop-web-2"):
+        engine.oom_kill(name, exited=True)
+    target = DockerTarget(base_url=engine.base_url, compose_project="shop", compose_service="web")
+    report = await app_down(
+        service=Service(name="web", docker=target), params=OLD, approve_as="alice"
+    )
+    [action] = report.plan.actions
+    assert action.kind == "docker.scale"
+    assert action.preview.startswith("scale compose service shop/web 0 → 2 running containers")
+    assert sorted((w.method, w.path) for w in engine.writes()) == [
+        ("POST", "/containers/shop-web-1/start"),
+        ("POST", "/containers/shop-web-2/start"),
+    ]
+    assert report.outcome is Outcome.FIXED
+
+
+# -- configured restart ----------------------------------------------------------------------
+
+
+class _Stuck(BaseHTTPRequestHandler):
+    """Answers 503 on /health until POST /restart."""
+
+    protocol_version = "HTTP/1.1"
+    healthy = False
+    posts: list[tuple[str, Any]] = []
+
+    def _answer(self, code: int) -> None:
+        body = b"{}"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer(200 if _Stuck.healthy else 503)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        _Stuck.posts.append((self.path, json.loads(self.rfile.read(length) or b"null")))
+        _Stuck.healthy = True
+        self._answer(202)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def stuck() -> Iterator[str]:
+    _Stuck.healthy, _Stuck.posts = False, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stuck)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_without_a_platform_the_configured_restart_action_runs(stuck):
+    from runbooks.app_down import app_down
+
+    restart = ConfiguredAction(
+        description="restart via the ops API",
+        http=HttpCall(url=f"{stuck}/restart", json={"service": "web"}),
+    )
+    service = Service(
+        name="web",
+        http=[HttpEndpoint(name="health", url=f"{stuck}/health")],
+        actions={"restart": restart},
+    )
+    dry = await app_down(service=service, params=_params(), dry_run=True)
+    assert dry.plan.actions[0].preview == f"POST {stuck}/restart body {{'service': 'web'}}"
+    assert _Stuck.posts == []
+    report = await app_down(service=service, params=_params(), approve_as="alice")
+    assert _Stuck.posts == [("/restart", {"service": "web"})]
+    assert report.outcome is Outcome.FIXED
+
+
+async def test_remediations_refuse_to_run_without_an_approval_record(kube):
+    from runbooks.app_down import EXECUTORS
+
+    kube.seed_deployment("api", IMAGES)
+    action = Action(
+        id="x", kind="k", target="t", title="t", risk=Risk.RISKY, preview="", items=[{}]
+    )
+    for executor in EXECUTORS.values():
+        with pytest.raises(ApprovalRequired):
+            await executor(action, service=_kube_service(kube))
+    assert kube.writes() == []

@@ -1,0 +1,201 @@
+"""The performance-degradation runbook as a real Prefect flow on a real Prometheus.
+
+Apps (module-scoped): ``sluggish`` turns slow (2.6 s per request) behind a stale "cache" that
+a configured HTTP action clears (its /control ``latency_s``); ``regressed`` turns slow with
+the deploy of v2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flows.sandbox.apps import SandboxApp
+from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from integrations.errors import ApprovalRequired
+from integrations.postgres import PostgresTarget
+from integrations.prometheus import PrometheusClient, PrometheusTarget
+from integrations.service import ConfiguredAction, HttpCall, Service
+from runbooks.model import Action, Outcome, Risk
+from runbooks.params import PerformanceDegradationParams
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+SLOW = 2.6
+
+
+def _p95(job: str) -> str:
+    buckets = f'http_request_duration_seconds_bucket{{job="{job}"}}[5s]'
+    return f"histogram_quantile(0.95, sum by (le) (rate({buckets})))"
+
+
+async def _value(url: str, promql: str) -> float:
+    async with PrometheusClient(PrometheusTarget(url=url, retries=0)) as c:
+        return (await c.query(promql)).value or 0
+
+
+def _until(url: str, promql: str, low: float, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and asyncio.run(_value(url, promql)) < low:
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[dict[str, Any]]:
+    try:
+        prom = PrometheusProcess()
+    except SandboxUnavailable as exc:
+        pytest.skip(str(exc))
+    apps = {
+        "sluggish": SandboxApp("faulty", latency=0.01, rps=10),
+        "regressed": SandboxApp("faulty", latency=0.01, rps=10),
+    }
+    try:
+        for app in apps.values():
+            app.start()
+        for app in apps.values():
+            app.wait_ready()
+        began = time.monotonic()
+        prom.set_targets({job: [app.address] for job, app in apps.items()})
+        with prom:
+            _until(prom.url, 'count_over_time(app_build_info{job="regressed"}[1m])', 6)
+            # The apps' own start is a deploy too: keep it well before the injected rise.
+            time.sleep(max(0.0, began + 12 - time.monotonic()))
+            apps["sluggish"].control(latency_s=SLOW)
+            apps["regressed"].control(version="v2", latency_s=SLOW)
+            for job in apps:
+                _until(prom.url, _p95(job), 2.0)
+            yield {"prom": prom, "apps": apps}
+    finally:
+        for app in apps.values():
+            app.stop()
+
+
+def _params(**overrides: Any) -> PerformanceDegradationParams:
+    values = dict(
+        window_seconds=5,
+        verify_window_seconds=5,
+        lookback_seconds=60,
+        step_seconds=1,
+        deploy_window_seconds=8,  # the rise lags a deploy by the 2.6 s requests
+        approval_timeout_seconds=60,
+        verify_timeout_seconds=25,
+    )
+    return PerformanceDegradationParams(**{**values, **overrides})
+
+
+def _prom(sandbox) -> PrometheusTarget:
+    return PrometheusTarget(url=sandbox["prom"].url, retries=0)
+
+
+def _sluggish(sandbox, pgdb=None) -> Service:
+    app = sandbox["apps"]["sluggish"]
+    clear = ConfiguredAction(
+        description="Clear the stale response cache",
+        risk="safe",
+        http=HttpCall(method="POST", url=f"{app.url}/control", json={"latency_s": 0.01}),
+    )
+    return Service(
+        name="sluggish",
+        prometheus=_prom(sandbox),
+        actions={"clear_cache": clear},
+        postgres=PostgresTarget(name="db", dsn=pgdb.dsn) if pgdb else None,
+    )
+
+
+def _latencies(app: SandboxApp) -> set[float]:
+    return {e["latency_s"] for e in app.state()["endpoints"].values()}
+
+
+def _by_check(findings) -> dict[str, Any]:
+    return {f.check: f for f in findings}
+
+
+async def test_dry_run_diagnoses_the_slowdown_and_clears_nothing(sandbox, pgdb):
+    from runbooks.performance_degradation import performance_degradation
+
+    app = sandbox["apps"]["sluggish"]
+    report = await performance_degradation(
+        service=_sluggish(sandbox, pgdb), params=_params(), dry_run=True
+    )
+    found = _by_check(report.findings)
+    assert report.outcome is Outcome.DRY_RUN
+    assert (found["latency"].status, found["latency"].severity) == ("warn", "P2")
+    assert SLOW * 0.9 < found["latency"].evidence["p95_s"] <= 3.0
+    assert found["slowest_endpoints"].status == "warn"
+    assert found["deploy_coincidence"].status == "ok"
+    assert found["top_statements"].status in ("ok", "unknown")
+    [action] = report.plan.actions
+    assert action.id == "clear-cache"
+    assert action.preview.startswith(f"POST {app.url}/control body {{'latency_s': 0.01}}")
+    assert {s["action"] for s in report.plan.spared} == {"scale"}
+    assert _latencies(app) == {SLOW}
+
+
+async def test_timed_out_gate_clears_nothing(sandbox):
+    from runbooks.performance_degradation import performance_degradation
+
+    report = await performance_degradation(
+        service=_sluggish(sandbox), params=_params(approval_timeout_seconds=5)
+    )
+    assert report.outcome is Outcome.TIMED_OUT and report.results == []
+    assert _latencies(sandbox["apps"]["sluggish"]) == {SLOW}
+
+
+async def test_the_cache_clear_is_refused_without_an_approval_record(sandbox):
+    from runbooks.performance_degradation import EXECUTORS
+
+    action = Action(
+        id="clear-cache",
+        kind="configured",
+        target="t",
+        title="t",
+        risk=Risk.SAFE,
+        preview="",
+        params={"name": "clear_cache"},
+    )
+    with pytest.raises(ApprovalRequired):
+        await EXECUTORS["configured"](action, service=_sluggish(sandbox))
+    assert _latencies(sandbox["apps"]["sluggish"]) == {SLOW}
+
+
+async def test_a_deploy_made_slowdown_is_handed_to_rollback_not_scaled(sandbox):
+    from runbooks.performance_degradation import performance_degradation
+
+    service = Service(name="regressed", prometheus=_prom(sandbox))
+    report = await performance_degradation(service=service, params=_params())
+    found = _by_check(report.findings)
+    assert found["deploy_coincidence"].status == "warn", found["deploy_coincidence"].summary
+    assert found["deploy_coincidence"].evidence["deploy"]["what"] == "version v2"
+    assert report.plan.actions == []
+    assert {s["action"] for s in report.plan.spared} == {"rollback", "scale"}
+    assert any("rollback runbook" in n for n in report.notes)
+
+
+async def test_prometheus_down_is_unreachable_exit_3():
+    from runbooks.performance_degradation import performance_degradation
+
+    down = Service(
+        name="gone", prometheus=PrometheusTarget(url=f"http://127.0.0.1:{free_port()}", retries=0)
+    )
+    report = await performance_degradation(service=down, params=_params())
+    assert report.outcome is Outcome.UNREACHABLE and report.exit_code == 3
+    assert report.findings and all(f.status == "error" for f in report.findings)
+
+
+async def test_approved_cache_clear_fixes_it_and_is_verified(sandbox):
+    from runbooks.performance_degradation import performance_degradation
+
+    app = sandbox["apps"]["sluggish"]
+    report = await performance_degradation(
+        service=_sluggish(sandbox), params=_params(), approve_as="alice"
+    )
+    assert report.outcome is Outcome.FIXED, report.verification
+    assert [r.status for r in report.results] == ["done"]
+    assert _latencies(app) == {0.01}
+    after = _by_check(report.verification)
+    assert set(after) == {"latency", "slowest_endpoints"}
+    assert after["latency"].evidence["p95_s"] < 2.0
