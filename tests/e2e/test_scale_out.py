@@ -431,7 +431,19 @@ def test_worker_runs_incident_and_a_suspended_runbook_survives_a_server_restart(
     )
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert pgdb.alive(idle) == set()
-    events = api.events([child["id"]], "2000-01-01T00:00:00Z", limit=50)
+    # The server persists events in batches, a few seconds after they are emitted.
+    events = _wait(
+        lambda: (
+            lambda es: (
+                es
+                if any(e["event"].startswith("oncall.action.") for e in es)
+                and any(e["event"] == "oncall.approval.approved" for e in es)
+                else None
+            )
+        )(api.events([child["id"]], "2000-01-01T00:00:00Z", limit=50)),
+        60,
+        "the remediation's and the approval's events",
+    )
     executed = [e for e in events if e["event"].startswith("oncall.action.")]
     assert len(executed) == 1, [e["event"] for e in executed]
     approvals = [e for e in events if e["event"] == "oncall.approval.approved"]

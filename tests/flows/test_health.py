@@ -60,7 +60,7 @@ def opened(prefect_api):
 
     async def opener(alert):
         async with httpx.AsyncClient(base_url=prefect_api) as api:
-            flow = (await api.post("/flows/", json={"name": "incident"})).json()
+            flow = (await api.post("/flows/", json={"name": "incident"})).raise_for_status().json()
             run = await api.post(
                 "/flow_runs/",
                 json={
@@ -70,6 +70,7 @@ def opened(prefect_api):
                     "state": {"type": "SCHEDULED"},
                 },
             )
+            run.raise_for_status()
         created.append((alert, run.json()["id"]))
         return run.json()["id"]
 

@@ -217,9 +217,6 @@ def test_alert_runs_incident_and_suspended_runbook_resumes_once_after_approval(
     )
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert pgdb.alive(idle) == set()
-    events = api.events([child["id"]], "2000-01-01T00:00:00Z")
-    executed = [e for e in events if e["event"].startswith("oncall.action.")]
-    assert len(executed) == 1, "the remediation ran exactly once across the suspend"
     incident = _wait(
         lambda: next(
             (
@@ -233,3 +230,17 @@ def test_alert_runs_incident_and_suspended_runbook_resumes_once_after_approval(
         "the incident to resolve",
     )
     assert "status:resolved" in incident["tags"]
+    # The server persists events in batches, a few seconds after they are emitted.
+    executed = _wait(
+        lambda: (
+            [
+                e
+                for e in api.events([child["id"]], "2000-01-01T00:00:00Z")
+                if e["event"].startswith("oncall.action.")
+            ]
+            or None
+        ),
+        60,
+        "the remediation's event",
+    )
+    assert len(executed) == 1, "the remediation ran exactly once across the suspend"
