@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # Severity is defined with the alert model (the lowest layer that needs it) and re-exported.
-from integrations.alerts import Severity
+from integrations._severity import Severity
 from integrations.errors import OncallError, TargetError, Unreachable
 
 __all__ = ["Finding", "Severity", "Status", "timed", "worst"]

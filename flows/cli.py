@@ -14,6 +14,23 @@ import traceback
 from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
+
+def _cache_bytecode() -> None:
+    """Keeps compiled bytecode in a cache of ours when PYTHONDONTWRITEBYTECODE is set.
+
+    Without .pyc files every start compiles typer, pydantic, rich … from source: ~0.3 s of
+    `oncall runbooks` (benchmarks/cli_startup.py). The cache sits outside the source tree
+    and site-packages, so what the variable protects stays untouched.
+    """
+    if not sys.dont_write_bytecode or sys.pycache_prefix or os.environ.get("ONCALL_NO_PYC"):
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    sys.pycache_prefix = os.path.join(base, "oncall-runbooks", "pyc")
+    sys.dont_write_bytecode = False
+
+
+_cache_bytecode()
+
 # httpx imports its own command line (click, rich.progress, pygments) on `import httpx`:
 # ~0.2 s of every oncall command for a CLI we never run (encode/httpx#3547). A None entry
 # makes that optional import fail, and httpx falls back to a stub `httpx.main`.
