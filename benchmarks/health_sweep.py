@@ -10,6 +10,11 @@ without Prefect; ``flow`` is ``health_sweep(config_path=..., dry_run=True)`` (as
 deployment runs it: the YAML is loaded inside the flow) against a warm private Prefect
 server, after one 1-target warm-up sweep in the same child. Goals (issue 7):
 flow ≤ 1.5× raw, linear growth, peak RSS reported.
+
+The raw sweep is the plain way, one pool of ``concurrency`` connections; past a few hundred
+targets it is slower than the sweep, whose client splits the connections into small pools
+(httpcore re-examines every pooled connection for every queued request, encode/httpx#3215).
+Each flow row also says what Prefect adds over ``sweep_http``, the same checks without it.
 """
 
 from __future__ import annotations
@@ -116,6 +121,12 @@ def _measure(mode: str, base: str, n: int, concurrency: int) -> dict:
     return result
 
 
+def _prefect_cost(flow: dict, plain: dict) -> str:
+    """What Prefect adds over the sweep's own checks run without it (sweep_http)."""
+    extra = flow["seconds"] - plain["seconds"]
+    return f"; Prefect adds {extra:+.2f} s ({flow['seconds'] / plain['seconds']:.2f}× sweep_http)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000,5000")
@@ -162,7 +173,8 @@ def main() -> None:
                     goal=1.5 * raw["seconds"] if mode == "flow" else None,
                     goal_text="≤ 1.5× raw" if mode == "flow" else "",
                     note=f"peak RSS {r['rss_mb']:.0f} MB (raw {raw['rss_mb']:.0f} MB);"
-                    f" {1000 * r['seconds'] / n:.2f} ms per target",
+                    f" {1000 * r['seconds'] / n:.2f} ms per target"
+                    + (_prefect_cost(r, rows[("sweep_http", n)]) if mode == "flow" else ""),
                 )
             )
     if len(sizes) > 1:
