@@ -15,21 +15,26 @@ from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
 
-def _cache_bytecode() -> None:
+def cache_bytecode() -> None:
     """Keeps compiled bytecode in a cache of ours when PYTHONDONTWRITEBYTECODE is set.
 
     Without .pyc files every start compiles typer, pydantic, rich … from source: ~0.3 s of
-    `oncall runbooks` (benchmarks/cli_startup.py). The cache sits outside the source tree
-    and site-packages, so what the variable protects stays untouched.
+    `oncall runbooks`, and ~3 s of every flow run the runner starts in a new process, where
+    Prefect's own modules compile again (benchmarks/). The cache (PYTHONPYCACHEPREFIX, for
+    this process and the processes it starts) sits outside the source tree and
+    site-packages, so what the variable protects stays untouched.
     """
     if not sys.dont_write_bytecode or sys.pycache_prefix or os.environ.get("ONCALL_NO_PYC"):
         return
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    sys.pycache_prefix = os.path.join(base, "oncall-runbooks", "pyc")
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = os.path.join(
+        base, "oncall-runbooks", "pyc"
+    )
     sys.dont_write_bytecode = False
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
-_cache_bytecode()
+cache_bytecode()
 
 # httpx imports its own command line (click, rich.progress, pygments) on `import httpx`:
 # ~0.2 s of every oncall command for a CLI we never run (encode/httpx#3547). A None entry

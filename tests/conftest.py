@@ -30,6 +30,12 @@ os.environ["PREFECT_API_URL"] = _REUSE or f"http://127.0.0.1:{_free_port()}/api"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
+# What `oncall` does at start: bytecode cached outside the tree, for the test process and
+# every process it starts (Prefect servers, `oncall` subprocesses, served flow runs).
+from flows.cli import cache_bytecode  # noqa: E402
+
+cache_bytecode()
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> str:
