@@ -158,6 +158,7 @@ def private_prefect(home: Path | None = None, wait_s: float = 180.0) -> Iterator
     anything imports Prefect.
     """
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
     from flows import server
 
     reuse = os.environ.get("BENCH_PREFECT_API_URL")

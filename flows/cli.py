@@ -416,6 +416,14 @@ def approve_cmd(
         )
 
 
+def _preload(module: str) -> None:
+    """Imports ``module`` in a background thread (the import lock makes users wait for it)."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
+
+
 @app.command("drill")
 def drill_cmd(
     scenario: Annotated[str, typer.Argument(help="Scenario, e.g. db-connections.")],
@@ -433,6 +441,7 @@ def drill_cmd(
         approve_as = _approver(approve_as, "--approve-as")
         console = _console(json_out)
         _ensure_server(console, wait=False)
+        _preload("flows.execute")  # Prefect's import overlaps the sandbox's start-up
         card = DRILLS[scenario](
             approve_as=approve_as,
             console=console,
@@ -540,6 +549,7 @@ def server_stop() -> None:
 
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry
     app()
 
 

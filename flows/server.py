@@ -99,6 +99,7 @@ def _server_env(database_url: str | None, api_url: str | None = None) -> dict[st
     env = {**SERVER_DEFAULTS, **os.environ}
     env.pop("PREFECT_API_URL", None)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env.setdefault("DO_NOT_TRACK", "1")
     if api_url:  # the UI must call this server's API, not the default port's
         env["PREFECT_UI_API_URL"] = api_url
     env.setdefault("PREFECT_HOME", str(prefect_home()))
@@ -328,6 +329,7 @@ def ensure(wait: bool = True) -> str:
     :func:`wait_if_starting` before the first API call (``flows.execute`` does).
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry
     url = os.environ.get("PREFECT_API_URL")
     if url:
         if not healthy(url, timeout=3.0):

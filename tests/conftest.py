@@ -28,6 +28,7 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _HOME
 os.environ["PREFECT_API_URL"] = _REUSE or f"http://127.0.0.1:{_free_port()}/api"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 # What `oncall` does at start: bytecode cached outside the tree, for the test process and

@@ -13,7 +13,6 @@ __all__ = ["drill"]
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Exhausts an embedded PostgreSQL's connections and lets db-connections fix it."""
-    from flows.execute import run_runbook
     from flows.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
@@ -21,7 +20,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
 
     spec = RUNBOOKS["db-connections"]
     params = spec.params(
-        idle_in_transaction_seconds=2,
+        idle_in_transaction_seconds=1,
         long_query_seconds=60,
         approval_timeout_seconds=300,
         verify_timeout_seconds=10,
@@ -37,6 +36,8 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         time.sleep(params.idle_in_transaction_seconds + 0.3)  # let the fault age past the threshold
         target = PostgresTarget(name="drill-postgres", dsn=pg.dsn)
         started = time.monotonic() - injected
+        from flows.execute import run_runbook  # preloaded by `oncall drill` meanwhile
+
         report = run_runbook(
             spec,
             service=Service(name="drill-postgres", postgres=target),
