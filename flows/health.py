@@ -72,7 +72,10 @@ __all__ = [
 CHUNK_SIZE = 500
 MAX_ALERTS_PER_SERVICE = 10
 PROGRESS_STEPS = 10
-TABLE_ALL_ROWS_UP_TO = 100
+PROGRESS_EVERY_S = 1.0  # at most one progress write a second: each is a row and an event
+# Every row up to this many targets; beyond, the rows that are not ok (and the counts): a
+# minute's sweep of 100 targets would otherwise store ~20 KB of "ok" rows (benchmarks/soak.py).
+TABLE_ALL_ROWS_UP_TO = 20
 TABLE_MAX_ROWS = 500
 KINDS = ("http", "postgres", "queue", "prometheus")
 
@@ -225,7 +228,7 @@ def _counts(results: Sequence[Result]) -> dict[str, KindCounts]:
 
 
 class _Progress:
-    """The sweep's progress artifact, written on each tenth done (never per target)."""
+    """The sweep's progress artifact: on each tenth done, at most once a second, and at the end."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -235,6 +238,7 @@ class _Progress:
         self._id: UUID | None = None
         self._lock = asyncio.Lock()
         self._pending: list[asyncio.Task] = []
+        self._last = time.monotonic()
 
     async def start(self) -> None:
         self._id = await acreate_progress_artifact(
@@ -246,8 +250,8 @@ class _Progress:
     def advance(self, n: int = 1) -> None:
         self.done += n
         step = self.done * PROGRESS_STEPS // max(1, self.total)
-        if step > self._step:
-            self._step = step
+        if step > self._step and time.monotonic() - self._last >= PROGRESS_EVERY_S:
+            self._step, self._last = step, time.monotonic()
             self._pending.append(asyncio.ensure_future(self._write(step)))
 
     async def _write(self, step: int) -> None:
