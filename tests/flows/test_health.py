@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -58,21 +59,29 @@ def opened(prefect_api):
     (flow ``incident``, the intake's creation tags) so later alerts can join it."""
     created: list[tuple] = []
 
+    async def post(api, path, body):
+        for _ in range(5):  # a busy SQLite-backed server answers 503 "database is locked"
+            answer = await api.post(path, json=body)
+            if answer.status_code != 503:
+                break
+            await asyncio.sleep(0.5)
+        return answer.raise_for_status().json()
+
     async def opener(alert):
         async with httpx.AsyncClient(base_url=prefect_api) as api:
-            flow = (await api.post("/flows/", json={"name": "incident"})).raise_for_status().json()
-            run = await api.post(
+            flow = await post(api, "/flows/", {"name": "incident"})
+            run = await post(
+                api,
                 "/flow_runs/",
-                json={
+                {
                     "flow_id": flow["id"],
                     "name": f"test-{alert.service}",
                     "tags": creation_tags(alert),
                     "state": {"type": "SCHEDULED"},
                 },
             )
-            run.raise_for_status()
-        created.append((alert, run.json()["id"]))
-        return run.json()["id"]
+        created.append((alert, run["id"]))
+        return run["id"]
 
     set_opener(opener)
     yield created
