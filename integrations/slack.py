@@ -195,15 +195,18 @@ def parse_interaction(form_body: bytes | str) -> SlackInteraction:
         payload = json.loads(parse_qs(text, strict_parsing=True)["payload"][0])
         action = payload["actions"][0]
         user, team = payload["user"], payload.get("team") or {}
-        return SlackInteraction(
-            value=str(action.get("value") or action.get("selected_option", {}).get("value")),
-            action_id=str(action.get("action_id", "")),
-            user_id=str(user["id"]),
-            user_name=str(user.get("username") or user.get("name") or user["id"]),
-            team_id=str(team.get("id") or user.get("team_id") or ""),
-            team_domain=str(team.get("domain", "")),
-            channel_id=str((payload.get("channel") or {}).get("id", "")),
-            response_url=str(payload.get("response_url", "")),
-        )
-    except (KeyError, IndexError, TypeError, ValueError, OncallError) as exc:
+        fields = {
+            "value": str(action.get("value") or action.get("selected_option", {}).get("value")),
+            "action_id": str(action.get("action_id", "")),
+            "user_id": str(user["id"]),
+            "user_name": str(user.get("username") or user.get("name") or user["id"]),
+            "team_id": str(team.get("id") or user.get("team_id") or ""),
+            "team_domain": str(team.get("domain", "")),
+            "channel_id": str((payload.get("channel") or {}).get("id", "")),
+            "response_url": str(payload.get("response_url", "")),
+        }
+        for field in fields.values():  # JSON's \ud800 escapes decode to unencodable text
+            field.encode("utf-8")
+        return SlackInteraction(**fields)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, OncallError) as exc:
         raise ConfigError(f"not a Slack block_actions payload ({type(exc).__name__})") from exc

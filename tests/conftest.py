@@ -37,6 +37,14 @@ from flows.cli import cache_bytecode  # noqa: E402
 
 cache_bytecode()
 
+# Property tests draw the same examples every run, so CI is reproducible;
+# HYPOTHESIS_PROFILE=explore draws new ones (how the Slack payload bugs were found).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> str:

@@ -303,6 +303,22 @@ def test_parse_interaction_rejects_other_bodies() -> None:
             parse_interaction(body)
 
 
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        {"team": "T9TK3CUKW"},  # a string where Slack sends an object
+        {"team": {"id": "\ud800", "domain": "example"}},  # a lone surrogate, JSON-escaped
+        {"user": ["UA8RXUSPL"]},
+    ],
+    ids=["team-not-an-object", "lone-surrogate", "user-not-an-object"],
+)
+def test_parse_interaction_rejects_mangled_documented_payloads(mangle) -> None:
+    """Found by the receiver's fuzz test: these used to raise past the parser (a 500)."""
+    payload = {**json.loads((FIXTURES / "block_actions.json").read_text()), **mangle}
+    with pytest.raises(ConfigError):
+        parse_interaction(urlencode({"payload": json.dumps(payload)}).encode())
+
+
 def test_signed_click_round_trip_names_run_and_approver() -> None:
     """A button we built, clicked, signed by Slack, verified and parsed back."""
     message = approval_request(RUN_ID, runbook="rollback", action="Promote dpl_1", risk="risky")
