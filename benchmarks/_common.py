@@ -159,7 +159,7 @@ def private_prefect(home: Path | None = None, wait_s: float = 180.0) -> Iterator
     """
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["DO_NOT_TRACK"] = "1"
-    from flows.cli import cache_bytecode
+    from flows.bytecode import cache_bytecode
 
     cache_bytecode()  # as `oncall` does, for this process and the server it starts
     from flows import server

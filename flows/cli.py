@@ -14,25 +14,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
-
-def cache_bytecode() -> None:
-    """Keeps compiled bytecode in a cache of ours when PYTHONDONTWRITEBYTECODE is set.
-
-    Without .pyc files every start compiles typer, pydantic, rich … from source: ~0.3 s of
-    `oncall runbooks`, and ~3 s of every flow run the runner starts in a new process, where
-    Prefect's own modules compile again (benchmarks/). The cache (PYTHONPYCACHEPREFIX, for
-    this process and the processes it starts) sits outside the source tree and
-    site-packages, so what the variable protects stays untouched.
-    """
-    if not sys.dont_write_bytecode or sys.pycache_prefix or os.environ.get("ONCALL_NO_PYC"):
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = os.path.join(
-        base, "oncall-runbooks", "pyc"
-    )
-    sys.dont_write_bytecode = False
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-
+from flows.bytecode import cache_bytecode  # first: before typer, pydantic …
 
 cache_bytecode()
 

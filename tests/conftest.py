@@ -33,7 +33,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 # What `oncall` does at start: bytecode cached outside the tree, for the test process and
 # every process it starts (Prefect servers, `oncall` subprocesses, served flow runs).
-from flows.cli import cache_bytecode  # noqa: E402
+from flows.bytecode import cache_bytecode  # noqa: E402
 
 cache_bytecode()
 
