@@ -1,6 +1,7 @@
 """From an Alertmanager POST to the first Finding in Prefect and in Slack, through ``oncall serve``.
 
-    uv run python -m benchmarks.alert_to_finding [--alerts 20] [--env KEY=VALUE ...]
+    uv run python -m benchmarks.alert_to_finding [--alerts 20] [--incidents deployment]
+        [--env KEY=VALUE ...]
 
 Starts a private Prefect server, a local Slack webhook sink (``SaasSandbox``) and
 ``oncall serve`` (as tests/flows/test_serve.py does) with one service per alert, all
@@ -10,7 +11,9 @@ one at a time: POST → time until the runbook's first ``oncall.finding.*`` even
 read from Prefect's events API, and until the incident's "identified" update reaches
 Slack; then the incident is resolved (as ``oncall resolve`` does) before the next one.
 Baseline: the same checks run directly (``runbooks.db_connections.diagnose``) in this
-process. Goal (issue 7): p95 ≤ 1.5 s warm. ``--env`` passes settings to ``oncall serve``.
+process. Goal (issue 7): p95 ≤ 1.5 s warm. ``--incidents`` sets ``receiver.incidents``
+(in-process, the default, or deployment); ``--env`` passes settings to ``oncall serve``;
+``BENCH_PREFECT_API_URL`` uses a running Prefect server (e.g. one on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from benchmarks.runbook_overhead import postgres
 TOKEN = "bench-receiver-token-0123456789"
 
 
-def _config(path: Path, services: int, port: int, database: str) -> None:
+def _config(path: Path, services: int, port: int, database: str, incidents: str) -> None:
     body = ["services:"]
     for i in range(services):
         body += [f"  svc-{i:02d}:", "    postgres:", "      dsn: ${BENCH_DSN}"]
@@ -59,6 +62,7 @@ def _config(path: Path, services: int, port: int, database: str) -> None:
         "  token: ${BENCH_TOKEN}",
         "  cooldown: 0s",
         "  max_runs_per_hour: 1000",
+        f"  incidents: {incidents}",
         "health: {enabled: false}",
     ]
     path.write_text("\n".join(body) + "\n")
@@ -199,51 +203,10 @@ def _resolve(api: httpx.Client, run_id: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-async def serve_in_process(config_path: str) -> None:
-    """What-if, not the product: the receiver and dispatcher of ``oncall serve``, with an
-    opener that runs the incident flow in this process (its runbooks then run as in-process
-    subflows) instead of creating an ``incident`` deployment run for the runner to spawn."""
-    import uvicorn
-    from prefect import tags
-
-    from flows import server
-    from flows.incident import incident
-    from flows.intake import creation_tags
-    from flows.receiver import Dispatcher, create_app
-    from flows.spool import Spool
-    from runbooks.config import load_config
-
-    api_url = server.ensure()
-    config = load_config(config_path)
-    running: set[asyncio.Task] = set()
-
-    async def opener(alert: Any) -> str:
-        with tags(*creation_tags(alert)):
-            task = asyncio.ensure_future(incident(alert=alert, config=config))
-        running.add(task)
-        task.add_done_callback(running.discard)
-        return "in-process"
-
-    spool = Spool(server.prefect_home() / "oncall-spool")
-    dispatcher = Dispatcher(spool, api_url, opener)
-    receiver = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, spool, dispatcher),
-            host="127.0.0.1",
-            port=config.receiver.port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    await asyncio.gather(receiver.serve(), dispatcher.run())
-
-
 @contextlib.contextmanager
-def served(config: Path, env: dict[str, str], log: Path, in_process: bool = False):
+def served(config: Path, env: dict[str, str], log: Path):
     out = open(log, "w")  # noqa: SIM115  (closed below)
     command = ["flows.cli", "serve", "--config", str(config)]
-    if in_process:
-        command = ["benchmarks.alert_to_finding", "--serve-in-process", str(config)]
     proc = subprocess.Popen(
         [sys.executable, "-m", *command],
         env={**os.environ, **env},
@@ -293,15 +256,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=90.0, help="per alert, seconds")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for oncall serve")
     parser.add_argument(
-        "--in-process",
-        action="store_true",
-        help="what-if: incidents and runbooks run in the serving process (no deployment runs)",
+        "--incidents",
+        choices=["in-process", "deployment"],
+        default="in-process",
+        help="receiver.incidents for oncall serve (default: in-process, its default)",
     )
-    parser.add_argument("--serve-in-process", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_in_process:
-        asyncio.run(serve_in_process(args.serve_in_process))
-        return
     extra = dict(pair.split("=", 1) for pair in args.env)
     from flows.sandbox.saas import SaasSandbox
 
@@ -311,7 +271,7 @@ def main() -> None:
         baseline = _baseline(dsn, database)
         port = free_port()
         config = work / "oncall.yaml"
-        _config(config, args.alerts, port, database)
+        _config(config, args.alerts, port, database, args.incidents)
         env = {
             "BENCH_DSN": dsn,
             "BENCH_SLACK_URL": str(sb.slack_target().webhook_url.get_secret_value()),
@@ -319,10 +279,12 @@ def main() -> None:
             **extra,
         }
         url = f"http://127.0.0.1:{port}"
-        mode = "in-process what-if" if args.in_process else "oncall serve"
-        print(f"[bench] {mode} on {url} ({where}); extra env {extra or 'none'}")
+        print(
+            f"[bench] oncall serve (incidents: {args.incidents}) on {url} ({where});"
+            f" Prefect server {api_url}; extra env {extra or 'none'}"
+        )
         with (
-            served(config, env, work / "serve.log", args.in_process) as proc,
+            served(config, env, work / "serve.log") as proc,
             httpx.Client(base_url=api_url, timeout=10) as api,
         ):
             began = time.monotonic()
@@ -391,9 +353,9 @@ def main() -> None:
         if values:
             breakdown[stage] = round(statistics.median(values), 3)
             print(f"  {stage:<22} {breakdown[stage]:7.3f}")
-    title = "in-process incidents (what-if)" if args.in_process else "oncall serve"
+    title = f"oncall serve, incidents: {args.incidents}"
     print_figures(f"Alert to finding through {title} (warm server)", figures)
-    name = "alert_to_finding_in_process" if args.in_process else "alert_to_finding"
+    name = "alert_to_finding" + ("_deployment" if args.incidents == "deployment" else "")
     save(name, figures, {"breakdown_median_s": breakdown, "serve_env": extra})
 
 

@@ -106,6 +106,10 @@ class IncidentRun:
         self.extra_tags = extra_tags
         self.logger = get_run_logger()
         self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        # Set when a runbook of this incident reports: the loop handles it at once instead
+        # of at its next tick (a finding reaches Slack ~1 s sooner).
+        self.wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self.children: dict[str, str] = {}  # runbook flow run id -> runbook
         self.waiting: dict[str, dict[str, Any]] = {}  # flow run id -> gate
         self.tasks: dict[str, asyncio.Task] = {}
@@ -411,6 +415,13 @@ class IncidentRun:
             self.children[data["flow_run_id"]] = data["runbook"]
         if data.get("flow_run_id") in self.children:
             self.events.put_nowait((kind, data))
+            self._loop.call_soon_threadsafe(self.wake.set)
+
+    async def nap(self, seconds: float) -> None:
+        """Waits until the next tick is due, or until a runbook of this incident reports."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=seconds)
+        self.wake.clear()
 
     async def handle(self, kind: str, data: dict[str, Any]) -> None:
         runbook = self.children.get(data.get("flow_run_id", ""), "?")
@@ -806,7 +817,7 @@ async def incident(
         await state.start_runbooks()
         while not inc.resolved_at:
             await outage.attempt(state.tick)
-            await asyncio.sleep(TICK_S)
+            await state.nap(TICK_S)
         await asyncio.sleep(0)  # let cancelled runbooks settle
         for task_ in list(state.tasks.values()):
             with contextlib.suppress(BaseException):

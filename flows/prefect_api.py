@@ -189,3 +189,8 @@ class PrefectAPI:
             if "schema not found" not in reason or time.monotonic() > deadline:
                 return result
             time.sleep(0.2)
+
+    def set_state(self, run_id: str, state_type: str, message: str) -> dict[str, Any]:
+        """Forces a flow run into a state (e.g. CRASHED for a run whose process is gone)."""
+        body = {"state": {"type": state_type, "message": message}, "force": True}
+        return self._call("POST", f"/flow_runs/{run_id}/set_state", json=body).json()

@@ -6,6 +6,12 @@ Deployments: ``incident/incident``, one per runbook (``db-connections/db-connect
 execute in this process's Prefect runner; ``prefect.yaml`` deploys the same flows to
 a work pool for workers on other machines. Ctrl-C / SIGTERM stops cleanly: the
 receiver stops taking requests, schedules are paused, spooled alerts stay on disk.
+
+An alert's incident runs in this process by default (``receiver.incidents:
+in-process``, :class:`LocalIncidents`): no process to start, so its first finding is in
+Prefect about a second after the alert instead of ~5 s (two deployment-run hops, each a
+runner poll and a new Python process). ``incidents: deployment`` keeps the per-run
+processes, whose runbooks suspend at their gates and free their worker.
 """
 
 from __future__ import annotations
@@ -16,19 +22,22 @@ import functools
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from flows.intake import open_by_deployment
+from flows.intake import creation_tags, open_by_deployment
+from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
 from flows.server import ensure, prefect_home
 from flows.spool import Spool
+from integrations.alerts import Alert
 from runbooks.catalog import RUNBOOKS
 from runbooks.config import OncallConfig, load_config
 
-__all__ = ["build_deployments", "serve"]
+__all__ = ["LocalIncidents", "build_deployments", "serve"]
 
 log = logging.getLogger("oncall.serve")
 
@@ -39,6 +48,95 @@ class _Receiver(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]
         yield
+
+
+class LocalIncidents:
+    """Opens incidents as flow runs that run in this process (``receiver.incidents: in-process``).
+
+    The run is created first (Pending, with the intake's tags, so the next alert of the
+    service joins it at once) and then executed here by Prefect's engine; its runbooks run
+    as subflows and wait at their gates with a pause, polled every second. The run records
+    its owner (``host:pid``, Prefect's ``infrastructure_pid``): an incident whose ``oncall
+    serve`` died is marked Crashed by the next one on that host (:meth:`reap`), so a new
+    alert opens a new incident instead of joining one nobody runs.
+    """
+
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}"
+        self.running: dict[str, asyncio.Task[Any]] = {}
+
+    async def open(self, alert: Alert) -> str:
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow_async
+        from prefect.states import Pending
+
+        from flows.incident import incident
+
+        parameters = {"alert": alert, "config_path": self.config_path}
+        async with get_client() as client:
+            run = await client.create_flow_run(
+                incident,
+                parameters={"alert": alert.model_dump(mode="json"), **parameters},
+                tags=creation_tags(alert),
+                state=Pending(),
+            )
+            await client.update_flow_run(run.id, infrastructure_pid=self.owner)
+        run_id = str(run.id)
+        self.running[run_id] = asyncio.create_task(
+            run_flow_async(incident, flow_run=run, parameters=parameters, return_type="state"),
+            name=f"incident {run_id}",
+        )
+        self.running[run_id].add_done_callback(lambda _: self.running.pop(run_id, None))
+        return run_id
+
+    def reap(self, api: PrefectAPI) -> list[str]:
+        """Marks Crashed the open incidents of a dead ``oncall serve`` on this host."""
+        reaped = []
+        for run in api.incident_runs(open_only=True):
+            host, _, pid = str(run.get("infrastructure_pid") or "").rpartition(":")
+            if run.get("deployment_id") or host != self.host or not pid.isdigit():
+                continue
+            if _alive(int(pid)) or run["id"] in self.running:
+                continue
+            why = f"oncall serve (pid {pid}) stopped while this incident was open"
+            api.set_state(run["id"], "CRASHED", f"{why}; a new alert opens a new incident")
+            reaped.append(run["id"])
+            # Its runbooks ran in that process too: a gate nobody waits at must not be
+            # listed by `oncall pending` (an approval there would run nothing).
+            for tag in (t for t in run.get("tags", []) if t.startswith("INC-")):
+                children = api.flow_runs(
+                    {
+                        "flow_runs": {
+                            "tags": {"all_": [f"incident:{tag}"]},
+                            "state": {"type": {"any_": ["RUNNING", "PAUSED", "PENDING"]}},
+                        }
+                    }
+                )
+                for child in children:
+                    if not child.get("deployment_id"):
+                        api.set_state(child["id"], "CRASHED", why)
+                        reaped.append(child["id"])
+        return reaped
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """Cancels the incidents still running here (their runs end; nothing is left open)."""
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]:
@@ -97,10 +195,18 @@ async def serve(
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
     api_url = ensure()
     spool = Spool(prefect_home() / "oncall-spool")
-    opener_path = path if runner else None  # pool workers read their own ONCALL_CONFIG
-    dispatcher = Dispatcher(
-        spool, api_url, functools.partial(open_by_deployment, config_path=opener_path)
-    )
+    local = None
+    if runner and config.receiver.incidents == "in-process":
+        local = LocalIncidents(path)
+        with PrefectAPI(api_url) as api:
+            for run_id in await asyncio.to_thread(local.reap, api):
+                log.warning(
+                    "run %s was left open by a stopped oncall serve: marked Crashed", run_id
+                )
+        opener = local.open
+    else:  # pool workers read their own ONCALL_CONFIG
+        opener = functools.partial(open_by_deployment, config_path=path if runner else None)
+    dispatcher = Dispatcher(spool, api_url, opener)
     app = create_app(config, spool, dispatcher)
     receiver = _Receiver(
         uvicorn.Config(
@@ -137,6 +243,8 @@ async def serve(
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     receiver.should_exit = True
+    if local is not None:
+        await local.stop()
     for task in tasks[1:]:
         task.cancel()
     for task in tasks:

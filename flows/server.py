@@ -1,7 +1,8 @@
 """The local Prefect server that ``oncall`` starts on first use (no Prefect import here).
 
 When ``PREFECT_API_URL`` is unset, oncall uses http://127.0.0.1:4200/api and starts
-``prefect server start`` in the background (SQLite under ``PREFECT_HOME``), so runs
+Prefect's server in the background (``flows.prefect_app``: ``prefect server start`` with busy
+503s retried inside the server; SQLite under ``PREFECT_HOME``), so runs
 show up in the Prefect UI and an approval can come from another terminal.
 """
 
@@ -85,7 +86,7 @@ SERVER_DEFAULTS = {
     # An incident follows its deployed runbooks through the events API: events become
     # readable there when the persister flushes, by default every 5 s. It does nothing
     # while no event waits, so a short interval costs nothing when idle.
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.25",
     # Retention. Events already go after 7 days (PREFECT_SERVER_EVENTS_RETENTION_PERIOD);
     # flow runs never do by default, and one-minute health sweeps add ~500,000 a year.
     # The hourly vacuum deletes top-level runs that ended more than 30 days ago, with
@@ -200,11 +201,12 @@ def _starting(api_url: str) -> bool:
 
 def _spawn(api_url: str, database_url: str | None) -> None:
     parts = urlsplit(api_url)
-    prefect = Path(sys.executable).with_name("prefect")
+    # ``prefect server start``'s foreground server, with busy 503s retried in the server
+    # (flows/prefect_app.py): on SQLite they cost a client 2 s each.
     command = [
-        str(prefect) if prefect.exists() else "prefect",
-        "server",
-        "start",
+        sys.executable,
+        "-m",
+        "flows.prefect_app",
         "--host",
         str(parts.hostname),
         "--port",
@@ -232,7 +234,7 @@ def start(
     wait_s: float = 120.0,
     wait: bool = True,
 ) -> dict[str, object]:
-    """Starts ``prefect server start`` in the background unless one already answers.
+    """Starts the Prefect server (``flows.prefect_app``) in the background unless one answers.
 
     With ``wait=False`` it returns as soon as the server process runs, so the caller can
     get on with its own start-up (imports, sandboxes) and call :func:`wait_healthy` before

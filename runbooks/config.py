@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -184,6 +184,12 @@ class ReceiverConfig(BaseModel):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     cooldown: Duration = Field(default=300.0, description="Per runbook and target")
     max_runs_per_hour: int = Field(default=20, ge=1, description="Per runbook and target")
+    incidents: Literal["in-process", "deployment"] = Field(
+        default="in-process",
+        description="in-process: an alert's incident and its runbooks run inside `oncall"
+        " serve` (first finding in about a second); deployment: as deployment runs, each in"
+        " its own process (runbooks suspend at their gates and free the process)",
+    )
 
 
 class HealthConfig(BaseModel):

@@ -148,7 +148,7 @@ class ReactUI:
 def _point_ui_at(context: Any, api_url: str) -> None:
     """Makes the UI call the server under test.
 
-    ``flows.server.start`` runs ``prefect server start --port N`` without
+    ``flows.server.start`` runs Prefect's server (``flows.prefect_app``) on port N without
     PREFECT_API_URL or PREFECT_UI_API_URL in its environment, and Prefect 3.8.8 then
     serves ``/ui-settings`` with ``api_url`` http://127.0.0.1:4200/api whatever N is,
     so on a free test port the UI would show another server's runs, or none.

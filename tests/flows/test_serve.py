@@ -1,5 +1,7 @@
-"""`oncall serve` end to end: receiver → spool → incident deployment → runbook deployment that
-suspends at its gate → `oncall approve` → resumed run remediates once → incident resolves."""
+"""`oncall serve` end to end: receiver → spool → incident → runbook that waits at its gate →
+`oncall approve` → the run remediates once → incident resolves. Both ways an incident can
+run: in the serving process (the default: a pause at the gate) and as deployment runs (the
+runbook suspends and is resumed in a new process)."""
 
 from __future__ import annotations
 
@@ -56,10 +58,44 @@ def _payload(fingerprint: str, status: str = "firing") -> dict:
     }
 
 
+def _start(config, env, log_path):
+    """Starts `oncall serve`; returns (receiver url, process) once /healthz answers."""
+    port = int(config.read_text().split("  port: ")[1].split()[0])
+    log = open(log_path, "a")  # noqa: SIM115  (the child keeps its own copy)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    proc.kill()
+    pytest.fail(f"oncall serve did not start: {log_path.read_text()[-2000:]}")
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture
-def served(pgdb, tmp_path, prefect_api):
+def serve_setup(pgdb, tmp_path, prefect_api, request):
+    """(config path, env, log path) for `oncall serve`; incidents as the test's parameter."""
     from tests.conftest import cancel_waiting_runs
 
+    incidents = getattr(request, "param", "deployment")
     cancel_waiting_runs(prefect_api)  # this runner must not pick up other tests' runs
     port = _free_port()
     config = tmp_path / "oncall.yaml"
@@ -82,6 +118,7 @@ receiver:
   port: {port}
   token: ${{RECEIVER_TOKEN}}
   cooldown: 0s
+  incidents: {incidents}
 health: {{enabled: false}}
 """)
     env = {
@@ -90,33 +127,17 @@ health: {{enabled: false}}
         "RECEIVER_TOKEN": TOKEN,
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115  (closed at teardown)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail(f"oncall serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+    log = tmp_path / "serve.log"
+    log.touch()
+    yield config, env, log
+    print(log.read_text()[-6000:])  # shown when a test fails
+
+
+@pytest.fixture
+def served(serve_setup):
+    url, proc = _start(*serve_setup)
     yield url, proc
-    print((tmp_path / "serve.log").read_text()[-6000:])  # shown when a test fails
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
+    _stop(proc)
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -158,7 +179,7 @@ def test_unauthenticated_alerts_get_401_and_start_nothing(served, prefect_api):
     assert httpx.post(f"{prefect_api}/flow_runs/count", json={}).json() == before
 
 
-def test_alert_runs_incident_and_suspended_runbook_resumes_once_after_approval(
+def test_deployed_incident_suspends_its_runbook_which_resumes_once_after_approval(
     served, faults, pgdb, prefect_api
 ):
     url, proc = served
@@ -244,3 +265,132 @@ def test_alert_runs_incident_and_suspended_runbook_resumes_once_after_approval(
         "the remediation's event",
     )
     assert len(executed) == 1, "the remediation ran exactly once across the suspend"
+
+
+def _paused_runbook(api: PrefectAPI, timeout: float = 120):
+    return _wait(
+        lambda: next(
+            iter(
+                api.flow_runs(
+                    {
+                        "flow_runs": {
+                            "tags": {"all_": ["runbook:db-connections", "target:orders-db"]},
+                            "state": {"type": {"any_": ["PAUSED"]}},
+                        }
+                    }
+                )
+            ),
+            None,
+        ),
+        timeout,
+        "the runbook run waiting at its gate",
+    )
+
+
+def _alert(url: str, fingerprint: str) -> None:
+    answer = httpx.post(
+        f"{url}/alerts/alertmanager",
+        json=_payload(fingerprint),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 202, answer.text
+
+
+@pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
+def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approval(
+    served, faults, pgdb, prefect_api
+):
+    url, proc = served
+    idle = faults.idle_in_transaction(2)
+    time.sleep(1.1)
+    _alert(url, f"serve-{uuid.uuid4().hex[:12]}")
+    api = PrefectAPI(prefect_api)
+    child = _paused_runbook(api)
+    assert child["state"]["name"] == "Paused"  # a pause in this process, not a suspend
+    assert child["deployment_id"] is None and child["parent_task_run_id"] is not None
+    incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
+    assert incident["deployment_id"] is None
+    assert incident["infrastructure_pid"] == f"{socket.gethostname()}:{proc.pid}"
+    assert "oncall" in incident["tags"] and any(t.startswith("fp:") for t in incident["tags"])
+    approve = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "approve", child["id"], "--as", "bob"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert approve.returncode == 0, approve.stderr
+    done = _wait(
+        lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
+            api.flow_run(child["id"])
+        ),
+        120,
+        "the approved runbook run",
+    )
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert pgdb.alive(idle) == set()
+    resolved = _wait(
+        lambda: (lambda r: r if r["state"]["type"] == "COMPLETED" else None)(
+            api.flow_run(incident["id"])
+        ),
+        120,
+        "the incident to resolve",
+    )
+    assert "status:resolved" in resolved["tags"]
+    executed = _wait(
+        lambda: (
+            [
+                e
+                for e in api.events([child["id"]], "2000-01-01T00:00:00Z")
+                if e["event"].startswith("oncall.action.")
+            ]
+            or None
+        ),
+        60,
+        "the remediation's event",
+    )
+    assert len(executed) == 1
+
+
+@pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
+def test_incident_of_a_killed_serve_is_marked_crashed_and_a_new_alert_opens_a_new_one(
+    serve_setup, faults, prefect_api
+):
+    faults.idle_in_transaction(2)
+    time.sleep(1.1)
+    url, proc = _start(*serve_setup)
+    api = PrefectAPI(prefect_api)
+    try:
+        _alert(url, f"serve-{uuid.uuid4().hex[:12]}")
+        child = _paused_runbook(api)
+        first = api.incident_runs(["service:orders-db"], open_only=True)[0]
+    finally:
+        proc.kill()  # kill -9: nothing gets to say the incident stopped
+        proc.wait(timeout=10)
+    assert api.flow_run(first["id"])["state"]["type"] in ("RUNNING", "PAUSED")
+    url, proc = _start(*serve_setup)
+    try:
+        state = api.flow_run(first["id"])["state"]
+        assert state["type"] == "CRASHED" and f"pid {proc.pid}" not in state["message"]
+        assert "stopped while this incident was open" in state["message"]
+        assert api.flow_run(child["id"])["state"]["type"] == "CRASHED"  # its gate too
+        assert child["id"] not in [r["id"] for r in api.paused_runs()]
+        _alert(url, f"serve-{uuid.uuid4().hex[:12]}")
+        second = _wait(
+            lambda: next(
+                (
+                    r
+                    for r in api.incident_runs(["service:orders-db"], open_only=True)
+                    if r["id"] != first["id"]
+                ),
+                None,
+            ),
+            60,
+            "a new incident",
+        )
+        assert second["infrastructure_pid"].endswith(f":{proc.pid}")
+    finally:
+        _stop(proc)
+    # SIGTERM ended the second incident's run: nothing is left open for an alert to join.
+    assert api.flow_run(second["id"])["state"]["type"] in ("CANCELLED", "CRASHED", "FAILED")
+    assert api.incident_runs(["service:orders-db"], open_only=True) == []
