@@ -460,7 +460,8 @@ def serve_cmd(
         import asyncio
 
         # A deployment run (an alert's incident, its runbooks) starts when the runner next
-        # polls: every 10 s by default, twice on the way from an alert to a finding.
+        # polls: every 10 s by default (with incidents: deployment, twice on the way from an
+        # alert to a finding).
         os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
 
         from runbooks.config import find_config

@@ -329,7 +329,10 @@ def test_alertmanager_alert_opens_incident_and_its_resolution_closes_it(
 
         # The routed runbook diagnoses it and waits at its gate for a person.
         child = _wait(lambda: _paused_runbook(api, service), 60, "the runbook to wait at its gate")
-        assert child["state"]["name"] == "Suspended"
+        # oncall serve runs the incident and its runbooks in its process (receiver.incidents:
+        # in-process): the gate is a pause there, not a suspend.
+        assert child["state"]["name"] == "Paused"
+        assert child["parent_task_run_id"] is not None
         findings = _wait(
             lambda: _findings(prefect_api, child["id"], since),
             30,
@@ -348,6 +351,10 @@ def test_alertmanager_alert_opens_incident_and_its_resolution_closes_it(
             f"severity raised P2 → P0: high-error-rate/error_rate: {error_rate['summary']}"
             in timeline
         )
+
+        # Alertmanager repeats the firing alert (repeat_interval 5 s) while the plan waits:
+        # the repeat must be a duplicate, not a joined alert (checked on the timeline below).
+        _wait(lambda: _webhook_notifications(stack.am)[0] >= 2, 60, "a repeat of the alert")
 
         # The app recovers → the alert resolves → the resolution cancels the unapproved plan.
         stack.app.control(error_rate=0)
