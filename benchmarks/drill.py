@@ -8,8 +8,10 @@ already holds 127.0.0.1:4200 on this machine, the CLI runs with its default URL 
 a free port (``flows.server.DEFAULT_API_URL`` patched before ``main()``), so the same
 first-use code runs. Warm: the same command again against the now running server.
 Baseline: the drill's floor without Prefect, measured here: embedded PostgreSQL up and
-down, the fault injected and aged as the drill does, and the runbook's checks run
-directly twice (diagnosis and verification). Goals (issue 7): cold ≤ 15 s, warm ≤ 5 s.
+down (from its template, as a warm drill starts it), the fault injected and aged as the
+drill does, and the runbook's checks run directly twice (diagnosis and verification).
+Both use temp directories of their own: the cold drill also makes the sandbox template.
+Goals (issue 7): cold ≤ 15 s, warm ≤ 5 s.
 """
 
 from __future__ import annotations
@@ -81,13 +83,19 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="oncall-bench-home-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(HOME=str(home), PREFECT_HOME=str(home / ".prefect"))
+    # A temp directory of its own: the cold drill also makes the sandbox's PostgreSQL
+    # template (kept in the temp directory), the warm ones start from it.
+    (home / "tmp").mkdir()
+    env.update(HOME=str(home), PREFECT_HOME=str(home / ".prefect"), TMPDIR=str(home / "tmp"))
     how = "oncall drill, first use: it starts the server on 127.0.0.1:4200"
     if not _default_port_free():
         url = f"http://127.0.0.1:{free_port()}/api"
         ONCALL[:] = [sys.executable, "-c", _MOVED, url]
         how = f"oncall drill, first use: it starts the server (default URL moved to {url})"
-    floor = statistics.median(_floor() for _ in range(2))
+    (home / "floor-tmp").mkdir()
+    tempfile.tempdir = str(home / "floor-tmp")  # the floor's template, not the drill's
+    floor = statistics.median(_floor() for _ in range(3))  # 1 makes the template, 2 use it
+    tempfile.tempdir = None
     try:
         cold, card = _run(ARGS, env)
         print(f"[bench] cold: {how}: {cold:.1f} s, scorecard times {card.get('times_s')}")

@@ -78,7 +78,7 @@ class LocalIncidents:
         async with get_client() as client:
             run = await client.create_flow_run(
                 incident,
-                parameters={"alert": alert.model_dump(mode="json"), **parameters},
+                parameters={**parameters, "alert": alert.model_dump(mode="json")},
                 tags=creation_tags(alert),
                 state=Pending(),
             )
