@@ -533,7 +533,39 @@ def server_stop() -> None:
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        _exit(done.code)
+    _exit(0)
+
+
+def _exit(code: object) -> NoReturn:
+    """Exits; after a command that imported Prefect, without the interpreter's teardown.
+
+    Tearing down the ~3,000 modules a flow run loads took ~0.6 s after the command's last
+    output (`oncall drill`: 5.7 → 5.1 s). Everything that must happen still does, in the
+    order Python does it: other threads are joined, atexit handlers run (Prefect's log and
+    event workers drain to the server, logging flushes, pgserver stops its servers), the
+    standard streams are flushed; only the module teardown is skipped.
+    """
+    if "prefect" not in sys.modules:
+        sys.exit(code)
+    import atexit
+    import threading
+
+    if isinstance(code, str):  # SystemExit("message"): printed, status 1
+        sys.stderr.write(code + "\n")
+        code = 1
+    status = code if isinstance(code, int) else 0 if code is None else 1
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -10,30 +10,36 @@ from flows.drills import Scorecard, score
 
 __all__ = ["drill"]
 
+IDLE_S = 1  # the runbook's idle-in-transaction threshold in the drill (seconds)
+
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Exhausts an embedded PostgreSQL's connections and lets db-connections fix it."""
     from flows.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
-    from integrations.postgres import PostgresTarget
-    from integrations.service import Service
-    from runbooks.catalog import RUNBOOKS
 
-    spec = RUNBOOKS["db-connections"]
-    params = spec.params(
-        idle_in_transaction_seconds=1,
-        long_query_seconds=60,
-        approval_timeout_seconds=300,
-        verify_timeout_seconds=10,
-    )
+    # The fault first: it must age past the runbook's threshold, and the imports below (and
+    # Prefect's, started by `oncall drill`) happen while it does.
     with EmbeddedPostgres(max_connections=20) as pg, ConnectionExhaustion(pg.app_dsn) as fault:
         injected = time.monotonic()
+        from integrations.postgres import PostgresTarget
+        from integrations.service import Service
+        from runbooks.catalog import RUNBOOKS
+
+        spec = RUNBOOKS["db-connections"]
+        params = spec.params(
+            idle_in_transaction_seconds=IDLE_S,
+            long_query_seconds=60,
+            approval_timeout_seconds=300,
+            verify_timeout_seconds=10,
+        )
         if show:
             console.print(
                 f"[bold]Drill db-connections[/bold]: embedded PostgreSQL, max_connections=20; "
                 f"injected {len(fault.idle_pids)} idle-in-transaction sessions and a lock chain "
                 f"(root blocker pid {fault.blocker_pid}, {len(fault.waiter_pids)} waiting)."
             )
-        time.sleep(params.idle_in_transaction_seconds + 0.3)  # let the fault age past the threshold
+        aged = time.monotonic() - injected
+        time.sleep(max(0.0, IDLE_S + 0.3 - aged))  # let the fault age past the threshold
         target = PostgresTarget(name="drill-postgres", dsn=pg.dsn)
         started = time.monotonic() - injected
         from flows.execute import run_runbook  # preloaded by `oncall drill` meanwhile

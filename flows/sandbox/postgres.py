@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -72,8 +73,7 @@ class EmbeddedPostgres:
             if self._template is not None and (self._template / "PG_VERSION").is_file():
                 try:
                     self._dir = Path(tempfile.mkdtemp(prefix="oncall-drill-pg-"))
-                    shutil.copytree(self._template, self._dir, dirs_exist_ok=True)
-                    _give_to_server_user(self._dir)
+                    _copy_tree(self._template, self._dir)
                     self._server = pgserver.get_server(self._dir, cleanup_mode="delete")
                     self._from_template = True
                     return self
@@ -127,12 +127,25 @@ class EmbeddedPostgres:
         """Keeps this (cleanly stopped) data directory for the next server; atomic."""
         assert self._dir is not None and self._template is not None
         staging = Path(tempfile.mkdtemp(prefix="oncall-drill-pgdata-new-"))
-        ignore = shutil.ignore_patterns("postmaster.pid", ".handle_pids.json", "log", ".s.PGSQL*")
-        shutil.copytree(self._dir, staging, ignore=ignore, dirs_exist_ok=True)
+        _copy_tree(self._dir, staging)
+        for name in ("postmaster.pid", ".handle_pids.json", "log"):
+            (staging / name).unlink(missing_ok=True)
+        for leftover in staging.glob(".s.PGSQL*"):
+            leftover.unlink(missing_ok=True)
         try:
             staging.rename(self._template)
         except OSError:  # another drill saved one first
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """``cp -a`` (owners and modes kept, no GIL held while a Prefect import runs beside it);
+    shutil where there is no ``cp``."""
+    try:
+        subprocess.run(["cp", "-a", f"{source}/.", str(target)], check=True, capture_output=True)
+    except FileNotFoundError:
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        _give_to_server_user(target)
 
 
 def _give_to_server_user(path: Path) -> None:

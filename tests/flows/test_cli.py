@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from flows.prefect_api import PrefectAPI
 from runbooks.model import os_identity
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -114,6 +115,30 @@ def test_the_dsn_password_appears_nowhere(pgdb, faults, prefect_api):
     assert len(stored[5]) > 100, "the run's logs reached the API"
     for text in stored:
         assert SECRET not in text
+
+
+def test_a_run_s_last_logs_and_events_reach_prefect_although_the_cli_skips_its_teardown(
+    pgdb, prefect_api
+):
+    """`oncall` exits with os._exit after a flow run (flows/cli.py `_exit`): the exit code
+    stays, and what Prefect's workers still held at exit reaches the server first."""
+    result = oncall(
+        "run", "db-connections", "--dsn", pgdb.dsn, "--dry-run", "--json", *_params(pgdb)
+    )
+    assert result.returncode in (0, 1), result.stderr
+    run_id = json.loads(result.stdout)["flow_run_id"]
+    api = httpx.Client(base_url=prefect_api)
+    deadline = time.monotonic() + 15
+    while True:  # the process is gone: anything still missing would never arrive
+        logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}})
+        events = PrefectAPI(prefect_api).events([run_id], "2000-01-01T00:00:00Z")
+        finished = any("Finished in state" in line["message"] for line in logs.json())
+        reported = any(e["event"].startswith("oncall.runbook.") for e in events)
+        if (finished and reported) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert finished, "the flow's last log line reached the API"
+    assert reported, "the runbook's report event reached the API"
 
 
 def test_approve_from_a_second_process_resumes_the_waiting_run(pgdb, faults):
