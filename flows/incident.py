@@ -802,12 +802,18 @@ async def incident(
     await state.sync_run()
     state.record("alert", f"{alert.source} alert: {alert.title}", fingerprint=alert.fingerprint)
     state.record("declared", f"declared {inc.id} {inc.severity}: {'; '.join(verdict.reasons)}")
-    await state.notifier.declared(
-        inc,
-        impact=[alert.annotations.get("description", alert.title)],
-        next_steps=["Runbooks diagnosing", "Updates on cadence"],
-        link=None,
+    # Announced while the runbooks start: a slow chat or paging API (retried with back-off)
+    # must not hold up the diagnosis. Every later update waits for this announcement.
+    declared = asyncio.create_task(
+        state.notifier.declared(
+            inc,
+            impact=[alert.annotations.get("description", alert.title)],
+            next_steps=["Runbooks diagnosing", "Updates on cadence"],
+            link=None,
+        )
     )
+    if also:  # joining alerts may raise the severity: announced after the first one
+        await declared
     for other in also or []:
         await state.control({"kind": "alert", "alert": other.model_dump(mode="json")})
     state.remote = await _deployed_mode(run)
@@ -815,6 +821,7 @@ async def incident(
     outage = _Outage(state)
     try:
         await state.start_runbooks()
+        await declared
         while not inc.resolved_at:
             await outage.attempt(state.tick)
             await state.nap(TICK_S)
@@ -826,6 +833,13 @@ async def incident(
             await state.handle(*state.events.get_nowait())
     finally:
         live.unsubscribe(state.on_live)
+        # Stopped from outside (oncall serve shutting down): no runbook subflow outlives
+        # its incident, paused at a gate nobody waits at any more.
+        unfinished = [t for t in state.tasks.values() if not t.done()]
+        for task_ in unfinished:
+            task_.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=10)
 
     async def final() -> None:
         if state.resync:

@@ -6,6 +6,7 @@ incident's timeline; it never fails the incident.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -143,6 +144,22 @@ class Notifier:
     ) -> None:
         self.last_update = datetime.now(UTC)
         every = self.config.update_every.get(incident.severity)
+        # The channels at once: a slow or failing one (retried with back-off) must not
+        # hold up the page or the status page.
+        await asyncio.gather(
+            self._declared_in_slack(incident, impact, next_steps, link),
+            self._pagerduty("trigger", incident),
+            self._statuspage(
+                IncidentStatus.INVESTIGATING,
+                f"We are aware of an issue affecting {incident.service}. We are investigating"
+                f" and will provide updates every {_minutes(every)}.",
+                incident,
+            ),
+        )
+
+    async def _declared_in_slack(
+        self, incident: Incident, impact: list[str], next_steps: list[str], link: str | None
+    ) -> None:
         await self._slack(
             slack.incident_declared(
                 incident.id,
@@ -155,13 +172,6 @@ class Notifier:
                 next_update=self.next_update_due(incident),
                 links={"Prefect run": link} if link else None,
             )
-        )
-        await self._pagerduty("trigger", incident)
-        await self._statuspage(
-            IncidentStatus.INVESTIGATING,
-            f"We are aware of an issue affecting {incident.service}. We are investigating and"
-            f" will provide updates every {_minutes(every)}.",
-            incident,
         )
 
     async def update(

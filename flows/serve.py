@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,30 @@ class LocalIncidents:
     its owner (``host:pid``, Prefect's ``infrastructure_pid``): an incident whose ``oncall
     serve`` died is marked Crashed by the next one on that host (:meth:`reap`), so a new
     alert opens a new incident instead of joining one nobody runs.
+
+    Incidents run on an event loop of their own, in a thread: a flow engine on the main
+    thread installs Prefect's SIGTERM handler (it raises inside whatever runs), which would
+    take ``oncall serve``'s clean shutdown away; off the main thread it cannot.
     """
 
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
-        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.running: dict[str, asyncio.Task[Any]] = {}  # touched on self.loop only
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="oncall-incidents", daemon=True
+        )
+        self.thread.start()
 
     async def open(self, alert: Alert) -> str:
+        """Creates the incident's run and starts it; returns the run id."""
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._open(alert), self.loop)
+        )
+
+    async def _open(self, alert: Alert) -> str:
         from prefect.client.orchestration import get_client
         from prefect.flow_engine import run_flow_async
         from prefect.states import Pending
@@ -101,32 +117,72 @@ class LocalIncidents:
             if _alive(int(pid)) or run["id"] in self.running:
                 continue
             why = f"oncall serve (pid {pid}) stopped while this incident was open"
-            api.set_state(run["id"], "CRASHED", f"{why}; a new alert opens a new incident")
-            reaped.append(run["id"])
-            # Its runbooks ran in that process too: a gate nobody waits at must not be
-            # listed by `oncall pending` (an approval there would run nothing).
-            for tag in (t for t in run.get("tags", []) if t.startswith("INC-")):
-                children = api.flow_runs(
-                    {
-                        "flow_runs": {
-                            "tags": {"all_": [f"incident:{tag}"]},
-                            "state": {"type": {"any_": ["RUNNING", "PAUSED", "PENDING"]}},
-                        }
-                    }
-                )
-                for child in children:
-                    if not child.get("deployment_id"):
-                        api.set_state(child["id"], "CRASHED", why)
-                        reaped.append(child["id"])
+            reaped += _crash(api, run, why, "; a new alert opens a new incident")
         return reaped
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """Cancels the incidents still running here (their runs end; nothing is left open)."""
-        tasks = list(self.running.values())
+    async def stop(self, api_url: str, timeout: float = 15.0) -> None:
+        """Cancels the incidents still running here and ends whatever they leave open.
+
+        A cancelled runbook subflow paused at its gate can stay Paused on the server: it
+        is forced to Crashed, so no gate is left for `oncall pending` to list with nobody
+        to act on an approval."""
+        ids = await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._cancel_all(timeout), self.loop)
+        )
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not ids:
+            return
+
+        def end_all() -> None:
+            why = f"oncall serve (pid {os.getpid()}) stopped while this incident was open"
+            with PrefectAPI(api_url) as api:
+                for run_id in ids:
+                    _crash(api, api.flow_run(run_id), why, "")
+
+        try:
+            await asyncio.to_thread(end_all)
+        except Exception as exc:  # Prefect away: the next oncall serve reaps them
+            log.warning("could not end the incidents left open: %s", exc)
+
+    async def _cancel_all(self, timeout: float) -> list[str]:
+        ids, tasks = list(self.running), list(self.running.values())
+        if tasks:
+            log.warning(
+                "oncall serve stopping: ending %d open incident(s) and their runbooks"
+                " (a new alert opens a new incident)",
+                len(tasks),
+            )
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        return ids
+
+
+_OPEN = ("RUNNING", "PAUSED", "PENDING", "SCHEDULED")
+
+
+def _crash(api: PrefectAPI, run: dict[str, Any], why: str, more: str) -> list[str]:
+    """Forces an in-process incident run and its in-process runbook runs, where still
+    open, to Crashed; returns their ids."""
+    crashed = []
+    if run["state"]["type"] in _OPEN:
+        api.set_state(run["id"], "CRASHED", why + more)
+        crashed.append(run["id"])
+    for tag in (t for t in run.get("tags", []) if t.startswith("INC-")):
+        children = api.flow_runs(
+            {
+                "flow_runs": {
+                    "tags": {"all_": [f"incident:{tag}"]},
+                    "state": {"type": {"any_": list(_OPEN)}},
+                }
+            }
+        )
+        for child in children:
+            if not child.get("deployment_id"):
+                api.set_state(child["id"], "CRASHED", why)
+                crashed.append(child["id"])
+    return crashed
 
 
 def _alive(pid: int) -> bool:
@@ -244,7 +300,7 @@ async def serve(
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     receiver.should_exit = True
     if local is not None:
-        await local.stop()
+        await local.stop(api_url)
     for task in tasks[1:]:
         task.cancel()
     for task in tasks:

@@ -109,33 +109,32 @@ class EmbeddedPostgres:
             and not self._template.exists()
             and exc_info[0] is None
         )
+        stopped = False
         if self._server is not None:
-            # already stopped is fine: the directory goes anyway
-            with contextlib.suppress(Exception):
+            try:
                 self._pgserver.pg_ctl(
                     ["-w", "-m", "fast" if keep else "immediate", "stop"],
                     pgdata=self._server.pgdata,
                     user=self._server.system_user,
                 )
-        if keep and self._dir is not None:
+                stopped = True
+            except Exception:  # already stopped is fine: the directory goes anyway
+                pass
+        if keep and stopped and self._dir is not None:
             with contextlib.suppress(OSError):
                 self._save_template()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _save_template(self) -> None:
-        """Keeps this (cleanly stopped) data directory for the next server; atomic."""
+        """Keeps this (cleanly stopped) data directory for the next server: a rename, so
+        the first drill pays nothing for it; another drill's template, if first, wins."""
         assert self._dir is not None and self._template is not None
-        staging = Path(tempfile.mkdtemp(prefix="oncall-drill-pgdata-new-"))
-        _copy_tree(self._dir, staging)
         for name in ("postmaster.pid", ".handle_pids.json", "log"):
-            (staging / name).unlink(missing_ok=True)
-        for leftover in staging.glob(".s.PGSQL*"):
+            (self._dir / name).unlink(missing_ok=True)
+        for leftover in self._dir.glob(".s.PGSQL*"):
             leftover.unlink(missing_ok=True)
-        try:
-            staging.rename(self._template)
-        except OSError:  # another drill saved one first
-            shutil.rmtree(staging, ignore_errors=True)
+        self._dir.rename(self._template)  # same directory, same file system
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -338,6 +338,30 @@ async def test_a_failing_channel_is_retried_and_never_fails_the_incident(pgdb, s
     saas.clear_faults()
 
 
+async def test_a_slow_chat_holds_up_neither_the_diagnosis_nor_the_page(pgdb, saas):
+    saas.reset()
+    saas.fault("slack", delay=4)  # answers, but only after 4 s
+    [alert] = parse_alerts(_alertmanager(fingerprint="5a0ec4a7f00d1e55"))
+    began = time.monotonic()
+    task, events = await _start(_config(pgdb, saas), alert)
+    finding = await _wait_for(events, "finding", timeout=30)
+    diagnosed = time.monotonic() - began
+    assert diagnosed < 3.5, f"the runbook waited for Slack: first finding after {diagnosed:.1f}s"
+    assert finding["finding"].target == "billing-db"
+    paged = [r for r in saas.received("pagerduty") if r.body["event_action"] == "trigger"]
+    assert paged, "PagerDuty was paged while Slack was still answering"
+    inc_id = (await _wait_for(events, "timeline"))["incident_id"]
+    with PrefectAPI(os.environ["PREFECT_API_URL"]) as api:
+        send_control(api, api.find_incident(inc_id)["id"], {"kind": "resolve", "by": "erin"})
+    result = await asyncio.wait_for(task, 90)
+    assert result["status"] == "resolved"
+    texts = [str(r.body.get("text", "")) for r in saas.received("slack")]
+    declared = next(i for i, t in enumerate(texts) if "INCIDENT DECLARED" in t)
+    assert all("INCIDENT DECLARED" not in t for t in texts[declared + 1 :])
+    assert declared == 0, "every update came after the declaration"
+    saas.clear_faults()
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [

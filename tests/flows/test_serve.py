@@ -179,94 +179,6 @@ def test_unauthenticated_alerts_get_401_and_start_nothing(served, prefect_api):
     assert httpx.post(f"{prefect_api}/flow_runs/count", json={}).json() == before
 
 
-def test_deployed_incident_suspends_its_runbook_which_resumes_once_after_approval(
-    served, faults, pgdb, prefect_api
-):
-    url, proc = served
-    idle = faults.idle_in_transaction(2)
-    time.sleep(1.1)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    accepted = httpx.post(
-        f"{url}/alerts/alertmanager",
-        json=_payload(f"serve-{uuid.uuid4().hex[:12]}"),
-        headers=headers,
-    )
-    assert accepted.status_code == 202, accepted.text
-    api = PrefectAPI(prefect_api)
-    child = _wait(
-        lambda: next(
-            (
-                r
-                for r in api.flow_runs(
-                    {
-                        "flow_runs": {
-                            "tags": {"all_": ["runbook:db-connections", "target:orders-db"]},
-                            "state": {"type": {"any_": ["PAUSED"]}},
-                        }
-                    }
-                )
-            ),
-            None,
-        ),
-        120,
-        "the suspended runbook run",
-    )
-    assert child["state"]["name"] == "Suspended"
-    assert child["deployment_id"] is not None
-    pending = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pending", "--json"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
-    assert child["id"] in pending.stdout
-    approve = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "approve", child["id"], "--as", "bob"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
-    assert approve.returncode == 0, approve.stderr
-    done = _wait(
-        lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
-            api.flow_run(child["id"])
-        ),
-        120,
-        "the resumed runbook run",
-    )
-    assert done["state"]["type"] == "COMPLETED", done["state"]
-    assert pgdb.alive(idle) == set()
-    incident = _wait(
-        lambda: next(
-            (
-                r
-                for r in api.incident_runs(["service:orders-db"])
-                if r["state"]["type"] == "COMPLETED"
-            ),
-            None,
-        ),
-        120,
-        "the incident to resolve",
-    )
-    assert "status:resolved" in incident["tags"]
-    # The server persists events in batches, a few seconds after they are emitted.
-    executed = _wait(
-        lambda: (
-            [
-                e
-                for e in api.events([child["id"]], "2000-01-01T00:00:00Z")
-                if e["event"].startswith("oncall.action.")
-            ]
-            or None
-        ),
-        60,
-        "the remediation's event",
-    )
-    assert len(executed) == 1, "the remediation ran exactly once across the suspend"
-
-
 def _paused_runbook(api: PrefectAPI, timeout: float = 120):
     return _wait(
         lambda: next(
@@ -296,22 +208,18 @@ def _alert(url: str, fingerprint: str) -> None:
     assert answer.status_code == 202, answer.text
 
 
-@pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
-def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approval(
-    served, faults, pgdb, prefect_api
-):
-    url, proc = served
+def _fault_alert_and_gate(url: str, faults, api: PrefectAPI):
+    """Idle sessions aged past the threshold, an alert → (their pids, the runbook run
+    waiting at its gate)."""
     idle = faults.idle_in_transaction(2)
     time.sleep(1.1)
     _alert(url, f"serve-{uuid.uuid4().hex[:12]}")
-    api = PrefectAPI(prefect_api)
-    child = _paused_runbook(api)
-    assert child["state"]["name"] == "Paused"  # a pause in this process, not a suspend
-    assert child["deployment_id"] is None and child["parent_task_run_id"] is not None
-    incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
-    assert incident["deployment_id"] is None
-    assert incident["infrastructure_pid"] == f"{socket.gethostname()}:{proc.pid}"
-    assert "oncall" in incident["tags"] and any(t.startswith("fp:") for t in incident["tags"])
+    return idle, _paused_runbook(api)
+
+
+def _approve_and_see_it_through(api: PrefectAPI, child, incident, pgdb, idle) -> None:
+    """`oncall approve` from another process → the runbook remediates exactly once → the
+    incident verifies recovery and resolves."""
     approve = subprocess.run(
         [sys.executable, "-m", "flows.cli", "approve", child["id"], "--as", "bob"],
         capture_output=True,
@@ -337,6 +245,7 @@ def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approv
         "the incident to resolve",
     )
     assert "status:resolved" in resolved["tags"]
+    # The server persists events in batches, a moment after they are emitted.
     executed = _wait(
         lambda: (
             [
@@ -349,7 +258,43 @@ def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approv
         60,
         "the remediation's event",
     )
-    assert len(executed) == 1
+    assert len(executed) == 1, "the remediation ran exactly once"
+
+
+def test_deployed_incident_suspends_its_runbook_which_resumes_once_after_approval(
+    served, faults, pgdb, prefect_api
+):
+    url, proc = served
+    api = PrefectAPI(prefect_api)
+    idle, child = _fault_alert_and_gate(url, faults, api)
+    assert child["state"]["name"] == "Suspended"
+    assert child["deployment_id"] is not None
+    pending = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "pending", "--json"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert child["id"] in pending.stdout
+    incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
+    _approve_and_see_it_through(api, child, incident, pgdb, idle)
+
+
+@pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
+def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approval(
+    served, faults, pgdb, prefect_api
+):
+    url, proc = served
+    api = PrefectAPI(prefect_api)
+    idle, child = _fault_alert_and_gate(url, faults, api)
+    assert child["state"]["name"] == "Paused"  # a pause in this process, not a suspend
+    assert child["deployment_id"] is None and child["parent_task_run_id"] is not None
+    incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
+    assert incident["deployment_id"] is None
+    assert incident["infrastructure_pid"] == f"{socket.gethostname()}:{proc.pid}"
+    assert "oncall" in incident["tags"] and any(t.startswith("fp:") for t in incident["tags"])
+    _approve_and_see_it_through(api, child, incident, pgdb, idle)
 
 
 @pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
@@ -389,8 +334,13 @@ def test_incident_of_a_killed_serve_is_marked_crashed_and_a_new_alert_opens_a_ne
             "a new incident",
         )
         assert second["infrastructure_pid"].endswith(f":{proc.pid}")
+        waiting = _paused_runbook(api)
+        assert waiting["id"] != child["id"]
     finally:
         _stop(proc)
-    # SIGTERM ended the second incident's run: nothing is left open for an alert to join.
+    # SIGTERM ended the second incident's run and its paused runbook: nothing is left open
+    # for an alert to join, no gate for `oncall pending` to list.
     assert api.flow_run(second["id"])["state"]["type"] in ("CANCELLED", "CRASHED", "FAILED")
     assert api.incident_runs(["service:orders-db"], open_only=True) == []
+    ended = api.flow_run(waiting["id"])["state"]["type"]
+    assert ended in ("CANCELLED", "CRASHED", "FAILED"), ended
