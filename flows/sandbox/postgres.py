@@ -79,7 +79,8 @@ class EmbeddedPostgres:
                     return self
                 except Exception:  # a broken template: drop it, start from scratch
                     shutil.rmtree(self._template, ignore_errors=True)
-                    shutil.rmtree(self._dir, ignore_errors=True)
+                    if self._dir is not None:
+                        shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = Path(tempfile.mkdtemp(prefix="oncall-drill-pg-"))
             self._server = pgserver.get_server(self._dir, cleanup_mode="delete")
         self._server.psql(
