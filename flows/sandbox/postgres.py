@@ -139,29 +139,9 @@ class EmbeddedPostgres:
 
 
 def _copy_tree(source: Path, target: Path) -> None:
-    """``cp -a`` (owners and modes kept, no GIL held while a Prefect import runs beside it);
-    shutil where there is no ``cp``."""
-    try:
-        subprocess.run(["cp", "-a", f"{source}/.", str(target)], check=True, capture_output=True)
-    except FileNotFoundError:
-        shutil.copytree(source, target, dirs_exist_ok=True)
-        _give_to_server_user(target)
-
-
-def _give_to_server_user(path: Path) -> None:
-    """As root, pgserver runs PostgreSQL as the ``pgserver`` user: the copy must be its."""
-    if os.geteuid() != 0:
-        return
-    import pwd
-
-    try:
-        user = pwd.getpwnam("pgserver")
-    except KeyError:  # pgserver creates the user on its first server
-        return
-    for root, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
-    os.chown(path, user.pw_uid, user.pw_gid)
+    """``cp -a``: owners and modes kept (as root, PostgreSQL runs as pgserver's own user and
+    must own its files), and no GIL held while Prefect imports in another thread."""
+    subprocess.run(["cp", "-a", f"{source}/.", str(target)], check=True, capture_output=True)
 
 
 class ConnectionExhaustion:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -36,6 +34,7 @@ from flows.sandbox.prometheus import (
     find_binary,
     free_port,
 )
+from tests.oncall_proc import start_serve, stop
 
 
 def _missing_binaries() -> str | None:
@@ -147,15 +146,8 @@ def stack(tmp_path: Path, prefect_api: str) -> Iterator[Stack]:
     config.write_text(_config(service, ports["receiver"], prom_url, app_url))
     env = {**os.environ, "RECEIVER_TOKEN": TOKEN, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log_path = tmp_path / "serve.log"
-    log = open(log_path, "w")  # noqa: SIM115  (closed at teardown)
     # Started first: it takes the longest to come up, while the rest start below.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_serve(config, env, log_path)
     receiver_url = f"http://127.0.0.1:{ports['receiver']}"
     am = AlertmanagerProcess(
         f"{receiver_url}/alerts/alertmanager",
@@ -187,13 +179,7 @@ def stack(tmp_path: Path, prefect_api: str) -> Iterator[Stack]:
             print("--- prometheus log ---\n" + prom.log_tail(15))
     finally:
         print("--- serve log ---\n" + log_path.read_text()[-6000:])  # shown when a test fails
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        stop(proc)
 
 
 def _query(prom: PrometheusProcess, promql: str) -> float | None:

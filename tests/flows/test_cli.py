@@ -13,21 +13,10 @@ import pytest
 
 from flows.prefect_api import PrefectAPI
 from runbooks.model import os_identity
+from tests.oncall_proc import oncall
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SECRET = "Sup3rS3cretPw"
-
-
-def oncall(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=os.environ.copy(),
-        **kwargs,
-    )
 
 
 def _params(pgdb) -> list[str]:

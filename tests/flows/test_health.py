@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -60,12 +59,7 @@ def opened(prefect_api):
     created: list[tuple] = []
 
     async def post(api, path, body):
-        for _ in range(5):  # a busy SQLite-backed server answers 503 "database is locked"
-            answer = await api.post(path, json=body)
-            if answer.status_code != 503:
-                break
-            await asyncio.sleep(0.5)
-        return answer.raise_for_status().json()
+        return (await api.post(path, json=body)).raise_for_status().json()
 
     async def opener(alert):
         async with httpx.AsyncClient(base_url=prefect_api) as api:

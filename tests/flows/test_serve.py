@@ -6,10 +6,7 @@ runbook suspends and is resumed in a new process)."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 
@@ -17,6 +14,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from tests.oncall_proc import oncall, start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TOKEN = "test-receiver-token-0123"
@@ -61,15 +59,7 @@ def _payload(fingerprint: str, status: str = "firing") -> dict:
 def _start(config, env, log_path):
     """Starts `oncall serve`; returns (receiver url, process) once /healthz answers."""
     port = int(config.read_text().split("  port: ")[1].split()[0])
-    log = open(log_path, "a")  # noqa: SIM115  (the child keeps its own copy)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log.close()
+    proc = start_serve(config, env, log_path)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -79,15 +69,6 @@ def _start(config, env, log_path):
             time.sleep(0.25)
     proc.kill()
     pytest.fail(f"oncall serve did not start: {log_path.read_text()[-2000:]}")
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
@@ -137,7 +118,7 @@ health: {{enabled: false}}
 def served(serve_setup):
     url, proc = _start(*serve_setup)
     yield url, proc
-    _stop(proc)
+    stop(proc)
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -220,13 +201,7 @@ def _fault_alert_and_gate(url: str, faults, api: PrefectAPI):
 def _approve_and_see_it_through(api: PrefectAPI, child, incident, pgdb, idle) -> None:
     """`oncall approve` from another process → the runbook remediates exactly once → the
     incident verifies recovery and resolves."""
-    approve = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "approve", child["id"], "--as", "bob"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
+    approve = oncall("approve", child["id"], "--as", "bob", timeout=60)
     assert approve.returncode == 0, approve.stderr
     done = _wait(
         lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
@@ -269,13 +244,7 @@ def test_deployed_incident_suspends_its_runbook_which_resumes_once_after_approva
     idle, child = _fault_alert_and_gate(url, faults, api)
     assert child["state"]["name"] == "Suspended"
     assert child["deployment_id"] is not None
-    pending = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "pending", "--json"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
+    pending = oncall("pending", "--json", timeout=60)
     assert child["id"] in pending.stdout
     incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
     _approve_and_see_it_through(api, child, incident, pgdb, idle)
@@ -337,7 +306,7 @@ def test_incident_of_a_killed_serve_is_marked_crashed_and_a_new_alert_opens_a_ne
         waiting = _paused_runbook(api)
         assert waiting["id"] != child["id"]
     finally:
-        _stop(proc)
+        stop(proc)
     # SIGTERM ended the second incident's run and its paused runbook: nothing is left open
     # for an alert to join, no gate for `oncall pending` to list.
     assert api.flow_run(second["id"])["state"]["type"] in ("CANCELLED", "CRASHED", "FAILED")
