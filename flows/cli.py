@@ -464,11 +464,12 @@ def serve_cmd(
         # alert to a finding).
         os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
 
-        from runbooks.config import find_config
+        from runbooks.config import find_config, load_config
 
         path = find_config(config)
         if path is None:
             raise ConfigError("oncall serve needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
+        load_config(str(path))  # a broken file is one line and exit 2, before anything starts
         console = _console()
         _ensure_server(console)
         from flows.execute import quiet_prefect_console

@@ -63,6 +63,16 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_serve_with_a_broken_config_says_where_in_one_line_and_starts_nothing(tmp_path):
+    config = tmp_path / "oncall.yaml"
+    config.write_text("receiver:\n  incidents: sideways\n")
+    result = oncall("serve", "--config", str(config), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert f"{config}:2: receiver.incidents" in result.stderr
+    assert "starting" not in result.stdout + result.stderr
+
+
 def test_unreachable_database_exits_3_with_an_error_finding():
     result = oncall(
         "run", "db-connections", "--dsn", f"postgresql://app:{SECRET}@127.0.0.1:1/db", "--json"
