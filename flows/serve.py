@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,17 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
     return deployments
 
 
+async def _runner(deployments: list[Any], limit: int | None) -> Coroutine[Any, Any, None]:
+    """Prefect's runner for the deployments (``prefect.aserve`` without its start): the
+    coroutine that runs it."""
+    from prefect.runner import Runner
+
+    runner = Runner(limit=limit, pause_on_shutdown=True)
+    for deployment in deployments:
+        await runner.add_deployment(deployment)
+    return runner.start()
+
+
 async def serve(
     config_path: str,
     *,
@@ -244,8 +256,6 @@ async def serve(
     live in a work pool (prefect.yaml): incidents open there and workers, reading
     their own ONCALL_CONFIG, run them.
     """
-    from prefect import aserve
-
     path = str(Path(config_path).resolve())
     config = load_config(path)
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
@@ -283,11 +293,12 @@ async def serve(
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
     if deployments:
-        tasks.append(
-            asyncio.create_task(
-                aserve(*deployments, limit=limit, print_starting_message=False), name="runner"
-            )
-        )
+        tasks.append(asyncio.create_task(await _runner(deployments, limit), name="runner"))
+        # Runner.start, on its first step, puts its own SIGTERM handler on the main thread:
+        # it raises SystemExit wherever the process is, so nothing below would run (the
+        # incidents here would stay Running with nobody to end them). Ours goes back on.
+        await asyncio.sleep(0)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     log.info(
         "oncall serve: receiver on http://%s:%s, %d deployments",
         receiver.config.host,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -264,6 +266,40 @@ def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approv
     assert incident["infrastructure_pid"] == f"{socket.gethostname()}:{proc.pid}"
     assert "oncall" in incident["tags"] and any(t.startswith("fp:") for t in incident["tags"])
     _approve_and_see_it_through(api, child, incident, pgdb, idle)
+
+
+_SIGTERM_ONCE_READY = """
+import asyncio, os, signal, sys
+from flows.serve import serve
+
+async def main():
+    ready = asyncio.Event()
+    served = asyncio.create_task(serve(sys.argv[1], ready=ready))
+    await ready.wait()  # receiver, dispatcher and Prefect's runner have started
+    await asyncio.sleep(4)  # the runner polls for work by now, whatever `ready` says
+    print("handler:", getattr(signal.getsignal(signal.SIGTERM), "__qualname__", "?"))
+    os.kill(os.getpid(), signal.SIGTERM)
+    await served
+    print("serve returned")
+
+asyncio.run(main())
+"""
+
+
+def test_sigterm_once_prefects_runner_has_started_still_stops_serve_cleanly(serve_setup):
+    """Prefect's Runner.start puts a SIGTERM handler of its own on the main thread (it
+    raises SystemExit wherever the process is); serve's clean stop must keep the signal."""
+    config, env, _ = serve_setup
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_ONCE_READY, str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "handler: Runner.handle_sigterm" not in done.stdout
+    assert "serve returned" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
