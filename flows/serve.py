@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,15 +230,18 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
     return deployments
 
 
-async def _runner(deployments: list[Any], limit: int | None) -> Coroutine[Any, Any, None]:
-    """Prefect's runner for the deployments (``prefect.aserve`` without its start): the
-    coroutine that runs it."""
+async def _runner(deployments: list[Any], limit: int | None, on_sigterm: Callable[[], Any]) -> Any:
+    """Prefect's runner for the deployments, as ``prefect.aserve`` makes it, except for
+    SIGTERM: ``Runner.start`` puts its ``handle_sigterm`` on the main thread, and Prefect's
+    raises SystemExit wherever the process is (serve's clean stop would not run, and the
+    incidents here would stay Running with nobody to end them). Ours calls ``on_sigterm``."""
     from prefect.runner import Runner
 
     runner = Runner(limit=limit, pause_on_shutdown=True)
+    runner.handle_sigterm = lambda *_: on_sigterm()
     for deployment in deployments:
         await runner.add_deployment(deployment)
-    return runner.start()
+    return runner
 
 
 async def serve(
@@ -293,12 +296,10 @@ async def serve(
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
     if deployments:
-        tasks.append(asyncio.create_task(await _runner(deployments, limit), name="runner"))
-        # Runner.start, on its first step, puts its own SIGTERM handler on the main thread:
-        # it raises SystemExit wherever the process is, so nothing below would run (the
-        # incidents here would stay Running with nobody to end them). Ours goes back on.
-        await asyncio.sleep(0)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        prefect_runner = await _runner(
+            deployments, limit, on_sigterm=lambda: loop.call_soon_threadsafe(stop.set)
+        )
+        tasks.append(asyncio.create_task(prefect_runner.start(), name="runner"))
     log.info(
         "oncall serve: receiver on http://%s:%s, %d deployments",
         receiver.config.host,
