@@ -112,3 +112,49 @@ def cancel_waiting_runs(api_url: str) -> int:
             },
         )
     return len(runs)
+
+
+# --- The server-log canary ----------------------------------------------------------------
+# Every Prefect server the suite starts (the session's, and those tests start under their own
+# PREFECT_HOME) writes oncall-server.log. An ERROR there is a product bug the tests did not
+# see (a scheduler that fails every cycle, a service that dies): the suite fails on it.
+_ERROR_LINE = ("| ERROR", "Traceback (most recent call last)")
+
+
+def server_log_errors(roots: list[str]) -> dict[str, list[str]]:
+    """ERROR lines (and traceback starts) of every oncall-server.log under ``roots``."""
+    from pathlib import Path
+
+    found: dict[str, list[str]] = {}
+    for root in roots:
+        for log in sorted(Path(root).rglob("oncall-server.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            bad = [line for line in lines if any(m in line for m in _ERROR_LINE)]
+            if bad:
+                found[str(log)] = bad
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    roots = [_HOME]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        try:
+            roots.append(str(factory.getbasetemp()))
+        except (OSError, ValueError):
+            pass
+    errors = server_log_errors(roots)
+    if not errors:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter else print
+    write("")
+    write("Prefect server logs with ERROR lines (the server-log canary fails the suite):")
+    for path, lines in errors.items():
+        write(f"  {path}")
+        for line in lines[:20]:
+            write(f"    {line[:300]}")
+        if len(lines) > 20:
+            write(f"    … and {len(lines) - 20} more")
+    if session.exitstatus == 0:
+        session.exitstatus = 1

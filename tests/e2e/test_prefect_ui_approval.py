@@ -3,7 +3,7 @@
 Everything is real: the session's Prefect server (``prefect_api``), PostgreSQL with
 idle-in-transaction sessions (``faults``), ``oncall run db-connections`` in a
 subprocess without a terminal (so it waits at its gate), and Debian's Chromium,
-headless, driven by Playwright through both UIs that Prefect 3.8.8 serves: the
+headless, driven by Playwright through both UIs that Prefect 3.9.1 serves: the
 classic Vue UI that the link printed by ``oncall`` opens (``/runs/flow-run/<id>``)
 and the React UI that the dashboard defaults to (``/v2/runs/flow-run/<id>``).
 The classic run saves its filled form to ``docs/approval-form.png``.
@@ -65,7 +65,7 @@ REASON = "PIDs match the evidence; ending the stale sessions"
 REPORT_CARD = re.compile(r"^db-connections-")  # the report artifact's key, as shown on its card
 
 
-# --- Selectors: every DOM detail of Prefect 3.8.8's two UIs lives below. -------------
+# --- Selectors: every DOM detail of Prefect 3.9.1's two UIs lives below. -------------
 # Found by reading page.content() of a paused run in each UI. The classic UI
 # (prefect-design, Vue) renders form labels that are not tied to their inputs and
 # tabs as <li> without role=tab, so fields are found by their label text inside a
@@ -138,8 +138,7 @@ class ReactUI:
     @staticmethod
     def open_report(page: Any) -> None:
         page.get_by_role("tab", name="Artifacts").click()
-        page.get_by_text(REPORT_CARD).first.click()  # opens the key's timeline of versions
-        page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()  # newest
+        page.get_by_text(REPORT_CARD).first.click()  # 3.9.1: opens the newest version
 
 
 # --- Plumbing ---------------------------------------------------------------------
@@ -149,7 +148,7 @@ def _point_ui_at(context: Any, api_url: str) -> None:
     """Makes the UI call the server under test.
 
     ``flows.server.start`` runs Prefect's server (``flows.prefect_app``) on port N without
-    PREFECT_API_URL or PREFECT_UI_API_URL in its environment, and Prefect 3.8.8 then
+    PREFECT_API_URL or PREFECT_UI_API_URL in its environment, and Prefect 3.9.1 then
     serves ``/ui-settings`` with ``api_url`` http://127.0.0.1:4200/api whatever N is,
     so on a free test port the UI would show another server's runs, or none.
     """

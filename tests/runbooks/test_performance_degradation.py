@@ -66,8 +66,10 @@ def sandbox() -> Iterator[dict[str, Any]]:
             time.sleep(max(0.0, began + 12 - time.monotonic()))
             apps["sluggish"].control(latency_s=SLOW)
             apps["regressed"].control(version="v2", latency_s=SLOW)
+            # Until the whole rate window is slow: p95 passes 2.0 as soon as 5 % of its
+            # requests are, and a test asking then saw a window still mostly fast.
             for job in apps:
-                _until(prom.url, _p95(job), 2.0)
+                _until(prom.url, _p95(job), 2.8)
             yield {"prom": prom, "apps": apps}
     finally:
         for app in apps.values():
