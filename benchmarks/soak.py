@@ -51,9 +51,9 @@ def _retention_days() -> float | None:
 
 
 async def soak(minutes: float, every: float, base: str, targets: int, home: Path) -> list[dict]:
+    from flows.config import HealthConfig, OncallConfig
     from flows.health import health_sweep
     from integrations.service import HttpEndpoint, Service
-    from runbooks.config import HealthConfig, OncallConfig
 
     endpoints = [HttpEndpoint(name=f"t{i}", url=f"{base}/t/{i}") for i in range(targets)]
     services = {

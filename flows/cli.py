@@ -153,7 +153,7 @@ def _params(spec, pairs: list[str]):
 def _approver(name: str | None, option: str) -> str | None:
     import re
 
-    from runbooks.model import APPROVER_RE
+    from runbooks.engine.model import APPROVER_RE
 
     if name is not None and not re.fullmatch(APPROVER_RE, name):
         raise ConfigError(f"{option} {name!r}: use 1-64 letters, digits, spaces or ._@+-")
@@ -264,7 +264,7 @@ def run_cmd(
         params = _params(spec, param or [])
         approve_as = _approver(approve_as, "--approve-as")
         if service_name:
-            from runbooks.config import find_config, load_config
+            from flows.config import find_config, load_config
 
             path = find_config(config)
             if path is None:
@@ -279,7 +279,7 @@ def run_cmd(
         console = _console(json_out)
         _ensure_server(console, wait=False)
         from flows.execute import run_runbook
-        from runbooks.model import RunContext, os_identity
+        from runbooks.engine.model import RunContext, os_identity
 
         report = run_runbook(
             spec,
@@ -374,7 +374,7 @@ def approve_cmd(
             raise ConfigError(
                 f"run {full_id} is not waiting for approval (state: {state.get('name')})"
             )
-        from runbooks.model import os_identity
+        from runbooks.engine.model import os_identity
 
         who = os_identity()
         result = api.resume(
@@ -464,7 +464,7 @@ def serve_cmd(
         # alert to a finding).
         os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
 
-        from runbooks.config import find_config, load_config
+        from flows.config import find_config, load_config
 
         path = find_config(config)
         if path is None:

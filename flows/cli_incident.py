@@ -58,8 +58,8 @@ def _read_payload(source: str) -> bytes:
 
 
 def _open(alerts: list, config_path: str | None, approve_as: str | None, json_out: bool) -> None:
+    from flows.config import find_config, load_config
     from flows.intake import find_open, group, send_control
-    from runbooks.config import find_config, load_config
 
     cfg = load_config(find_config(config_path))
     console = _console(json_out)
@@ -129,8 +129,8 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
     from flows.execute import LiveView, quiet_prefect_console
     from flows.incident import incident
     from flows.intake import creation_tags
-    from runbooks import live
-    from runbooks.model import os_identity
+    from runbooks.engine import live
+    from runbooks.engine.model import os_identity
 
     quiet_prefect_console()
     view = LiveView(console, interactive=sys.stdin.isatty() and not json_out, show=not json_out)
@@ -200,9 +200,9 @@ def incident_declare(
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    from flows.config import DEFAULT_SLA
     from flows.incident_model import sla_state, summary_from_run
     from integrations.alerts import Severity
-    from runbooks.config import DEFAULT_SLA
 
     info = summary_from_run(run)
     started = info["started"]
@@ -277,7 +277,7 @@ def incidents_cmd(
 
 def _control(incident_id: str, message: dict[str, Any], verb: str) -> None:
     from flows.intake import send_control
-    from runbooks.model import os_identity
+    from runbooks.engine.model import os_identity
 
     with _api() as api:
         run = api.find_incident(incident_id)

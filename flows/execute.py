@@ -24,10 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from flows.render import approval_line, finding_line, plan_panel, result_line
-from runbooks import live
 from runbooks.catalog import RunbookSpec
-from runbooks.gate import os_identity
-from runbooks.model import RunbookReport
+from runbooks.engine import live
+from runbooks.engine.model import RunbookReport, os_identity
 
 __all__ = ["LiveView", "quiet_prefect_console", "run_runbook"]
 

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from checks.findings import Severity, Status
 from checks.severity import DEFAULT_RULES, SeverityRule
+from flows.config import OncallConfig, find_config, load_config
 from flows.health_checks import (
     Result,
     http_client,
@@ -54,8 +55,7 @@ from flows.intake import Opener, open_by_deployment, submit
 from flows.prefect_api import PrefectAPI
 from integrations.alerts import Alert
 from integrations.errors import ProviderError
-from runbooks.config import OncallConfig, find_config, load_config
-from runbooks.gate import emit_run_event
+from runbooks.engine.gate import emit_run_event
 
 __all__ = [
     "CHUNK_SIZE",

@@ -32,16 +32,16 @@ from prefect.events import emit_event
 
 from checks.findings import Finding, Severity
 from checks.severity import SeverityRule, classify
+from flows.config import OncallConfig, find_config, load_config
 from flows.incident_model import Incident, IncidentStatus, incident_tags
 from flows.intake import CONTROL_PREFIX
 from flows.notify import Notifier
 from flows.postmortem import postmortem_markdown, root_cause
 from integrations.alerts import Alert
 from integrations.errors import Unreachable
-from runbooks import live
 from runbooks.catalog import RUNBOOKS
-from runbooks.config import OncallConfig, find_config, load_config
-from runbooks.model import ActionResult, Approval, Outcome, Plan, RunbookReport, RunContext
+from runbooks.engine import live
+from runbooks.engine.model import ActionResult, Approval, Outcome, Plan, RunbookReport, RunContext
 
 __all__ = ["CONTROL_PREFIX", "incident", "route"]
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from checks.findings import Severity
-from runbooks.config import Sla
+from flows.config import Sla
 
 __all__ = [
     "Incident",

@@ -14,13 +14,13 @@ from typing import Any
 
 import httpx
 
+from flows.config import EscalationLevel, Notifications
 from flows.incident_model import Incident, IncidentStatus
 from integrations import slack
 from integrations.errors import OncallError
 from integrations.pagerduty import PagerDutyEvents, PagerDutyTarget
 from integrations.slack import SlackWebhook
 from integrations.statuspage import StatuspageManage
-from runbooks.config import EscalationLevel, Notifications
 
 __all__ = ["Notifier"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from flows.config import Sla
 from flows.incident_model import Incident, sla_state
-from runbooks.config import Sla
 
 __all__ = ["PREVENTION", "postmortem_markdown", "root_cause"]
 

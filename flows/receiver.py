@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from flows.config import OncallConfig
 from flows.intake import Opener, submit
 from flows.prefect_api import PrefectAPI
 from flows.spool import Spool
@@ -33,7 +34,6 @@ from integrations.alerts import parse_alerts
 from integrations.errors import ConfigError, OncallError, TargetError
 from integrations.pagerduty import verify_pagerduty_signature
 from integrations.sentry import verify_sentry_signature
-from runbooks.config import OncallConfig
 
 __all__ = ["Dispatcher", "create_app"]
 

@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from checks.findings import Finding, Status
-from runbooks.model import ActionResult, Approval, Plan, RunbookReport
-from runbooks.report import spared_label
+from runbooks.engine.model import ActionResult, Approval, Plan, RunbookReport
+from runbooks.engine.report import spared_label
 
 __all__ = [
     "approval_line",

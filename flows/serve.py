@@ -30,6 +30,7 @@ from typing import Any
 
 import uvicorn
 
+from flows.config import OncallConfig, load_config
 from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
@@ -37,7 +38,6 @@ from flows.server import ensure, prefect_home
 from flows.spool import Spool
 from integrations.alerts import Alert
 from runbooks.catalog import RUNBOOKS
-from runbooks.config import OncallConfig, load_config
 
 __all__ = ["LocalIncidents", "build_deployments", "serve"]
 
@@ -208,12 +208,18 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
             description="Incident parent flow: one run per incident.",
         )
     ]
+    from prefect.deployments.runner import EntrypointType
+
+    from flows import runbook_flows
+
     for spec in RUNBOOKS.values():
-        deployments.append(
-            await spec.load().ato_deployment(
-                spec.name, tags=["oncall", f"runbook:{spec.name}"], description=spec.summary
-            )
+        deployment = await getattr(runbook_flows, spec.flow).ato_deployment(
+            spec.name, tags=["oncall", f"runbook:{spec.name}"], description=spec.summary
         )
+        # Runs import the flow through flows.runbook_flows, which resolves service names.
+        deployment.entrypoint = f"{runbook_flows.__name__}.{spec.flow}"
+        deployment._entrypoint_type = EntrypointType.MODULE_PATH
+        deployments.append(deployment)
     if config.health.enabled:
         from flows.health import health_sweep
 

@@ -4,7 +4,7 @@ One :class:`Service` bundles a service's targets (database, HTTP endpoints,
 Prometheus, Kubernetes deployment, Docker container, queues, providers' status
 pages …). Every runbook flow takes one, so the incident flow, the CLI and the
 Prefect UI start runbooks the same way. Built from ``oncall.yaml`` (see
-``runbooks/config.py``) or by hand.
+``flows/config.py``) or by hand.
 """
 
 from __future__ import annotations

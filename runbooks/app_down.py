@@ -24,9 +24,9 @@ from integrations.errors import ConfigError, OncallError, TargetError
 from integrations.kubernetes import KubernetesOperator
 from integrations.service import Service
 from runbooks import rollback as rb
-from runbooks.gate import remediation
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import AppDownParams
 
 __all__ = ["EXECUTORS", "app_down", "diagnose", "plan_remediation"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from runbooks.model import Risk, RunbookParams
+from runbooks.engine.model import Risk, RunbookParams
 from runbooks.params import (
     AppDownParams,
     DbConnectionsParams,

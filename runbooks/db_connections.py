@@ -16,9 +16,9 @@ from checks import postgres as pg
 from checks.findings import Finding, timed
 from integrations.postgres import PostgresOperator, PostgresReader, PostgresTarget
 from integrations.service import Service
-from runbooks.gate import remediation
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import DbConnectionsParams
 
 __all__ = ["EXECUTORS", "db_connections", "diagnose", "plan_remediation"]

@@ -31,9 +31,9 @@ from integrations.kubernetes import KubernetesOperator, KubernetesReader
 from integrations.postgres import PostgresReader
 from integrations.prometheus import PrometheusClient
 from integrations.service import Service
-from runbooks.gate import remediation
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import HighErrorRateParams, HttpSymptomParams
 
 __all__ = [

@@ -29,9 +29,9 @@ from integrations.hms import HmsClient, HmsTarget, management_token, token_expir
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.service import Service
 from integrations.statuspage import StatuspagePage, StatuspagePublic
-from runbooks.gate import remediation
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import HmsFailuresParams
 from runbooks.provider_outage import UPDATE_EVERY, post_status, status_action
 

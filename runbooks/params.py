@@ -11,7 +11,7 @@ from datetime import datetime
 from pydantic import Field
 
 from checks.findings import Severity
-from runbooks.model import RunbookParams
+from runbooks.engine.model import RunbookParams
 
 __all__ = [
     "AppDownParams",

@@ -19,6 +19,8 @@ from prefect import flow
 from checks import http_metrics as hm
 from checks.findings import Finding, timed
 from integrations.service import Service
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, Plan, RunbookReport, RunContext
 from runbooks.high_error_rate import (
     EXECUTORS,
     Readers,
@@ -29,8 +31,6 @@ from runbooks.high_error_rate import (
     readers,
     scale_action,
 )
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, Plan, RunbookReport, RunContext
 from runbooks.params import PerformanceDegradationParams
 
 __all__ = ["EXECUTORS", "diagnose", "performance_degradation", "plan_remediation"]

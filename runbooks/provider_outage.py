@@ -22,9 +22,9 @@ from integrations.commands import describe, run_configured
 from integrations.errors import OncallError, TargetError
 from integrations.service import Service
 from integrations.statuspage import StatuspageManage, StatuspagePage, StatuspagePublic
-from runbooks.gate import remediation
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import ProviderOutageParams
 
 __all__ = [

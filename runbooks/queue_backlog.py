@@ -33,10 +33,10 @@ from integrations.rabbitmq import RabbitOperator, RabbitReader, RabbitTarget, po
 from integrations.redis_queue import RedisQueueOperator, RedisQueueReader
 from integrations.service import ConfiguredAction, Service
 from integrations.statuspage import StatuspagePublic
-from runbooks.gate import remediation
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.high_error_rate import configured_action, run_configured_action, scale_out
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import QueueBacklogParams
 
 __all__ = [

@@ -27,9 +27,9 @@ from integrations.kubernetes import KubernetesOperator, KubernetesReader
 from integrations.prometheus import PrometheusClient
 from integrations.service import Service
 from integrations.vercel import VercelClient, VercelOperator
-from runbooks.gate import remediation
-from runbooks.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
+from runbooks.engine.guard import remediation
+from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
 from runbooks.params import DeployWindowParams, RollbackParams
 
 __all__ = [

@@ -8,6 +8,7 @@ Set ONCALL_TEST_PREFECT_API_URL to reuse a server you already run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import socket
@@ -139,10 +140,8 @@ def pytest_sessionfinish(session, exitstatus):
     roots = [_HOME]
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is not None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             roots.append(str(factory.getbasetemp()))
-        except (OSError, ValueError):
-            pass
     errors = server_log_errors(roots)
     if not errors:
         return

@@ -7,8 +7,8 @@ import re
 import pytest
 import yaml
 
+from flows.config import load_config
 from integrations.errors import ConfigError
-from runbooks.config import load_config
 
 GOOD = """\
 services:

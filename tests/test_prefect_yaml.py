@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.config import HealthConfig
 from runbooks.catalog import RUNBOOKS
-from runbooks.config import HealthConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS_OF_OURS = {"incident", "health-sweep"}
@@ -43,7 +43,8 @@ def test_every_runbook_in_the_catalog_has_its_deployment(name):
     spec = RUNBOOKS[name]
     deployment = _deployments().get(name)
     assert deployment is not None, f"prefect.yaml has no deployment for runbook {name}"
-    assert deployment["entrypoint"] == _entrypoint(spec.module, spec.flow)
+    # Through flows.runbook_flows, which resolves a service given by name from oncall.yaml.
+    assert deployment["entrypoint"] == _entrypoint("flows.runbook_flows", spec.flow)
     # Children are found and capped by this tag (cooldown, `oncall pending`).
     assert f"runbook:{name}" in deployment["tags"]
 

@@ -350,7 +350,7 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         ui.open_report(page)
         expect(page.get_by_text(re.compile(r"db-connections on .+: fixed")).first).to_be_visible()
         row = page.get_by_role("row").filter(has_text=APPROVER)
-        # decision | approver | channel | identity | reason | at  (runbooks/report.py)
+        # decision | approver | channel | identity | reason | at  (runbooks/engine/report.py)
         expect(row.get_by_role("cell")).to_have_text(
             ["approved", APPROVER, "ui", "", REASON, re.compile(r"^\d\d:\d\d:\d\d$")]
         )

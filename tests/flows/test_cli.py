@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
-from runbooks.model import os_identity
+from runbooks.engine.model import os_identity
 from tests.oncall_proc import oncall
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -15,6 +15,7 @@ import redis
 
 from checks.findings import Severity, Status
 from checks.severity import DEFAULT_RULES
+from flows.config import HealthConfig, OncallConfig
 from flows.health import alert_for, alert_groups, health_sweep, set_opener
 from flows.health_checks import Result, check_prometheus, check_queue, sweep_http
 from flows.intake import CONTROL_PREFIX, creation_tags
@@ -25,7 +26,6 @@ from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.rabbitmq import RabbitTarget
 from integrations.redis_queue import RedisQueueTarget
 from integrations.service import HttpEndpoint, Service
-from runbooks.config import HealthConfig, OncallConfig
 
 CLOSED = "http://127.0.0.1:9/health"  # discard port: nothing listens, connections are refused
 

@@ -13,14 +13,7 @@ import httpx
 import pytest
 
 from checks.findings import Severity
-from flows.intake import creation_tags, send_control
-from flows.prefect_api import PrefectAPI
-from flows.sandbox.saas import SaasSandbox
-from integrations.alerts import parse_alerts
-from integrations.postgres import PostgresTarget
-from integrations.service import Service
-from runbooks import live
-from runbooks.config import (
+from flows.config import (
     EscalationLevel,
     Notifications,
     OncallConfig,
@@ -28,6 +21,13 @@ from runbooks.config import (
     Route,
     Verification,
 )
+from flows.intake import creation_tags, send_control
+from flows.prefect_api import PrefectAPI
+from flows.sandbox.saas import SaasSandbox
+from integrations.alerts import parse_alerts
+from integrations.postgres import PostgresTarget
+from integrations.service import Service
+from runbooks.engine import live
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -40,6 +40,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from flows.config import OncallConfig, ReceiverConfig
 from flows.incident_model import fingerprint_tag
 from flows.intake import CONTROL_PREFIX, open_by_deployment
 from flows.prefect_api import PrefectAPI
@@ -47,7 +48,6 @@ from flows.receiver import Dispatcher, create_app
 from flows.spool import Spool
 from integrations.alerts import Alert
 from integrations.errors import Unreachable
-from runbooks.config import OncallConfig, ReceiverConfig
 
 TOKEN = "receiver-token-0123456789"
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -916,7 +916,7 @@ async def test_resolved_alerts_reach_their_open_incident_and_are_ignored_without
 
 async def _paused_at_gate(coro: Awaitable[Any], prefect_api: str) -> tuple[asyncio.Task, dict]:
     """Starts a runbook flow and returns (task, gate record) once its run is Paused."""
-    from runbooks import live
+    from runbooks.engine import live
 
     seen: dict[str, Any] = {}
     gate = asyncio.Event()

@@ -24,8 +24,8 @@ from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.postgres import PostgresTarget
 from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Service
-from runbooks import live
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine import live
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import AppDownParams
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

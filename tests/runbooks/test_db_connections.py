@@ -12,8 +12,8 @@ from flows.prefect_api import PrefectAPI
 from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
-from runbooks import live
-from runbooks.model import Action, Approval, Outcome, Risk
+from runbooks.engine import live
+from runbooks.engine.model import Action, Approval, Outcome, Risk
 from runbooks.params import DbConnectionsParams
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -271,7 +271,7 @@ async def test_remediation_is_refused_without_an_approval_record(pgdb, faults):
 
 async def test_a_hand_made_approval_is_refused(pgdb, faults):
     from runbooks.db_connections import terminate_sessions
-    from runbooks.gate import approved_scope
+    from runbooks.engine.guard import approved_scope
 
     [pid] = faults.idle_in_transaction(1)
     forged = Approval(

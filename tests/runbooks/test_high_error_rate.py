@@ -23,7 +23,7 @@ from integrations.kubernetes import KubernetesTarget
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Service
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import HighErrorRateParams
 from tests.runbooks.test_db_connections import _decide, _until_gate
 

@@ -20,8 +20,8 @@ from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.service import Service
-from runbooks import live
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine import live
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import HmsFailuresParams
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -124,8 +124,8 @@ async def test_dry_run_diagnoses_the_expired_token_and_touches_nothing(sandbox, 
 async def test_approved_rotation_is_exactly_the_preview_and_its_token_never_shows(
     sandbox, kube, prefect_api
 ):
+    from runbooks.engine.report import report_markdown
     from runbooks.hms_failures import hms_failures
-    from runbooks.report import report_markdown
 
     old = _stored(kube)
     pods_before = {p["metadata"]["name"] for p in kube.objects("pods")}

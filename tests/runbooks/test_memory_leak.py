@@ -22,7 +22,7 @@ from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, Service
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import MemoryLeakParams
 from tests.runbooks.test_db_connections import _decide, _until_gate
 

@@ -20,7 +20,7 @@ from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, Service
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import PerformanceDegradationParams
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

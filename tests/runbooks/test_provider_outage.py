@@ -13,8 +13,8 @@ from flows.prefect_api import PrefectAPI
 from flows.sandbox.saas import SaasSandbox
 from integrations.errors import ApprovalRequired
 from integrations.service import ConfiguredAction, Service
-from runbooks import live
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine import live
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import ProviderOutageParams
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -25,7 +25,7 @@ from integrations.kubernetes import KubernetesTarget
 from integrations.rabbitmq import RabbitReader, RabbitTarget
 from integrations.redis_queue import RedisQueueTarget
 from integrations.service import Service
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import QueueBacklogParams
 from tests.runbooks.test_db_connections import _decide, _until_gate
 

@@ -23,8 +23,8 @@ from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.kubernetes import KubernetesTarget
 from integrations.service import HttpEndpoint, Service
-from runbooks import live
-from runbooks.model import Action, Outcome, Risk
+from runbooks.engine import live
+from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import RollbackParams
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -97,7 +97,7 @@ Channel = Literal["cli", "cli-preapproved", "ui", "slack", "policy", "timeout", 
 
 
 class Approval(BaseModel):
-    """A decision on a plan. Minted only by the approval gate (see ``runbooks.gate``)."""
+    """A decision on a plan. Minted only by the approval gate (see ``runbooks.engine.gate``)."""
 
     model_config = ConfigDict(frozen=True)
 

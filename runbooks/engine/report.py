@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from checks.findings import Finding, Status
-from runbooks.model import Action, Plan, RunbookReport
+from runbooks.engine.model import Action, Plan, RunbookReport
 
 __all__ = [
     "spared_label",

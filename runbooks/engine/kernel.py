@@ -24,9 +24,10 @@ from pydantic import BaseModel
 from checks.findings import Finding, Severity, Status, timed
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.service import Service
-from runbooks import live
-from runbooks.gate import approved_scope, decide, emit_run_event
-from runbooks.model import (
+from runbooks.engine import live
+from runbooks.engine.gate import decide, emit_run_event
+from runbooks.engine.guard import approved_scope
+from runbooks.engine.model import (
     Action,
     ActionResult,
     Approval,
@@ -35,7 +36,7 @@ from runbooks.model import (
     RunbookReport,
     RunContext,
 )
-from runbooks.report import report_markdown
+from runbooks.engine.report import report_markdown
 
 __all__ = [
     "Check",
@@ -62,20 +63,15 @@ def set_service_resolver(resolver: Callable[[str], Service] | None) -> None:
 
 
 def resolve_service(service: Service | str) -> Service:
-    """The Service itself, or the configured service of that name."""
+    """The Service itself, or the configured service of that name (flows/ installs how)."""
     if isinstance(service, Service):
         return service
-    if _resolver is not None:
-        return _resolver(service)
-    from runbooks.config import find_config, load_config
-
-    path = find_config()
-    if path is None:
+    if _resolver is None:
         raise ConfigError(
-            f"service {service!r} given by name, but there is no oncall.yaml"
-            " (set ONCALL_CONFIG, as `oncall serve` and prefect.yaml do)"
+            f"service {service!r} given by name, but nothing resolves names here: run the"
+            " runbook through `oncall` or a deployment of flows.runbook_flows"
         )
-    return load_config(path).service(service)
+    return _resolver(service)
 
 
 def run_name(runbook: str) -> Callable[[], str]:

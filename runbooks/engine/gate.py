@@ -1,31 +1,18 @@
-"""The approval gate: no remediation runs without an approval record minted here.
+"""The approval gate: collects the decisions a plan needs, through Prefect.
 
-How it is made structural rather than a convention:
-- :func:`request_approval` is the only place that mints an :class:`Approval` with a
-  valid seal (an HMAC under a key that lives in this process only);
-- remediation functions are wrapped with :func:`remediation`, which refuses to run
-  unless :func:`approved_scope` has installed a genuine, approving record that names
-  the action;
-- :func:`approved_scope` checks the seal, so a hand-built ``Approval`` is refused.
-
-The gate pauses the flow run with a typed RunInput (validated by Prefect's JSON
-schema on resume), a unique key per gate and a 1 s poll, so a decision can come
-from this terminal, another one (``oncall approve``), the Prefect UI or Slack.
+Decisions are sealed by :mod:`runbooks.engine.guard`, which remediations check; this
+module asks for them. The gate pauses the flow run with a typed RunInput (validated by
+Prefect's JSON schema on resume), a unique key per gate and a 1 s poll, so a decision can
+come from this terminal, another one (``oncall approve``), the Prefect UI or Slack.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
 import hashlib
-import hmac
 import json
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -37,36 +24,25 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from checks.findings import Finding, Severity
-from integrations.errors import ApprovalRequired
-from runbooks import live
-from runbooks.model import (
+from runbooks.engine import live
+from runbooks.engine.guard import _mint
+from runbooks.engine.model import (
     APPROVER_RE,
-    Action,
     Approval,
     ApprovalPolicy,
-    Channel,
     Plan,
     os_identity,
 )
-from runbooks.report import approval_request_markdown
+from runbooks.engine.report import approval_request_markdown
 
 __all__ = [
     "APPROVER_PATTERN",
     "ApprovalInput",
-    "approved_scope",
     "decide",
     "emit_run_event",
-    "is_genuine",
-    "remediation",
 ]
 
 APPROVER_PATTERN = APPROVER_RE
-_SEAL_KEY = secrets.token_bytes(32)
-_current: contextvars.ContextVar[Approval | None] = contextvars.ContextVar(
-    "oncall_approval", default=None
-)
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class ApprovalInput(RunInput):
@@ -83,47 +59,6 @@ class ApprovalInput(RunInput):
     identity: str | None = Field(
         default=None, max_length=128, description="Verified identity (set by oncall, not you)"
     )
-
-
-def _digest(approval: Approval) -> str:
-    body = json.dumps(
-        [
-            approval.plan_id,
-            approval.approved,
-            approval.approver,
-            approval.channel,
-            sorted(approval.action_ids),
-            approval.decided_at.isoformat(),
-        ],
-        separators=(",", ":"),
-    )
-    return hmac.new(_SEAL_KEY, body.encode(), hashlib.sha256).hexdigest()
-
-
-def _mint(
-    plan: Plan,
-    *,
-    approved: bool,
-    approver: str,
-    channel: Channel,
-    reason: str = "",
-    identity: str | None = None,
-) -> Approval:
-    unsealed = Approval(
-        plan_id=plan.id,
-        approved=approved,
-        approver=approver,
-        reason=reason,
-        channel=channel,
-        identity=identity,
-        action_ids=[a.id for a in plan.actions],
-    )
-    return unsealed.model_copy(update={"seal": _digest(unsealed)})
-
-
-def is_genuine(approval: Approval) -> bool:
-    """True when the approval was minted by this process's gate and not altered."""
-    return bool(approval.seal) and hmac.compare_digest(approval.seal, _digest(approval))
 
 
 def emit_run_event(event: str, resource_id: str, name: str, payload: dict[str, Any]) -> None:
@@ -366,35 +301,3 @@ async def decide(
         decisions.append(_record(approval, plan, runbook))
         approvers.add(approval.approver.lower())
     return decisions
-
-
-@contextlib.contextmanager
-def approved_scope(approval: Approval) -> Iterator[None]:
-    """Lets remediations named by a genuine, approving record run inside the block."""
-    if not is_genuine(approval):
-        raise ApprovalRequired("approval record was not issued by the gate (or was altered)")
-    if not approval.approved:
-        raise ApprovalRequired(f"plan {approval.plan_id} was rejected by {approval.approver}")
-    token = _current.set(approval)
-    try:
-        yield
-    finally:
-        _current.reset(token)
-
-
-def remediation(
-    fn: Callable[..., Awaitable[T]],
-) -> Callable[..., Awaitable[T]]:
-    """Marks a function that changes a system: it runs only for an approved action."""
-
-    @functools.wraps(fn)
-    async def guarded(action: Action, *args: Any, **kwargs: Any) -> T:
-        approval = _current.get()
-        if approval is None or not is_genuine(approval) or not approval.approved:
-            raise ApprovalRequired(f"{action.title}: no approval record covers this action")
-        if action.id not in approval.action_ids:
-            raise ApprovalRequired(f"{action.title}: not part of approved plan {approval.plan_id}")
-        return await fn(action, *args, **kwargs)
-
-    guarded.__oncall_remediation__ = True  # type: ignore[attr-defined]
-    return guarded
