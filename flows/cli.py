@@ -7,12 +7,9 @@ Prefect; commands that run flows import it when they need it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
-import traceback
-from collections.abc import Iterator
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 from flows.bytecode import cache_bytecode  # first: before typer, pydantic …
 
@@ -24,43 +21,20 @@ cache_bytecode()
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import typer  # noqa: E402
-from typer.core import TyperGroup  # noqa: E402
 
-from integrations.errors import (  # noqa: E402
-    AuthError,
-    ConfigError,
-    OncallError,
-    TargetError,
-    Timeout,
-    Unreachable,
+from flows.cli_base import (  # noqa: E402
+    JsonOpt,
+    PlainHelpGroup,
+    _approver,
+    _console,
+    _ensure_server,
+    _errors,
+    _print_json,
+    _secrets,
+    app,
 )
-from integrations.redact import scrub  # noqa: E402
+from integrations.errors import ConfigError, TargetError  # noqa: E402
 
-
-class PlainHelpGroup(TyperGroup):
-    """Plain help (no rich import) listing each command's whole first line, wrapped."""
-
-    def format_commands(self, ctx: Any, formatter: Any) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
-            if cmd is not None and not cmd.hidden:
-                rows.append((name, (cmd.short_help or cmd.help or "").strip().split("\n")[0]))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-app = typer.Typer(
-    name="oncall",
-    help="Runbooks as code for on-call engineers, on Prefect.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain help: Typer's rich help imports rich.markdown & co (~0.3 s of every --help).
-    rich_markup_mode=None,
-    cls=PlainHelpGroup,
-)
 server_app = typer.Typer(
     help="Manage the local Prefect server.",
     no_args_is_help=True,
@@ -68,55 +42,6 @@ server_app = typer.Typer(
     cls=PlainHelpGroup,
 )
 app.add_typer(server_app, name="server")
-
-_secrets: list[str] = []
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def _fail(code: int, message: str) -> NoReturn:
-    sys.stderr.write(f"oncall: {scrub(message, _secrets)}\n")
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Maps our errors to one line on stderr and an exit code; never a traceback."""
-    try:
-        yield
-    except (typer.Exit, typer.Abort):
-        raise
-    except ConfigError as exc:
-        _fail(2, f"error: {exc}")
-    except AuthError as exc:
-        _fail(2, f"credentials refused: {exc}")
-    except (Unreachable, Timeout) as exc:
-        _fail(3, f"unreachable: {exc}")
-    except TargetError as exc:
-        _fail(3, f"target error: {exc}")
-    except OncallError as exc:
-        _fail(1, f"{type(exc).__name__}: {exc}")
-    except KeyboardInterrupt:
-        _fail(130, "interrupted")
-    except Exception as exc:
-        from flows.server import prefect_home
-
-        path = prefect_home() / "oncall-cli-errors.log"
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as log:
-                log.write(scrub(traceback.format_exc(), _secrets) + "\n")
-        _fail(1, f"internal error: {type(exc).__name__}: {exc} (traceback in {path})")
-
-
-def _console(json_mode: bool = False):
-    from rich.console import Console
-
-    # With --json, stdout carries only JSON: the live view goes to stderr.
-    return Console(stderr=json_mode, highlight=False)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _spec(name: str):
@@ -150,16 +75,6 @@ def _params(spec, pairs: list[str]):
         raise ConfigError(f"--param {field}: {err['msg']}") from None
 
 
-def _approver(name: str | None, option: str) -> str | None:
-    import re
-
-    from runbooks.engine.model import APPROVER_RE
-
-    if name is not None and not re.fullmatch(APPROVER_RE, name):
-        raise ConfigError(f"{option} {name!r}: use 1-64 letters, digits, spaces or ._@+-")
-    return name
-
-
 def _dsn_service(dsn: str | None):
     """A one-target Service from ``--dsn``."""
     from psycopg.conninfo import conninfo_to_dict
@@ -183,19 +98,6 @@ def _dsn_service(dsn: str | None):
         return Service(name=name, postgres=PostgresTarget(name=name, dsn=dsn))
     except ValidationError as exc:
         raise ConfigError(exc.errors()[0]["msg"]) from None
-
-
-def _ensure_server(console, wait: bool = True) -> str:
-    """The Prefect API URL; starts the local server on first use.
-
-    ``wait=False`` lets the command import Prefect and build its sandbox while the server
-    starts (~15 s); ``flows.execute.run_runbook`` waits for it before the first API call.
-    """
-    from flows import server
-
-    if not os.environ.get("PREFECT_API_URL") and not server.healthy(server.DEFAULT_API_URL):
-        console.print("[dim]starting the local Prefect server (first use; ~15 s)…[/dim]")
-    return server.ensure(wait=wait)
 
 
 @app.command("runbooks")
@@ -531,6 +433,10 @@ def server_stop() -> None:
     _console().print("stopped" if stopped else "no server started by oncall is running")
 
 
+# The incident and intake commands register themselves on `app` (flows.cli_base).
+from flows import cli_incident  # noqa: E402,F401
+
+
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry
@@ -570,10 +476,4 @@ def _exit(code: object) -> NoReturn:
 
 
 if __name__ == "__main__":
-    # Run through the importable module so commands registered on it (cli_incident) exist.
-    from flows.cli import main as _main
-
-    _main()
-
-
-from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)
+    main()

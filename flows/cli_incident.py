@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli import (
+from flows.cli_base import (
     JsonOpt,
     PlainHelpGroup,
     _approver,
