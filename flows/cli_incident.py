@@ -58,77 +58,108 @@ def _read_payload(source: str) -> bytes:
 
 
 def _open(alerts: list, config_path: str | None, approve_as: str | None, json_out: bool) -> None:
+    """Through the intake, as webhook alerts go: each alert joins its service's open incident
+    or opens one. New incidents run on the served ``incident`` deployment when a live runner
+    or worker serves it (and no --approve-as asks for this terminal), else here."""
+    import asyncio
+
     from flows.config import find_config, load_config
-    from flows.intake import find_open, group, send_control
+    from flows.intake import Intake, served
+    from flows.spool import Spool, store_url
 
     cfg = load_config(find_config(config_path))
     console = _console(json_out)
-    _ensure_server(console)
-    results: list[dict[str, Any]] = []
-    to_open = []
+    api_url = _ensure_server(console)
+    store = Spool(store_url(cfg), dedup_window_s=cfg.receiver.dedup_window)
     with _api() as api:
-        for alerts_of_service in group(alerts):
-            head = alerts_of_service[0]
-            existing = find_open(api, head)
-            if existing is not None:
-                for alert in alerts_of_service:
-                    send_control(
-                        api,
-                        existing["id"],
-                        {"kind": "alert", "alert": alert.model_dump(mode="json")},
-                    )
-                summary = _summary(existing)
-                results.append({**summary, "joined": len(alerts_of_service)})
-                console.print(
-                    f"joined {summary['id']} ({summary['title']}): "
-                    f"{len(alerts_of_service)} alert(s)"
-                )
-                continue
-            firing = [a for a in alerts_of_service if a.status == "firing"]
-            if not firing:
-                console.print(f"no open incident for resolved alert {head.title!r}: ignored")
-                continue
-            if _served(api) and approve_as is None:
-                results.append(_hand_over(api, firing, config_path, console))
-                continue
-            to_open.append(firing)
-    if to_open:
-        results += _run_incidents(to_open, cfg, approve_as, console, json_out)
+        nobody = served(api, "incident/incident")
+        here: list[tuple[Any, dict[str, str], str]] = []
+        if approve_as is None and nobody is None:
+            from flows.intake import open_by_deployment
+
+            path = str(Path(config_path).resolve()) if config_path else None
+
+            async def opener(alert: Any, intake: dict[str, str]) -> str:
+                return await open_by_deployment(alert, intake, config_path=path)
+
+        else:
+            if nobody is not None and approve_as is None:
+                console.print(f"[dim]{nobody}: the incident runs in this terminal[/dim]")
+
+            async def opener(alert: Any, intake: dict[str, str]) -> str:
+                run = await asyncio.to_thread(_create_run, api, alert, intake)
+                here.append((alert, intake, run))
+                return run
+
+        intake = Intake(store, api_url, opener)
+        results = asyncio.run(_submit_all(intake, api, alerts))
+        for result in results:
+            console.print(result["said"])
+        if here:
+            results += _run_here(here, cfg, approve_as, console, json_out)
+    store.close()
     if json_out:
-        _print_json(results)
+        _print_json([{k: v for k, v in r.items() if k != "said"} for r in results])
 
 
-def _served(api) -> bool:
-    """``oncall serve`` (or a worker) is polling the incident deployment right now."""
-    deployment = api.deployment("incident/incident")
-    return bool(deployment and deployment.get("status") == "READY")
-
-
-def _hand_over(api, alerts: list, config_path: str | None, console) -> dict[str, Any]:
-    """Opens the incident as a deployment run (oncall serve runs it) and returns at once."""
+async def _submit_all(intake: Any, api: Any, alerts: list) -> list[dict[str, Any]]:
+    """Stores the alerts and hands each to the intake at once, in order."""
     import asyncio
 
-    from flows.intake import open_by_deployment, send_control
+    stored = await asyncio.to_thread(intake.store.put_many, alerts)
+    results = []
+    for alert, (entry_id, new) in zip(alerts, stored, strict=True):
+        if not new:
+            said = f"{alert.title!r}: a repeat of alert {entry_id[:8]} (already handled)"
+            results.append({"alert_id": entry_id, "action": "duplicate", "said": said})
+            continue
+        done = None
+        for _ in range(40):
+            [entry] = await asyncio.to_thread(intake.store.claim, intake.owner, only=entry_id) or [
+                None
+            ]
+            done = await intake.handle(entry, api) if entry is not None else None
+            if done is not None or (entry is not None and entry.error):
+                break
+            await asyncio.sleep(0.25)
+        if done is None:
+            raise ConfigError(
+                f"alert {entry_id[:8]} could not be handled"
+                + (f": {entry.error}" if entry and entry.error else "")
+                + " (`oncall intake list` shows it)"
+            )
+        said = {
+            "opened": f"opened an incident for {alert.service} (flow run {done.incident_run_id})",
+            "joined": f"joined the open incident of {alert.service} (flow run"
+            f" {done.incident_run_id})",
+            "ignored": f"{alert.title!r}: {done.reason}",
+        }[done.action]
+        results.append({"alert_id": entry_id, **done.model_dump(), "said": said})
+    return results
 
-    path = str(Path(config_path).resolve()) if config_path else None
-    run_id = asyncio.run(open_by_deployment(alerts[0], config_path=path))
-    for alert in alerts[1:]:
-        send_control(api, run_id, {"kind": "alert", "alert": alert.model_dump(mode="json")})
-    console.print(
-        f"opened an incident for {alerts[0].service} on the served deployment"
-        f" (flow run {run_id}); follow it with `oncall incidents`"
-    )
-    return {"flow_run_id": run_id, "service": alerts[0].service, "served": True}
+
+def _create_run(api: Any, alert: Any, intake: dict[str, str]) -> str:
+    """The incident's flow run, created Pending for this process to execute."""
+    from flows.intake import creation_tags
+
+    body = {
+        "parameters": {"alert": alert.model_dump(mode="json"), "intake": intake},
+        "tags": creation_tags(alert),
+        "state": {"type": "PENDING", "name": "Pending"},
+        "idempotency_key": f"oncall-intake-{intake['registration']}",
+    }
+    return str(api.create_run("incident", body)["id"])
 
 
-def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> list[dict]:
+def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: bool) -> list[dict]:
+    """Executes the incidents opened here in this process, with the live view."""
     import asyncio
 
-    from prefect import tags
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow_async
 
     from flows.execute import LiveView, quiet_prefect_console
     from flows.incident import incident
-    from flows.intake import creation_tags
     from runbooks.engine import live
     from runbooks.engine.model import os_identity
 
@@ -136,20 +167,23 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
     view = LiveView(console, interactive=sys.stdin.isatty() and not json_out, show=not json_out)
     live.subscribe(view)
 
+    async def one(alert: Any, intake: dict[str, str], run_id: str) -> dict:
+        async with get_client() as client:
+            run = await client.read_flow_run(run_id)
+        parameters = {
+            "alert": alert,
+            "config": cfg,
+            "approve_as": approve_as,
+            "requested_by": os_identity(),
+            "intake": intake,
+        }
+        state = await run_flow_async(
+            incident, flow_run=run, parameters=parameters, return_type="state"
+        )
+        return await state.result()
+
     async def main() -> list[dict]:
-        runs = []
-        for alerts in groups:
-            with tags(*creation_tags(alerts[0])):
-                runs.append(
-                    incident(
-                        alert=alerts[0],
-                        config=cfg,
-                        approve_as=approve_as,
-                        requested_by=os_identity(),
-                        also=alerts[1:],
-                    )
-                )
-        return await asyncio.gather(*runs)
+        return list(await asyncio.gather(*(one(*r) for r in runs)))
 
     try:
         return asyncio.run(main())
@@ -333,3 +367,91 @@ def postmortem_cmd(
             sys.stdout.write(f"wrote {output}\n")
         else:
             sys.stdout.write(text + "\n")
+
+
+intake_app = typer.Typer(
+    help="Alerts the intake holds: pending, quarantined, replay.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    cls=PlainHelpGroup,
+)
+app.add_typer(intake_app, name="intake")
+
+
+def _store(config: str | None):
+    from flows.config import find_config, load_config
+    from flows.spool import Spool, store_url
+
+    path = find_config(config)
+    return Spool(store_url(load_config(path) if path else None))
+
+
+@intake_app.command("list")
+def intake_list(
+    state: Annotated[
+        str, typer.Option("--state", help="pending, quarantined, done or all")
+    ] = "all",
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Lists the alerts the intake holds: pending (and why), quarantined (and why), done."""
+    with _errors():
+        if state not in ("pending", "quarantined", "done", "all"):
+            raise ConfigError(f"--state {state!r}: use pending, quarantined, done or all")
+        store = _store(config)
+        try:
+            entries = store.entries(None if state == "all" else state, limit=limit)
+            stats = store.stats()
+        finally:
+            store.close()
+        rows = [
+            {
+                "id": e.id,
+                "state": e.state,
+                "service": e.service,
+                "status": e.status,
+                "received": datetime.fromtimestamp(e.received, UTC).isoformat(),
+                "attempts": e.attempts,
+                "error": e.error,
+                "outcome": e.outcome,
+            }
+            for e in entries
+        ]
+        if json_out:
+            _print_json({"stats": stats, "alerts": rows})
+            return
+        console = _console()
+        console.print(
+            f"{stats['pending']} pending (oldest {stats['oldest_pending_s']:.0f}s),"
+            f" {stats['quarantined']} quarantined, {stats['done']} done"
+        )
+        from rich.table import Table
+
+        table = Table()
+        for column in ("id", "state", "service", "status", "received", "why / outcome"):
+            table.add_column(column, overflow="fold")
+        for r in rows:
+            outcome = r["outcome"] or {}
+            why = r["error"] or " ".join(
+                str(v) for v in (outcome.get("action"), outcome.get("reason")) if v
+            )
+            table.add_row(
+                r["id"][:12], r["state"], r["service"], r["status"], r["received"][:19], why
+            )
+        console.print(table)
+
+
+@intake_app.command("replay")
+def intake_replay(
+    alert_id: Annotated[str, typer.Argument(help="Alert id (or a unique prefix)")],
+    config: ConfigOpt = None,
+) -> None:
+    """Puts a quarantined (or handled) alert back in the queue; oncall serve retries it."""
+    with _errors():
+        store = _store(config)
+        try:
+            entry = store.replay(alert_id)
+        finally:
+            store.close()
+        sys.stdout.write(f"alert {entry.id} ({entry.service}) is pending again\n")

@@ -185,6 +185,17 @@ class ReceiverConfig(BaseModel):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     cooldown: Duration = Field(default=300.0, description="Per runbook and target")
     max_runs_per_hour: int = Field(default=20, ge=1, description="Per runbook and target")
+    store: SecretStr | None = Field(
+        default=None,
+        description="Intake store shared by every receiver: postgresql://… (a schema"
+        " oncall_intake is created there; the Prefect server's database will do). Default:"
+        " SQLite under PREFECT_HOME, for one receiver",
+    )
+    dedup_window: Duration = Field(
+        default=300.0,
+        description="A repeat of the same delivery within this window is a duplicate (unless"
+        " the incident it went to has closed since)",
+    )
     incidents: Literal["in-process", "deployment"] = Field(
         default="in-process",
         description="in-process: an alert's incident and its runbooks run inside `oncall"
@@ -303,7 +314,7 @@ def _node_line(node: yaml.Node | None, loc: tuple) -> int | None:
 
 # Secret fields that may be written literally when they carry no password (a DSN with
 # trust auth); tokens, keys and webhook URLs are always references.
-_CONNECTION_FIELDS = {"dsn", "url", "amqp_url", "redis_url"}
+_CONNECTION_FIELDS = {"dsn", "url", "amqp_url", "redis_url", "store"}
 
 
 def _credential_free(text: str) -> bool:

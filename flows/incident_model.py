@@ -79,6 +79,14 @@ class Incident(BaseModel):
     reports: list[dict[str, Any]] = Field(default_factory=list)
     escalated_to: list[str] = Field(default_factory=list)
     alerts: int = 0
+    alert_states: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="fingerprint -> status (firing/resolved), source, title"
+    )
+    skipped: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="runbooks routed but not started: runbook, service, kind (cooldown, run"
+        " cap, invalid) and the reason",
+    )
 
     @property
     def number(self) -> int:

@@ -200,12 +200,20 @@ def postmortem_markdown(incident: Incident, sla: Sla) -> str:
     rejected = [a for a in approvals if not a["approved"]]
     if rejected:
         better.append(f"{len(rejected)} plan(s) rejected or timed out at the gate")
+    better += [s["reason"] for s in incident.skipped]
     out += ["", "## What Went Well", ""] + [f"- {w}" for w in well or ["_to be filled in_"]]
     out += ["", "## What Didn't Go Well", ""] + [f"- {b}" for b in better or ["_to be filled in_"]]
     due = (incident.resolved_at or incident.opened_at) + timedelta(days=7)
     items = [p for r in incident.runbooks for p in PREVENTION.get(r, [])]
-    items = list(dict.fromkeys(items)) or ["Write the missing runbook for this incident"]
+    # Only an alert no route matched asks for a runbook; one held back (cooldown, run cap)
+    # exists and is said so above, and invents no action item.
+    missing = not incident.runbooks and not incident.skipped
+    items = list(dict.fromkeys(items)) or (
+        ["Write the missing runbook for this incident"] if missing else []
+    )
     out += ["", "## Action Items", ""]
+    if not items:
+        out.append("_to be filled in by the responders_")
     out += [
         f"{i}. [ ] {item} - Owner: _TBD_ - Due: {due:%Y-%m-%d}" for i, item in enumerate(items, 1)
     ]

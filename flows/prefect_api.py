@@ -174,6 +174,19 @@ class PrefectAPI:
         except NotFound:
             return None
 
+    def pool_workers(self, pool: str) -> list[dict[str, Any]]:
+        """The workers of a work pool, with their status (ONLINE while they heartbeat)."""
+        try:
+            return self._call("POST", f"/work_pools/{pool}/workers/filter", json={}).json()
+        except NotFound:
+            return []
+
+    def create_run(self, flow_name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Creates a flow run of ``flow_name``; an ``idempotency_key`` in ``body`` makes a
+        repeated call return the run the first one created."""
+        flow_id = self._call("POST", "/flows/", json={"name": flow_name}).json()["id"]
+        return self._call("POST", "/flow_runs/", json={**body, "flow_id": flow_id}).json()
+
     def resume(self, run_id: str, run_input: dict[str, Any]) -> dict[str, Any]:
         """Resumes a paused run with input; returns Prefect's orchestration result.
 

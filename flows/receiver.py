@@ -18,26 +18,36 @@ import contextlib
 import hmac
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from flows.config import OncallConfig
-from flows.intake import Opener, submit
+from flows.intake import Intake, Opener
 from flows.prefect_api import PrefectAPI
-from flows.spool import Spool
+from flows.spool import Entry, Spool
 from integrations import slack
 from integrations.alerts import parse_alerts
-from integrations.errors import ConfigError, OncallError, TargetError
+from integrations.errors import ConfigError, OncallError
 from integrations.pagerduty import verify_pagerduty_signature
 from integrations.sentry import verify_sentry_signature
 
 __all__ = ["Dispatcher", "create_app"]
 
 log = logging.getLogger("oncall.receiver")
+
+MAX_DEPTH = 32  # no alert source nests deeper; Python's JSON parser overflows near 1,000
+CLAIM_BATCH = 256
+RECONCILE_S = 30.0  # how often open incidents are checked for runs that died
+IDLE_POLL_S = 2.0
+STUCK_S = 30.0  # a pending alert older than this makes /healthz degraded
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def _problem(status: int, message: str) -> JSONResponse:
@@ -51,54 +61,117 @@ def _header(request: Request, name: str) -> str:
 
 
 class Dispatcher:
-    """Moves spooled alerts into incidents; retries with backoff while Prefect is away."""
+    """Hands stored alerts to the intake: each on its own, services concurrently, a service's
+    alerts in order; waits (with back-off) while Prefect is away."""
 
-    def __init__(self, spool: Spool, api_url: str, opener: Opener) -> None:
+    def __init__(self, spool: Spool, api_url: str, opener: Opener, *, concurrency: int = 8) -> None:
         self.spool = spool
-        self.api_url = api_url
-        self.opener = opener
+        self.intake = Intake(spool, api_url, opener)
         self.wake = asyncio.Event()
         self.handled = 0
         self.prefect_ok = True
         self.last_error = ""
+        self._slots = asyncio.Semaphore(concurrency)
+        self._reconciled = 0.0
+
+    @property
+    def api_url(self) -> str:
+        return self.intake.api_url
+
+    @api_url.setter
+    def api_url(self, value: str) -> None:
+        self.intake.api_url = value
 
     async def drain(self) -> int:
-        """Submits every pending alert in order; stops at the first outage."""
+        """Handles every due alert; raises the first outage after doing what it could."""
         done = 0
+        waited: Exception | None = None
         with PrefectAPI(self.api_url) as api:
-            for path in self.spool.waiting():
-                try:
-                    alert = self.spool.read(path)
-                except (ValueError, OSError) as exc:  # unreadable: keep it out of the way
-                    self.spool.finish(path, {"action": "ignored", "reason": f"unreadable: {exc}"})
-                    continue
-                try:
-                    result = await submit(alert, api, self.opener)
-                except (TargetError, OSError, RuntimeError) as exc:
-                    self.prefect_ok = False
-                    self.last_error = str(exc)[:300]
-                    raise
-                self.spool.finish(path, result.model_dump())
-                done += 1
-        self.prefect_ok = True
+            if time.monotonic() - self._reconciled > RECONCILE_S:
+                self._reconciled = time.monotonic()
+                await self.intake.reconcile(api)
+            while waited is None:
+                entries = await asyncio.to_thread(
+                    self.spool.claim, self.intake.owner, limit=CLAIM_BATCH
+                )
+                if not entries:
+                    break
+                by_service: dict[str, list[Entry]] = {}
+                for entry in entries:
+                    by_service.setdefault(entry.service, []).append(entry)
+                outcomes = await asyncio.gather(
+                    *(self._service(api, batch) for batch in by_service.values())
+                )
+                done += sum(n for n, _ in outcomes)
+                waited = next((exc for _, exc in outcomes if exc is not None), None)
+                if all(n == 0 for n, _ in outcomes):
+                    break  # everything claimed went back to wait: come back later
         self.handled += done
+        if waited is not None:
+            self.prefect_ok = False
+            self.last_error = f"{type(waited).__name__}: {waited}"[:300]
+            raise waited
+        self.prefect_ok = True
         return done
+
+    async def _service(self, api: PrefectAPI, entries: list[Entry]) -> tuple[int, Exception | None]:
+        done = 0
+        async with self._slots:
+            for i, entry in enumerate(entries):
+                try:
+                    result = await self.intake.handle(entry, api)
+                except Exception as exc:  # a wait: the rest of this service waits too
+                    for rest in entries[i + 1 :]:
+                        await asyncio.to_thread(
+                            self.spool.retry, rest.id, str(exc)[:300], delay_s=1.0, count=False
+                        )
+                    return done, exc
+                if result is None:
+                    if entry.error:
+                        self.last_error = entry.error[:300]
+                        log.warning("alert %s not handled: %s", entry.id, entry.error)
+                    continue
+                done += 1
+        return done, None
 
     async def run(self) -> None:
         delay = 1.0
         while True:
-            # Cleared before draining: an alert spooled during the drain wakes the next one.
+            # Cleared before draining: an alert stored during the drain wakes the next one.
             self.wake.clear()
             try:
                 await self.drain()
                 delay = 1.0
-                self.spool.prune()
-            except Exception as exc:  # Prefect away or failing: alerts stay spooled
+                await asyncio.to_thread(self.spool.prune)
+            except Exception as exc:  # Prefect away or failing: alerts stay stored
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("dispatch paused (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)  # new alerts do not hurry a back-off
                 delay = min(30.0, delay * 2)
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+                await asyncio.wait_for(self.wake.wait(), timeout=IDLE_POLL_S)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz says: ok, or degraded with the reasons."""
+        stats = self.spool.stats()
+        reasons = []
+        if not self.prefect_ok:
+            reasons.append(f"Prefect API unreachable: {self.last_error}")
+        if stats["pending"] and stats["oldest_pending_s"] > STUCK_S:
+            reasons.append(
+                f"{stats['pending']} alert(s) pending, the oldest for"
+                f" {stats['oldest_pending_s']:.0f}s"
+            )
+        if stats["quarantined"]:
+            reasons.append(f"{stats['quarantined']} alert(s) quarantined (oncall intake list)")
+        return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "prefect_reachable": self.prefect_ok,
+            "last_error": self.last_error,
+            **stats,
+        }
 
 
 def create_app(
@@ -138,6 +211,8 @@ def create_app(
         )
 
     async def accept(body: bytes, source: str) -> JSONResponse:
+        if _too_deep(body):
+            return _problem(422, f"alert payload: JSON nested deeper than {MAX_DEPTH} levels")
         try:
             alerts = parse_alerts(body, source=source)
         except ConfigError as exc:
@@ -147,11 +222,9 @@ def create_app(
                 alert.model_dump_json()
         except ValueError:
             return _problem(422, "alert payload: text is not valid Unicode (unpaired surrogate)")
-        keys, duplicates = [], 0
-        for alert in alerts:
-            key, new = spool.put(alert)
-            keys.append(key)
-            duplicates += not new
+        stored = await asyncio.to_thread(spool.put_many, alerts)  # committed: durable
+        keys = [key for key, _ in stored]
+        duplicates = sum(not new for _, new in stored)
         dispatcher.wake.set()
         return JSONResponse(
             {"accepted": len(alerts), "duplicates": duplicates, "ids": keys}, status_code=202
@@ -212,9 +285,11 @@ def create_app(
         if secret is None or not slack.verify_slack_signature(secret, timestamp, body, signature):
             return _problem(401, "missing, wrong or stale Slack signature")
         try:
+            if _too_deep(_slack_payload(body)):
+                raise ConfigError(f"payload nested deeper than {MAX_DEPTH} levels")
             click = slack.parse_interaction(body)
             decision, run_id = click.decision, click.flow_run_id
-        except (ConfigError, ValueError) as exc:
+        except (ConfigError, ValueError, RecursionError) as exc:
             return _problem(400, f"not a Slack approval interaction: {exc}")
         try:  # the id goes into a Prefect API path: only a UUID may get there
             run_id = str(uuid.UUID(run_id))
@@ -245,15 +320,31 @@ def create_app(
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
-        """Liveness: the receiver answers; spool counts and whether Prefect is reachable."""
-        return {
-            "status": "ok",
-            "prefect_reachable": dispatcher.prefect_ok,
-            "last_error": dispatcher.last_error,
-            **spool.counts(),
-        }
+        """ok, or degraded (why): Prefect reachable, pending alerts and the oldest's age,
+        quarantined alerts. Always 200 while the receiver accepts alerts."""
+        return await asyncio.to_thread(dispatcher.health)
 
     return app
+
+
+def _too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """JSON nested deeper than ``limit`` (brackets inside strings do not count)."""
+    brackets = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _slack_payload(body: bytes) -> bytes:
+    """The JSON of Slack's ``payload=`` form field (empty when there is none)."""
+    try:
+        values = parse_qs(body.decode("utf-8", "replace")).get("payload") or [""]
+    except ValueError:
+        return b""
+    return values[0].encode("utf-8", "replace")
 
 
 def _resume(api_url: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:

@@ -34,8 +34,8 @@ from flows.config import OncallConfig, load_config
 from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
-from flows.server import ensure, prefect_home
-from flows.spool import Spool
+from flows.server import ensure
+from flows.spool import Spool, store_url
 from integrations.alerts import Alert
 from runbooks.catalog import RUNBOOKS
 
@@ -78,29 +78,38 @@ class LocalIncidents:
         )
         self.thread.start()
 
-    async def open(self, alert: Alert) -> str:
-        """Creates the incident's run and starts it; returns the run id."""
+    async def open(self, alert: Alert, intake: dict[str, str]) -> str:
+        """Creates the incident's run and starts it; returns the run id. The intake's
+        registration id is the run's idempotency key: a retry finds the same run."""
         return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(self._open(alert), self.loop)
+            asyncio.run_coroutine_threadsafe(self._open(alert, intake), self.loop)
         )
 
-    async def _open(self, alert: Alert) -> str:
-        from prefect.client.orchestration import get_client
+    async def _open(self, alert: Alert, intake: dict[str, str]) -> str:
+        from prefect.client.schemas.objects import FlowRun
         from prefect.flow_engine import run_flow_async
-        from prefect.states import Pending
+        from prefect.settings import PREFECT_API_URL
 
         from flows.incident import incident
 
-        parameters = {"alert": alert, "config_path": self.config_path}
-        async with get_client() as client:
-            run = await client.create_flow_run(
-                incident,
-                parameters={**parameters, "alert": alert.model_dump(mode="json")},
-                tags=creation_tags(alert),
-                state=Pending(),
-            )
-            await client.update_flow_run(run.id, infrastructure_pid=self.owner)
-        run_id = str(run.id)
+        parameters = {"alert": alert, "config_path": self.config_path, "intake": intake}
+        body = {
+            "parameters": {**parameters, "alert": alert.model_dump(mode="json")},
+            "tags": creation_tags(alert),
+            "state": {"type": "PENDING", "name": "Pending"},
+            "idempotency_key": f"oncall-intake-{intake['registration']}",
+            "infrastructure_pid": self.owner,
+        }
+
+        def create() -> dict[str, Any]:
+            with PrefectAPI(str(PREFECT_API_URL.value())) as api:
+                return api.create_run(incident.name, body)
+
+        created = await asyncio.to_thread(create)
+        run_id = str(created["id"])
+        if created["state"]["type"] != "PENDING" or run_id in self.running:
+            return run_id  # created and started before (a retried opening)
+        run = FlowRun.model_validate(created)
         self.running[run_id] = asyncio.create_task(
             run_flow_async(incident, flow_run=run, parameters=parameters, return_type="state"),
             name=f"incident {run_id}",
@@ -108,8 +117,9 @@ class LocalIncidents:
         self.running[run_id].add_done_callback(lambda _: self.running.pop(run_id, None))
         return run_id
 
-    def reap(self, api: PrefectAPI) -> list[str]:
-        """Marks Crashed the open incidents of a dead ``oncall serve`` on this host."""
+    def reap(self, api: PrefectAPI, store: Spool | None = None) -> list[str]:
+        """Marks Crashed the open incidents of a dead ``oncall serve`` on this host (and
+        closes their intake registrations: the next alert opens a new incident)."""
         reaped = []
         for run in api.incident_runs(open_only=True):
             host, _, pid = str(run.get("infrastructure_pid") or "").rpartition(":")
@@ -119,6 +129,8 @@ class LocalIncidents:
                 continue
             why = f"oncall serve (pid {pid}) stopped while this incident was open"
             reaped += _crash(api, run, why, "; a new alert opens a new incident")
+            if store is not None:
+                store.close_run(run["id"], why)
         return reaped
 
     async def stop(self, api_url: str, timeout: float = 15.0) -> None:
@@ -269,12 +281,14 @@ async def serve(
     config = load_config(path)
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
     api_url = ensure()
-    spool = Spool(prefect_home() / "oncall-spool")
+    spool = await asyncio.to_thread(
+        Spool, store_url(config), dedup_window_s=config.receiver.dedup_window
+    )
     local = None
     if runner and config.receiver.incidents == "in-process":
         local = LocalIncidents(path)
         with PrefectAPI(api_url) as api:
-            for run_id in await asyncio.to_thread(local.reap, api):
+            for run_id in await asyncio.to_thread(local.reap, api, spool):
                 log.warning(
                     "run %s was left open by a stopped oncall serve: marked Crashed", run_id
                 )

@@ -1,103 +1,545 @@
-"""A durable on-disk queue of accepted alerts: written and fsynced before the receiver says 202.
+"""The intake's durable state: accepted alerts, their de-duplication, quarantine, open incidents.
 
-Each alert is one JSON file named by its idempotency key; a file already pending or
-done under that key is a duplicate and is not queued again. The dispatcher moves a
-file to ``done/`` only after the intake accepted it, so a Prefect outage, a crash or
-a restart loses nothing (pending files are replayed) and processes nothing twice.
+One store, two backends with the same tables and statements:
+
+- **SQLite** (the default, ``$PREFECT_HOME/oncall-intake.db``, WAL with ``synchronous=FULL``)
+  for one ``oncall serve`` and the CLI on one machine;
+- **PostgreSQL** (``receiver.store: postgresql://…``, schema ``oncall_intake``, e.g. in the
+  Prefect server's own database) for several receivers in front of one Prefect server:
+  de-duplication, the pending queue, the quarantine and the join of alerts to open incidents
+  are shared, and every decision is a transaction there.
+
+An alert is committed (fsynced) before the receiver answers 202. Dispatchers *claim* due
+alerts under a lease (a killed receiver's claims expire and another one takes them), and
+finish each one independently: ``done`` with what happened, back to ``pending`` with a
+back-off, or ``quarantined`` with the reason after bounded retries.
+
+Incidents: at most one open incident per service (a unique index), claimed as ``opening``
+before its flow run exists, so two receivers racing open one incident. Joining an alert
+and closing an incident lock the same row: an alert joins only an incident still open,
+and an incident closing sees every alert that joined it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
+import sqlite3
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from integrations.alerts import Alert
+from integrations.errors import ConfigError
 
-__all__ = ["Spool", "idempotency_key"]
+__all__ = ["Closing", "Entry", "Registration", "Spool", "store_url", "idempotency_key"]
+
+SCHEMA = "oncall_intake"
+MAX_ATTEMPTS = 5  # permanent refusals before an alert goes to the quarantine
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {p}alerts (
+    id TEXT PRIMARY KEY,
+    dedup TEXT NOT NULL,
+    service TEXT NOT NULL,
+    status TEXT NOT NULL,
+    received DOUBLE PRECISION NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due DOUBLE PRECISION NOT NULL,
+    owner TEXT,
+    lease DOUBLE PRECISION NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    outcome TEXT,
+    incident TEXT,
+    finished DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS {i}alerts_due ON {p}alerts (state, due);
+CREATE INDEX IF NOT EXISTS {i}alerts_incident ON {p}alerts (incident);
+CREATE TABLE IF NOT EXISTS {p}dedup (
+    key TEXT PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {p}incidents (
+    id TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    run_id TEXT,
+    state TEXT NOT NULL,
+    owner TEXT,
+    lease DOUBLE PRECISION NOT NULL DEFAULT 0,
+    opened DOUBLE PRECISION NOT NULL,
+    closed DOUBLE PRECISION,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {i}one_open_incident_per_service
+    ON {p}incidents (service) WHERE state <> 'closed'
+"""
 
 
 def idempotency_key(alert: Alert) -> str:
-    """Same alert, same key: source, fingerprint, status and start time."""
+    """Same delivery, same key: source, fingerprint, status and start time."""
     started = alert.starts_at.isoformat() if alert.starts_at else ""
     raw = f"{alert.source}|{alert.fingerprint}|{alert.status}|{started}"
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-class Spool:
-    """``pending/`` and ``done/`` directories of alert files."""
+class Entry(BaseModel):
+    """One accepted alert as the intake keeps it."""
 
-    def __init__(self, root: Path, *, keep_done_s: float = 7 * 86400) -> None:
-        self.root = Path(root)
-        self.pending = self.root / "pending"
-        self.done = self.root / "done"
-        self.keep_done_s = keep_done_s
-        self.pending.mkdir(parents=True, exist_ok=True)
-        self.done.mkdir(parents=True, exist_ok=True)
+    id: str
+    service: str
+    status: str
+    received: float
+    state: Literal["pending", "done", "quarantined"]
+    attempts: int = 0
+    due: float = 0.0
+    error: str = ""
+    outcome: dict[str, Any] | None = None
+    incident: str | None = None
+    body: str = ""
+
+    @property
+    def alert(self) -> Alert:
+        return Alert.model_validate_json(self.body)
+
+
+class Registration(BaseModel):
+    """An incident the intake opened (``opening`` until its flow run exists)."""
+
+    id: str
+    service: str
+    fingerprint: str
+    run_id: str | None
+    state: Literal["opening", "open", "closed"]
+    owner: str | None
+    lease: float
+
+
+class Closing(BaseModel):
+    """What closing an incident found: whether it closed, and the alerts it had not seen."""
+
+    closed: bool
+    late: list[Entry]
+    handed_back: list[str] = []
+
+
+_ENTRY = "id, service, status, received, state, attempts, due, error, outcome, incident, body"
+_REG = "id, service, fingerprint, run_id, state, owner, lease"
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    fields = dict(zip(_ENTRY.split(", "), row, strict=True))
+    fields["outcome"] = json.loads(fields["outcome"]) if fields["outcome"] else None
+    return Entry(**fields)
+
+
+def _registration(row: Sequence[Any] | None) -> Registration | None:
+    return Registration(**dict(zip(_REG.split(", "), row, strict=True))) if row else None
+
+
+class Spool:
+    """The intake store; thread-safe (one connection, one lock). ``clock`` is injectable."""
+
+    def __init__(
+        self,
+        url: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        dedup_window_s: float = 300.0,
+    ) -> None:
+        self.url = str(url)
+        self.clock = clock
+        self.dedup_window_s = dedup_window_s
+        self._lock = threading.Lock()
+        self.postgres = self.url.startswith(("postgresql://", "postgres://", "postgresql+"))
+        if self.postgres:
+            import psycopg
+
+            dsn = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", self.url)
+            try:
+                self._conn: Any = psycopg.connect(dsn, autocommit=False, connect_timeout=10)
+            except psycopg.Error as exc:
+                raise ConfigError(f"intake store: cannot connect to PostgreSQL: {exc}") from None
+            prefix, index = f"{SCHEMA}.", ""
+            with self._tx() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(4242001)")  # one creator at a time
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                for statement in _TABLES.format(p=prefix, i=index).split(";"):
+                    cur.execute(statement)
+        else:
+            path = Path(self.url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # every commit fsyncs: durable on 202
+            self._conn.executescript(_TABLES.format(p="", i=""))
+        self.p = f"{SCHEMA}." if self.postgres else ""
+
+    # --- plumbing --------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One transaction; SQLite's is IMMEDIATE (the writer lock up front: no upgrade race)."""
+        with self._lock:
+            cur = self._conn.cursor()
+            if self.postgres:
+                try:
+                    yield _PgCursor(cur)
+                    self._conn.commit()
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                finally:
+                    cur.close()
+                return
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def _lock_claims(self, cur: Any) -> None:
+        if self.postgres:  # claims and incident decisions serialise across receivers
+            cur.execute("SELECT pg_advisory_xact_lock(4242002)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- accepting -------------------------------------------------------------------
 
     def put(self, alert: Alert) -> tuple[str, bool]:
-        """Stores the alert durably; returns (key, False) when it was a duplicate."""
-        key = idempotency_key(alert)
-        name = f"{key}.json"
-        if (self.pending / name).exists() or (self.done / name).exists():
-            return key, False
-        tmp = self.pending / f".{name}.{os.getpid()}.tmp"
-        data = json.dumps({"received": time.time(), "alert": alert.model_dump(mode="json")})
-        with open(tmp, "w") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.pending / name)
-        directory = os.open(self.pending, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return key, True
+        """Stores one alert durably; returns (id, False) when it repeats a recent delivery."""
+        return self.put_many([alert])[0]
 
-    def waiting(self) -> list[Path]:
-        """Pending files, oldest first."""
-        files = []
-        for path in self.pending.glob("*.json"):
-            if (self.done / path.name).exists():  # finished just before a crash: not again
-                path.unlink(missing_ok=True)
-            else:
-                files.append(path)
-        return sorted(files, key=lambda p: p.stat().st_mtime)
+    def put_many(self, alerts: Sequence[Alert]) -> list[tuple[str, bool]]:
+        """Stores alerts in one transaction (one fsync). A repeat of a delivery within the
+        window is a duplicate, unless the incident the first one went to has closed since."""
+        now = self.clock()
+        out: list[tuple[str, bool]] = []
+        with self._tx() as cur:
+            for alert in alerts:
+                key = idempotency_key(alert)
+                new_id = uuid.uuid4().hex
+                cur.execute(
+                    f"INSERT INTO {self.p}dedup (key, alert_id, until) VALUES (?, ?, ?)"
+                    f" ON CONFLICT (key) DO UPDATE SET alert_id = excluded.alert_id,"
+                    f" until = excluded.until WHERE {self.p}dedup.until < ? OR EXISTS ("
+                    f"SELECT 1 FROM {self.p}alerts a JOIN {self.p}incidents i"
+                    f" ON i.id = a.incident WHERE a.id = {self.p}dedup.alert_id"
+                    f" AND i.state = 'closed') RETURNING alert_id",
+                    (key, new_id, now + self.dedup_window_s, now),
+                )
+                if cur.fetchone() is None:
+                    cur.execute(f"SELECT alert_id FROM {self.p}dedup WHERE key = ?", (key,))
+                    out.append((cur.fetchone()[0], False))
+                    continue
+                cur.execute(
+                    f"INSERT INTO {self.p}alerts (id, dedup, service, status, received, body,"
+                    f" state, due) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    (new_id, key, alert.service, alert.status, now, alert.model_dump_json(), now),
+                )
+                out.append((new_id, True))
+        return out
 
-    @staticmethod
-    def read(path: Path) -> Alert:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or "alert" not in record:
-            raise ValueError("not a spooled alert record")
-        return Alert.model_validate(record["alert"])
+    # --- dispatching -----------------------------------------------------------------
 
-    def finish(self, path: Path, outcome: dict[str, Any]) -> None:
-        """Marks one alert handled: it moves to done/ with what happened to it."""
-        text = path.read_text(errors="replace")
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):  # unreadable: kept as it was, not retried forever
-            record = {"received": path.stat().st_mtime, "raw": text[:10_000]}
-        record["outcome"] = outcome
-        target = self.done / path.name
-        target.write_text(json.dumps(record))
-        path.unlink(missing_ok=True)
+    def claim(
+        self, owner: str, *, limit: int = 64, lease_s: float = 30.0, only: str | None = None
+    ) -> list[Entry]:
+        """Due pending alerts (or the one ``only`` names), oldest first, leased to ``owner``;
+        never a service another live owner is working on (its alerts stay in order)."""
+        now = self.clock()
+        which, args = ("AND id = ?", (only,)) if only else ("", ())
+        with self._tx() as cur:
+            self._lock_claims(cur)
+            cur.execute(
+                f"SELECT {_ENTRY} FROM {self.p}alerts a WHERE state = 'pending' AND due <= ?"
+                f" AND (lease < ? OR owner = ?) {which} AND NOT EXISTS (SELECT 1 FROM"
+                f" {self.p}alerts b WHERE b.service = a.service AND b.state = 'pending'"
+                f" AND b.lease >= ? AND b.owner <> ?) ORDER BY received, id LIMIT ?",
+                (now, now, owner, *args, now, owner, limit),
+            )
+            entries = [_entry(r) for r in cur.fetchall()]
+            for entry in entries:
+                cur.execute(
+                    f"UPDATE {self.p}alerts SET owner = ?, lease = ? WHERE id = ?",
+                    (owner, now + lease_s, entry.id),
+                )
+        return entries
 
-    def prune(self) -> int:
-        cutoff = time.time() - self.keep_done_s
-        old = [p for p in self.done.glob("*.json") if p.stat().st_mtime < cutoff]
-        for path in old:
-            path.unlink(missing_ok=True)
-        return len(old)
+    def finish(self, entry_id: str, outcome: dict[str, Any]) -> None:
+        """The alert is handled: done, with what happened to it."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}alerts SET state = 'done', outcome = ?, finished = ?,"
+                f" owner = NULL, lease = 0, error = '' WHERE id = ?",
+                (json.dumps(outcome), self.clock(), entry_id),
+            )
 
-    def counts(self) -> dict[str, int]:
+    def retry(
+        self, entry_id: str, error: str, *, delay_s: float, count: bool = True
+    ) -> Literal["pending", "quarantined"]:
+        """Back to the queue after ``delay_s``; a counted failure past MAX_ATTEMPTS goes to the
+        quarantine instead (uncounted waits — Prefect away, another receiver opening the
+        service's incident — retry for ever)."""
+        now = self.clock()
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}alerts SET attempts = attempts + ?, error = ?, due = ?,"
+                f" owner = NULL, lease = 0, state = CASE WHEN attempts + ? >= ?"
+                f" THEN 'quarantined' ELSE 'pending' END WHERE id = ? RETURNING state",
+                (int(count), error[:1000], now + delay_s, int(count), MAX_ATTEMPTS, entry_id),
+            )
+            row = cur.fetchone()
+        return row[0] if row else "pending"
+
+    def quarantine(self, entry_id: str, reason: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}alerts SET state = 'quarantined', error = ?, owner = NULL,"
+                f" lease = 0 WHERE id = ?",
+                (reason[:1000], entry_id),
+            )
+
+    def replay(self, entry_id: str) -> Entry:
+        """A quarantined (or finished) alert back to the queue, with a fresh retry budget."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}alerts SET state = 'pending', attempts = 0, due = ?, owner = NULL,"
+                f" lease = 0, incident = NULL, outcome = NULL WHERE id = ? OR id LIKE ?"
+                f" RETURNING {_ENTRY}",
+                (self.clock(), entry_id, f"{entry_id}%"),
+            )
+            rows = cur.fetchall()
+            if len(rows) != 1:
+                raise ConfigError(
+                    f"no alert {entry_id!r} in the intake"
+                    if not rows
+                    else f"{entry_id!r} matches {len(rows)} alerts; give more characters"
+                )
+        return _entry(rows[0])
+
+    def entries(self, state: str | None = None, limit: int = 100) -> list[Entry]:
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {_ENTRY} FROM {self.p}alerts {where} ORDER BY received DESC LIMIT ?",
+                (*args, limit),
+            )
+            return [_entry(r) for r in cur.fetchall()]
+
+    def get(self, entry_id: str) -> Entry | None:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_ENTRY} FROM {self.p}alerts WHERE id = ?", (entry_id,))
+            row = cur.fetchone()
+        return _entry(row) if row else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per state and the age of the oldest pending alert (what /healthz reports)."""
+        with self._tx() as cur:
+            cur.execute(f"SELECT state, COUNT(*), MIN(received) FROM {self.p}alerts GROUP BY state")
+            rows = {state: (count, oldest) for state, count, oldest in cur.fetchall()}
+        pending, oldest = rows.get("pending", (0, None))
         return {
-            "pending": len(list(self.pending.glob("*.json"))),
-            "done": len(list(self.done.glob("*.json"))),
+            "pending": pending,
+            "oldest_pending_s": round(self.clock() - oldest, 1) if oldest else 0.0,
+            "quarantined": rows.get("quarantined", (0, None))[0],
+            "done": rows.get("done", (0, None))[0],
         }
+
+    def prune(self, keep_s: float = 7 * 86400) -> int:
+        cutoff = self.clock() - keep_s
+        with self._tx() as cur:
+            cur.execute(
+                f"DELETE FROM {self.p}alerts WHERE state = 'done' AND finished < ?", (cutoff,)
+            )
+            removed = cur.rowcount
+            cur.execute(f"DELETE FROM {self.p}dedup WHERE until < ?", (cutoff,))
+            cur.execute(
+                f"DELETE FROM {self.p}incidents WHERE state = 'closed' AND closed < ?", (cutoff,)
+            )
+        return removed
+
+    # --- incidents -------------------------------------------------------------------
+
+    def registration(self, service: str) -> Registration | None:
+        """The service's incident that is opening or open, if any."""
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {_REG} FROM {self.p}incidents WHERE service = ? AND state <> 'closed'",
+                (service,),
+            )
+            return _registration(cur.fetchone())
+
+    def registrations(self, state: str = "open") -> list[Registration]:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_REG} FROM {self.p}incidents WHERE state = ?", (state,))
+            return [r for r in map(_registration, cur.fetchall()) if r]
+
+    def claim_opening(
+        self, alert: Alert, owner: str, *, lease_s: float = 60.0
+    ) -> Registration | None:
+        """Claims the opening of the service's incident; None when another owner holds a live
+        claim or an open incident exists. An expired claim of a dead owner is taken over."""
+        now = self.clock()
+        with self._tx() as cur:
+            self._lock_claims(cur)
+            cur.execute(
+                f"SELECT {_REG} FROM {self.p}incidents WHERE service = ? AND state <> 'closed'",
+                (alert.service,),
+            )
+            current = _registration(cur.fetchone())
+            if current is not None:
+                mine = current.owner == owner or current.lease < now
+                if current.state != "opening" or not mine:
+                    return None
+                cur.execute(
+                    f"UPDATE {self.p}incidents SET owner = ?, lease = ? WHERE id = ?",
+                    (owner, now + lease_s, current.id),
+                )
+                return current.model_copy(update={"owner": owner, "lease": now + lease_s})
+            reg = Registration(
+                id=uuid.uuid4().hex,
+                service=alert.service,
+                fingerprint=alert.fingerprint,
+                run_id=None,
+                state="opening",
+                owner=owner,
+                lease=now + lease_s,
+            )
+            cur.execute(
+                f"INSERT INTO {self.p}incidents (id, service, fingerprint, state, owner, lease,"
+                f" opened) VALUES (?, ?, ?, 'opening', ?, ?, ?)",
+                (reg.id, reg.service, reg.fingerprint, owner, reg.lease, now),
+            )
+            return reg
+
+    def opened(self, reg_id: str, run_id: str, entry_id: str, outcome: dict[str, Any]) -> None:
+        """The incident's flow run exists: the registration is open and the alert done."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}incidents SET state = 'open', run_id = ?, owner = NULL"
+                f" WHERE id = ?",
+                (run_id, reg_id),
+            )
+            cur.execute(
+                f"UPDATE {self.p}alerts SET state = 'done', incident = ?, outcome = ?,"
+                f" finished = ?, owner = NULL, lease = 0, error = '' WHERE id = ?",
+                (reg_id, json.dumps(outcome), self.clock(), entry_id),
+            )
+
+    def abandon(self, reg_id: str, reason: str) -> None:
+        """An opening that will not happen (its alert was refused): the claim goes."""
+        self._close(reg_id, reason)
+
+    def join(self, reg_id: str, entry_id: str) -> bool:
+        """Ties the alert to the incident if, and only if, it is still open (atomically)."""
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT state FROM {self.p}incidents WHERE id = ?"
+                + (" FOR UPDATE" if self.postgres else ""),
+                (reg_id,),
+            )
+            row = cur.fetchone()
+            if not row or row[0] != "open":
+                return False
+            cur.execute(f"UPDATE {self.p}alerts SET incident = ? WHERE id = ?", (reg_id, entry_id))
+            return True
+
+    def close_incident(
+        self, reg_id: str, seen: set[str], *, reason: str, force: bool, hand_back: bool = True
+    ) -> Closing:
+        """Closes the incident unless an alert it has not seen yet is firing (``force``
+        closes anyway). Returns the alerts it had not seen; with ``hand_back``, those still
+        firing go back to the queue (they open a new incident)."""
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT state FROM {self.p}incidents WHERE id = ?"
+                + (" FOR UPDATE" if self.postgres else ""),
+                (reg_id,),
+            )
+            row = cur.fetchone()
+            if not row or row[0] == "closed":
+                return Closing(closed=True, late=[])
+            cur.execute(
+                f"SELECT {_ENTRY} FROM {self.p}alerts WHERE incident = ? ORDER BY received",
+                (reg_id,),
+            )
+            late = [e for e in map(_entry, cur.fetchall()) if e.id not in seen]
+            firing = [e for e in late if e.status == "firing"]
+            if firing and not force:
+                return Closing(closed=False, late=late)
+            cur.execute(
+                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
+                f" owner = NULL WHERE id = ?",
+                (self.clock(), reason[:500], reg_id),
+            )
+            back = [e.id for e in firing] if hand_back else []
+            for entry_id in back:
+                cur.execute(
+                    f"UPDATE {self.p}alerts SET state = 'pending', incident = NULL, outcome = NULL,"
+                    f" due = ?, owner = NULL, lease = 0 WHERE id = ?",
+                    (self.clock(), entry_id),
+                )
+        return Closing(closed=True, late=late, handed_back=back)
+
+    def _close(self, reg_id: str, reason: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
+                f" owner = NULL WHERE id = ? AND state <> 'closed'",
+                (self.clock(), reason[:500], reg_id),
+            )
+
+    def close_run(self, run_id: str, reason: str) -> None:
+        """Closes the registration of an incident run that ended without closing it (killed)."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
+                f" owner = NULL WHERE run_id = ? AND state <> 'closed'",
+                (self.clock(), reason[:500], run_id),
+            )
+
+
+class _PgCursor:
+    """A psycopg cursor taking the sqlite3 ``?`` placeholders the statements are written in."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._cur.execute(sql.replace("?", "%s"), tuple(args))
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+
+def store_url(config: Any = None) -> str:
+    """``receiver.store`` of oncall.yaml, else SQLite next to the local Prefect server's data."""
+    from flows.server import prefect_home
+
+    configured = getattr(getattr(config, "receiver", None), "store", None)
+    if configured is not None:
+        return configured.get_secret_value()
+    return str(prefect_home() / "oncall-intake.db")

@@ -1,0 +1,125 @@
+"""An incident's record: the timeline (events, log, live view), its flow run's name and tags,
+and the timeline, report and post-mortem artifacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.events import emit_event
+
+from flows.config import Sla
+from flows.incident_model import Incident, incident_tags
+from flows.postmortem import postmortem_markdown
+from runbooks.engine import live
+
+__all__ = ["Timeline"]
+
+ARTIFACT_EVERY_S = 2.0  # artifacts are rewritten at most this often (each write is a row)
+
+
+class Timeline:
+    """Writes what happens to one incident where people and tools look for it."""
+
+    def __init__(self, incident: Incident, extra_tags: list[str], logger: Any) -> None:
+        self.inc = incident
+        self.extra_tags = extra_tags
+        self.logger = logger
+        self.dirty = True
+        self._written = 0.0
+
+    def record(self, kind: str, text: str, **data: Any) -> None:
+        """One timeline entry: in the incident, the live view, the log and a Prefect event."""
+        entry = self.inc.add(kind, text, **data)
+        self.dirty = True
+        live.publish("timeline", {"incident_id": self.inc.id, "entry": entry})
+        self.logger.info("%s: %s", self.inc.id, text)
+        emit_event(
+            event=f"oncall.incident.{kind}",
+            resource={
+                "prefect.resource.id": f"oncall.incident.{self.inc.id}",
+                "prefect.resource.name": f"{self.inc.id} {self.inc.title}",
+            },
+            related=[
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{self.inc.flow_run_id}",
+                    "prefect.resource.role": "flow-run",
+                }
+            ],
+            payload={
+                "text": text,
+                "severity": str(self.inc.severity),
+                "status": str(self.inc.status),
+                **_jsonable(data),
+            },
+        )
+
+    async def sync_run(self) -> None:
+        """Puts the incident's state in its flow run's name and tags."""
+        async with get_client() as client:
+            await client.update_flow_run(
+                self.inc.flow_run_id,
+                name=self.inc.run_name,
+                tags=[*incident_tags(self.inc), *self.extra_tags],
+            )
+
+    async def write_artifacts(
+        self, runbook_lines: list[str], sla: Sla, force: bool = False
+    ) -> None:
+        if not force and (not self.dirty or time.monotonic() - self._written < ARTIFACT_EVERY_S):
+            return
+        self.dirty = False
+        self._written = time.monotonic()
+        inc = self.inc
+        key = inc.id.lower()
+        lines = [f"# {inc.id} timeline", "", "| time (UTC) | event |", "|---|---|"]
+        lines += [f"| {e.at:%H:%M:%S} | {e.text.replace('|', '/')} |" for e in inc.timeline]
+        await acreate_markdown_artifact(
+            "\n".join(lines), key=f"{key}-timeline", description=f"{inc.id} timeline"
+        )
+        await acreate_markdown_artifact(
+            self.report_markdown(runbook_lines),
+            key=f"{key}-report",
+            description=f"{inc.id} {inc.status}",
+        )
+        await acreate_markdown_artifact(
+            postmortem_markdown(inc, sla),
+            key=f"{key}-postmortem",
+            description=f"{inc.id} post-mortem draft",
+        )
+
+    def report_markdown(self, runbook_lines: list[str]) -> str:
+        inc = self.inc
+        out = [
+            f"# {inc.id} {inc.severity} {inc.title}",
+            "",
+            f"- Status: **{inc.status}**",
+            f"- Service: {inc.service}",
+            f"- Severity: {inc.severity} — {'; '.join(inc.severity_reasons)}",
+            f"- Opened: {inc.opened_at:%Y-%m-%d %H:%M:%S} UTC",
+            f"- Acknowledged: {inc.acked_by or 'not yet'}",
+            f"- Alerts: {inc.alerts} ({_alert_states(inc)})",
+            "",
+            "## Runbooks",
+            "",
+        ]
+        for report in inc.reports:
+            out.append(
+                f"- {report['runbook']}: {report['outcome']}"
+                f" ({len(report.get('results', []))} action(s))"
+            )
+        out += runbook_lines
+        out += [f"- {s['runbook']}: not started ({s['reason']})" for s in inc.skipped]
+        return "\n".join(out)
+
+
+def _alert_states(inc: Incident) -> str:
+    firing = sum(1 for a in inc.alert_states.values() if a["status"] == "firing")
+    return f"{len(inc.alert_states)} fingerprint(s), {firing} firing"
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data, default=str))
