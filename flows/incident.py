@@ -258,8 +258,11 @@ class IncidentRun:
         """One alert of this incident: its fingerprint's state, and what follows from it."""
         change = self.book.add(alert, intake_id)
         fp = alert.fingerprint
-        if change in ("new", "refired"):
-            verb = "re-fired" if change == "refired" else "joined"
+        more_severe = alert.severity is not None and alert.severity.more_severe_than(
+            self.inc.severity
+        )
+        if change in ("new", "refired") or (change == "repeat" and more_severe):
+            verb = {"new": "joined", "refired": "re-fired"}.get(change, "joined (repeat)")
             self.record("alert", f"alert {verb}: {alert.title}", fingerprint=fp)
             self._told_waiting = False
             await self.escalation.raise_severity(

@@ -171,7 +171,10 @@ def served(api: PrefectAPI, deployment: str, *, now: datetime | None = None) -> 
 
 
 async def open_by_deployment(
-    alert: Alert, intake: dict[str, str], config_path: str | None = None
+    alert: Alert,
+    intake: dict[str, str],
+    config_path: str | None = None,
+    api_url: str | None = None,
 ) -> str:
     """Starts the ``incident`` deployment for this alert, if a live runner or worker serves
     it; the intake's registration id is the idempotency key (a retry returns the same run)."""
@@ -179,7 +182,7 @@ async def open_by_deployment(
 
     from flows.server import DEFAULT_API_URL
 
-    with PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL)) as api:
+    with PrefectAPI(api_url or os.environ.get("PREFECT_API_URL", DEFAULT_API_URL)) as api:
         why = await asyncio.to_thread(served, api, "incident/incident")
     if why:
         raise NobodyHome(why)
@@ -276,7 +279,11 @@ class Intake:
             claim = await asyncio.to_thread(self.store.claim_opening, alert, self.owner)
             if claim is None:
                 return None
-            run_id = await self.opener(alert, self.intake_ref(claim.id, entry.id))
+            try:
+                run_id = await self.opener(alert, self.intake_ref(claim.id, entry.id))
+            except Exception:
+                await asyncio.to_thread(self.store.release_opening, claim.id)
+                raise
             opened = Submission(action="opened", incident_run_id=run_id)
             await asyncio.to_thread(
                 self.store.opened, claim.id, run_id, entry.id, opened.model_dump()

@@ -442,6 +442,16 @@ class Spool:
                 (reg_id, json.dumps(outcome), self.clock(), entry_id),
             )
 
+    def release_opening(self, reg_id: str) -> None:
+        """An opening that failed for a while (Prefect away): anyone may retry it, under the
+        same id (so a run created before the failure is found again, not duplicated)."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE {self.p}incidents SET owner = NULL, lease = 0 WHERE id = ?"
+                f" AND state = 'opening'",
+                (reg_id,),
+            )
+
     def abandon(self, reg_id: str, reason: str) -> None:
         """An opening that will not happen (its alert was refused): the claim goes."""
         self._close(reg_id, reason)

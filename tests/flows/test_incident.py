@@ -158,8 +158,17 @@ async def test_alert_opens_incident_runs_runbook_and_resolves_after_approval(
             },
         )
         assert decided["status"] == "ACCEPT", decided
+        # Fixed and healthy, but Alertmanager still says firing: the incident waits for it.
+        await _wait_for(
+            events, "timeline", where=lambda d: "not resolving while 1 alert(s)" in d["entry"].text
+        )
+        assert not task.done()
+        [resolved] = parse_alerts(_alertmanager(status="resolved"))
+        run_id = api.find_incident((await _wait_for(events, "timeline"))["incident_id"])["id"]
+        send_control(api, run_id, {"kind": "alert", "alert": resolved.model_dump(mode="json")})
     result = await asyncio.wait_for(task, 90)
     assert result["status"] == "resolved" and result["resolved_by"] == "oncall"
+    assert result["alert_states"]["a1b2c3d4e5f60718"]["status"] == "resolved"
     assert pgdb.alive(idle) == set()
     inc_id = result["id"]
     assert result["severity"] == "P1", result["severity_reasons"]  # raised by the findings

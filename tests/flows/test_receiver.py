@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -83,20 +84,20 @@ def _config(**receiver: Any) -> OncallConfig:
     return OncallConfig(receiver=ReceiverConfig(**{**values, **receiver}))
 
 
-async def _no_opener(alert: Alert) -> str:
+async def _no_opener(alert: Alert, intake: dict[str, str]) -> str:
     raise AssertionError(f"nothing should open an incident here ({alert.service})")
 
 
 class CountingOpener:
     """Wraps an opener and remembers every alert it was asked to open an incident for."""
 
-    def __init__(self, inner: Callable[[Alert], Awaitable[str]] = open_by_deployment) -> None:
+    def __init__(self, inner: Callable[..., Awaitable[str]] = open_by_deployment) -> None:
         self.inner = inner
         self.calls: list[Alert] = []
 
-    async def __call__(self, alert: Alert) -> str:
+    async def __call__(self, alert: Alert, intake: dict[str, str]) -> str:
         self.calls.append(alert)
-        return await self.inner(alert)
+        return await self.inner(alert, intake)
 
 
 @dataclass
@@ -109,13 +110,20 @@ class Receiver:
         transport = httpx.ASGITransport(app=self.app)
         return httpx.AsyncClient(transport=transport, base_url="http://receiver")
 
+    def counts(self) -> dict[str, int]:
+        stats = self.spool.stats()
+        return {"pending": stats["pending"], "done": stats["done"]}
+
     def total(self) -> int:
-        counts = self.spool.counts()
-        return counts["pending"] + counts["done"]
+        stats = self.spool.stats()
+        return stats["pending"] + stats["done"] + stats["quarantined"]
 
     def records(self) -> list[dict[str, Any]]:
-        """What the dispatcher recorded in done/: the alert and its outcome."""
-        return [json.loads(p.read_text()) for p in self.spool.done.glob("*.json")]
+        """What the dispatcher recorded: the alert and its outcome."""
+        return [
+            {"alert": e.alert.model_dump(mode="json"), "outcome": e.outcome}
+            for e in self.spool.entries("done", limit=10_000)
+        ]
 
     def outcomes(self) -> list[dict[str, Any]]:
         return [record["outcome"] for record in self.records()]
@@ -123,24 +131,39 @@ class Receiver:
 
 @pytest.fixture
 def make_receiver(tmp_path):
+    made: list[Spool] = []
+
     def make(
         api_url: str | None = None,
         *,
-        opener: Callable[[Alert], Awaitable[str]] = _no_opener,
+        opener: Callable[..., Awaitable[str]] = _no_opener,
         resume: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
-        spool_dir: Path | None = None,
+        store: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
         **receiver: Any,
     ) -> Receiver:
-        spool = Spool(spool_dir or tmp_path / "spool")
+        spool = Spool(store or tmp_path / "intake.db", clock=clock)
+        made.append(spool)
         dispatcher = Dispatcher(spool, api_url or _dead_url(), opener)
         app = create_app(_config(**receiver), spool, dispatcher, resume=resume)
         return Receiver(app, spool, dispatcher)
 
-    return make
+    yield make
+    for spool in made:
+        spool.close()
+
+
+def poll_as_runner(api_url: str, deployment_id: str) -> None:
+    """What a runner does every poll (and nothing else): the deployment counts as served."""
+    httpx.post(
+        f"{api_url}/deployments/get_scheduled_flow_runs",
+        json={"deployment_ids": [deployment_id], "limit": 1},
+        timeout=30,
+    ).raise_for_status()
 
 
 @pytest.fixture(scope="module")
-def incident_deployment(prefect_api):
+def incident_deployment_id(prefect_api):
     """A real ``incident/incident`` deployment that nobody executes: its runs stay Scheduled."""
     from flows.incident import incident
 
@@ -162,6 +185,14 @@ def incident_deployment(prefect_api):
             for run in runs:
                 http.delete(f"/flow_runs/{run['id']}")
         http.delete(f"/deployments/{deployment_id}")
+
+
+@pytest.fixture
+def incident_deployment(prefect_api, incident_deployment_id):
+    """The deployment, polled as a live runner polls it (the intake hands incidents only to a
+    served deployment): its runs are created, and stay Scheduled."""
+    poll_as_runner(prefect_api, incident_deployment_id)
+    return incident_deployment_id
 
 
 # --- payloads and signatures, as the senders build them -------------------------------
@@ -553,8 +584,7 @@ async def test_unauthenticated_requests_get_401_and_spool_nothing(
         response = await http.post(path, content=body, headers=headers(body))
     assert response.status_code == 401, response.text
     assert response.json()["error"]
-    assert rx.spool.counts() == {"pending": 0, "done": 0}
-    assert list(rx.spool.pending.iterdir()) == [] and decided == []
+    assert rx.total() == 0 and decided == []
 
 
 async def test_receiver_without_secrets_refuses_even_correct_signatures(make_receiver):
@@ -596,7 +626,7 @@ async def test_correctly_signed_requests_are_accepted(make_receiver):
             response = await http.post(path, content=body, headers=_signed(path, body))
             assert response.status_code == 202, (path, response.text)
             assert response.json()["accepted"] == len(services)
-            spooled = [Spool.read(p) for p in rx.spool.pending.glob("*.json")]
+            spooled = [e.alert for e in rx.spool.entries("pending")]
             assert set(services) <= {a.service for a in spooled}
         # One PagerDuty secret is enough: during a rotation PagerDuty signs with each.
         one = _pagerduty_headers(PAGERDUTY_BODY, PD_SECRETS[1:])
@@ -608,7 +638,7 @@ async def test_correctly_signed_requests_are_accepted(make_receiver):
             content=_SLACK_BODY,
             headers=_signed("/approvals/slack", _SLACK_BODY),
         )
-    assert rx.spool.counts()["pending"] == 5
+    assert rx.counts()["pending"] == 5
     assert slack.status_code == 200, slack.text
     assert slack.json()["text"] == f"Approved by {SLACK_USER['name']}"
     assert decided == [
@@ -686,30 +716,35 @@ async def test_alerts_spooled_during_an_outage_are_replayed_once_after_a_restart
     run = uuid.uuid4().hex[:8]
     services = [f"replay-{run}-{i}" for i in range(4)]
     payloads = [_am(s, f"{s}-fp{j}", alertname=f"Alert{j}") for s in services for j in range(3)]
-    opener = CountingOpener()
-    down = make_receiver(_dead_url(), opener=opener, spool_dir=tmp_path / "spool")
+    dead = _dead_url()
+    opener = CountingOpener(functools.partial(open_by_deployment, api_url=dead))
+    down = make_receiver(dead, opener=opener, store=tmp_path / "intake.db")
     async with down.client() as http:
         answers = await asyncio.gather(
             *(http.post("/alerts/alertmanager", json=p, headers=_bearer()) for p in payloads)
         )
         assert [a.status_code for a in answers] == [202] * len(payloads)
         assert {(a.json()["accepted"], a.json()["duplicates"]) for a in answers} == {(1, 0)}
-        # Durable before the 202: one fsynced file per alert, nothing half-written.
-        files = sorted(down.spool.pending.iterdir())
-        assert len(files) == 12 and all(f.suffix == ".json" for f in files)
-        assert {Spool.read(f).fingerprint for f in files} == {
+        # Durable before the 202: committed (fsynced) rows, one per alert.
+        stored = down.spool.entries("pending")
+        assert len(stored) == 12
+        assert {e.alert.fingerprint for e in stored} == {
             p["alerts"][0]["fingerprint"] for p in payloads
         }
         with pytest.raises(Unreachable):
             await down.dispatcher.drain()
         health = (await http.get("/healthz")).json()
     assert health["prefect_reachable"] is False and "Prefect API" in health["last_error"]
-    assert (health["pending"], health["done"]) == (12, 0) and opener.calls == []
+    assert (health["pending"], health["done"]) == (12, 0)
+    assert health["status"] == "degraded" and "Prefect API unreachable" in health["reasons"][0]
+    opener.calls.clear()  # tried while Prefect was away: nothing was created
 
     # The process restarts while Prefect is back: a new dispatcher over the same directory.
-    up = make_receiver(prefect_api, opener=opener, spool_dir=tmp_path / "spool")
+    opener.inner = open_by_deployment
+    up = make_receiver(prefect_api, opener=opener, store=tmp_path / "intake.db")
     async with up.client() as http:
         assert (await http.get("/healthz")).json()["pending"] == 12
+        await asyncio.sleep(1.1)  # the back-off after the outage
         assert await up.dispatcher.drain() == 12
         health = (await http.get("/healthz")).json()
         assert health["prefect_reachable"] is True
@@ -720,7 +755,7 @@ async def test_alerts_spooled_during_an_outage_are_replayed_once_after_a_restart
         )
         assert all(a.status_code == 202 and a.json()["duplicates"] == 1 for a in again)
         assert await up.dispatcher.drain() == 0
-    assert up.spool.counts() == {"pending": 0, "done": 12}
+    assert up.counts() == {"pending": 0, "done": 12}
     assert sorted(a.service for a in opener.calls) == services, "one incident per service"
     actions = Counter(o["action"] for o in up.outcomes())
     assert actions == {"opened": 4, "joined": 8}
@@ -740,7 +775,11 @@ async def test_dispatcher_resumes_by_itself_when_prefect_comes_back(
     make_receiver, prefect_api, incident_deployment
 ):
     service = f"flaky-{uuid.uuid4().hex[:8]}"
-    opener = CountingOpener()
+
+    async def through_the_dispatchers_api(alert: Alert, intake: dict[str, str]) -> str:
+        return await open_by_deployment(alert, intake, api_url=rx.dispatcher.api_url)
+
+    opener = CountingOpener(through_the_dispatchers_api)
     rx = make_receiver(_dead_url(), opener=opener)
     worker = asyncio.create_task(rx.dispatcher.run())
     try:
@@ -751,15 +790,16 @@ async def test_dispatcher_resumes_by_itself_when_prefect_comes_back(
                 assert response.status_code == 202
             await _until(lambda: not rx.dispatcher.prefect_ok, 10, "the dispatcher to notice")
             assert (await http.get("/healthz")).json()["prefect_reachable"] is False
-            assert rx.spool.counts()["pending"] == 3
+            assert rx.counts()["pending"] == 3
             rx.dispatcher.api_url = prefect_api  # Prefect is back
             rx.dispatcher.wake.set()
-            await _until(lambda: rx.spool.counts()["done"] == 3, 30, "the replay")
+            await _until(lambda: rx.counts()["done"] == 3, 30, "the replay")
             await _until(lambda: rx.dispatcher.prefect_ok, 5, "the health to recover")
             assert (await http.get("/healthz")).json()["prefect_reachable"] is True
     finally:
         worker.cancel()
-    assert len(opener.calls) == 1
+    with PrefectAPI(prefect_api) as api:  # tried while away, created once
+        assert len(api.incident_runs([f"service:{service}"])) == 1
     assert Counter(o["action"] for o in rx.outcomes()) == {"opened": 1, "joined": 2}
 
 
@@ -769,7 +809,7 @@ async def test_an_alert_spooled_during_a_drain_is_dispatched_without_waiting(
     run = uuid.uuid4().hex[:8]
     opened: list[tuple[str, float]] = []
 
-    async def opener(alert: Alert) -> str:
+    async def opener(alert: Alert, intake: dict[str, str]) -> str:
         opened.append((alert.service, time.monotonic()))
         if len(opened) == 1:  # the second alert arrives while the first is being handled
             async with rx.client() as http:
@@ -793,29 +833,42 @@ async def test_an_alert_spooled_during_a_drain_is_dispatched_without_waiting(
     assert opened[1][1] - opened[0][1] < 0.8
 
 
-async def test_an_unreadable_spool_file_does_not_block_the_queue(make_receiver):
-    rx = make_receiver()
-    (rx.spool.pending / "0badc0de.json").write_text('{"received": 1, "alert": {"trunc')
-    assert await rx.dispatcher.drain() == 0
-    assert rx.spool.counts() == {"pending": 0, "done": 1}
-    [outcome] = rx.outcomes()
-    assert outcome["action"] == "ignored" and "unreadable" in outcome["reason"]
-
-
-async def test_alert_finished_just_before_a_crash_is_not_processed_again(make_receiver):
-    # A crash between writing done/<key> and removing pending/<key> leaves both behind.
-    rx = make_receiver()
+async def test_an_unreadable_stored_alert_is_quarantined_and_blocks_nothing(
+    make_receiver, prefect_api, incident_deployment
+):
+    rx = make_receiver(prefect_api, opener=CountingOpener())
+    with rx.spool._tx() as cur:  # written by hand, or by an older version
+        cur.execute(
+            "INSERT INTO alerts (id, dedup, service, status, received, body, state, due)"
+            " VALUES ('0badc0de', 'k', 'x', 'firing', 0, '{\"trunc', 'pending', 0)"
+        )
+    service = f"after-{uuid.uuid4().hex[:8]}"
     async with rx.client() as http:
-        body = _am("checkout", "crash-fp")
-        response = await http.post("/alerts/alertmanager", json=body, headers=_bearer())
-        assert response.status_code == 202
-    [pending] = rx.spool.waiting()
-    record = json.loads(pending.read_text())
-    record["outcome"] = {"action": "opened", "incident_run_id": str(uuid.uuid4()), "reason": ""}
-    (rx.spool.done / pending.name).write_text(json.dumps(record))
-    assert rx.spool.waiting() == []
-    assert await rx.dispatcher.drain() == 0  # the opener would fail the test if called
-    assert rx.spool.counts() == {"pending": 0, "done": 1}
+        body = _am(service, "fp-after")
+        assert (await http.post("/alerts/alertmanager", json=body, headers=_bearer())).is_success
+    assert await rx.dispatcher.drain() == 2  # one quarantined, one opened
+    [bad] = rx.spool.entries("quarantined")
+    assert bad.id == "0badc0de" and "unreadable" in bad.error
+    assert [o["action"] for o in rx.outcomes()] == ["opened"]
+
+
+async def test_a_killed_receivers_claims_expire_and_another_receiver_takes_them(
+    make_receiver, prefect_api, incident_deployment, tmp_path
+):
+    now = [1_000_000.0]
+    store = tmp_path / "shared.db"
+    first = make_receiver(prefect_api, opener=CountingOpener(), store=store, clock=lambda: now[0])
+    service = f"claimed-{uuid.uuid4().hex[:8]}"
+    async with first.client() as http:
+        body = _am(service, "fp-claimed")
+        assert (await http.post("/alerts/alertmanager", json=body, headers=_bearer())).is_success
+    [claimed] = first.spool.claim(first.dispatcher.intake.owner)  # then the process dies
+    second = make_receiver(prefect_api, opener=CountingOpener(), store=store, clock=lambda: now[0])
+    assert await second.dispatcher.drain() == 0, "a live claim is left alone"
+    now[0] += 31  # the lease ran out
+    assert await second.dispatcher.drain() == 1
+    [entry] = second.spool.entries("done")
+    assert entry.id == claimed.id and entry.outcome["action"] == "opened"
 
 
 # --- 4. storms --------------------------------------------------------------------------
@@ -847,7 +900,7 @@ async def test_a_storm_of_500_alerts_for_one_service_opens_one_incident(
         assert Counter(a.status_code for a in answers) == {202: 500}
         assert sum(a.json()["duplicates"] for a in answers) == 500 - distinct
         await _until(
-            lambda: rx.spool.counts() == {"pending": 0, "done": distinct}, 150, "the storm to drain"
+            lambda: rx.counts() == {"pending": 0, "done": distinct}, 150, "the storm to drain"
         )
     finally:
         worker.cancel()
