@@ -34,8 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
+from flows.spool_incidents import IncidentRegistry
+from flows.spool_rows import ENTRY_COLUMNS, Closing, Entry, Registration, entry_of
 from integrations.alerts import Alert
 from integrations.errors import ConfigError
 
@@ -92,61 +92,7 @@ def idempotency_key(alert: Alert) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-class Entry(BaseModel):
-    """One accepted alert as the intake keeps it."""
-
-    id: str
-    service: str
-    status: str
-    received: float
-    state: Literal["pending", "done", "quarantined"]
-    attempts: int = 0
-    due: float = 0.0
-    error: str = ""
-    outcome: dict[str, Any] | None = None
-    incident: str | None = None
-    body: str = ""
-
-    @property
-    def alert(self) -> Alert:
-        return Alert.model_validate_json(self.body)
-
-
-class Registration(BaseModel):
-    """An incident the intake opened (``opening`` until its flow run exists)."""
-
-    id: str
-    service: str
-    fingerprint: str
-    run_id: str | None
-    state: Literal["opening", "open", "closed"]
-    owner: str | None
-    lease: float
-
-
-class Closing(BaseModel):
-    """What closing an incident found: whether it closed, and the alerts it had not seen."""
-
-    closed: bool
-    late: list[Entry]
-    handed_back: list[str] = []
-
-
-_ENTRY = "id, service, status, received, state, attempts, due, error, outcome, incident, body"
-_REG = "id, service, fingerprint, run_id, state, owner, lease"
-
-
-def _entry(row: Sequence[Any]) -> Entry:
-    fields = dict(zip(_ENTRY.split(", "), row, strict=True))
-    fields["outcome"] = json.loads(fields["outcome"]) if fields["outcome"] else None
-    return Entry(**fields)
-
-
-def _registration(row: Sequence[Any] | None) -> Registration | None:
-    return Registration(**dict(zip(_REG.split(", "), row, strict=True))) if row else None
-
-
-class Spool:
+class Spool(IncidentRegistry):
     """The intake store; thread-safe (one connection, one lock). ``clock`` is injectable."""
 
     def __init__(
@@ -267,13 +213,13 @@ class Spool:
         with self._tx() as cur:
             self._lock_claims(cur)
             cur.execute(
-                f"SELECT {_ENTRY} FROM {self.p}alerts a WHERE state = 'pending' AND due <= ?"
+                f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts a WHERE state = 'pending' AND due <= ?"
                 f" AND (lease < ? OR owner = ?) {which} AND NOT EXISTS (SELECT 1 FROM"
                 f" {self.p}alerts b WHERE b.service = a.service AND b.state = 'pending'"
                 f" AND b.lease >= ? AND b.owner <> ?) ORDER BY received, id LIMIT ?",
                 (now, now, owner, *args, now, owner, limit),
             )
-            entries = [_entry(r) for r in cur.fetchall()]
+            entries = [entry_of(r) for r in cur.fetchall()]
             for entry in entries:
                 cur.execute(
                     f"UPDATE {self.p}alerts SET owner = ?, lease = ? WHERE id = ?",
@@ -321,7 +267,7 @@ class Spool:
             cur.execute(
                 f"UPDATE {self.p}alerts SET state = 'pending', attempts = 0, due = ?, owner = NULL,"
                 f" lease = 0, incident = NULL, outcome = NULL WHERE id = ? OR id LIKE ?"
-                f" RETURNING {_ENTRY}",
+                f" RETURNING {ENTRY_COLUMNS}",
                 (self.clock(), entry_id, f"{entry_id}%"),
             )
             rows = cur.fetchall()
@@ -331,22 +277,23 @@ class Spool:
                     if not rows
                     else f"{entry_id!r} matches {len(rows)} alerts; give more characters"
                 )
-        return _entry(rows[0])
+        return entry_of(rows[0])
 
     def entries(self, state: str | None = None, limit: int = 100) -> list[Entry]:
         where, args = ("WHERE state = ?", (state,)) if state else ("", ())
         with self._tx() as cur:
             cur.execute(
-                f"SELECT {_ENTRY} FROM {self.p}alerts {where} ORDER BY received DESC LIMIT ?",
+                f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts {where}"
+                " ORDER BY received DESC LIMIT ?",
                 (*args, limit),
             )
-            return [_entry(r) for r in cur.fetchall()]
+            return [entry_of(r) for r in cur.fetchall()]
 
     def get(self, entry_id: str) -> Entry | None:
         with self._tx() as cur:
-            cur.execute(f"SELECT {_ENTRY} FROM {self.p}alerts WHERE id = ?", (entry_id,))
+            cur.execute(f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts WHERE id = ?", (entry_id,))
             row = cur.fetchone()
-        return _entry(row) if row else None
+        return entry_of(row) if row else None
 
     def stats(self) -> dict[str, Any]:
         """Counts per state and the age of the oldest pending alert (what /healthz reports)."""
@@ -373,156 +320,6 @@ class Spool:
                 f"DELETE FROM {self.p}incidents WHERE state = 'closed' AND closed < ?", (cutoff,)
             )
         return removed
-
-    # --- incidents -------------------------------------------------------------------
-
-    def registration(self, service: str) -> Registration | None:
-        """The service's incident that is opening or open, if any."""
-        with self._tx() as cur:
-            cur.execute(
-                f"SELECT {_REG} FROM {self.p}incidents WHERE service = ? AND state <> 'closed'",
-                (service,),
-            )
-            return _registration(cur.fetchone())
-
-    def registrations(self, state: str = "open") -> list[Registration]:
-        with self._tx() as cur:
-            cur.execute(f"SELECT {_REG} FROM {self.p}incidents WHERE state = ?", (state,))
-            return [r for r in map(_registration, cur.fetchall()) if r]
-
-    def claim_opening(
-        self, alert: Alert, owner: str, *, lease_s: float = 60.0
-    ) -> Registration | None:
-        """Claims the opening of the service's incident; None when another owner holds a live
-        claim or an open incident exists. An expired claim of a dead owner is taken over."""
-        now = self.clock()
-        with self._tx() as cur:
-            self._lock_claims(cur)
-            cur.execute(
-                f"SELECT {_REG} FROM {self.p}incidents WHERE service = ? AND state <> 'closed'",
-                (alert.service,),
-            )
-            current = _registration(cur.fetchone())
-            if current is not None:
-                mine = current.owner == owner or current.lease < now
-                if current.state != "opening" or not mine:
-                    return None
-                cur.execute(
-                    f"UPDATE {self.p}incidents SET owner = ?, lease = ? WHERE id = ?",
-                    (owner, now + lease_s, current.id),
-                )
-                return current.model_copy(update={"owner": owner, "lease": now + lease_s})
-            reg = Registration(
-                id=uuid.uuid4().hex,
-                service=alert.service,
-                fingerprint=alert.fingerprint,
-                run_id=None,
-                state="opening",
-                owner=owner,
-                lease=now + lease_s,
-            )
-            cur.execute(
-                f"INSERT INTO {self.p}incidents (id, service, fingerprint, state, owner, lease,"
-                f" opened) VALUES (?, ?, ?, 'opening', ?, ?, ?)",
-                (reg.id, reg.service, reg.fingerprint, owner, reg.lease, now),
-            )
-            return reg
-
-    def opened(self, reg_id: str, run_id: str, entry_id: str, outcome: dict[str, Any]) -> None:
-        """The incident's flow run exists: the registration is open and the alert done."""
-        with self._tx() as cur:
-            cur.execute(
-                f"UPDATE {self.p}incidents SET state = 'open', run_id = ?, owner = NULL"
-                f" WHERE id = ?",
-                (run_id, reg_id),
-            )
-            cur.execute(
-                f"UPDATE {self.p}alerts SET state = 'done', incident = ?, outcome = ?,"
-                f" finished = ?, owner = NULL, lease = 0, error = '' WHERE id = ?",
-                (reg_id, json.dumps(outcome), self.clock(), entry_id),
-            )
-
-    def release_opening(self, reg_id: str) -> None:
-        """An opening that failed for a while (Prefect away): anyone may retry it, under the
-        same id (so a run created before the failure is found again, not duplicated)."""
-        with self._tx() as cur:
-            cur.execute(
-                f"UPDATE {self.p}incidents SET owner = NULL, lease = 0 WHERE id = ?"
-                f" AND state = 'opening'",
-                (reg_id,),
-            )
-
-    def abandon(self, reg_id: str, reason: str) -> None:
-        """An opening that will not happen (its alert was refused): the claim goes."""
-        self._close(reg_id, reason)
-
-    def join(self, reg_id: str, entry_id: str) -> bool:
-        """Ties the alert to the incident if, and only if, it is still open (atomically)."""
-        with self._tx() as cur:
-            cur.execute(
-                f"SELECT state FROM {self.p}incidents WHERE id = ?"
-                + (" FOR UPDATE" if self.postgres else ""),
-                (reg_id,),
-            )
-            row = cur.fetchone()
-            if not row or row[0] != "open":
-                return False
-            cur.execute(f"UPDATE {self.p}alerts SET incident = ? WHERE id = ?", (reg_id, entry_id))
-            return True
-
-    def close_incident(
-        self, reg_id: str, seen: set[str], *, reason: str, force: bool, hand_back: bool = True
-    ) -> Closing:
-        """Closes the incident unless an alert it has not seen yet is firing (``force``
-        closes anyway). Returns the alerts it had not seen; with ``hand_back``, those still
-        firing go back to the queue (they open a new incident)."""
-        with self._tx() as cur:
-            cur.execute(
-                f"SELECT state FROM {self.p}incidents WHERE id = ?"
-                + (" FOR UPDATE" if self.postgres else ""),
-                (reg_id,),
-            )
-            row = cur.fetchone()
-            if not row or row[0] == "closed":
-                return Closing(closed=True, late=[])
-            cur.execute(
-                f"SELECT {_ENTRY} FROM {self.p}alerts WHERE incident = ? ORDER BY received",
-                (reg_id,),
-            )
-            late = [e for e in map(_entry, cur.fetchall()) if e.id not in seen]
-            firing = [e for e in late if e.status == "firing"]
-            if firing and not force:
-                return Closing(closed=False, late=late)
-            cur.execute(
-                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
-                f" owner = NULL WHERE id = ?",
-                (self.clock(), reason[:500], reg_id),
-            )
-            back = [e.id for e in firing] if hand_back else []
-            for entry_id in back:
-                cur.execute(
-                    f"UPDATE {self.p}alerts SET state = 'pending', incident = NULL, outcome = NULL,"
-                    f" due = ?, owner = NULL, lease = 0 WHERE id = ?",
-                    (self.clock(), entry_id),
-                )
-        return Closing(closed=True, late=late, handed_back=back)
-
-    def _close(self, reg_id: str, reason: str) -> None:
-        with self._tx() as cur:
-            cur.execute(
-                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
-                f" owner = NULL WHERE id = ? AND state <> 'closed'",
-                (self.clock(), reason[:500], reg_id),
-            )
-
-    def close_run(self, run_id: str, reason: str) -> None:
-        """Closes the registration of an incident run that ended without closing it (killed)."""
-        with self._tx() as cur:
-            cur.execute(
-                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
-                f" owner = NULL WHERE run_id = ? AND state <> 'closed'",
-                (self.clock(), reason[:500], run_id),
-            )
 
 
 class _PgCursor:

@@ -13,7 +13,7 @@ leaves the worker; the Prefect server is stopped and started again on the same p
 and database; ``oncall approve`` resumes the run; the worker runs it again from the
 top (diagnosis from the persisted cache), terminates the sessions once, and the
 incident resolves. A fast test beside it pins how the incident's loop waits out an
-API outage (flows/incident.py ``_Outage``).
+API outage (flows/incident_outage.py ``Outage``).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ from integrations.alerts import parse_alerts
 
 async def main():
     [alert] = parse_alerts(sys.stdin.read())
-    opener = functools.partial(open_by_deployment, config_path=None)
+    opener = functools.partial(open_by_deployment, config_path=None)  # (alert, intake)
     with PrefectAPI(sys.argv[1]) as api:
         print((await submit(alert, api, opener)).model_dump_json())
 
@@ -469,10 +469,12 @@ def test_worker_runs_incident_and_a_suspended_runbook_survives_a_server_restart(
 
 
 async def test_the_incident_loop_rides_out_an_api_outage_and_then_gives_up(monkeypatch):
-    from flows import incident
+    from flows import incident_outage
 
-    state = SimpleNamespace(logger=logging.getLogger("test"), resync=False)
-    outage = incident._Outage(state)
+    state = SimpleNamespace(resync=False)
+    outage = incident_outage.Outage(
+        logging.getLogger("test"), on_away=lambda: setattr(state, "resync", True)
+    )
     calls: list[str] = []
 
     async def refused() -> None:
@@ -498,7 +500,7 @@ async def test_the_incident_loop_rides_out_an_api_outage_and_then_gives_up(monke
 
     with pytest.raises(KeyError):
         await outage.attempt(bug)
-    monkeypatch.setattr(incident, "API_OUTAGE_S", 0.0)
+    monkeypatch.setattr(incident_outage, "API_OUTAGE_S", 0.0)
     assert await outage.attempt(refused) is False
     time.sleep(0.01)
     with pytest.raises(Unreachable):
