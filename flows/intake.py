@@ -294,7 +294,7 @@ class Intake:
     async def _abandon(self, entry: Entry, reason: str) -> None:
         """A quarantined alert gives up the incident it was opening, so others can open it."""
         reg = await asyncio.to_thread(self.store.registration, entry.service)
-        if reg is not None and reg.state == "opening" and reg.owner == self.owner:
+        if reg is not None and reg.state == "opening" and reg.owner in (None, self.owner):
             await asyncio.to_thread(self.store.abandon, reg.id, f"quarantined: {reason}")
 
     async def reconcile(self, api: PrefectAPI) -> list[str]:

@@ -1040,3 +1040,193 @@ async def test_slack_approval_resumes_the_paused_run_with_the_verified_identity(
     assert approval.identity == f"slack:{SLACK_USER['team']}:{SLACK_USER['user_id']}"
     assert pgdb.alive(idle) == set()
     assert rx.total() == 0, "approvals are not alerts"
+
+
+# --- 7. no head-of-line blocking, trimming, quarantine, health -------------------------------
+
+
+async def test_an_alert_prefect_refuses_is_quarantined_after_bounded_retries_and_blocks_nobody(
+    make_receiver, prefect_api, incident_deployment
+):
+    from integrations.errors import ProviderError
+
+    run = uuid.uuid4().hex[:8]
+    poison, others = f"poison-{run}", [f"fine-{run}-{i}" for i in range(3)]
+    now = [2_000_000.0]
+
+    async def opener(alert: Alert, intake: dict[str, str]) -> str:
+        if alert.service == poison:  # what Prefect answers a run it will not create
+            raise ProviderError(
+                "Prefect API POST /flow_runs/: HTTP 422", target="prefect", status=422
+            )
+        return await open_by_deployment(alert, intake)
+
+    rx = make_receiver(prefect_api, opener=opener, clock=lambda: now[0])
+    async with rx.client() as http:
+        for service in [poison, *others]:  # the refused one is at the head of the queue
+            body = _am(service, f"{service}-fp")
+            assert (
+                await http.post("/alerts/alertmanager", json=body, headers=_bearer())
+            ).is_success
+        assert await rx.dispatcher.drain() == 3, "the others are handled at once"
+        assert Counter(o["action"] for o in rx.outcomes()) == {"opened": 3}
+        for _ in range(10):  # each retry after its back-off (the clock moves, not the test)
+            now[0] += 120
+            await rx.dispatcher.drain()
+        health = (await http.get("/healthz")).json()
+    [refused] = rx.spool.entries("quarantined")
+    assert refused.service == poison and refused.attempts == 5 and "HTTP 422" in refused.error
+    assert health["status"] == "degraded" and health["quarantined"] == 1
+    assert any("quarantined" in r for r in health["reasons"])
+    assert rx.spool.registration(poison) is None, "its opening claim went with it"
+    # `oncall intake replay` puts it back with a fresh budget; it stays visible until handled.
+    assert rx.spool.replay(refused.id[:10]).state == "pending"
+    assert rx.spool.stats()["quarantined"] == 0 and rx.spool.stats()["pending"] == 1
+
+
+async def test_an_oversized_alert_is_trimmed_for_prefect_and_kept_whole_in_the_store(
+    make_receiver, prefect_api, incident_deployment
+):
+    service = f"huge-{uuid.uuid4().hex[:8]}"
+    body = _am(service, f"{service}-fp")
+    body["alerts"][0]["annotations"]["description"] = "x" * 700_000  # over Prefect's 512 KB
+    rx = make_receiver(prefect_api, opener=CountingOpener(), max_body_bytes=2_000_000)
+    async with rx.client() as http:
+        answer = await http.post("/alerts/alertmanager", json=body, headers=_bearer())
+        assert answer.status_code == 202
+        assert await rx.dispatcher.drain() == 1
+        assert (await http.get("/healthz")).json()["status"] == "ok"
+    [entry] = rx.spool.entries("done")
+    assert entry.outcome["action"] == "opened"
+    assert len(entry.alert.annotations["description"]) == 700_000, "the store keeps it whole"
+    with PrefectAPI(prefect_api) as api:
+        run = api.flow_run(entry.outcome["incident_run_id"])
+    sent = run["parameters"]["alert"]["annotations"]["description"]
+    assert len(sent) < 10_000 and f"full alert: {entry.id}" in sent and "[trimmed" in sent
+
+
+@pytest.mark.parametrize("path", sorted(_RECORDED))
+async def test_json_nested_too_deeply_gets_a_4xx_on_every_endpoint(make_receiver, path):
+    deep = "[" * 5000 + "]" * 5000
+    doc: Any = {"service": "api", "title": "t", "labels": {"x": "y"}}
+    if path == "/approvals/slack":
+        body = urlencode({"payload": '{"actions": [' + deep + "]}"}).encode()
+    else:
+        body = json.dumps(doc).replace('"y"', deep).encode()
+    rx = make_receiver()
+    async with rx.client() as http:
+        response = await http.post(path, content=body, headers=_signed(path, body))
+    assert 400 <= response.status_code < 500, response.text[:200]
+    assert "nested" in response.json()["error"] or path == "/approvals/slack"
+    assert rx.total() == 0
+
+
+# --- 8. de-duplication that never drops a firing alert -------------------------------------
+
+
+async def test_a_retry_is_a_duplicate_but_a_repeat_after_the_incident_closed_or_died_opens_anew(
+    make_receiver, prefect_api, incident_deployment
+):
+    service = f"again-{uuid.uuid4().hex[:8]}"
+    generic = {"service": service, "title": "checkout failing"}  # no starts_at
+    rx = make_receiver(prefect_api, opener=CountingOpener())
+
+    async def send() -> dict[str, Any]:
+        async with rx.client() as http:
+            answer = await http.post("/alerts/generic", json=generic, headers=_bearer())
+        await rx.dispatcher.drain()
+        return answer.json()
+
+    first = await send()
+    assert (first["accepted"], first["duplicates"]) == (1, 0)
+    assert (await send())["duplicates"] == 1, "a retry of the delivery"
+    reg = rx.spool.registration(service)
+    assert reg is not None and reg.state == "open"
+    # The incident resolves (what it does at its end, flows/incident_run.py close_intake).
+    assert rx.spool.close_incident(reg.id, {first["ids"][0]}, reason="resolved", force=False).closed
+    second = await send()
+    assert second["duplicates"] == 0, "a repeat after the incident resolved is a new alert"
+    reg2 = rx.spool.registration(service)
+    assert reg2 is not None and reg2.run_id != reg.run_id
+    # Its run dies without closing (a killed process): the repeat opens a third incident.
+    with PrefectAPI(prefect_api) as api:
+        api.set_state(str(reg2.run_id), "CRASHED", "killed")
+        assert await rx.dispatcher.intake.reconcile(api) == [reg2.run_id]
+    assert (await send())["duplicates"] == 0
+    with PrefectAPI(prefect_api) as api:
+        assert len(api.incident_runs([f"service:{service}"])) == 3
+    assert Counter(o["action"] for o in rx.outcomes()) == {"opened": 3}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_joining_and_closing_are_atomic_and_closing_sees_every_alert_that_joined(
+    backend, tmp_path, pgdb
+):
+    url = (
+        f"postgresql://postgres@127.0.0.1:5432/{pgdb.name}"
+        if backend == "postgresql"
+        else str(tmp_path / "intake.db")
+    )
+    store = Spool(url)
+    try:
+        service = f"atomic-{uuid.uuid4().hex[:8]}"
+        [opening, late, resolved] = [
+            Alert(source="alertmanager", service=service, title="t", fingerprint=fp, status=st)
+            for fp, st in (("a", "firing"), ("b", "firing"), ("a", "resolved"))
+        ]
+        ids = [store.put(a)[0] for a in (opening, late, resolved)]
+        reg = store.claim_opening(opening, "me")
+        assert reg is not None and store.claim_opening(late, "other") is None
+        store.opened(reg.id, "run-1", ids[0], {"action": "opened"})
+        assert store.join(reg.id, ids[1]) and store.join(reg.id, ids[2])
+        # Resolving by itself, the incident finds a firing alert it has not seen: stays open.
+        closing = store.close_incident(reg.id, {ids[0]}, reason="healthy", force=False)
+        assert not closing.closed and [e.id for e in closing.late] == ids[1:]
+        # Resolved by hand: it closes, and hands the unseen firing alert back to the queue.
+        closing = store.close_incident(reg.id, {ids[0], ids[2]}, reason="by hand", force=True)
+        assert closing.closed and closing.handed_back == [ids[1]]
+        assert store.get(ids[1]).state == "pending" and store.get(ids[1]).incident is None
+        assert not store.join(reg.id, ids[1]), "nothing joins a closed incident"
+        assert store.registration(service) is None
+    finally:
+        store.close()
+
+
+async def test_two_receivers_on_one_postgres_store_open_exactly_one_incident_per_service(
+    make_receiver, prefect_api, incident_deployment, pgdb
+):
+    url = f"postgresql://postgres@127.0.0.1:5432/{pgdb.name}"
+    run = uuid.uuid4().hex[:8]
+    services = [f"pair-{run}-{i}" for i in range(5)]
+    payloads = [_am(s, f"{s}-pod{j}") for j in range(20) for s in services]
+    a = make_receiver(prefect_api, opener=CountingOpener(), store=url)
+    b = make_receiver(prefect_api, opener=CountingOpener(), store=url)
+    workers = [asyncio.create_task(rx.dispatcher.run()) for rx in (a, b)]
+    try:
+        async with a.client() as to_a, b.client() as to_b:
+            answers = await asyncio.gather(
+                *(
+                    (to_a if i % 2 else to_b).post(
+                        "/alerts/alertmanager", json=p, headers=_bearer()
+                    )
+                    for i, p in enumerate(payloads)
+                )
+            )
+        assert Counter(r.status_code for r in answers) == {202: 100}
+        await _until(
+            lambda: len([r for r in a.records() if r["alert"]["service"] in services]) == 100,
+            120,
+            "both receivers to drain",
+        )
+    finally:
+        for worker in workers:
+            worker.cancel()
+    left = [e for e in a.spool.entries(limit=10_000) if e.state != "done"]
+    assert [e for e in left if e.service in services] == []
+    mine = [r for r in a.records() if r["alert"]["service"] in services]
+    assert len(mine) == 100
+    assert Counter(r["outcome"]["action"] for r in mine) == {"opened": 5, "joined": 95}
+    with PrefectAPI(prefect_api) as api:
+        for service in services:
+            [incident] = api.incident_runs([f"service:{service}"])
+            assert len(_control_inputs(api, incident["id"])) == 19
