@@ -427,3 +427,73 @@ def test_broken_config_exits_2_naming_the_line_and_starts_nothing(tmp_path, pref
     [line] = result.stderr.strip().splitlines()
     assert "oncall.yaml:6: services.api.http.0.max_latency_ms" in line
     assert httpx.post(f"{prefect_api}/flow_runs/count", json={}).json() == before
+
+
+async def test_a_resolved_alert_resolves_only_its_fingerprint(pgdb, saas, prefect_api):
+    """Two Alertmanager alerts of one service in one incident: A resolving leaves B firing
+    (and B's repeats join); the incident resolves by itself once B resolves too."""
+    saas.reset()
+    cfg = _config(pgdb, saas, routing=[])
+
+    def am(fp: str, status: str = "firing"):
+        [alert] = parse_alerts(_alertmanager(status=status, fingerprint=fp, alertname="Disk"))
+        return {"kind": "alert", "alert": alert.model_dump(mode="json")}
+
+    [first] = parse_alerts(_alertmanager(fingerprint="aaaa000000000001", alertname="Disk"))
+    task, events = await _start(cfg, first)
+    inc_id = (await _wait_for(events, "timeline"))["incident_id"]
+    said = lambda text: _wait_for(  # noqa: E731
+        events, "timeline", where=lambda d: text in d["entry"].text
+    )
+    with PrefectAPI(prefect_api) as api:
+        run_id = api.find_incident(inc_id)["id"]
+        send_control(api, run_id, am("bbbb000000000002"))
+        await said("alert joined")
+        send_control(api, run_id, am("aaaa000000000001", "resolved"))
+        await said("1 still firing")
+        send_control(api, run_id, am("bbbb000000000002"))  # B repeats: still the same incident
+        await asyncio.sleep(3)
+        assert not task.done(), "B still fires: the incident stays open"
+        send_control(api, run_id, am("bbbb000000000002", "resolved"))
+    result = await asyncio.wait_for(task, 60)
+    assert result["status"] == "resolved"
+    assert {fp: s["status"] for fp, s in result["alert_states"].items()} == {
+        "aaaa000000000001": "resolved",
+        "bbbb000000000002": "resolved",
+    }
+    assert result["alerts"] == 5
+    texts = [e["text"] for e in result["timeline"]]
+    assert any("no alert fires any more" in t for t in texts)
+
+
+async def test_a_runbook_held_back_by_its_cooldown_is_said_so_and_invents_no_action_item(
+    pgdb, saas, prefect_api
+):
+    saas.reset()
+    cfg = _config(pgdb, saas, receiver=ReceiverConfig(cooldown=3600, max_runs_per_hour=1000))
+    outcomes = []
+    for fp in ("c00100000000000a", "c00100000000000b"):  # the second within the cooldown
+        [alert] = parse_alerts(_alertmanager(fingerprint=fp))
+        task, events = await _start(cfg, alert)
+        inc_id = (await _wait_for(events, "timeline"))["incident_id"]
+        await _wait_for(
+            events,
+            "timeline",
+            where=lambda d: (
+                "db-connections finished" in d["entry"].text or "(cooldown)" in d["entry"].text
+            ),
+        )
+        with PrefectAPI(prefect_api) as api:
+            send_control(api, api.find_incident(inc_id)["id"], {"kind": "resolve", "by": "erin"})
+        outcomes.append(await asyncio.wait_for(task, 90))
+    held = outcomes[1]
+    [skipped] = held["skipped"]
+    assert (skipped["runbook"], skipped["kind"]) == ("db-connections", "cooldown")
+    kinds = {e["kind"]: e["text"] for e in held["timeline"]}
+    assert "(cooldown)" in kinds["skipped"]
+    texts = [e["text"] for e in held["timeline"]]
+    assert not any("no runbook matches" in t for t in texts)
+    with PrefectAPI(prefect_api) as api:
+        postmortem = api.latest_artifact(f"{held['id'].lower()}-postmortem")["data"]
+    assert "Write the missing runbook" not in postmortem
+    assert "(cooldown)" in postmortem and "_to be filled in by the responders_" in postmortem

@@ -385,6 +385,11 @@ _RANDOM_BODIES = st.one_of(
     _json.map(_dumps),
     st.text(max_size=60).map(lambda t: urlencode({"payload": t}).encode()),
     st.integers(MAX_BODY + 1, MAX_BODY + 4096).map(lambda n: b"[" * n),
+    # Nested deeper than the receiver's limit, as JSON and inside Slack's form field.
+    st.integers(20, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+    st.integers(20, 3000).map(
+        lambda n: urlencode({"payload": '{"actions": ' + "[" * n + "]" * n + "}"}).encode()
+    ),
 )
 
 
@@ -499,6 +504,11 @@ def test_fuzzed_requests_never_5xx_and_unauthenticated_ones_spool_nothing(make_r
         def check(request, auth, ctype, junk):
             runner.run(one(*request, auth, ctype, junk))
 
+        # The Slack payload that used to end in a RecursionError (a 500), signed.
+        deep = urlencode({"payload": '{"actions": ' + "[" * 5000 + "]" * 5000 + "}"}).encode()
+        check = example(
+            request=("POST", "/approvals/slack", deep), auth="signed", ctype=None, junk={}
+        )(check)
         # Always also: each endpoint's recorded payload, signed and not.
         for path, docs in _RECORDED.items():
             for auth in ("signed", "none"):
@@ -1230,3 +1240,58 @@ async def test_two_receivers_on_one_postgres_store_open_exactly_one_incident_per
         for service in services:
             [incident] = api.incident_runs([f"service:{service}"])
             assert len(_control_inputs(api, incident["id"])) == 19
+
+
+# --- 9. nobody home is loud ------------------------------------------------------------------
+
+
+def test_a_deployment_counts_as_served_only_while_a_runner_polls_or_a_worker_is_online(
+    prefect_api, incident_deployment
+):
+    from datetime import UTC, datetime, timedelta
+
+    from flows.intake import LIVE_POLL_S, served
+
+    with PrefectAPI(prefect_api) as api:
+        assert served(api, "incident/incident") is None  # polled a moment ago
+        later = datetime.now(UTC) + timedelta(seconds=LIVE_POLL_S + 5)
+        why = served(api, "incident/incident", now=later)
+        assert why is not None and why.startswith("no runner serves incident/incident")
+        assert served(api, "nope/nope") == "no deployment nope/nope on this Prefect server"
+        pool = f"pool-{uuid.uuid4().hex[:8]}"
+        http = api._client
+        http.post("/work_pools/", json={"name": pool, "type": "process"}).raise_for_status()
+        flow_id = http.post("/flows/", json={"name": "pooled"}).json()["id"]
+        http.post(
+            "/deployments/",
+            json={"name": pool, "flow_id": flow_id, "work_pool_name": pool},
+        ).raise_for_status()
+        why = served(api, f"pooled/{pool}")
+        assert why == f"no worker of work pool {pool!r} is online to run pooled/{pool}"
+        http.post(f"/work_pools/{pool}/workers/heartbeat", json={"name": "w1"}).raise_for_status()
+        assert served(api, f"pooled/{pool}") is None
+
+
+async def test_an_incident_nobody_would_run_waits_loudly_instead_of_being_scheduled(
+    make_receiver, prefect_api, incident_deployment
+):
+    from flows.intake import NobodyHome
+
+    service = f"alone-{uuid.uuid4().hex[:8]}"
+
+    async def nobody(alert: Alert, intake: dict[str, str]) -> str:  # served() said no
+        raise NobodyHome("no runner serves incident/incident (last polled 75s ago)")
+
+    rx = make_receiver(prefect_api, opener=nobody)
+    async with rx.client() as http:
+        body = _am(service, f"{service}-fp")
+        assert (await http.post("/alerts/alertmanager", json=body, headers=_bearer())).is_success
+        with pytest.raises(NobodyHome):
+            await rx.dispatcher.drain()
+        health = (await http.get("/healthz")).json()
+    assert health["status"] == "degraded" and "no runner serves" in health["reasons"][0]
+    [waiting] = rx.spool.entries("pending")
+    assert waiting.attempts == 0, "a wait, not a refusal: never quarantined for it"
+    assert "no runner serves" in waiting.error
+    with PrefectAPI(prefect_api) as api:
+        assert api.incident_runs([f"service:{service}"]) == [], "nothing scheduled to nobody"
