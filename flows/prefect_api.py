@@ -187,6 +187,10 @@ class PrefectAPI:
         flow_id = self._call("POST", "/flows/", json={"name": flow_name}).json()["id"]
         return self._call("POST", "/flow_runs/", json={**body, "flow_id": flow_id}).json()
 
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Updates fields of a flow run (name, tags, infrastructure_pid …)."""
+        self._call("PATCH", f"/flow_runs/{run_id}", json=fields)
+
     def resume(self, run_id: str, run_input: dict[str, Any]) -> dict[str, Any]:
         """Resumes a paused run with input; returns Prefect's orchestration result.
 

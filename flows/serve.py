@@ -98,12 +98,15 @@ class LocalIncidents:
             "tags": creation_tags(alert),
             "state": {"type": "PENDING", "name": "Pending"},
             "idempotency_key": f"oncall-intake-{intake['registration']}",
-            "infrastructure_pid": self.owner,
         }
 
         def create() -> dict[str, Any]:
             with PrefectAPI(str(PREFECT_API_URL.value())) as api:
-                return api.create_run(incident.name, body)
+                run = api.create_run(incident.name, body)
+                if run["state"]["type"] == "PENDING":  # ours: whose process runs it (reap)
+                    api.update_run(run["id"], infrastructure_pid=self.owner)
+                    run["infrastructure_pid"] = self.owner
+                return run
 
         created = await asyncio.to_thread(create)
         run_id = str(created["id"])
