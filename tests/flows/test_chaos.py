@@ -4,7 +4,7 @@ incidents, no accepted alert lost and none delivered twice.
 - receiver SIGKILL mid-storm: two ``oncall serve --no-runner`` receivers in front of one
   Prefect server on PostgreSQL, sharing the intake store in PostgreSQL; one is killed -9
   half-way, the sender moves to the other (as Alertmanager retries a refused delivery);
-- Prefect down for 60 s while alerts keep arriving;
+- Prefect (on PostgreSQL) down for 60 s while alerts keep arriving;
 - an oversized alert in the middle of a storm;
 - partial resolves, and re-fires after a resolve, through ``oncall serve`` running its
   incidents in-process (no runbooks routed: the incident only tracks its alerts).
@@ -33,7 +33,7 @@ import pytest
 
 from flows.prefect_api import PrefectAPI
 from flows.spool import Spool
-from tests.e2e.test_scale_out import _PROBLEM, PrefectOnPostgres, _server_environ
+from tests.e2e.test_scale_out import _PROBLEM, PrefectOnPostgres
 from tests.oncall_proc import stop
 from tests.pg import MACHINE_DSN
 
@@ -271,18 +271,16 @@ def test_two_receivers_share_the_store_and_a_receiver_killed_mid_storm_loses_not
     print(f"chaos kill: {figures}, refused while dying: {sender.refused}")
 
 
-def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(tmp_path: Path):
-    home = tmp_path / "prefect-home"
-    api_url = f"http://127.0.0.1:{_free_port()}/api"
+@pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(
+    prefect_pg: PrefectOnPostgres, tmp_path: Path
+):
+    api_url = prefect_pg.api
     store = f"sqlite:///{tmp_path / 'intake.db'}"
-    from flows import server
-
-    with _server_environ(home):
-        server.start(api_url, wait_s=180)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
         "PREFECT_API_URL": api_url,
-        "PREFECT_HOME": str(home),
+        "PREFECT_HOME": str(tmp_path / "home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RECEIVER_TOKEN": TOKEN,
         "INTAKE_STORE": store,
@@ -297,8 +295,7 @@ def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(tmp_path: Path):
         with RunnerPoll(api_url, _incident_deployment(api_url)):
             sender.storm([_am(s, f"{s}-a") for s in before], rate=20)
             _wait(lambda: _settled(store, sender.accepted), 60, "the first alerts")
-            with _server_environ(home):
-                server.stop()
+            prefect_pg.stop()
             down_at = time.monotonic()
             storm = [_am(s, f"{s}-{fp}") for s in before + during for fp in ("b", "c")]
             sender.storm(storm * 3, rate=10)  # each sent three times
@@ -311,15 +308,12 @@ def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(tmp_path: Path):
             )
             assert health["status"] == "degraded" and health["pending"] > 0
             time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
-            with _server_environ(home):
-                server.start(api_url, wait_s=180)
+            prefect_pg.start()
             settled = _wait(lambda: _settled(store, sender.accepted), 120, "the replay")
             with PrefectAPI(api_url) as api:
                 figures = _check(api, settled, {s: 1 for s in before + during})
     finally:
         stop(proc)
-        with _server_environ(home):
-            server.stop()
     assert figures == {"opened": 6, "joined": 9}
     assert len(set(sender.accepted)) == 3 + 12 and sender.duplicates == 24
     print(f"chaos outage: {figures}, duplicates refused at the door: {sender.duplicates}")
