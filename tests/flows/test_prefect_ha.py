@@ -129,9 +129,10 @@ def _ha_layout(tmp_path: Path) -> Iterator[tuple[list[str], list[subprocess.Pope
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-@pytest.mark.skipif(
-    _PROBLEM is not None or _redis_problem() is not None, reason=_PROBLEM or _redis_problem()
-)
+_MISSING = _PROBLEM or _redis_problem()
+
+
+@pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 def test_two_receivers_over_prefects_ha_layout_survive_losing_an_api_replica(tmp_path: Path, pgdb):
     store = f"postgresql://postgres@127.0.0.1:5432/{pgdb.name}"
     run = uuid.uuid4().hex[:6]
