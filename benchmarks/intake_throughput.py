@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -284,13 +285,12 @@ def main() -> None:
                 entry = handled.get(answer["ids"][0])
                 if entry is not None and (entry.outcome or {}).get("action") == "opened":
                     opened_at[service] = answer["sent"]
-            with httpx.Client(base_url=api_url, timeout=30) as api:
-                created = len(
-                    api.post(
-                        "/flow_runs/filter",
-                        json={"flow_runs": {"tags": {"all_": ["incident"]}}, "limit": 1000},
-                    ).json()
-                )
+            from flows.prefect_api import PrefectAPI
+
+            with PrefectAPI(api_url) as api:
+                runs = api.incident_runs(limit=200)
+            created = len(runs)
+            per_service = Counter(t for r in runs for t in r["tags"] if t.startswith("service:"))
             findings = first_findings(api_url, opened_at)
 
     served = [x for x in lat if x == x]
@@ -330,7 +330,9 @@ def main() -> None:
             unit="incidents",
             baseline=args.services,
             baseline_name="expected",
-            goal=args.services,
+            note="exactly as expected"
+            if created == args.services and set(per_service.values()) == {1}
+            else f"MISMATCH: per service {dict(per_service)}",
         ),
     ]
     if found:

@@ -105,46 +105,54 @@ class Spool(IncidentRegistry):
         self.url = str(url)
         self.clock = clock
         self.dedup_window_s = dedup_window_s
-        self._lock = threading.Lock()
         self.postgres = self.url.startswith(("postgresql://", "postgres://", "postgresql+"))
+        self.p = f"{SCHEMA}." if self.postgres else ""
+        # Two connections: accepting (every commit durable before the 202) and the rest
+        # (claims, outcomes, incidents), whose commits need not wait for the disk — a state
+        # lost to a power cut is redone idempotently (input keys, run idempotency keys).
+        self._durable = (self._connect(durable=True), threading.Lock())
+        self._relaxed = (self._connect(durable=False), threading.Lock())
+        with self._tx() as cur:
+            if self.postgres:
+                cur.execute("SELECT pg_advisory_xact_lock(4242001)")  # one creator at a time
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            for statement in _TABLES.format(p=self.p, i="").split(";"):
+                cur.execute(statement)
+
+    def _connect(self, *, durable: bool) -> Any:
         if self.postgres:
             import psycopg
 
             dsn = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", self.url)
             try:
-                self._conn: Any = psycopg.connect(dsn, autocommit=False, connect_timeout=10)
+                conn = psycopg.connect(dsn, autocommit=False, connect_timeout=10)
             except psycopg.Error as exc:
                 raise ConfigError(f"intake store: cannot connect to PostgreSQL: {exc}") from None
-            prefix, index = f"{SCHEMA}.", ""
-            with self._tx() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(4242001)")  # one creator at a time
-                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-                for statement in _TABLES.format(p=prefix, i=index).split(";"):
-                    cur.execute(statement)
-        else:
-            path = Path(self.url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # every commit fsyncs: durable on 202
-            self._conn.executescript(_TABLES.format(p="", i=""))
-        self.p = f"{SCHEMA}." if self.postgres else ""
+            if not durable:
+                conn.execute("SET synchronous_commit = off")
+                conn.commit()
+            return conn
+        path = Path(self.url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        return conn
 
     # --- plumbing --------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, durable: bool = False) -> Iterator[Any]:
         """One transaction; SQLite's is IMMEDIATE (the writer lock up front: no upgrade race)."""
-        with self._lock:
-            cur = self._conn.cursor()
+        conn, lock = self._durable if durable else self._relaxed
+        with lock:
+            cur = conn.cursor()
             if self.postgres:
                 try:
                     yield _PgCursor(cur)
-                    self._conn.commit()
+                    conn.commit()
                 except BaseException:
-                    self._conn.rollback()
+                    conn.rollback()
                     raise
                 finally:
                     cur.close()
@@ -162,8 +170,9 @@ class Spool(IncidentRegistry):
             cur.execute("SELECT pg_advisory_xact_lock(4242002)")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        for conn, lock in (self._durable, self._relaxed):
+            with lock:
+                conn.close()
 
     # --- accepting -------------------------------------------------------------------
 
@@ -176,7 +185,7 @@ class Spool(IncidentRegistry):
         window is a duplicate, unless the incident the first one went to has closed since."""
         now = self.clock()
         out: list[tuple[str, bool]] = []
-        with self._tx() as cur:
+        with self._tx(durable=True) as cur:
             for alert in alerts:
                 key = idempotency_key(alert)
                 new_id = uuid.uuid4().hex
