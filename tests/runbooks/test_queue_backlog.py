@@ -341,7 +341,7 @@ def test_drill_runs_end_to_end_and_passes():
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P2", card
-    assert card.verdicts["detect"] == "within SLA" and card.verdicts["verify"] == "within SLA"
+    assert card.verdicts["detect"] == "met" and card.verdicts["verify"] == "met"
     [action] = card.actions
     assert action.startswith("Scale workers of oncall-drill-") and ": done (2 → " in action
     assert card.approvals == ["approved by ci via cli-preapproved"]
