@@ -256,7 +256,6 @@ def test_drill_runs_end_to_end_and_passes():
     from rich.console import Console
 
     from flows.drills import DRILLS
-
     from runbooks.catalog import RUNBOOKS
 
     shown = io.StringIO()
