@@ -105,6 +105,19 @@ def _alertmanager(
     }
 
 
+def _listed(inc_id: str) -> dict:
+    """The incident's row in ``oncall incidents --json``."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "incidents", "--json"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    [row] = [r for r in json.loads(listed.stdout) if r["id"] == inc_id]
+    return row
+
+
 async def _start(cfg, alert, **kwargs):
     """Starts the incident flow in this process; returns (task, events list)."""
     from prefect import tags
@@ -278,14 +291,7 @@ async def test_escalation_fires_in_order_and_stops_on_ack(pgdb, saas, prefect_ap
     assert ack.returncode == 0, ack.stderr
     await _wait_for(events, "timeline", where=lambda d: "dave acknowledged" in d["entry"].text)
     await asyncio.sleep(2)
-    listed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "incidents", "--json"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
-    [row] = [r for r in json.loads(listed.stdout) if r["id"] == inc_id]
+    row = _listed(inc_id)
     assert row["acked"] and row["status"] == "investigating" and row["severity"] == "P1"
     resolve = subprocess.run(
         [
@@ -327,14 +333,7 @@ async def test_escalation_fires_in_order_and_stops_on_ack(pgdb, saas, prefect_ap
     assert pm.returncode == 0, pm.stderr
     text = out.read_text()
     assert "dave" in text and "Escalated to Incident Commander, On-call Manager" in text
-    listed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "incidents", "--json"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
-    [row] = [r for r in json.loads(listed.stdout) if r["id"] == inc_id]
+    row = _listed(inc_id)
     assert "; SLA: breached" in text and row["sla"] == "breached", (row, text)
 
 
