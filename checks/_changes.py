@@ -91,7 +91,8 @@ async def deploy_events(
             key=lambda v: appeared[v],
             default=None,
         )
-        appeared.pop(version, None)
+        if version is not None:
+            del appeared[version]
         what = f"version {version}" if version else None
         events.append(DeployEvent(at=at, what=what, source="app_deploy_timestamp_seconds"))
     events += [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import httpx
@@ -225,7 +226,7 @@ async def sweep_http(
         return result
 
     try:
-        results = await bounded([lambda i=i: one(i) for i in endpoints], concurrency)
+        results = await bounded([partial(one, i) for i in endpoints], concurrency)
     finally:
         if owned:
             await shared.aclose()
@@ -274,7 +275,7 @@ async def postgres_batch(
         on_done(len(services))
         return [result.model_copy(update={"service": s}) for s in services]
 
-    calls = [lambda t=t, s=s: one(t, s) for t, s in users.values()]
+    calls = [partial(one, t, s) for t, s in users.values()]
     return [r for batch in await bounded(calls, concurrency) for r in batch]
 
 
@@ -315,7 +316,7 @@ async def queue_batch(
         on_done(1)
         return result
 
-    return await bounded([lambda s=s, t=t: one(s, t) for s, t in items], concurrency)
+    return await bounded([partial(one, s, t) for s, t in items], concurrency)
 
 
 # --- Prometheus ----------------------------------------------------------------------

@@ -39,10 +39,10 @@ class Sla(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    acknowledge: float | None = Field(None, description="Someone acknowledges the page")
-    investigate: float | None = Field(None, description="Investigation has started")
-    status_update: float | None = Field(None, description="The first status update is out")
-    resolve: float | None = Field(None, description="The incident is resolved")
+    acknowledge: float | None = Field(default=None, description="Someone acknowledges the page")
+    investigate: float | None = Field(default=None, description="Investigation has started")
+    status_update: float | None = Field(default=None, description="The first status update is out")
+    resolve: float | None = Field(default=None, description="The incident is resolved")
 
 
 DEFAULT_SLA: dict[Severity, Sla] = {
@@ -100,7 +100,7 @@ class SlaRow(BaseModel):
     target_s: float | None
     took_s: float | None = Field(description="Seconds from opening until done; None if not yet")
     verdict: SlaVerdict | None = Field(description="None when the severity has no such SLA")
-    due: datetime | None = Field(None, description="When a pending measure breaches")
+    due: datetime | None = Field(default=None, description="When a pending measure breaches")
 
 
 class SlaAssessment(BaseModel):

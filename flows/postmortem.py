@@ -167,7 +167,8 @@ def postmortem_markdown(incident: Incident, sla: Sla, now: datetime | None = Non
             verdict = f"pending (due {row.due:%H:%M:%S} UTC)"
         out.append(f"| {row.measure} | {_fmt(row.took_s)} | {_fmt(row.target_s)} | {verdict} |")
     mitigate_s = judged.row("mitigate").took_s if incident.mitigated_at else None
-    well, better = [], []
+    well: list[str] = []
+    better: list[str] = []
     acked = judged.row("acknowledge")
     if ack_s is not None and acked.verdict is not None:
         (well if acked.verdict is SlaVerdict.MET else better).append(
