@@ -51,7 +51,7 @@ class IncidentRun:
         self.inc = incident
         self.requested_by = requested_by
         self.logger = get_run_logger()
-        self.timeline = Timeline(incident, extra_tags, self.logger)
+        self.timeline = Timeline(incident, extra_tags, self.logger, config.sla_for)
         self.notifier = Notifier(config.notifications, report=self._notified)
         self.escalation = Escalation(config, incident, self.timeline, self.notifier)
         self.launcher = Launcher(
@@ -139,6 +139,7 @@ class IncidentRun:
             )
             if r.status in ("done", "partial") and self.inc.mitigated_at is None:
                 self.inc.mitigated_at = datetime.now(UTC)
+                await self.timeline.sync_run()  # the SLA labels carry the mitigation time
 
     async def finished(self, name: str, report: RunbookReport | BaseException) -> None:
         if isinstance(report, BaseException):  # a crashed runbook is a fact on the timeline

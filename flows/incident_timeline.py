@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect.artifacts import acreate_markdown_artifact
@@ -12,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 
 from flows.config import Sla
-from flows.incident_model import Incident, incident_tags
+from flows.incident_model import Incident, incident_labels, incident_tags
 from flows.postmortem import postmortem_markdown
 from runbooks.engine import live
 
@@ -24,8 +25,15 @@ ARTIFACT_EVERY_S = 2.0  # artifacts are rewritten at most this often (each write
 class Timeline:
     """Writes what happens to one incident where people and tools look for it."""
 
-    def __init__(self, incident: Incident, extra_tags: list[str], logger: Any) -> None:
+    def __init__(
+        self,
+        incident: Incident,
+        extra_tags: list[str],
+        logger: Any,
+        sla_for: Callable[[Any], Sla],
+    ) -> None:
         self.inc = incident
+        self.sla_for = sla_for
         self.extra_tags = extra_tags
         self.logger = logger
         self.dirty = True
@@ -58,13 +66,16 @@ class Timeline:
         )
 
     async def sync_run(self) -> None:
-        """Puts the incident's state in its flow run's name and tags."""
+        """Puts the incident's state in its flow run's name, tags and labels."""
         async with get_client() as client:
             await client.update_flow_run(
                 self.inc.flow_run_id,
                 name=self.inc.run_name,
                 tags=[*incident_tags(self.inc), *self.extra_tags],
             )
+            # What `oncall incidents` needs to judge the SLA as the post-mortem does.
+            labels = incident_labels(self.inc, self.sla_for(self.inc.severity))
+            await client.update_flow_run_labels(self.inc.flow_run_id, labels)
 
     async def write_artifacts(
         self, runbook_lines: list[str], sla: Sla, force: bool = False
