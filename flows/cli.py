@@ -434,7 +434,7 @@ def server_stop() -> None:
 
 
 # The incident and intake commands register themselves on `app` (flows.cli_base).
-from flows import cli_incident  # noqa: E402,F401
+from flows import cli_incident, cli_intake  # noqa: E402,F401
 
 
 def main() -> None:

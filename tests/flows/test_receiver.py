@@ -1295,3 +1295,34 @@ async def test_an_incident_nobody_would_run_waits_loudly_instead_of_being_schedu
     assert "no runner serves" in waiting.error
     with PrefectAPI(prefect_api) as api:
         assert api.incident_runs([f"service:{service}"]) == [], "nothing scheduled to nobody"
+
+
+def test_oncall_intake_lists_pending_and_quarantined_alerts_and_replays_one(tmp_path):
+    from tests.oncall_proc import oncall
+
+    store = tmp_path / "intake.db"
+    config = tmp_path / "oncall.yaml"
+    config.write_text(f"receiver:\n  store: sqlite:///{store}\n")
+    spool = Spool(store)
+    [refused, waiting] = [
+        Alert(source="generic", service=s, title="down") for s in ("refused", "waiting")
+    ]
+    refused_id, _ = spool.put(refused)
+    spool.put(waiting)
+    spool.quarantine(refused_id, "Prefect API: HTTP 422 parameters too large")
+    spool.close()
+    listed = oncall("intake", "list", "--config", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    answer = json.loads(listed.stdout)
+    assert (answer["stats"]["pending"], answer["stats"]["quarantined"]) == (1, 1)
+    [row] = [r for r in answer["alerts"] if r["state"] == "quarantined"]
+    assert row["id"] == refused_id and "HTTP 422" in row["error"]
+    table = oncall("intake", "list", "--config", str(config))
+    assert "1 pending" in table.stdout and "1 quarantined" in table.stdout
+    replayed = oncall("intake", "replay", refused_id[:8], "--config", str(config))
+    assert replayed.returncode == 0 and "pending again" in replayed.stdout
+    again = json.loads(oncall("intake", "list", "--config", str(config), "--json").stdout)
+    assert again["stats"]["quarantined"] == 0 and again["stats"]["pending"] == 2
+    for args in (("list", "--state", "nope"), ("replay", "0000000000")):
+        bad = oncall("intake", *args, "--config", str(config))
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
