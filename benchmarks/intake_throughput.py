@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -152,25 +153,41 @@ def storm_plan(rate: float, seconds: float, services: int, seed: int = 42) -> li
     return plan
 
 
-async def blast(url: str, plan: list[tuple]) -> tuple[list[float], list[dict], float]:
-    """Sends the plan open-loop; (latencies, answers, wall seconds)."""
+async def blast(
+    url: str, plan: list[tuple], senders: int = 64
+) -> tuple[list[float], list[dict], float]:
+    """Sends the plan open-loop from ``senders`` connections; (latencies, answers, wall s).
+
+    A latency runs from the request's scheduled time to its answer, so time spent queued
+    behind a slow server counts (no coordinated omission). Each sender has a connection
+    of its own: one shared httpx pool re-scans its waiting requests on every release and
+    became the bottleneck under a backlog."""
     latencies: list[float] = [float("nan")] * len(plan)
     answers: list[dict] = [{}] * len(plan)
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
-        began = time.perf_counter()
+    bodies = [json.dumps(p).encode() for _, _, p in plan]
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    began, wall0 = time.perf_counter(), time.time()
 
-        async def one(i: int, at: float, payload: dict) -> None:
-            await asyncio.sleep(max(0.0, began + at - time.perf_counter()))
-            sent = time.perf_counter()
-            response = await http.post("/alerts/alertmanager", json=payload, headers=headers)
-            latencies[i] = time.perf_counter() - sent
-            body = response.json() if response.status_code == 202 else {}
-            answers[i] = {"status": response.status_code, "sent": time.time(), **body}
+    async def sender() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+            while (i := await queue.get()) is not None:
+                response = await http.post(
+                    "/alerts/alertmanager", content=bodies[i], headers=headers
+                )
+                latencies[i] = time.perf_counter() - (began + plan[i][0])
+                body = response.json() if response.status_code == 202 else {}
+                answers[i] = {"status": response.status_code, "sent": wall0 + plan[i][0], **body}
 
-        await asyncio.gather(*(one(i, at, p) for i, (at, _, p) in enumerate(plan)))
-        return latencies, answers, time.perf_counter() - began
+    workers = [asyncio.create_task(sender()) for _ in range(senders)]
+    for i, (at, _, _) in enumerate(plan):
+        await asyncio.sleep(max(0.0, began + at - time.perf_counter()))
+        queue.put_nowait(i)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return latencies, answers, time.perf_counter() - began
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import inspect
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ CONTROL_PREFIX = "oncall-ctl-"
 MAX_ALERT_JSON = 64 * 1024
 _FIELD_STEPS = (8192, 1024, 128)
 _TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+STATE_TTL_S = 5.0
 LIVE_POLL_S = 60.0  # a runner that polled within this is alive (Prefect's own NOT_READY: 60 s)
 
 
@@ -200,6 +202,15 @@ async def open_by_deployment(
     return str(run.id)
 
 
+def _config_or_none() -> Any:
+    """oncall.yaml ($ONCALL_CONFIG, as ``oncall serve`` sets it for its runs), if any: its
+    ``receiver.store`` is the store every receiver of this installation shares."""
+    from flows.config import find_config, load_config
+
+    path = find_config(None)
+    return load_config(path) if path else None
+
+
 def _run_state(api: PrefectAPI, run_id: str) -> str:
     try:
         return api.flow_run(run_id)["state"]["type"]
@@ -223,6 +234,7 @@ class Intake:
         self.api_url = api_url
         self.opener = opener
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._states: dict[str, tuple[str, float]] = {}  # run id -> (state type, read at)
 
     async def handle(self, entry: Entry, api: PrefectAPI) -> Submission | None:
         """Handles one alert; None when it went back to the queue (why: ``entry.error``)."""
@@ -257,7 +269,7 @@ class Intake:
         for _ in range(3):  # an incident closing under our feet: look again
             reg = await asyncio.to_thread(self.store.registration, alert.service)
             if reg is not None and reg.state == "open" and reg.run_id:
-                state = await asyncio.to_thread(_run_state, api, reg.run_id)
+                state = await self._run_state(api, reg.run_id)
                 if state in _TERMINAL:  # killed without closing: it takes no more alerts
                     await asyncio.to_thread(
                         self.store.close_run, reg.run_id, f"its run ended {state.lower()}"
@@ -297,6 +309,16 @@ class Intake:
         if reg is not None and reg.state == "opening" and reg.owner in (None, self.owner):
             await asyncio.to_thread(self.store.abandon, reg.id, f"quarantined: {reason}")
 
+    async def _run_state(self, api: PrefectAPI, run_id: str) -> str:
+        """The run's state type, read at most every STATE_TTL_S per run: a run that dies is
+        found by the next read or the reconcile, and joining stays atomic in the store."""
+        now = time.monotonic()
+        cached = self._states.get(run_id)
+        if cached is None or now - cached[1] > STATE_TTL_S or cached[0] in _TERMINAL:
+            cached = (await asyncio.to_thread(_run_state, api, run_id), now)
+            self._states[run_id] = cached
+        return cached[0]
+
     async def reconcile(self, api: PrefectAPI) -> list[str]:
         """Closes the registrations of incidents whose run ended without closing them."""
         closed = []
@@ -326,7 +348,7 @@ async def submit(
             return await plain(alert)
 
     own = store is None
-    store = store or Spool(store_url())
+    store = store or Spool(store_url(_config_or_none()))
     try:
         entry_id, new = await asyncio.to_thread(store.put, alert)
         if not new:

@@ -31,6 +31,7 @@ from flows.config import OncallConfig
 from flows.intake import Intake, Opener
 from flows.prefect_api import PrefectAPI
 from flows.spool import Entry, Spool
+from flows.spool_commit import GroupCommit
 from integrations import slack
 from integrations.alerts import parse_alerts
 from integrations.errors import ConfigError, OncallError
@@ -183,6 +184,7 @@ def create_app(
 ) -> FastAPI:
     """The receiver's FastAPI app (OpenAPI at /openapi.json, docs at /docs)."""
     rc = config.receiver
+    accepting = GroupCommit(spool)
     app = FastAPI(
         title="oncall-runbooks receiver",
         version="1",
@@ -222,7 +224,7 @@ def create_app(
                 alert.model_dump_json()
         except ValueError:
             return _problem(422, "alert payload: text is not valid Unicode (unpaired surrogate)")
-        stored = await asyncio.to_thread(spool.put_many, alerts)  # committed: durable
+        stored = await accepting.put_many(alerts)  # committed: durable
         keys = [key for key, _ in stored]
         duplicates = sum(not new for _, new in stored)
         dispatcher.wake.set()
