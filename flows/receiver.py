@@ -46,6 +46,7 @@ MAX_DEPTH = 32  # no alert source nests deeper; Python's JSON parser overflows n
 CLAIM_BATCH = 256
 RECONCILE_S = 30.0  # how often open incidents are checked for runs that died
 IDLE_POLL_S = 2.0
+PRUNE_S = 600.0  # handled alerts older than a week go, checked this often
 STUCK_S = 30.0  # a pending alert older than this makes /healthz degraded
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -74,6 +75,7 @@ class Dispatcher:
         self.last_error = ""
         self._slots = asyncio.Semaphore(concurrency)
         self._reconciled = 0.0
+        self._pruned = 0.0
 
     @property
     def api_url(self) -> str:
@@ -143,7 +145,9 @@ class Dispatcher:
             try:
                 await self.drain()
                 delay = 1.0
-                await asyncio.to_thread(self.spool.prune)
+                if time.monotonic() - self._pruned > PRUNE_S:
+                    self._pruned = time.monotonic()
+                    await asyncio.to_thread(self.spool.prune)
             except Exception as exc:  # Prefect away or failing: alerts stay stored
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("dispatch paused (%s); retrying in %.0fs", exc, delay)
