@@ -122,16 +122,18 @@ class IncidentRegistry:
         """An opening that will not happen (its alert was refused): the claim goes."""
         self._close(reg_id, reason)
 
+    def _locked_state(self, cur: Any, reg_id: str) -> str | None:
+        """The registration's state, its row locked until the transaction ends (SQLite's
+        IMMEDIATE transaction already holds the only writer lock)."""
+        lock = " FOR UPDATE" if self.postgres else ""
+        cur.execute(f"SELECT state FROM {self.p}incidents WHERE id = ?{lock}", (reg_id,))
+        row = cur.fetchone()
+        return row[0] if row else None
+
     def join(self, reg_id: str, entry_id: str) -> bool:
         """Ties the alert to the incident if, and only if, it is still open (atomically)."""
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT state FROM {self.p}incidents WHERE id = ?"
-                + (" FOR UPDATE" if self.postgres else ""),
-                (reg_id,),
-            )
-            row = cur.fetchone()
-            if not row or row[0] != "open":
+            if self._locked_state(cur, reg_id) != "open":
                 return False
             cur.execute(f"UPDATE {self.p}alerts SET incident = ? WHERE id = ?", (reg_id, entry_id))
             return True
@@ -143,13 +145,7 @@ class IncidentRegistry:
         closes anyway). Returns the alerts it had not seen; with ``hand_back``, those still
         firing go back to the queue (they open a new incident)."""
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT state FROM {self.p}incidents WHERE id = ?"
-                + (" FOR UPDATE" if self.postgres else ""),
-                (reg_id,),
-            )
-            row = cur.fetchone()
-            if not row or row[0] == "closed":
+            if self._locked_state(cur, reg_id) in (None, "closed"):
                 return Closing(closed=True, late=[])
             cur.execute(
                 f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts WHERE incident = ? ORDER BY received",
@@ -173,19 +169,14 @@ class IncidentRegistry:
                 )
         return Closing(closed=True, late=late, handed_back=back)
 
-    def _close(self, reg_id: str, reason: str) -> None:
+    def _close(self, reg_id: str, reason: str, column: str = "id") -> None:
         with self._tx() as cur:
             cur.execute(
                 f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
-                f" owner = NULL WHERE id = ? AND state <> 'closed'",
+                f" owner = NULL WHERE {column} = ? AND state <> 'closed'",
                 (self.clock(), reason[:500], reg_id),
             )
 
     def close_run(self, run_id: str, reason: str) -> None:
         """Closes the registration of an incident run that ended without closing it (killed)."""
-        with self._tx() as cur:
-            cur.execute(
-                f"UPDATE {self.p}incidents SET state = 'closed', closed = ?, reason = ?,"
-                f" owner = NULL WHERE run_id = ? AND state <> 'closed'",
-                (self.clock(), reason[:500], run_id),
-            )
+        self._close(run_id, reason, column="run_id")

@@ -35,7 +35,6 @@ from flows.prefect_api import PrefectAPI
 from flows.spool import Spool
 from tests.e2e.test_scale_out import _PROBLEM, PrefectOnPostgres
 from tests.oncall_proc import stop
-from tests.pg import MACHINE_DSN
 
 TOKEN = "chaos-receiver-token-0123456789"
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -235,7 +234,9 @@ def _check(api: PrefectAPI, settled: dict[str, Any], expected: dict[str, int]) -
 
 @pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 def test_two_receivers_share_the_store_and_a_receiver_killed_mid_storm_loses_nothing(
-    prefect_pg: PrefectOnPostgres, tmp_path: Path, pgdb
+    prefect_pg: PrefectOnPostgres,  # noqa: F811  (the fixture)
+    tmp_path: Path,
+    pgdb,
 ):
     store = f"postgresql://postgres@127.0.0.1:5432/{pgdb.name}"
     env = {
@@ -273,7 +274,8 @@ def test_two_receivers_share_the_store_and_a_receiver_killed_mid_storm_loses_not
 
 @pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(
-    prefect_pg: PrefectOnPostgres, tmp_path: Path
+    prefect_pg: PrefectOnPostgres,  # noqa: F811  (the fixture)
+    tmp_path: Path,
 ):
     api_url = prefect_pg.api
     store = f"sqlite:///{tmp_path / 'intake.db'}"
@@ -339,23 +341,6 @@ def in_process_serve(prefect_api, tmp_path_factory):
     yield url, store
     stop(proc)
     print(log.read_text()[-4000:])
-
-
-@pytest.fixture
-def prefect_pg(tmp_path):
-    """A Prefect server of this test's own on a fresh PostgreSQL database (dropped after)."""
-    import psycopg
-
-    srv = PrefectOnPostgres(tmp_path)
-    with psycopg.connect(MACHINE_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{srv.database}"')
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-        with psycopg.connect(MACHINE_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{srv.database}" WITH (FORCE)')
 
 
 def _incident_states(api: PrefectAPI, service: str) -> list[str]:
