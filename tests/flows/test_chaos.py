@@ -33,10 +33,12 @@ import pytest
 
 from flows.prefect_api import PrefectAPI
 from flows.spool import Spool
+from tests.e2e import test_scale_out
 from tests.e2e.test_scale_out import _PROBLEM, PrefectOnPostgres
 from tests.oncall_proc import stop
 
 TOKEN = "chaos-receiver-token-0123456789"
+prefect_pg = test_scale_out.prefect_pg  # the fixture: a Prefect server on a fresh PostgreSQL db
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
@@ -234,7 +236,7 @@ def _check(api: PrefectAPI, settled: dict[str, Any], expected: dict[str, int]) -
 
 @pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 def test_two_receivers_share_the_store_and_a_receiver_killed_mid_storm_loses_nothing(
-    prefect_pg: PrefectOnPostgres,  # noqa: F811  (the fixture)
+    prefect_pg: PrefectOnPostgres,
     tmp_path: Path,
     pgdb,
 ):
@@ -274,7 +276,7 @@ def test_two_receivers_share_the_store_and_a_receiver_killed_mid_storm_loses_not
 
 @pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(
-    prefect_pg: PrefectOnPostgres,  # noqa: F811  (the fixture)
+    prefect_pg: PrefectOnPostgres,
     tmp_path: Path,
 ):
     api_url = prefect_pg.api
