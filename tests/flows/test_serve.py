@@ -193,16 +193,19 @@ def _alert(url: str, fingerprint: str) -> None:
 
 def _fault_alert_and_gate(url: str, faults, api: PrefectAPI):
     """Idle sessions aged past the threshold, an alert → (their pids, the runbook run
-    waiting at its gate)."""
+    waiting at its gate, the alert's fingerprint)."""
     idle = faults.idle_in_transaction(2)
     time.sleep(1.1)
-    _alert(url, f"serve-{uuid.uuid4().hex[:12]}")
-    return idle, _paused_runbook(api)
+    fingerprint = f"serve-{uuid.uuid4().hex[:12]}"
+    _alert(url, fingerprint)
+    return idle, _paused_runbook(api), fingerprint
 
 
-def _approve_and_see_it_through(api: PrefectAPI, child, incident, pgdb, idle) -> None:
+def _approve_and_see_it_through(
+    api: PrefectAPI, child, incident, pgdb, idle, url: str, fingerprint: str
+) -> None:
     """`oncall approve` from another process → the runbook remediates exactly once → the
-    incident verifies recovery and resolves."""
+    incident verifies recovery, and resolves once Alertmanager says its alert resolved."""
     approve = oncall("approve", child["id"], "--as", "bob", timeout=60)
     assert approve.returncode == 0, approve.stderr
     done = _wait(
@@ -214,6 +217,12 @@ def _approve_and_see_it_through(api: PrefectAPI, child, incident, pgdb, idle) ->
     )
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert pgdb.alive(idle) == set()
+    answer = httpx.post(
+        f"{url}/alerts/alertmanager",
+        json=_payload(fingerprint, "resolved"),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 202, answer.text
     resolved = _wait(
         lambda: (lambda r: r if r["state"]["type"] == "COMPLETED" else None)(
             api.flow_run(incident["id"])
@@ -243,13 +252,13 @@ def test_deployed_incident_suspends_its_runbook_which_resumes_once_after_approva
 ):
     url, proc = served
     api = PrefectAPI(prefect_api)
-    idle, child = _fault_alert_and_gate(url, faults, api)
+    idle, child, fingerprint = _fault_alert_and_gate(url, faults, api)
     assert child["state"]["name"] == "Suspended"
     assert child["deployment_id"] is not None
     pending = oncall("pending", "--json", timeout=60)
     assert child["id"] in pending.stdout
     incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
-    _approve_and_see_it_through(api, child, incident, pgdb, idle)
+    _approve_and_see_it_through(api, child, incident, pgdb, idle, url, fingerprint)
 
 
 @pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
@@ -258,14 +267,14 @@ def test_in_process_incident_pauses_its_runbook_and_remediates_once_after_approv
 ):
     url, proc = served
     api = PrefectAPI(prefect_api)
-    idle, child = _fault_alert_and_gate(url, faults, api)
+    idle, child, fingerprint = _fault_alert_and_gate(url, faults, api)
     assert child["state"]["name"] == "Paused"  # a pause in this process, not a suspend
     assert child["deployment_id"] is None and child["parent_task_run_id"] is not None
     incident = api.incident_runs(["service:orders-db"], open_only=True)[0]
     assert incident["deployment_id"] is None
     assert incident["infrastructure_pid"] == f"{socket.gethostname()}:{proc.pid}"
     assert "oncall" in incident["tags"] and any(t.startswith("fp:") for t in incident["tags"])
-    _approve_and_see_it_through(api, child, incident, pgdb, idle)
+    _approve_and_see_it_through(api, child, incident, pgdb, idle, url, fingerprint)
 
 
 _SIGTERM_ONCE_READY = """
