@@ -3,12 +3,15 @@
 - ``POST /alerts/alertmanager`` and ``/alerts/generic``: bearer token;
   ``/alerts/sentry``: Sentry's HMAC signature; ``/alerts/pagerduty``: PagerDuty v3
   signature. Anything unauthenticated gets 401 and starts nothing.
-- Every accepted alert is written to the spool (fsynced) before the 202; a background
-  dispatcher hands spooled alerts to the intake (join or open) and keeps them while
-  the Prefect API is unreachable.
+- Every accepted alert is committed to the intake store (flows/spool.py, group-committed:
+  flows/spool_commit.py) before the 202; a background dispatcher hands each one to the
+  intake (join or open, flows/intake.py) on its own, keeps them while the Prefect API is
+  unreachable, and quarantines the ones refused for good. ``GET /healthz`` says ok or
+  degraded, and why.
 - ``POST /approvals/slack``: Slack's interactive buttons, verified with the signing
   secret; the verified Slack user is the approver identity.
-- Bad bodies get a 4xx naming the problem, never a 5xx.
+- Bad bodies get a 4xx naming the problem (JSON nested deeper than MAX_DEPTH too), never
+  a 5xx.
 """
 
 from __future__ import annotations
