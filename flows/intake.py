@@ -205,10 +205,19 @@ async def open_by_deployment(
 def _config_or_none() -> Any:
     """oncall.yaml ($ONCALL_CONFIG, as ``oncall serve`` sets it for its runs), if any: its
     ``receiver.store`` is the store every receiver of this installation shares."""
-    from flows.config import find_config, load_config
+    import logging
 
-    path = find_config(None)
-    return load_config(path) if path else None
+    from flows.config import find_config, load_config
+    from integrations.errors import ConfigError
+
+    try:
+        path = find_config(None)
+        return load_config(path) if path else None
+    except ConfigError as exc:  # e.g. a service secret this process has no access to
+        logging.getLogger("oncall.intake").warning(
+            "oncall.yaml unreadable here (%s): the local intake store is used", exc
+        )
+        return None
 
 
 def _run_state(api: PrefectAPI, run_id: str) -> str:
