@@ -212,7 +212,7 @@ asyncio.run(main())
 """
 
 
-def _alertmanager(fingerprint: str) -> dict[str, Any]:
+def _alertmanager(fingerprint: str, status: str = "firing") -> dict[str, Any]:
     # Alertmanager webhook v4: https://prometheus.io/docs/alerting/latest/configuration/#webhook_config
     labels = {
         "alertname": "PostgresTooManyConnections",
@@ -222,7 +222,7 @@ def _alertmanager(fingerprint: str) -> dict[str, Any]:
     return {
         "version": "4",
         "groupKey": "{}:{}",
-        "status": "firing",
+        "status": status,
         "receiver": "oncall",
         "groupLabels": {},
         "commonLabels": labels,
@@ -231,7 +231,7 @@ def _alertmanager(fingerprint: str) -> dict[str, Any]:
         "truncatedAlerts": 0,
         "alerts": [
             {
-                "status": "firing",
+                "status": status,
                 "labels": labels,
                 "annotations": {"summary": "orders-db connections exhausted"},
                 "startsAt": "2026-11-23T10:00:00Z",
@@ -456,6 +456,18 @@ def test_worker_runs_incident_and_a_suspended_runbook_survives_a_server_restart(
     assert [t["state"]["name"] for t in task_runs].count("Cached") == 1
 
     _mark("runbook finished")
+    # Alertmanager says the alert resolved: the incident, healthy again, resolves.
+    resolve = subprocess.run(
+        [sys.executable, "-c", _INTAKE, prefect_pg.api],
+        input=json.dumps(_alertmanager(fingerprint, "resolved")),
+        env=worker["env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resolve.returncode == 0, resolve.stderr[-3000:]
+    assert json.loads(resolve.stdout.strip().splitlines()[-1])["action"] == "joined"
     resolved = _wait(
         lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
             api.flow_run(incident_id)
