@@ -120,12 +120,9 @@ def _print_json(data: Any) -> None:
 
 
 def _spec(name: str):
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS.get(name)
-    if spec is None:
-        raise ConfigError(f"unknown runbook {name!r} (known: {', '.join(RUNBOOKS)})")
-    return spec
+    return require(name)
 
 
 def _params(spec, pairs: list[str]):
@@ -201,20 +198,21 @@ def _ensure_server(console, wait: bool = True) -> str:
 @app.command("runbooks")
 def runbooks_cmd(json_out: JsonOpt = False) -> None:
     """Lists the runbooks: what each diagnoses, what it may change, and at what risk."""
-    from runbooks.catalog import RUNBOOKS
+    from flows.cards import cards
 
+    listed = cards()
     if json_out:
         _print_json(
             [
                 {
-                    "name": s.name,
-                    "summary": s.summary,
-                    "diagnoses": s.diagnoses,
-                    "changes": [{"action": a, "risk": str(r)} for a, r in s.changes],
-                    "target": s.target,
-                    "parameters": s.params.model_json_schema()["properties"],
+                    "name": c["name"],
+                    "summary": c["summary"],
+                    "diagnoses": c["diagnoses"],
+                    "changes": [{"action": x["what"], "risk": x["risk"]} for x in c["changes"]],
+                    "targets": c["targets"],
+                    "parameters": c["params"]["properties"],
                 }
-                for s in RUNBOOKS.values()
+                for c in listed
             ]
         )
         return
@@ -223,12 +221,12 @@ def runbooks_cmd(json_out: JsonOpt = False) -> None:
     table = Table(title="Runbooks", show_lines=True)
     for column in ("runbook", "diagnoses", "may change", "risk"):
         table.add_column(column)
-    for spec in RUNBOOKS.values():
+    for c in listed:
         table.add_row(
-            f"[bold]{spec.name}[/bold]\n{spec.summary}",
-            "\n".join(f"• {d}" for d in spec.diagnoses),
-            "\n".join(f"• {a}" for a, _ in spec.changes),
-            "\n".join(str(r) for _, r in spec.changes),
+            f"[bold]{c['name']}[/bold]\n{c['summary']}\n[dim]targets: {c['targets']}[/dim]",
+            "\n".join(f"• {d}" for d in c["diagnoses"]),
+            "\n".join(f"• {x['what']}" for x in c["changes"]),
+            "\n".join(x["risk"] for x in c["changes"]),
         )
     _console().print(table)
 
@@ -270,12 +268,9 @@ def run_cmd(
             if path is None:
                 raise ConfigError("--service needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
             service = load_config(path).service(service_name)
-            if not getattr(service, spec.target, None):
-                raise ConfigError(
-                    f"{spec.name} needs a {spec.target} target; service {service_name!r} has none"
-                )
         else:
             service = _dsn_service(dsn)
+        spec.targets.require(spec.name, service)  # one line now, not a flow that fails later
         console = _console(json_out)
         _ensure_server(console, wait=False)
         from flows.execute import run_runbook

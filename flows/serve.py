@@ -37,7 +37,7 @@ from flows.receiver import Dispatcher, create_app
 from flows.server import ensure, prefect_home
 from flows.spool import Spool
 from integrations.alerts import Alert
-from runbooks.catalog import RUNBOOKS
+from runbooks.catalog import runbooks
 
 __all__ = ["LocalIncidents", "build_deployments", "serve"]
 
@@ -212,12 +212,12 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
 
     from flows import runbook_flows
 
-    for spec in RUNBOOKS.values():
-        deployment = await getattr(runbook_flows, spec.flow).ato_deployment(
-            spec.name, tags=["oncall", f"runbook:{spec.name}"], description=spec.summary
+    for runbook in runbooks():
+        deployment = await runbook.flow.ato_deployment(
+            runbook.name, tags=["oncall", f"runbook:{runbook.name}"], description=runbook.summary
         )
         # Runs import the flow through flows.runbook_flows, which resolves service names.
-        deployment.entrypoint = f"{runbook_flows.__name__}.{spec.flow}"
+        deployment.entrypoint = f"{runbook_flows.__name__}.{runbook.entry}"
         deployment._entrypoint_type = EntrypointType.MODULE_PATH
         deployments.append(deployment)
     if config.health.enabled:

@@ -7,26 +7,79 @@ preview → gate → re-validate each backend and act → verify.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
-from prefect import flow
+from pydantic import Field
 
 from checks import postgres as pg
-from checks.findings import Finding, timed
+from checks.findings import Finding
 from integrations.postgres import PostgresOperator, PostgresReader, PostgresTarget
 from integrations.service import Service
 from runbooks.engine.guard import remediation
-from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
-from runbooks.params import DbConnectionsParams
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
+from runbooks.engine.runbook import (
+    ActionKind,
+    Change,
+    Check,
+    Moment,
+    NoUndo,
+    Remedy,
+    Runbook,
+)
+from runbooks.engine.targets import Targets
+from runbooks.engine.verify import Holds
 
-__all__ = ["EXECUTORS", "db_connections", "diagnose", "plan_remediation"]
+__all__ = ["RUNBOOK", "DbConnectionsParams", "PgAction", "plan_remediation"]
 
 NAME = "db-connections"
 
 
-def _checks(db: PostgresReader, params: DbConnectionsParams) -> dict[str, Check]:
+class DbConnectionsParams(RunbookParams):
+    """Parameters of the db-connections runbook (seed 000 Part E Incident 1, seed 003)."""
+
+    database: str | None = Field(
+        default=None,
+        description="Only consider sessions of this database (default: every database)",
+    )
+    idle_in_transaction_seconds: float = Field(
+        default=300.0, ge=0, description="Terminate sessions idle in a transaction this long (s)"
+    )
+    long_query_seconds: float = Field(
+        default=300.0, ge=0, description="Cancel active queries running this long (s)"
+    )
+    max_terminations: int = Field(
+        default=20, ge=0, le=1000, description="Most backends one run may cancel or terminate"
+    )
+    utilisation_warn_pct: float = Field(
+        default=70.0, gt=0, le=100, description="Warn above this share of usable connections"
+    )
+    utilisation_critical_pct: float = Field(
+        default=90.0, gt=0, le=100, description="Critical above this share of usable connections"
+    )
+    terminate_root_blockers: bool = Field(
+        default=True, description="Terminate the root blocker of each lock chain"
+    )
+    cancel_long_queries: bool = Field(
+        default=True, description="Cancel long-running queries (the session stays connected)"
+    )
+
+
+class PgAction(ActionKind):
+    CANCEL = "pg.cancel"
+    TERMINATE = "pg.terminate"
+
+
+@asynccontextmanager
+async def _checks(
+    service: Service, params: DbConnectionsParams, moment: Moment
+) -> AsyncIterator[Mapping[str, Check]]:
+    async with PostgresReader(service.postgres) as db:
+        yield _named_checks(db, params)
+
+
+def _named_checks(db: PostgresReader, params: DbConnectionsParams) -> dict[str, Check]:
     return {
         "reachability": lambda: pg.reachability(db),
         "connection_utilisation": lambda: pg.connection_utilisation(
@@ -80,8 +133,11 @@ def _preview(items: list[dict[str, Any]], verb: str) -> str:
     return head + "\n".join(rows)
 
 
-def plan_remediation(target: str, findings: list[Finding], params: DbConnectionsParams) -> Plan:
+def plan_remediation(
+    service: Service, findings: list[Finding], params: DbConnectionsParams
+) -> Plan:
     """Turns findings into cancel/terminate actions, guarded and capped."""
+    target = service.require("postgres").name
     terminate: dict[int, dict[str, Any]] = {}
     cancel: dict[int, dict[str, Any]] = {}
     spared: list[dict[str, Any]] = []
@@ -140,20 +196,19 @@ def plan_remediation(target: str, findings: list[Finding], params: DbConnections
         actions.append(
             Action(
                 id="cancel-queries",
-                kind="pg.cancel",
+                kind=PgAction.CANCEL,
                 target=target,
                 risk=Risk.RISKY,
                 title=f"Cancel {len(chosen_cancel)} long-running query(ies)",
                 preview=_preview(chosen_cancel, "pg_cancel_backend() on"),
                 items=chosen_cancel,
-                undo="none needed: the sessions stay connected; clients may retry their queries",
             )
         )
     if chosen_terminate:
         actions.append(
             Action(
                 id="terminate-sessions",
-                kind="pg.terminate",
+                kind=PgAction.TERMINATE,
                 target=target,
                 risk=Risk.DESTRUCTIVE,
                 title=f"Terminate {len(chosen_terminate)} session(s)",
@@ -161,7 +216,6 @@ def plan_remediation(target: str, findings: list[Finding], params: DbConnections
                 + "\nBlast radius: each session's open transaction is rolled back and its client"
                 " disconnected; connection pools reconnect.",
                 items=chosen_terminate,
-                undo="cannot be undone: rolled-back work must be retried by the clients",
             )
         )
     return Plan(runbook=NAME, target=target, actions=actions, spared=spared)
@@ -216,55 +270,71 @@ async def _signal(action: Action, target: PostgresTarget, verb: str, moment: str
 
 
 @remediation
-async def cancel_queries(action: Action, *, target: PostgresTarget) -> ActionResult:
+async def cancel_queries(action: Action, *, service: Service) -> ActionResult:
     """Cancels the planned queries whose backend still runs the same query."""
-    return await _signal(action, target, "cancelled", "query_start")
+    return await _signal(action, service.require("postgres"), "cancelled", "query_start")
 
 
 @remediation
-async def terminate_sessions(action: Action, *, target: PostgresTarget) -> ActionResult:
-    """Terminates the planned sessions still in the same transaction. Rolls that work back."""
-    return await _signal(action, target, "terminated", "xact_start")
+async def terminate_sessions(action: Action, *, service: Service) -> ActionResult:
+    """Terminates the planned sessions still in the same transaction. Rolls that work back.
+
+    Blast radius: each session's open transaction is rolled back and its client
+    disconnected; nothing outside the previewed PIDs is signalled.
+    """
+    return await _signal(action, service.require("postgres"), "terminated", "xact_start")
 
 
-EXECUTORS = {"pg.cancel": cancel_queries, "pg.terminate": terminate_sessions}
+def _notes(
+    service: Service, findings: list[Finding], plan: Plan, params: DbConnectionsParams
+) -> list[str]:
+    if plan.actions or not any(f.status.is_problem for f in findings):
+        return []
+    return [
+        "no session qualifies for cancel/terminate; if idle connections fill the pool,"
+        " restart the application's pool (seed 000: 'Restart API connections')"
+    ]
 
 
-async def diagnose(service: Service, params: DbConnectionsParams) -> list[Finding]:
-    """The runbook's read-only checks alone (for verification and health sweeps)."""
-    target = service.require("postgres")
-    async with PostgresReader(target) as db:
-        checks = _checks(db, params)
-        batches = await asyncio.gather(*(timed(n, target.name, c) for n, c in checks.items()))
-    return [f for batch in batches for f in batch]
-
-
-@flow(name=NAME, flow_run_name=run_name(NAME), log_prints=False)
-async def db_connections(
-    service: Service | str,
-    params: DbConnectionsParams | None = None,
-    dry_run: bool = False,
-    approve_as: str | None = None,
-    context: RunContext | None = None,
-) -> RunbookReport:
-    """Finds what exhausts PostgreSQL connections and frees them after approval."""
-    service = resolve_service(service)
-    params = params or DbConnectionsParams()
-    target: PostgresTarget = service.require("postgres")
-    run = RunbookRun(
-        NAME, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
-    )
-    async with PostgresReader(target) as db:
-        findings = await run.diagnose(_checks(db, params))
-    plan = plan_remediation(target.name, findings, params)
-    if not plan.actions and any(f.status.is_problem for f in findings):
-        run.note(
-            "no session qualifies for cancel/terminate; if idle connections fill the pool,"
-            " restart the application's pool (seed 000: 'Restart API connections')"
-        )
-    approval = await run.gate(plan)
-    if approval:
-        await run.act(plan, approval, EXECUTORS, target=target)
-        async with PostgresReader(target) as db:
-            await run.verify(_checks(db, params))
-    return await run.finish()
+RUNBOOK = Runbook(
+    name=NAME,
+    summary="Finds what exhausts PostgreSQL connections and frees them after approval.",
+    diagnoses=(
+        "max_connections utilisation by state/user/application/client",
+        "sessions idle in transaction and their age",
+        "long-running queries",
+        "lock chains and root blockers (pg_blocking_pids)",
+        "top statements (pg_stat_statements, when installed)",
+    ),
+    changes=(
+        Change(what="cancel long-running queries (pg_cancel_backend)", risk=Risk.RISKY),
+        Change(
+            what="terminate stale sessions and root blockers (pg_terminate_backend)",
+            risk=Risk.DESTRUCTIVE,
+        ),
+    ),
+    params=DbConnectionsParams,
+    targets=Targets(needs=(PostgresTarget,)),
+    checks=_checks,
+    plan=plan_remediation,
+    executors={
+        PgAction.CANCEL: Remedy(
+            run=cancel_queries,
+            undo=NoUndo(
+                reason="none needed: the sessions stay connected; clients may retry their queries"
+            ),
+        ),
+        PgAction.TERMINATE: Remedy(
+            run=terminate_sessions,
+            undo=NoUndo(reason="cannot be undone: rolled-back work must be retried by the clients"),
+        ),
+    },
+    # Fixed only if stale sessions and lock chains do not pile up again within the window.
+    verify=Holds(
+        relapse="stale sessions piled up again within {hold}s of the fix",
+        next_step="the application keeps leaving transactions open: find the code path in the"
+        " new sessions' queries (pg_stat_activity) and set idle_in_transaction_session_timeout"
+        " so PostgreSQL ends such sessions itself",
+    ),
+    notes=_notes,
+)

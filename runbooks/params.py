@@ -15,7 +15,6 @@ from runbooks.engine.model import RunbookParams
 
 __all__ = [
     "AppDownParams",
-    "DbConnectionsParams",
     "DeployWindowParams",
     "HighErrorRateParams",
     "HmsFailuresParams",
@@ -26,36 +25,6 @@ __all__ = [
     "QueueBacklogParams",
     "RollbackParams",
 ]
-
-
-class DbConnectionsParams(RunbookParams):
-    """Parameters of the db-connections runbook (seed 000 Part E Incident 1, seed 003)."""
-
-    database: str | None = Field(
-        default=None,
-        description="Only consider sessions of this database (default: every database)",
-    )
-    idle_in_transaction_seconds: float = Field(
-        default=300.0, ge=0, description="Terminate sessions idle in a transaction this long (s)"
-    )
-    long_query_seconds: float = Field(
-        default=300.0, ge=0, description="Cancel active queries running this long (s)"
-    )
-    max_terminations: int = Field(
-        default=20, ge=0, le=1000, description="Most backends one run may cancel or terminate"
-    )
-    utilisation_warn_pct: float = Field(
-        default=70.0, gt=0, le=100, description="Warn above this share of usable connections"
-    )
-    utilisation_critical_pct: float = Field(
-        default=90.0, gt=0, le=100, description="Critical above this share of usable connections"
-    )
-    terminate_root_blockers: bool = Field(
-        default=True, description="Terminate the root blocker of each lock chain"
-    )
-    cancel_long_queries: bool = Field(
-        default=True, description="Cancel long-running queries (the session stays connected)"
-    )
 
 
 class HmsFailuresParams(RunbookParams):

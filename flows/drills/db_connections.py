@@ -23,9 +23,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         injected = time.monotonic()
         from integrations.postgres import PostgresTarget
         from integrations.service import Service
-        from runbooks.catalog import RUNBOOKS
+        from runbooks.catalog import require
 
-        spec = RUNBOOKS["db-connections"]
+        spec = require("db-connections")
         params = spec.params(
             idle_in_transaction_seconds=IDLE_S,
             long_query_seconds=60,

@@ -28,9 +28,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from flows.sandbox.prometheus import PrometheusProcess
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["high-error-rate"]
+    spec = require("high-error-rate")
     params = spec.params(
         window_seconds=5,
         verify_window_seconds=5,

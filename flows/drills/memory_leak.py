@@ -45,9 +45,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from flows.sandbox.prometheus import PrometheusProcess
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["memory-leak"]
+    spec = require("memory-leak")
     params = spec.params(
         lookback_seconds=60,
         step_seconds=1,

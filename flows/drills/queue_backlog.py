@@ -140,7 +140,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from flows.sandbox.queues import RabbitBacklog
     from integrations.errors import ConfigError
     from integrations.service import Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
     amqp_url = os.environ.get("ONCALL_DRILL_AMQP_URL", AMQP_URL)
     management_url = os.environ.get("ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL)
@@ -152,7 +152,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             " rabbitmq-server, or set ONCALL_DRILL_AMQP_URL"
         )
     management = management_url if reachable(management_url, 15672) else None
-    spec = RUNBOOKS["queue-backlog"]
+    spec = require("queue-backlog")
     params = spec.params(
         sample_seconds=2,
         depth_warn=100,

@@ -85,9 +85,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from flows.sandbox.kube_api import KubeApiServer
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["rollback"]
+    spec = require("rollback")
     params = spec.params(
         lookback_minutes=30, approval_timeout_seconds=300, verify_timeout_seconds=30
     )
