@@ -1,0 +1,11 @@
+"""Shared read-only parts of runbooks: readers, check bundles, params bases, judgements.
+
+What two runbooks diagnose the same way lives here, once, and only reads: it opens the
+read-only clients, names the checks, holds the params both declare and the rules that judge
+a symptom after a fix. A runbook never imports another runbook; changes they share live in
+:mod:`runbooks.remedies`.
+
+- :mod:`runbooks.diagnosis.http`: an HTTP service's symptom from Prometheus (error rate,
+  latency) and what explains it — deploys, traffic, slow statements, dependencies, replicas
+  (high-error-rate, performance-degradation).
+"""
