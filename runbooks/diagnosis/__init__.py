@@ -7,5 +7,8 @@ a symptom after a fix. A runbook never imports another runbook; changes they sha
 
 - :mod:`runbooks.diagnosis.http`: an HTTP service's symptom from Prometheus (error rate,
   latency) and what explains it — deploys, traffic, slow statements, dependencies, replicas
-  (high-error-rate, performance-degradation).
+  (high-error-rate, performance-degradation);
+- :mod:`runbooks.diagnosis.queues`: a work queue's backlog from its broker (RabbitMQ, Redis),
+  the quick reads its remediations re-validate with, and :class:`~runbooks.diagnosis.queues.Drains`,
+  what "drained" means after acting.
 """
