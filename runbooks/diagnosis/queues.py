@@ -275,12 +275,17 @@ class Drains(BaseModel):
         slope, span = _slope(points), points[-1][0] - points[0][0]
         depth, start = drains[-1].evidence["depth"], drains[0].evidence["depth_before"]
         if slope > 0 and slope * span > params.verify_growth_tolerance:
-            left = max(0.0, (params.depth_warn - depth) / slope)
+            left = (params.depth_warn - depth) / slope
+            when = (
+                f"at this pace it passes {params.depth_warn:,} in {qc.duration(left)}"
+                if left > 0
+                else f"it is over {params.depth_warn:,} already"
+            )
             return Judgement(
                 verdict=Verdict.MITIGATED,
-                reason=f"the backlog cleared but grows again: {start:,} → {depth:,} in {span:.0f}s"
-                f" (+{slope:.1f}/s; {_rates(drains)}): arrivals outpace the consumers and at"
-                f" this pace it passes {params.depth_warn:,} in {qc.duration(left)}",
+                reason=f"the queue grows again after the fix: {start:,} → {depth:,} in"
+                f" {span:.0f}s (+{slope:.1f}/s; {_rates(drains)}): arrivals outpace the"
+                f" consumers, and {when}",
                 next_step=next_step(window[-1].findings),
             )
         held = window[-1].at_s - window[0].at_s

@@ -226,6 +226,8 @@ async def test_a_traffic_surge_gets_a_scale_out_of_exactly_the_preview(sandbox):
     assert write.method == "PATCH" and write.path.endswith("/deployments/surged/scale")
     # more fake replicas do not help the real app: honestly not fixed
     assert report.outcome is Outcome.PROBLEM_REMAINS
+    assert report.judgement is not None and report.judgement.verdict == "not_recovered"
+    assert report.judgement.reason.startswith("still unhealthy: ")
 
 
 async def test_prometheus_down_or_failing_is_unreachable_exit_3(sandbox):
@@ -301,6 +303,7 @@ async def test_approved_flag_switch_off_fixes_it_and_is_verified(sandbox):
     app = sandbox["apps"]["flaky"]
     report = await high_error_rate(service=_flaky(sandbox), params=_params(), approve_as="alice")
     assert report.outcome is Outcome.FIXED and report.exit_code == 0, report.verification
+    assert report.judgement is not None and report.judgement.verdict == "fixed"
     [result] = report.results
     assert result.detail == f"POST {app.url}/control answered 200"
     assert _error_rates(app) == {0.0}
