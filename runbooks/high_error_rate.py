@@ -16,12 +16,9 @@ from pydantic import Field
 
 from checks import http_metrics as hm
 from checks.findings import Finding
-from integrations.docker import DockerTarget
-from integrations.kubernetes import KubernetesTarget
-from integrations.postgres import PostgresTarget
-from integrations.prometheus import PrometheusTarget
-from integrations.service import HttpEndpoint, Service
+from integrations.service import Service
 from runbooks.diagnosis.http import (
+    HTTP_TARGETS,
     HttpSymptomParams,
     Measured,
     Readers,
@@ -32,10 +29,9 @@ from runbooks.diagnosis.http import (
 )
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
-from runbooks.engine.targets import Targets
 from runbooks.engine.verify import Holds
 from runbooks.remedies.configured import CONFIGURED, Configured, Recheck, configured_actions
-from runbooks.remedies.scale import SCALE, Scale, scale_action
+from runbooks.remedies.scale import SCALE_EXECUTORS, scale_action
 
 __all__ = ["RUNBOOK", "HighErrorRateParams", "plan_remediation"]
 
@@ -138,19 +134,12 @@ RUNBOOK = Runbook(
         Change(what="clear the configured cache (opt-in)", risk=Risk.RISKY),
     ),
     params=HighErrorRateParams,
-    targets=Targets(
-        needs=(PrometheusTarget,),
-        uses=(KubernetesTarget, DockerTarget, PostgresTarget, HttpEndpoint),
-    ),
+    targets=HTTP_TARGETS,
     checks=http_checks(
         _symptoms, signal="error_ratio", threshold=lambda p: p.error_rate_warn_pct / 100
     ),
     plan=plan_remediation,
-    executors={
-        Configured.RUN: CONFIGURED,
-        Scale.KUBERNETES: SCALE,
-        Scale.DOCKER: SCALE,
-    },
+    executors={Configured.RUN: CONFIGURED, **SCALE_EXECUTORS},
     # Fixed only if the error rate stays measured under error_rate_warn_pct for the window.
     verify=Measured(
         check="error_rate",

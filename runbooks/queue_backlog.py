@@ -98,18 +98,23 @@ def _size(now: int, ev: dict[str, Any], params: QueueBacklogParams) -> tuple[int
 
 
 def _scale_action(
-    service: Service, findings: list[Finding], params: QueueBacklogParams
+    service: Service, findings: list[Finding], drain: Finding, params: QueueBacklogParams
 ) -> tuple[Action | None, str | None]:
-    drain = one(findings, "drain_rate")
     ev, cfg = drain.evidence, service.actions.get("scale")
     cap = next((f.evidence for f in findings if "replicas" in f.evidence), None)
+    extra: dict[str, Any]
     if cfg is not None:
         now = 0 if ev["cause"] == "no_consumers" else ev["consumers"]
         if now is None:
             return None, f"worker count unknown ({ev['consumers_source']}): scale by hand"
-        mechanism, where = "configured", "configured action 'scale'"
+        mechanism, where, extra = "configured", "configured action 'scale'", {"call": describe(cfg)}
+
+        def command(workers: int) -> str:
+            return describe(fill_workers(cfg, workers))
+
+        undo = cfg.undo or (command(now) if WORKERS in describe(cfg) else "scale back by hand")
     elif cap is not None:
-        now, mechanism = cap["replicas"], cap["mechanism"]
+        now, mechanism, extra = cap["replicas"], cap["mechanism"], {**cap, "recheck": None}
         kube = mechanism == "kubernetes"
         where = (
             f"deployment {cap['namespace']}/{cap['name']}"
@@ -121,34 +126,38 @@ def _scale_action(
                 f"{now} replicas of {where} run but none consumes {ev['queue']}: they are stuck"
                 " or crashing; read their logs (app-down runbook) rather than add more"
             )
+
+        name, namespace = cap.get("name"), cap.get("namespace")
+        project, member = cap.get("project"), cap.get("service")
+
+        def command(workers: int) -> str:
+            if kube:
+                return f"kubectl scale deployment/{name} -n {namespace} --replicas={workers}"
+            return f"docker compose -p {project} up -d --scale {member}={workers}"
+
+        undo = command(now)
     else:
         return None, "no way to scale workers is configured (actions.scale, kubernetes, compose)"
     to, how = _size(now, ev, params)
     if to <= now:
         return None, f"already at {now} workers, the max_workers cap"
-    common = {"mechanism": mechanism, "from": now, "to": to, "depth_floor": params.depth_warn}
-    if cfg is not None:
-        call, templated = describe(fill_workers(cfg, to)), WORKERS in describe(cfg)
-        undo = cfg.undo or (describe(fill_workers(cfg, now)) if templated else "scale back by hand")
-        extra = {**common, "call": describe(cfg)}
-    else:
-        call = (
-            f"kubectl scale deployment/{cap['name']} -n {cap['namespace']} --replicas={to}"
-            if kube
-            else f"docker compose -p {cap['project']} up -d --scale {cap['service']}={to}"
-        )
-        undo, extra = call.replace(f"={to}", f"={now}"), {**cap, **common, "recheck": None}
     action = Action(
         id="scale-workers",
         kind=QueueAction.SCALE,
         target=where,
         risk=Risk(cfg.risk) if cfg is not None else Risk.RISKY,
         title=f"Scale workers of {ev['queue']} from {now} to {to}",
-        preview=f"scale workers of {ev['queue']} ({where}): {now} → {to}\n{call}\n"
+        preview=f"scale workers of {ev['queue']} ({where}): {now} → {to}\n{command(to)}\n"
         f"Sizing: {how}\nWhy: {drain.summary}",
         items=[{"from": now, "to": to}],
         undo=undo,
-        params=extra,
+        params={
+            **extra,
+            "mechanism": mechanism,
+            "from": now,
+            "to": to,
+            "depth_floor": params.depth_warn,
+        },
     )
     return action, None
 
@@ -248,7 +257,7 @@ def _requeue_action(
 def plan_remediation(service: Service, findings: list[Finding], params: QueueBacklogParams) -> Plan:
     """Turns findings into scale, pause, dead-letter and requeue actions; says what it spared."""
     drain, failures = one(findings, "drain_rate"), one(findings, "consumer_failures")
-    if drain is None:
+    if drain is None or failures is None:  # the broker did not answer: nothing to plan on
         return Plan(runbook=NAME, target=service.name)
     ev, why = drain.evidence, drain.evidence["cause"]
     dead = one(findings, "dead_letter")
@@ -267,16 +276,17 @@ def plan_remediation(service: Service, findings: list[Finding], params: QueueBac
         add("pause-consumers", pause, "no 'pause_consumers' action configured: pause by hand")
         gone = f"{', '.join(down)} is down"
         slow = why in ("no_consumers", "too_slow", "failing")
-        add("scale-workers", None, slow and f"{gone}: more workers only fail faster")
-        add("dead-letter-poison", None, failures.status.is_problem and f"{gone}: not poison")
-        add("requeue-dead-letters", None, held and f"{gone}: they would fail again")
+        add("scale-workers", None, f"{gone}: more workers only fail faster" if slow else None)
+        poisoned = failures.status.is_problem
+        add("dead-letter-poison", None, f"{gone}: not poison" if poisoned else None)
+        add("requeue-dead-letters", None, f"{gone}: they would fail again" if held else None)
     elif why == "failing":
         if failures.evidence["returning"]:
             add("dead-letter-poison", *_dead_letter_action(failures, params))
         add("scale-workers", None, "consumers fail: more of them only fail faster")
     elif why in ("no_consumers", "too_slow"):
-        add("scale-workers", *_scale_action(service, findings, params))
-    if held and not down:
+        add("scale-workers", *_scale_action(service, findings, drain, params))
+    if dead is not None and held and not down:
         if why in ("failing", "no_consumers", "too_slow"):
             add("requeue-dead-letters", None, f"not recovered yet ({why})")
         else:

@@ -19,16 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from checks import http_metrics as hm
 from checks.findings import Finding, Status
-from integrations.docker import DockerReader
-from integrations.kubernetes import KubernetesReader
-from integrations.postgres import PostgresReader
-from integrations.prometheus import PrometheusClient
-from integrations.service import Service
+from integrations.docker import DockerReader, DockerTarget
+from integrations.kubernetes import KubernetesReader, KubernetesTarget
+from integrations.postgres import PostgresReader, PostgresTarget
+from integrations.prometheus import PrometheusClient, PrometheusTarget
+from integrations.service import HttpEndpoint, Service
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Checks, Moment
+from runbooks.engine.targets import Targets
 from runbooks.engine.verify import Holds, Judgement, Sample
 
 __all__ = [
+    "HTTP_TARGETS",
     "HttpSymptomParams",
     "Measured",
     "Readers",
@@ -81,6 +83,12 @@ class HttpSymptomParams(RunbookParams):
 
 
 P = TypeVar("P", bound=HttpSymptomParams)
+
+# Prometheus is the symptom; replicas, statements and the calls it makes explain it.
+HTTP_TARGETS = Targets(
+    needs=(PrometheusTarget,),
+    uses=(KubernetesTarget, DockerTarget, PostgresTarget, HttpEndpoint),
+)
 
 
 class Readers(NamedTuple):

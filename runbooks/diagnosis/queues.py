@@ -173,7 +173,7 @@ async def live_depth(service: Service) -> tuple[int, int | None]:
 
 async def provider_states(service: Service, params: dict[str, Any]) -> dict[str, str]:
     """What each planned provider's status page says now ('unknown' if it cannot be read)."""
-    states = {}
+    states: dict[str, str] = {}
     for page in (p for p in service.providers if p.name in params["providers"]):
         try:
             async with StatuspagePublic(page) as client:

@@ -8,7 +8,7 @@ filled with the planned worker count (e.g. ``docker compose up -d --scale worker
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from integrations.commands import describe, run_configured
 from integrations.rabbitmq import RabbitOperator, RabbitTarget, poison
@@ -67,6 +67,19 @@ def fill_workers(cfg: ConfiguredAction, workers: int) -> ConfiguredAction:
     return cfg.model_copy(update={"command": [str(sub(a)) for a in cfg.command or []]})
 
 
+async def _scale_configured(
+    action: Action, cfg: ConfiguredAction, before: int, after: int
+) -> ActionResult:
+    """Runs the configured 'scale' with ``{workers}`` filled in (only from a remediation)."""
+    detail = await run_configured(fill_workers(cfg, after))
+    return ActionResult(
+        action_id=action.id,
+        title=action.title,
+        status="done",
+        detail=f"{before} → {after} workers: {detail}",
+    )
+
+
 @remediation
 async def scale_workers(action: Action, *, service: Service) -> ActionResult:
     """Scales the workers to the planned count unless the backlog already drained."""
@@ -83,13 +96,9 @@ async def scale_workers(action: Action, *, service: Service) -> ActionResult:
         return skipped(action, "the configured 'scale' action changed since the plan")
     if consumers is not None and consumers >= p["to"] and WORKERS in p["call"]:
         return skipped(action, f"already at {consumers} consumers")
-    detail = await run_configured(fill_workers(cfg, p["to"]))
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status="done",
-        detail=f"{p['from']} → {p['to']} workers: {detail}",
-        items=[{"from": p["from"], "to": p["to"], "consumers_before": consumers}],
+    done = await _scale_configured(action, cfg, p["from"], p["to"])
+    return done.model_copy(
+        update={"items": [{"from": p["from"], "to": p["to"], "consumers_before": consumers}]}
     )
 
 
@@ -108,7 +117,10 @@ async def _transfer(service: Service, move: bool, count: int, k: int) -> tuple[l
     """Previews, then moves exactly the previewed messages: (their ids, what it said)."""
     if service.rabbitmq:
         t: RabbitTarget = service.rabbitmq
-        src, dst = (t.queue, t.dead_letter_queue) if move else (t.dead_letter_queue, t.queue)
+        if t.dead_letter_queue is None:
+            return [], f"no dead-letter queue configured for {t.queue}"
+        dlq = t.dead_letter_queue
+        src, dst = (t.queue, dlq) if move else (dlq, t.queue)
         async with RabbitOperator(t) as op:
             if move:
                 keys = (await op.preview_move(src, dst, count, poison(k))).keys
@@ -128,7 +140,7 @@ async def _transfer(service: Service, move: bool, count: int, k: int) -> tuple[l
 
 
 def _moved(action: Action, keys: list[str], said: str) -> ActionResult:
-    status = "done" if keys else "skipped"
+    status: Literal["done", "skipped"] = "done" if keys else "skipped"
     items = [{"id": key} for key in keys]
     return ActionResult(
         action_id=action.id, title=action.title, status=status, detail=said, items=items
@@ -162,13 +174,7 @@ async def unscale_workers(action: Action, *, service: Service) -> ActionResult:
     cfg = service.actions.get("scale")
     if cfg is None or describe(cfg) != p["call"] or WORKERS not in p["call"]:
         return skipped(action, "the configured 'scale' takes no worker count: scale back by hand")
-    detail = await run_configured(fill_workers(cfg, p["from"]))
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status="done",
-        detail=f"{p['to']} → {p['from']} workers: {detail}",
-    )
+    return await _scale_configured(action, cfg, p["to"], p["from"])
 
 
 @remediation

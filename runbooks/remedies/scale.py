@@ -21,7 +21,7 @@ from runbooks.engine.model import Action, ActionResult, Risk
 from runbooks.engine.runbook import ActionKind, Remedy
 from runbooks.remedies.configured import Recheck, configured_action, skipped, still_needed
 
-__all__ = ["SCALE", "Scale", "scale_action", "scale_back", "scale_out"]
+__all__ = ["SCALE", "SCALE_EXECUTORS", "Scale", "scale_action", "scale_back", "scale_out"]
 
 
 class Scale(ActionKind):
@@ -121,3 +121,5 @@ async def scale_back(action: Action, *, service: Service) -> ActionResult:
 
 
 SCALE = Remedy(run=scale_out, undo=scale_back)
+# A runbook's executors for every kind scale_action proposes (``**SCALE_EXECUTORS``).
+SCALE_EXECUTORS: dict[ActionKind, Remedy] = {Scale.KUBERNETES: SCALE, Scale.DOCKER: SCALE}
