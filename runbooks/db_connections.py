@@ -75,7 +75,7 @@ class PgAction(ActionKind):
 async def _checks(
     service: Service, params: DbConnectionsParams, moment: Moment
 ) -> AsyncIterator[Mapping[str, Check]]:
-    async with PostgresReader(service.postgres) as db:
+    async with PostgresReader(service.target(PostgresTarget)) as db:
         yield _named_checks(db, params)
 
 
@@ -137,7 +137,7 @@ def plan_remediation(
     service: Service, findings: list[Finding], params: DbConnectionsParams
 ) -> Plan:
     """Turns findings into cancel/terminate actions, guarded and capped."""
-    target = service.require("postgres").name
+    target = service.target(PostgresTarget).name
     terminate: dict[int, dict[str, Any]] = {}
     cancel: dict[int, dict[str, Any]] = {}
     spared: list[dict[str, Any]] = []
@@ -272,7 +272,7 @@ async def _signal(action: Action, target: PostgresTarget, verb: str, moment: str
 @remediation
 async def cancel_queries(action: Action, *, service: Service) -> ActionResult:
     """Cancels the planned queries whose backend still runs the same query."""
-    return await _signal(action, service.require("postgres"), "cancelled", "query_start")
+    return await _signal(action, service.target(PostgresTarget), "cancelled", "query_start")
 
 
 @remediation
@@ -282,7 +282,7 @@ async def terminate_sessions(action: Action, *, service: Service) -> ActionResul
     Blast radius: each session's open transaction is rolled back and its client
     disconnected; nothing outside the previewed PIDs is signalled.
     """
-    return await _signal(action, service.require("postgres"), "terminated", "xact_start")
+    return await _signal(action, service.target(PostgresTarget), "terminated", "xact_start")
 
 
 def _notes(
@@ -296,7 +296,7 @@ def _notes(
     ]
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[DbConnectionsParams] = Runbook(
     name=NAME,
     summary="Finds what exhausts PostgreSQL connections and frees them after approval.",
     diagnoses=(
