@@ -86,3 +86,11 @@ def test_the_yaml_examples_in_the_scale_out_guide_parse():
     assert blocks, "docs/scale-out.md shows its prefect.yaml and Kubernetes examples"
     for block in blocks:
         assert isinstance(yaml.safe_load(block), dict)
+
+
+def test_the_runbook_deployments_are_generated_from_the_catalog():
+    """Adding a runbook to the catalog adds its deployment: `uv run python -m flows.prefect_yaml`."""
+    from flows.prefect_yaml import PATH, render
+
+    text = PATH.read_text()
+    assert render(text) == text, "prefect.yaml is stale: run `uv run python -m flows.prefect_yaml`"
