@@ -89,7 +89,7 @@ def test_the_yaml_examples_in_the_scale_out_guide_parse():
 
 
 def test_the_runbook_deployments_are_generated_from_the_catalog():
-    """Adding a runbook to the catalog adds its deployment: `uv run python -m flows.prefect_yaml`."""
+    """A runbook added to the catalog gets its deployment: `uv run python -m flows.prefect_yaml`."""
     from flows.prefect_yaml import PATH, render
 
     text = PATH.read_text()
