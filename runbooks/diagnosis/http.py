@@ -104,7 +104,7 @@ class Readers(NamedTuple):
 async def readers(service: Service) -> AsyncIterator[Readers]:
     """Opens the service's readers (no I/O until a check uses them) and closes them."""
     async with contextlib.AsyncExitStack() as stack:
-        prom = await stack.enter_async_context(PrometheusClient(service.require("prometheus")))
+        prom = await stack.enter_async_context(PrometheusClient(service.target(PrometheusTarget)))
         kube = docker = db = None
         if service.kubernetes:
             kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))

@@ -24,7 +24,7 @@ from integrations.docker import DockerReader
 from integrations.errors import TargetError
 from integrations.kubernetes import KubernetesReader
 from integrations.rabbitmq import RabbitReader
-from integrations.redis_queue import RedisQueueReader
+from integrations.redis_queue import RedisQueueReader, RedisQueueTarget
 from integrations.service import Service
 from integrations.statuspage import StatuspagePublic
 from runbooks.engine.model import RunbookParams
@@ -95,7 +95,7 @@ def reader(service: Service, params: QueueReadParams | None = None) -> Any:
     """The read-only client of the service's queue: RabbitMQ first, else its Redis queue."""
     if service.rabbitmq:
         return RabbitReader(service.rabbitmq)
-    target = service.require("redis_queue")
+    target = service.target(RedisQueueTarget)
     if params and params.poison_deliveries:
         target = target.model_copy(update={"poison_deliveries": params.poison_deliveries})
     return RedisQueueReader(target)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from integrations.commands import describe, run_configured
 from integrations.rabbitmq import RabbitOperator, RabbitTarget, poison
-from integrations.redis_queue import RedisQueueOperator
+from integrations.redis_queue import RedisQueueOperator, RedisQueueTarget
 from integrations.service import ConfiguredAction, Service
 from runbooks.diagnosis.queues import live_depth, provider_states
 from runbooks.engine.guard import remediation
@@ -129,7 +129,7 @@ async def _transfer(service: Service, move: bool, count: int, k: int) -> tuple[l
                 keys = (await op.preview_requeue(src, dst, count)).keys
                 said = keys and await op.requeue_from_dead_letter(src, dst, count, keys=keys)
         return keys, said or f"nothing to move from {src}"
-    async with RedisQueueOperator(service.require("redis_queue")) as op:
+    async with RedisQueueOperator(service.target(RedisQueueTarget)) as op:
         if move:
             keys = (await op.preview_move(count, min_deliveries=k)).ids
             said = keys and await op.move_to_dead_letter(count, min_deliveries=k, ids=keys)

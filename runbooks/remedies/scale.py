@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 from checks.findings import Finding
-from integrations.docker import DockerOperator
-from integrations.kubernetes import KubernetesOperator
+from integrations.docker import DockerOperator, DockerTarget
+from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.service import Service
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Risk
@@ -88,13 +88,13 @@ async def _scale_to(action: Action, service: Service, to: int, *, up: bool) -> A
     """Sets the replicas to ``to`` unless the live count already got there (either way)."""
     p: dict[str, Any] = action.params
     if p["mechanism"] == "kubernetes":
-        with KubernetesOperator(service.require("kubernetes")) as kube:
+        with KubernetesOperator(service.target(KubernetesTarget)) as kube:
             live = (await asyncio.to_thread(kube.preview_scale, p["name"], to)).before["replicas"]
             if (live >= to) if up else (live <= to):
                 return skipped(action, f"already at {live} replicas")
             detail = await asyncio.to_thread(kube.scale, p["name"], to)
     else:
-        with DockerOperator(service.require("docker")) as docker:
+        with DockerOperator(service.target(DockerTarget)) as docker:
             preview = await asyncio.to_thread(docker.preview_scale, p["project"], p["service"], to)
             live = preview.before["running"]
             if (live >= to) if up else (live <= to):
