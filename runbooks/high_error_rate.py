@@ -116,7 +116,7 @@ def _notes(
     return notes(findings)
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[HighErrorRateParams] = Runbook(
     name=NAME,
     summary="Finds why a service fails requests and switches the cause off after approval.",
     diagnoses=(

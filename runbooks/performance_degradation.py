@@ -131,7 +131,7 @@ def _notes(
     return out
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[PerformanceDegradationParams] = Runbook(
     name=NAME,
     summary="Finds why a service got slow and clears caches or scales out after approval.",
     diagnoses=(

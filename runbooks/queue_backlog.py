@@ -315,7 +315,7 @@ def _notes(
     return notes
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[QueueBacklogParams] = Runbook(
     name=NAME,
     summary="Finds why a queue backs up and scales, pauses or dead-letters after approval.",
     diagnoses=(
