@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -117,6 +118,25 @@ async def test_oom_killed_pods_get_a_rolling_restart_and_a_memory_leak_note(kube
     assert any("memory-leak" in note for note in report.notes)
 
 
+@contextmanager
+def _on_first_recovery(relapse: Callable[[], object]) -> Iterator[None]:
+    """Runs ``relapse`` once, when verification first sees the app healthy: the next sample
+    is the first to see the relapse, whatever the machine's speed."""
+    done: list[bool] = []
+
+    def listener(kind: str, data: dict) -> None:
+        if kind == "verifying" and data["healthy"] and not done:
+            done.append(True)
+            relapse()
+
+    live.subscribe(listener)
+    try:
+        yield
+    finally:
+        live.unsubscribe(listener)
+    assert done, "verification never saw the app healthy"
+
+
 async def test_a_crash_loop_back_after_the_restart_is_mitigated_with_roll_back_next(kube):
     """The restart brought the pods back, then the version it runs broke again: the restart
     only bought time, the report says so and names the next step, a rollback."""
@@ -125,17 +145,11 @@ async def test_a_crash_loop_back_after_the_restart_is_mitigated_with_roll_back_n
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
     kube.seed_oom_kills("api", restarts=4)
 
-    def leak_again_on_first_recovery(kind: str, data: dict) -> None:
-        if kind == "verifying" and data["healthy"]:
-            kube.seed_oom_kills("api", restarts=4)  # the new pods are OOM-killed in their turn
-
-    live.subscribe(leak_again_on_first_recovery)
-    try:
+    # the new pods are OOM-killed in their turn
+    with _on_first_recovery(lambda: kube.seed_oom_kills("api", restarts=4)):
         report = await app_down(
             service=_kube_service(kube), params=_params(verify_hold_seconds=30), approve_as="alice"
         )
-    finally:
-        live.unsubscribe(leak_again_on_first_recovery)
     [action] = report.plan.actions
     assert action.kind == "kubernetes.restart" and report.results[0].status == "done"
     assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
@@ -155,17 +169,10 @@ async def test_a_rollback_whose_older_version_fails_too_hands_over_to_escalation
     kube.crashing_images.add(IMAGES[2])
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(minutes=5))
 
-    def older_fails_on_first_recovery(kind: str, data: dict) -> None:
-        if kind == "verifying" and data["healthy"]:
-            kube.seed_oom_kills("api", restarts=4)
-
-    live.subscribe(older_fails_on_first_recovery)
-    try:
+    with _on_first_recovery(lambda: kube.seed_oom_kills("api", restarts=4)):
         report = await app_down(
             service=_kube_service(kube), params=_params(verify_hold_seconds=30), approve_as="alice"
         )
-    finally:
-        live.unsubscribe(older_fails_on_first_recovery)
     assert [a.kind for a in report.plan.actions] == ["rollback.kubernetes"]
     assert report.outcome is Outcome.MITIGATED
     judgement = report.judgement
@@ -211,8 +218,9 @@ async def test_dry_run_and_rejection_send_no_write(kube, prefect_api):
     task = asyncio.create_task(app_down(service=_kube_service(kube), params=_params()))
     run_id = await _paused_at_gate(prefect_api)
     decision = {"approved": False, "approver": "bob", "reason": "no", "channel": "cli"}
-    with PrefectAPI(prefect_api) as api:
-        assert api.resume(run_id, {**decision, "identity": "tester"})["status"] == "ACCEPT"
+    with PrefectAPI(prefect_api) as api:  # off the loop: the paused flow runs on it
+        answer = await asyncio.to_thread(api.resume, run_id, {**decision, "identity": "tester"})
+    assert answer["status"] == "ACCEPT"
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and kube.writes() == []
 

@@ -97,7 +97,13 @@ async def _until_gate(coro: Any, prefect_api: str) -> tuple[asyncio.Task, dict]:
     return task, seen
 
 
-def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
+async def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
+    """Resumes the run with a decision, off the event loop: the paused flow runs on this loop
+    and must store its input schema while the resume waits for it."""
+    return await asyncio.to_thread(_resume, prefect_api, run_id, approved)
+
+
+def _resume(prefect_api: str, run_id: str, approved: bool) -> dict:
     decision = {"approved": approved, "approver": "bob", "reason": "test", "channel": "cli"}
     with PrefectAPI(prefect_api) as api:
         return api.resume(run_id, {**decision, "identity": "tester"})
@@ -153,7 +159,7 @@ async def test_rejected_rollback_sends_no_write(kube, health, prefect_api):
     task, gate = await _until_gate(
         rollback(service=_kube_service(kube, health), params=_params()), prefect_api
     )
-    assert _decide(prefect_api, gate["flow_run_id"], approved=False)["status"] == "ACCEPT"
+    assert (await _decide(prefect_api, gate["flow_run_id"], approved=False))["status"] == "ACCEPT"
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and report.exit_code == 1
     assert kube.writes() == [] and _image(kube) == IMAGES[2]
@@ -177,7 +183,7 @@ async def test_a_deploy_landing_after_the_plan_is_not_overwritten(kube, prefect_
     with KubernetesOperator(_kube_service(kube).kubernetes) as op:
         op.set_memory_limit("api", "app", "300Mi")  # someone else changes the deployment
     before = len(kube.writes())
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     assert kube.writes()[before:] == [], "nothing is written over the newer change"
     assert report.results[0].status == "skipped" and "changed since the plan" in (
