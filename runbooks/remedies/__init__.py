@@ -1,1 +1,4 @@
-"""Shared remediations: the changes more than one runbook makes, with their action builders."""
+"""Remediations more than one runbook proposes: each a guarded @remediation with its
+action builder (the exact preview) and its undo. A runbook chooses what to change;
+the remedy knows how, and re-validates against the live system before acting.
+"""
