@@ -43,7 +43,7 @@ from runbooks.engine.model import Action, ActionResult, Plan, Risk
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
 from runbooks.engine.targets import Targets
 from runbooks.remedies.rollback import (
-    REMEDIES,
+    ROLLBACK_REMEDIES,
     Recovery,
     action_result,
     rollback_actions,
@@ -417,7 +417,7 @@ RUNBOOK = Runbook(
     checks=_checks,
     plan=plan_remediation,
     executors={
-        **REMEDIES,
+        **ROLLBACK_REMEDIES,
         AppAction.KUBERNETES_RESTART: Remedy(run=restart_kubernetes, undo=_SAME_VERSION),
         AppAction.KUBERNETES_SCALE: Remedy(run=scale_kubernetes, undo=scale_kubernetes_back),
         AppAction.DOCKER_RESTART: Remedy(run=restart_docker, undo=_SAME_VERSION),

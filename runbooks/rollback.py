@@ -32,7 +32,12 @@ from runbooks.diagnosis.deploys import (
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Moment, Runbook
 from runbooks.engine.targets import Targets
-from runbooks.remedies.rollback import REMEDIES, Recovery, rollback_actions, rollback_checks
+from runbooks.remedies.rollback import (
+    ROLLBACK_REMEDIES,
+    Recovery,
+    rollback_actions,
+    rollback_checks,
+)
 
 __all__ = ["RUNBOOK", "RollbackParams", "plan_remediation"]
 
@@ -106,7 +111,7 @@ RUNBOOK = Runbook(
     ),
     checks=_checks,
     plan=plan_remediation,
-    executors=REMEDIES,
+    executors=ROLLBACK_REMEDIES,
     # Fixed: the good version stays live and the health checks stay healthy for the hold
     # window; the bad version coming back, or the older one failing too, is mitigated.
     verify=Recovery(),

@@ -30,7 +30,7 @@ from runbooks.engine.runbook import ActionKind, Check, Remedy
 from runbooks.engine.verify import Holds, Judgement, Sample, Verdict, healthy
 
 __all__ = [
-    "REMEDIES",
+    "ROLLBACK_REMEDIES",
     "ROLLED_BACK",
     "Recovery",
     "action_result",
@@ -303,7 +303,7 @@ async def roll_forward_vercel(action: Action, *, service: Service) -> ActionResu
     return await _vercel(action, service, forward=True)
 
 
-REMEDIES: dict[ActionKind, Remedy] = {
+ROLLBACK_REMEDIES: dict[ActionKind, Remedy] = {
     RollbackAction.KUBERNETES: Remedy(run=rollback_kubernetes, undo=roll_forward_kubernetes),
     RollbackAction.DOCKER: Remedy(run=rollback_docker, undo=roll_forward_docker),
     RollbackAction.VERCEL: Remedy(run=rollback_vercel, undo=roll_forward_vercel),
