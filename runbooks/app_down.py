@@ -275,7 +275,7 @@ async def restart_kubernetes(action: Action, *, service: Service) -> ActionResul
     """Rollout-restarts the deployment unless it was restarted since the plan."""
     item = action.items[0]
     try:
-        with KubernetesOperator(service.require("kubernetes")) as op:
+        with KubernetesOperator(service.target(KubernetesTarget)) as op:
             said = await asyncio.to_thread(
                 op.rollout_restart,
                 item["deployment"],
@@ -290,7 +290,7 @@ async def _scale_kubernetes(action: Action, service: Service, *, back: bool) -> 
     item = action.items[0]
     expected, to = (item["to"], item["from"]) if back else (item["from"], item["to"])
     try:
-        with KubernetesOperator(service.require("kubernetes")) as op:
+        with KubernetesOperator(service.target(KubernetesTarget)) as op:
             live = await asyncio.to_thread(op.preview_scale, item["deployment"], to)
             if live.before["replicas"] != expected:
                 return _done(
@@ -319,7 +319,7 @@ async def scale_kubernetes_back(action: Action, *, service: Service) -> ActionRe
 @remediation
 async def restart_docker(action: Action, *, service: Service) -> ActionResult:
     """Restarts each planned container unless it recovered since the plan."""
-    target = service.require("docker")
+    target = service.target(DockerTarget)
     outcomes = []
     with DockerReader(target) as reader, DockerOperator(target) as op:
         for item in action.items:
@@ -350,7 +350,7 @@ async def scale_docker(action: Action, *, service: Service) -> ActionResult:
     """Starts (or creates) the compose service's containers up to the planned count."""
     item = action.items[0]
     try:
-        with DockerOperator(service.require("docker")) as op:
+        with DockerOperator(service.target(DockerTarget)) as op:
             said = await asyncio.to_thread(
                 op.scale_service, item["project"], item["service"], item["to"]
             )
@@ -395,7 +395,7 @@ def _notes(
 
 _SAME_VERSION = NoUndo(reason="none needed: the same version starts again with the same config")
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[AppDownParams] = Runbook(
     name=NAME,
     summary="Finds why the application is down and restarts, scales or rolls it back.",
     diagnoses=(

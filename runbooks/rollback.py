@@ -91,7 +91,7 @@ def _notes(
     return notes
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[RollbackParams] = Runbook(
     name=NAME,
     summary="Rolls back the deploy that broke production to the last known good one.",
     diagnoses=(

@@ -18,11 +18,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from checks.findings import Finding, Severity, Status
-from integrations.docker import DockerOperator
+from integrations.docker import DockerOperator, DockerTarget
 from integrations.errors import ConfigError, TargetError
-from integrations.kubernetes import KubernetesOperator, KubernetesReader
+from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.service import Service
-from integrations.vercel import VercelOperator
+from integrations.vercel import VercelOperator, VercelTarget
 from runbooks.diagnosis.deploys import Readers
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
@@ -191,7 +191,7 @@ def _revision_with(reader: KubernetesReader, dep: str, images: list[str], planne
 
 async def _kubernetes(action: Action, service: Service, *, forward: bool) -> ActionResult:
     item = action.items[0]
-    dep, target = item["deployment"], service.require("kubernetes")
+    dep, target = item["deployment"], service.target(KubernetesTarget)
     live_images, want_images = _ends(item, forward, "images")
     # The rollback also pins the revision it planned from; the roll-forward cannot (the
     # rollback made the good template the newest revision).
@@ -222,7 +222,7 @@ async def _kubernetes(action: Action, service: Service, *, forward: bool) -> Act
 
 async def _docker(action: Action, service: Service, *, forward: bool) -> ActionResult:
     outcomes = []
-    with DockerOperator(service.require("docker")) as op:
+    with DockerOperator(service.target(DockerTarget)) as op:
         for item in action.items:
             name = item["container"]
             expected, to = _ends(item, forward, "image")
@@ -250,7 +250,7 @@ async def _vercel(action: Action, service: Service, *, forward: bool) -> ActionR
     item = action.items[0]
     expected, to = (item["to"], item["from"]) if forward else (item["from"], item["to"])
     try:
-        async with VercelOperator(service.require("vercel")) as op:
+        async with VercelOperator(service.target(VercelTarget)) as op:
             live = await op.preview_promote(to)
             if live.already_current:
                 outcome = {"ok": True, "outcome": live.text}

@@ -273,7 +273,7 @@ async def test_a_bad_version_redeployed_within_the_hold_window_is_mitigated(kube
 
     def redeploy_on_first_recovery(kind: str, data: dict) -> None:
         if kind == "verifying" and data["healthy"] and _image(kube) == IMAGES[1]:
-            with KubernetesOperator(_kube_service(kube).kubernetes) as op:
+            with KubernetesOperator(_kube_service(kube).target(KubernetesTarget)) as op:
                 op.rollout_undo("api", 3)  # a CD pipeline re-applies the bad revision
 
     live.subscribe(redeploy_on_first_recovery)
