@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +24,10 @@ from integrations.kubernetes import KubernetesTarget
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Service
-from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.high_error_rate import HighErrorRateParams
 from tests.oncall_proc import oncall
+from tests.runbooks.test_app_down import _on_first_recovery
 from tests.runbooks.test_db_connections import _decide, _until_gate
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -148,7 +147,7 @@ async def test_rejected_and_timed_out_plans_switch_nothing_off(sandbox, prefect_
     task, gate = await _until_gate(
         high_error_rate(service=_flaky(sandbox), params=_params()), prefect_api
     )
-    _decide(prefect_api, gate["flow_run_id"], approved=False)
+    await asyncio.to_thread(_decide, prefect_api, gate["flow_run_id"], approved=False)
     rejected = await asyncio.wait_for(task, 60)
     timed_out = await high_error_rate(
         service=_flaky(sandbox), params=_params(approval_timeout_seconds=5)
@@ -251,21 +250,10 @@ async def test_errors_that_come_back_within_the_hold_are_mitigated_not_fixed(san
 
     app = sandbox["apps"]["flaky"]
     app.control(error_rate=0.3)  # whatever an earlier test left, the fault is on
-    turned_back_on = threading.Event()
-
-    def config_push(kind: str, data: dict) -> None:
-        if kind == "verifying" and data["healthy"] and not turned_back_on.is_set():
-            turned_back_on.set()  # the first healthy sample: the fix worked, for now
-            threading.Thread(target=app.control, kwargs={"error_rate": 0.3}).start()
-
-    live.subscribe(config_push)
-    try:
+    with _on_first_recovery(lambda: app.control(error_rate=0.3)):  # the config push
         report = await high_error_rate(
             service=_flaky(sandbox), params=_params(verify_hold_seconds=15), approve_as="alice"
         )
-    finally:
-        live.unsubscribe(config_push)
-    assert turned_back_on.is_set()
     assert [r.status for r in report.results] == ["done"]
     assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
     judgement = report.judgement

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,10 +21,10 @@ from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, Service
-from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.performance_degradation import PerformanceDegradationParams
 from tests.oncall_proc import oncall
+from tests.runbooks.test_app_down import _on_first_recovery
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SLOW = 2.6
@@ -200,23 +199,16 @@ async def test_a_slowdown_that_comes_back_within_the_hold_is_mitigated_not_fixed
     from flows.runbook_flows import performance_degradation
 
     app, url = sandbox["apps"]["sluggish"], sandbox["prom"].url
-    stale_again = threading.Event()
-
-    def goes_stale(kind: str, data: dict) -> None:
-        if kind == "verifying" and data["healthy"] and not stale_again.is_set():
-            stale_again.set()  # the first healthy sample: the fix worked, for now
-            threading.Thread(target=app.control, kwargs={"latency_s": SLOW}).start()
-
-    live.subscribe(goes_stale)
     try:
-        report = await performance_degradation(
-            service=_sluggish(sandbox), params=_params(verify_hold_seconds=20), approve_as="alice"
-        )
+        with _on_first_recovery(lambda: app.control(latency_s=SLOW)):  # the cache goes stale
+            report = await performance_degradation(
+                service=_sluggish(sandbox),
+                params=_params(verify_hold_seconds=20),
+                approve_as="alice",
+            )
     finally:
-        live.unsubscribe(goes_stale)
         app.control(latency_s=SLOW)
         await asyncio.to_thread(_until, url, _p95("sluggish"), 2.8)  # the next test's fault
-    assert stale_again.is_set()
     assert [r.status for r in report.results] == ["done"]
     assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
     judgement = report.judgement

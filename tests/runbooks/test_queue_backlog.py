@@ -121,7 +121,7 @@ async def test_rejected_and_timed_out_plans_change_nothing(prefect_api):
             queue_backlog(service=_service(backlog, ctl), params=_params()), prefect_api
         )
         assert "Scale workers" in gate["summary"]
-        _decide(prefect_api, gate["flow_run_id"], approved=False)
+        await asyncio.to_thread(_decide, prefect_api, gate["flow_run_id"], approved=False)
         rejected = await asyncio.wait_for(task, 60)
         timed_out = await queue_backlog(
             service=_service(backlog, ctl), params=_params(approval_timeout_seconds=5)
