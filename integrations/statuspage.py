@@ -25,6 +25,7 @@ __all__ = [
     "Component",
     "IncidentSummary",
     "ProviderStatus",
+    "StatuspageIncidents",
     "StatuspageManage",
     "StatuspageManageTarget",
     "StatuspagePage",
@@ -195,8 +196,10 @@ class StatuspageManageTarget(BaseModel):
     backoff: float = Field(default=1.0, ge=0, description="First retry delay in seconds")
 
 
-class StatuspageManage(HttpClient):
-    """Writes incidents on our page; built only inside approved communications."""
+class StatuspageIncidents(HttpClient):
+    """Reads our own page's open incidents through the manage API. Its public methods only
+    read, so a check (did our users get the message?) may hold one; the writes are
+    :class:`StatuspageManage`'s. ``async with StatuspageIncidents(target)``."""
 
     def __init__(
         self, target: StatuspageManageTarget, *, transport: httpx.AsyncBaseTransport | None = None
@@ -205,7 +208,8 @@ class StatuspageManage(HttpClient):
         self.target = target
 
     def __repr__(self) -> str:
-        return f"StatuspageManage(name={self.target.name!r}, page_id={self.target.page_id!r})"
+        kind = type(self).__name__
+        return f"{kind}(name={self.target.name!r}, page_id={self.target.page_id!r})"
 
     def _open(self) -> httpx.AsyncClient:
         key = self.target.api_key.get_secret_value()
@@ -231,6 +235,10 @@ class StatuspageManage(HttpClient):
     async def unresolved(self) -> list[IncidentSummary]:
         """Our page's open incidents."""
         return [_incident(doc) for doc in await self._call("GET", "/incidents/unresolved")]
+
+
+class StatuspageManage(StatuspageIncidents):
+    """Writes incidents on our page; built only inside approved communications."""
 
     async def create_incident(
         self,
