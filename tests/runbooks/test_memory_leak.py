@@ -305,6 +305,50 @@ async def test_a_spike_against_a_tight_limit_gets_a_bigger_limit(sandbox):
     assert container["resources"]["limits"]["memory"] == "96Mi"
 
 
+async def test_runs_by_service_name_with_each_kind_of_restart(sandbox, tmp_path, monkeypatch):
+    """What a deployment run or the Prefect UI does: the service is a name in oncall.yaml;
+    it restarts through a configured action, Kubernetes or Docker."""
+    from flows.runbook_flows import memory_leak
+    from flows.sandbox.docker_api import DockerApiServer
+
+    app, kube = sandbox["apps"]["leaky-kube"], sandbox["kube"]
+    prom = f"    prometheus: {{url: '{sandbox['prom'].url}', retries: 0}}\n"
+    leaky = "    promql: {selector: 'job=\"leaky-kube\"'}\n"
+    with DockerApiServer() as engine:
+        engine.add_image("leaky:1.0")
+        engine.add_container("leaky-docker", "leaky:1.0", memory_limit=1024 * MiB)
+        config = tmp_path / "oncall.yaml"
+        config.write_text(
+            "services:\n"
+            "  by-action:\n" + prom + leaky + "    actions:\n      restart:\n"
+            "        description: Restart the app\n"
+            f"        http: {{method: POST, url: '{app.url}/control', json: {{restart: true}}}}\n"
+            "  leaky-kube:\n"
+            + prom
+            + f"    kubernetes: {{deployment: leaky-kube, api_url: '{kube.url}'}}\n"
+            "  by-docker:\n"
+            + prom
+            + leaky
+            + f"    docker: {{base_url: '{engine.base_url}', container: leaky-docker}}\n"
+        )
+        monkeypatch.setenv("ONCALL_CONFIG", str(config))
+        reports = {
+            name: await memory_leak(service=name, params=_params(), dry_run=True)
+            for name in ("by-action", "leaky-kube", "by-docker")
+        }
+        assert engine.writes() == []
+    for name, mechanism in (
+        ("by-action", "configured"),
+        ("leaky-kube", "kubernetes"),
+        ("by-docker", "docker"),
+    ):
+        report = reports[name]
+        assert report.target == name and report.outcome is Outcome.DRY_RUN, name
+        restart = next(a for a in report.plan.actions if a.id == "restart")
+        assert restart.params["mechanism"] == mechanism
+    assert "docker restart leaky-docker" in reports["by-docker"].plan.actions[0].preview
+
+
 async def test_prometheus_down_or_failing_is_unreachable_exit_3(sandbox):
     from flows.runbook_flows import memory_leak
 
