@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
@@ -107,6 +107,9 @@ class HmsFailuresParams(RunbookParams):
     our_components: list[str] = Field(
         default_factory=list, description="Component ids on our status page to mark while affected"
     )
+
+
+RotationStatus = Literal["done", "skipped"]
 
 
 class HmsAction(ActionKind):
@@ -308,7 +311,7 @@ def plan_remediation(
     dominant = calls.evidence.get("error_kind") if calls else None
     unexplained = calls_failing and not (provider_bad or token_bad) and dominant != "rate_limited"
     recent = deploys.evidence.get("recent_change") if deploys else None
-    if unexplained and recent:
+    if unexplained and recent and deploys is not None:
         spared.append(
             {
                 "what": f"{deploys.evidence['where']} (image {', '.join(recent['images'])})",
@@ -341,7 +344,7 @@ def _sign(item: dict[str, Any], target: HmsTarget) -> tuple[SecretStr, str]:
 
 async def _rotate_kubernetes(
     item: dict[str, Any], target: HmsTarget, kube: KubernetesTarget
-) -> tuple[str, list[dict[str, Any]]]:
+) -> tuple[RotationStatus, list[dict[str, Any]]]:
     async with KubernetesReader(kube) as reader:
         source = TokenSource(target, kubernetes=reader, secret=item["secret"], key=item["key"])
         already = await source.accepted(item["warn_seconds"])
@@ -363,7 +366,7 @@ async def _rotate_kubernetes(
 
 async def _rotate_docker(
     item: dict[str, Any], target: HmsTarget, docker: DockerTarget
-) -> tuple[str, list[dict[str, Any]]]:
+) -> tuple[RotationStatus, list[dict[str, Any]]]:
     async with DockerReader(docker) as reader:
         source = TokenSource(target, docker=reader, key=item["key"])
         already = await source.accepted(item["warn_seconds"])

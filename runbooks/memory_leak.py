@@ -179,7 +179,7 @@ def _diagnose_checks(service: Service, r: _Readers, params: MemoryLeakParams) ->
     checks = {key: metrics_check(r.prom, key, name, call) for key, call in checks.items()}
     if r.kube or r.docker or q.restarts:
         checks["restarts"] = lambda: mem.restarts(
-            prom=r.prom, query=q.restarts, target=name, **runtime
+            prom=r.prom, query=q.restarts, target=name, kube=r.kube, docker=r.docker
         )
     return checks
 
@@ -358,7 +358,8 @@ def _limit_action(
     pressure: bool,
 ) -> tuple[Action | None, str | None]:
     """Sets a missing limit, or raises one a spike outgrew; never feeds a leak a bigger one."""
-    k, current = service.kubernetes, kube.get("memory_limit")
+    k: KubernetesTarget = service.require("kubernetes")
+    current = kube.get("memory_limit")
     peak = max((f.evidence.get("current_bytes") or 0 for f in findings), default=0)
     if current is None:
         new = params.memory_limit or _round_mi(max(peak, 64 * MiB) * params.limit_raise_factor, 64)
@@ -479,14 +480,13 @@ async def rolling_restart(action: Action, *, service: Service) -> ActionResult:
             )
         details = [await run_configured(cfg)]
     elif mechanism == "kubernetes":
-        with KubernetesOperator(service.kubernetes) as op:
+        k: KubernetesTarget = service.require("kubernetes")
+        with KubernetesOperator(k) as op:
             details = [
-                await asyncio.to_thread(
-                    op.rollout_restart, service.kubernetes.deployment, not_before=not_before
-                )
+                await asyncio.to_thread(op.rollout_restart, k.deployment, not_before=not_before)
             ]
     else:
-        with DockerOperator(service.docker) as op:
+        with DockerOperator(service.require("docker")) as op:
             details = [
                 await asyncio.to_thread(op.restart, name, not_before=not_before)
                 for name in action.params["containers"]

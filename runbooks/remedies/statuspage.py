@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -133,12 +133,17 @@ async def still_affected(items: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def action_result(action: Action, status: str, detail: str, **extra: Any) -> ActionResult:
+def action_result(
+    action: Action,
+    status: Literal["done", "partial", "skipped", "failed"],
+    detail: str,
+    **extra: Any,
+) -> ActionResult:
     """An ActionResult of one step whose outcome is ``detail``."""
     return ActionResult(
         action_id=action.id,
         title=action.title,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         detail=detail,
         items=[{"outcome": detail, **extra}],
     )

@@ -66,12 +66,19 @@ def sandbox() -> Iterator[dict[str, Any]]:
                 time.sleep(0.3)
             apps["leaky"].control(version="v2", leak=True, leak_mb_per_s=4)
             apps["spiky"].control(spike_mb=56)
+            faults = time.time()
             time.sleep(7)
-            yield {"prom": prom, "apps": apps, "kube": kube}
+            yield {"prom": prom, "apps": apps, "kube": kube, "faults_at": faults}
     finally:
         kube.stop()
         for app in apps.values():
             app.stop()
+
+
+def _since_faults(sandbox) -> float:
+    """A lookback that still holds the injected deploy and spike, however long earlier tests
+    took (a fixed window would lose them on a slow machine)."""
+    return time.time() - sandbox["faults_at"] + 20
 
 
 def _params(**overrides: Any) -> MemoryLeakParams:
@@ -121,7 +128,8 @@ async def test_dry_run_tells_a_deploy_made_leak_and_restarts_nothing(sandbox):
 
     app = sandbox["apps"]["leaky"]
     held = app.state()["leaked_bytes"]
-    report = await memory_leak(service=_configured(sandbox), params=_params(), dry_run=True)
+    params = _params(lookback_seconds=_since_faults(sandbox))
+    report = await memory_leak(service=_configured(sandbox), params=params, dry_run=True)
     found = _by_check(report.findings)
     assert report.outcome is Outcome.DRY_RUN and report.exit_code == 1
     assert found["memory_trend"].evidence["kind"] == "leak"
@@ -196,7 +204,8 @@ async def test_restart_of_a_still_leaking_version_is_mitigated_and_handed_to_rol
     from flows.runbook_flows import memory_leak
 
     app = sandbox["apps"]["leaky"]
-    report = await memory_leak(service=_configured(sandbox), params=_params(), approve_as="alice")
+    params = _params(lookback_seconds=_since_faults(sandbox))  # the deploy stays in view
+    report = await memory_leak(service=_configured(sandbox), params=params, approve_as="alice")
     [result] = report.results
     assert result.status == "done" and result.detail == f"POST {app.url}/control answered 200"
     assert _restarts(app) == 1 and app.state()["leaking"]
@@ -274,7 +283,8 @@ async def test_a_spike_against_a_tight_limit_gets_a_bigger_limit(sandbox):
     kube = sandbox["kube"]
     service = _on_kube(sandbox, "spiky")
     before = len(kube.writes())
-    report = await memory_leak(service=service, params=_params(restart=False), approve_as="alice")
+    params = _params(restart=False, lookback_seconds=_since_faults(sandbox))
+    report = await memory_leak(service=service, params=params, approve_as="alice")
     found = _by_check(report.findings)
     assert found["memory_trend"].evidence["kind"] == "spike"
     # 80-95 % of the limit warns (P2), above 95 % is critical (P1): RSS after the spike
