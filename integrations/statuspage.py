@@ -95,11 +95,12 @@ class ProviderStatus(BaseModel):
 
 def _incident(doc: dict[str, Any]) -> IncidentSummary:
     updates = list(enumerate(doc.get("incident_updates") or []))
+    none: dict[str, Any] = {}
     # Newest by time; on a tie the earlier list entry wins, as Statuspage lists newest first.
     _, last = max(
         updates,
         key=lambda item: (item[1].get("display_at") or item[1].get("created_at") or "", -item[0]),
-        default=(0, {}),
+        default=(0, none),
     )
     return IncidentSummary(
         id=str(doc.get("id", "")),

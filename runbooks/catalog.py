@@ -19,6 +19,7 @@ __all__ = ["RUNBOOKS", "card", "get", "require", "runbooks"]
 
 RUNBOOKS: dict[str, str] = {
     "db-connections": "runbooks.db_connections",
+    "database-down": "runbooks.database_down",
     "rollback": "runbooks.rollback",
     "app-down": "runbooks.app_down",
     "hms-failures": "runbooks.hms_failures",

@@ -15,23 +15,20 @@ from pydantic import Field
 
 from checks import postgres as pg
 from checks.findings import Finding
-from integrations.postgres import PostgresOperator, PostgresReader, PostgresTarget
+from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.service import Service
-from runbooks.engine.guard import remediation
-from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
-from runbooks.engine.runbook import (
-    ActionKind,
-    Change,
-    Check,
-    Moment,
-    NoUndo,
-    Remedy,
-    Runbook,
-)
+from runbooks.engine.model import Plan, Risk, RunbookParams
+from runbooks.engine.runbook import Change, Check, Moment, Runbook
 from runbooks.engine.targets import Targets
 from runbooks.engine.verify import Holds
+from runbooks.remedies.postgres import (
+    PG_REMEDIES,
+    backend_item,
+    cancel_action,
+    terminate_action,
+)
 
-__all__ = ["RUNBOOK", "DbConnectionsParams", "PgAction", "plan_remediation"]
+__all__ = ["RUNBOOK", "DbConnectionsParams", "plan_remediation"]
 
 NAME = "db-connections"
 
@@ -66,16 +63,11 @@ class DbConnectionsParams(RunbookParams):
     )
 
 
-class PgAction(ActionKind):
-    CANCEL = "pg.cancel"
-    TERMINATE = "pg.terminate"
-
-
 @asynccontextmanager
 async def _checks(
     service: Service, params: DbConnectionsParams, moment: Moment
 ) -> AsyncIterator[Mapping[str, Check]]:
-    async with PostgresReader(service.postgres) as db:
+    async with PostgresReader(service.target(PostgresTarget)) as db:
         yield _named_checks(db, params)
 
 
@@ -105,39 +97,11 @@ def _sessions(findings: list[Finding], check: str) -> list[dict[str, Any]]:
     ]
 
 
-def _item(session: dict[str, Any], reason: str, age_key: str) -> dict[str, Any]:
-    keep = (
-        "pid",
-        "usename",
-        "application_name",
-        "client_addr",
-        "state",
-        "backend_start",
-        "xact_start",
-        "query_start",
-        "query",
-    )
-    return {**{k: session.get(k) for k in keep}, "age_s": session.get(age_key), "reason": reason}
-
-
-def _preview(items: list[dict[str, Any]], verb: str) -> str:
-    head = f"{verb} {len(items)} backend(s):\n"
-    rows = [f"{'PID':>7}  {'USER':<12} {'APPLICATION':<16} {'STATE':<21} {'AGE':>7}  QUERY"]
-    for i in items:
-        rows.append(
-            f"{i['pid']:>7}  {str(i['usename'])[:12]:<12}"
-            f" {str(i['application_name'] or '-')[:16]:<16} {str(i['state'])[:21]:<21}"
-            f" {i['age_s'] or 0:>6.0f}s  {(i['query'] or '')[:200]}"
-        )
-        rows.append(f"{'':>9}why: {i['reason']}")
-    return head + "\n".join(rows)
-
-
 def plan_remediation(
     service: Service, findings: list[Finding], params: DbConnectionsParams
 ) -> Plan:
     """Turns findings into cancel/terminate actions, guarded and capped."""
-    target = service.require("postgres").name
+    target = service.target(PostgresTarget).name
     terminate: dict[int, dict[str, Any]] = {}
     cancel: dict[int, dict[str, Any]] = {}
     spared: list[dict[str, Any]] = []
@@ -150,7 +114,7 @@ def plan_remediation(
         elif session["pid"] in into:
             into[session["pid"]]["reason"] += f"; {reason}"
         else:
-            into[session["pid"]] = _item(session, reason, age_key)
+            into[session["pid"]] = backend_item(session, reason, age_key)
 
     if params.terminate_root_blockers:
         for f in findings:
@@ -193,96 +157,10 @@ def plan_remediation(
         )
     actions = []
     if chosen_cancel:
-        actions.append(
-            Action(
-                id="cancel-queries",
-                kind=PgAction.CANCEL,
-                target=target,
-                risk=Risk.RISKY,
-                title=f"Cancel {len(chosen_cancel)} long-running query(ies)",
-                preview=_preview(chosen_cancel, "pg_cancel_backend() on"),
-                items=chosen_cancel,
-            )
-        )
+        actions.append(cancel_action(target, chosen_cancel))
     if chosen_terminate:
-        actions.append(
-            Action(
-                id="terminate-sessions",
-                kind=PgAction.TERMINATE,
-                target=target,
-                risk=Risk.DESTRUCTIVE,
-                title=f"Terminate {len(chosen_terminate)} session(s)",
-                preview=_preview(chosen_terminate, "pg_terminate_backend() on")
-                + "\nBlast radius: each session's open transaction is rolled back and its client"
-                " disconnected; connection pools reconnect.",
-                items=chosen_terminate,
-            )
-        )
+        actions.append(terminate_action(target, chosen_terminate))
     return Plan(runbook=NAME, target=target, actions=actions, spared=spared)
-
-
-def _changed(item: dict[str, Any], live: dict[str, Any] | None, moment: str) -> str | None:
-    """Why a planned backend must be spared now, or None when it is still the same one."""
-    if live is None:
-        return None
-    if _iso(live["backend_start"]) != item["backend_start"]:
-        return "the pid now belongs to another session"
-    if _iso(live[moment]) != item[moment]:
-        return (
-            "its transaction changed since the plan"
-            if moment == "xact_start"
-            else "its query changed since the plan"
-        )
-    return None
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-async def _signal(action: Action, target: PostgresTarget, verb: str, moment: str) -> ActionResult:
-    outcomes, done, spared = [], 0, 0
-    async with PostgresOperator(target) as op:
-        for item in action.items:
-            pid = item["pid"]
-            live = await op.backend(pid)
-            if live is None:
-                outcomes.append({"pid": pid, "outcome": f"pid {pid}: already gone"})
-                done += 1
-                continue
-            why = _changed(item, live, moment)
-            if why:
-                outcomes.append({"pid": pid, "outcome": f"pid {pid}: spared, {why}"})
-                spared += 1
-                continue
-            signal = op.terminate_backend if verb == "terminated" else op.cancel_backend
-            ok = await signal(pid)
-            outcomes.append({"pid": pid, "outcome": f"pid {pid}: {verb if ok else 'not ' + verb}"})
-            done += ok
-    status = "done" if done == len(action.items) else "partial" if done else "skipped"
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status=status,
-        detail=f"{done} {verb}, {spared} spared of {len(action.items)} planned",
-        items=outcomes,
-    )
-
-
-@remediation
-async def cancel_queries(action: Action, *, service: Service) -> ActionResult:
-    """Cancels the planned queries whose backend still runs the same query."""
-    return await _signal(action, service.require("postgres"), "cancelled", "query_start")
-
-
-@remediation
-async def terminate_sessions(action: Action, *, service: Service) -> ActionResult:
-    """Terminates the planned sessions still in the same transaction. Rolls that work back.
-
-    Blast radius: each session's open transaction is rolled back and its client
-    disconnected; nothing outside the previewed PIDs is signalled.
-    """
-    return await _signal(action, service.require("postgres"), "terminated", "xact_start")
 
 
 def _notes(
@@ -296,7 +174,7 @@ def _notes(
     ]
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[DbConnectionsParams] = Runbook(
     name=NAME,
     summary="Finds what exhausts PostgreSQL connections and frees them after approval.",
     diagnoses=(
@@ -317,18 +195,7 @@ RUNBOOK = Runbook(
     targets=Targets(needs=(PostgresTarget,)),
     checks=_checks,
     plan=plan_remediation,
-    executors={
-        PgAction.CANCEL: Remedy(
-            run=cancel_queries,
-            undo=NoUndo(
-                reason="none needed: the sessions stay connected; clients may retry their queries"
-            ),
-        ),
-        PgAction.TERMINATE: Remedy(
-            run=terminate_sessions,
-            undo=NoUndo(reason="cannot be undone: rolled-back work must be retried by the clients"),
-        ),
-    },
+    executors=PG_REMEDIES,
     # Fixed only if stale sessions and lock chains do not pile up again within the window.
     verify=Holds(
         relapse="stale sessions piled up again within {hold}s of the fix",

@@ -118,7 +118,7 @@ class HmsAction(ActionKind):
 
 @contextlib.asynccontextmanager
 async def _sources(service: Service, params: HmsFailuresParams) -> AsyncIterator[Sources]:
-    target: HmsTarget = service.require("hms")
+    target = service.target(HmsTarget)
     async with contextlib.AsyncExitStack() as stack:
         kube = docker = None
         if service.kubernetes is not None:
@@ -175,7 +175,7 @@ def _rotation(
     service: Service, token: Finding | None, params: HmsFailuresParams, now: float
 ) -> Action | dict[str, Any]:
     """The rotate-token action, or why it cannot be planned (a 'spared' entry)."""
-    target: HmsTarget = service.require("hms")
+    target = service.target(HmsTarget)
     what = "management token"
     if token is None:
         reason = (
@@ -390,11 +390,11 @@ async def rotate_token(action: Action, *, service: Service) -> ActionResult:
     """
     item = action.items[0]
     try:
-        target: HmsTarget = service.require("hms")
+        target = service.target(HmsTarget)
         if item["kind"] == "kubernetes":
-            status, steps = await _rotate_kubernetes(item, target, service.require("kubernetes"))
+            status, steps = await _rotate_kubernetes(item, target, service.target(KubernetesTarget))
         else:
-            status, steps = await _rotate_docker(item, target, service.require("docker"))
+            status, steps = await _rotate_docker(item, target, service.target(DockerTarget))
     except OncallError as exc:
         return ActionResult(
             action_id=action.id, title=action.title, status="failed", detail=str(exc)
@@ -412,7 +412,7 @@ def _notes(
     service: Service, findings: list[Finding], plan: Plan, params: HmsFailuresParams
 ) -> list[str]:
     notes = [f"{item['what']}: {item['reason']}" for item in plan.spared]
-    source = TokenSource(service.require("hms"))
+    source = TokenSource(service.target(HmsTarget))
     if service.kubernetes is None and service.docker is None and source.kind == "self-signed":
         notes.insert(
             0,
@@ -422,7 +422,7 @@ def _notes(
     return notes
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[HmsFailuresParams] = Runbook(
     name=NAME,
     summary="Finds why 100ms video fails; rolls a new token and tells users after approval.",
     diagnoses=(

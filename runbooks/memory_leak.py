@@ -130,7 +130,7 @@ class _Readers(NamedTuple):
 @contextlib.asynccontextmanager
 async def _readers(service: Service) -> AsyncIterator[_Readers]:
     async with contextlib.AsyncExitStack() as stack:
-        prom = await stack.enter_async_context(PrometheusClient(service.require("prometheus")))
+        prom = await stack.enter_async_context(PrometheusClient(service.target(PrometheusTarget)))
         kube = docker = None
         if service.kubernetes:
             kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))
@@ -358,7 +358,7 @@ def _limit_action(
     pressure: bool,
 ) -> tuple[Action | None, str | None]:
     """Sets a missing limit, or raises one a spike outgrew; never feeds a leak a bigger one."""
-    k: KubernetesTarget = service.require("kubernetes")
+    k = service.target(KubernetesTarget)
     current = kube.get("memory_limit")
     peak = max((f.evidence.get("current_bytes") or 0 for f in findings), default=0)
     if current is None:
@@ -480,13 +480,13 @@ async def rolling_restart(action: Action, *, service: Service) -> ActionResult:
             )
         details = [await run_configured(cfg)]
     elif mechanism == "kubernetes":
-        k: KubernetesTarget = service.require("kubernetes")
+        k = service.target(KubernetesTarget)
         with KubernetesOperator(k) as op:
             details = [
                 await asyncio.to_thread(op.rollout_restart, k.deployment, not_before=not_before)
             ]
     else:
-        with DockerOperator(service.require("docker")) as op:
+        with DockerOperator(service.target(DockerTarget)) as op:
             details = [
                 await asyncio.to_thread(op.restart, name, not_before=not_before)
                 for name in action.params["containers"]
@@ -502,7 +502,7 @@ async def rolling_restart(action: Action, *, service: Service) -> ActionResult:
 
 async def _limit(action: Action, service: Service, was: str | None, to: str) -> ActionResult:
     """Sets the memory limit to ``to`` unless it is no longer ``was`` (someone changed it)."""
-    p, kube = action.params, service.require("kubernetes")
+    p, kube = action.params, service.target(KubernetesTarget)
     with KubernetesOperator(kube) as op:
         preview = await asyncio.to_thread(
             op.preview_memory_limit, p["deployment"], p["container"], to
@@ -597,7 +597,7 @@ def _notes(
     return notes
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[MemoryLeakParams] = Runbook(
     name=NAME,
     summary="Tells a memory leak from a spike and restarts or resizes the service after approval.",
     diagnoses=(

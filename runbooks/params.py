@@ -6,99 +6,17 @@ runbooks without paying Prefect's import time.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import Field
 
 from checks.findings import Severity
 from runbooks.engine.model import RunbookParams
 
 __all__ = [
-    "AppDownParams",
-    "DeployWindowParams",
     "HighErrorRateParams",
     "HttpSymptomParams",
     "PerformanceDegradationParams",
     "QueueBacklogParams",
-    "RollbackParams",
 ]
-
-
-class DeployWindowParams(RunbookParams):
-    """When a deploy counts as recent and what error rate is a regression (rollback, app-down)."""
-
-    incident_start: datetime | None = Field(
-        default=None,
-        description="When the incident started (ISO 8601; UTC without a zone);"
-        " default: now minus lookback_minutes",
-    )
-    lookback_minutes: float = Field(
-        default=60.0, gt=0, le=10_080, description="Default incident start: this long ago (min)"
-    )
-    grace_minutes: float = Field(
-        default=15.0, ge=0, le=1_440, description="A deploy this long before the start is recent"
-    )
-    error_window_seconds: float = Field(
-        default=300.0, ge=5, le=86_400, description="Error-rate window before/after each deploy"
-    )
-    verify_error_window_seconds: float = Field(
-        default=60.0, ge=5, le=3_600, description="Error-rate window when verifying recovery"
-    )
-    error_rate_warn_pct: float = Field(
-        default=1.0, ge=0, le=100, description="Error rate that is a problem (seed 000: P2 1-5%)"
-    )
-    error_rate_critical_pct: float = Field(
-        default=5.0, ge=0, le=100, description="Error rate that is critical (seed 000: P1 5-10%)"
-    )
-    error_rate_outage_pct: float = Field(
-        default=10.0, ge=0, le=100, description="Error rate of an outage (seed 000: P0 above 10%)"
-    )
-    regression_factor: float = Field(
-        default=2.0, ge=1, description="A deploy regressed when its error rate rose this many times"
-    )
-    max_deploys: int = Field(default=10, ge=2, le=100, description="Recent deploys to list")
-
-
-class RollbackParams(DeployWindowParams):
-    """Parameters of the rollback runbook (seed 000 Part C step 5 Path B; seeds 001, 004)."""
-
-    to: str | None = Field(
-        default=None,
-        description="Roll back to this revision (Kubernetes), image tag (Docker) or deployment"
-        " id (Vercel) instead of the last known good one",
-    )
-    verify_timeout_seconds: float = Field(
-        default=300.0,
-        ge=0,
-        le=3_600,
-        description="How long to wait for recovery (rollouts take minutes)",
-    )
-
-
-class AppDownParams(DeployWindowParams):
-    """Parameters of the app-down runbook (seed 004 "Application Down"; seed 000 Incident 3)."""
-
-    logs_tail_lines: int = Field(
-        default=100, ge=1, le=5_000, description="Log lines to show (seed 004: --tail=100)"
-    )
-    restart_warn: int = Field(
-        default=3, ge=1, description="Warn at this many pod restarts within restart_window_minutes"
-    )
-    restart_window_minutes: float = Field(
-        default=15.0, gt=0, description="Restarts and OOM kills this recent count"
-    )
-    memory_warn_pct: float = Field(
-        default=80.0, gt=0, le=100, description="Warn above this share of the memory limit"
-    )
-    memory_critical_pct: float = Field(
-        default=95.0, gt=0, le=100, description="Critical above this share of the memory limit"
-    )
-    scale_to: int = Field(
-        default=2, ge=1, le=100, description="Replicas to start when none is running"
-    )
-    verify_timeout_seconds: float = Field(
-        default=120.0, ge=0, le=3_600, description="How long to wait for recovery after acting"
-    )
 
 
 class HttpSymptomParams(RunbookParams):

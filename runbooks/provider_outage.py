@@ -235,7 +235,7 @@ def _notes(
     return notes
 
 
-RUNBOOK = Runbook(
+RUNBOOK: Runbook[ProviderOutageParams] = Runbook(
     name=NAME,
     summary="Reads the providers' status pages; tells users and degrades gracefully after"
     " approval.",

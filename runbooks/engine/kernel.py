@@ -22,6 +22,7 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel
 
 from checks.findings import Finding, Severity, Status, timed
+from checks.severity import suggested_severity
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.service import Service
 from runbooks.engine import live
@@ -199,12 +200,7 @@ class RunbookRun:
             self.mark("first_finding")
         self.mark("diagnosis")
         self.report.findings.extend(findings)
-        for finding in findings:
-            self.report.severity = (
-                finding.severity.raise_to(self.report.severity)
-                if finding.severity
-                else self.report.severity
-            )
+        self.report.severity = suggested_severity(self.report.findings)
         return findings
 
     async def gate(self, plan: Plan) -> Approval | None:

@@ -10,47 +10,20 @@ one line, never a flow that fails half-way.
 
 from __future__ import annotations
 
-import functools
-import types
-import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from integrations.errors import ConfigError
-from integrations.service import Service
+from integrations.service import Service, target_fields
 
-__all__ = ["Targets", "field_for", "target_classes"]
-
-
-@functools.cache
-def target_classes() -> dict[type, str]:
-    """Every target model a Service can hold, mapped to the field that holds it."""
-    found: dict[type, str] = {}
-    for name, field in Service.model_fields.items():
-        for arg in _leaves(field.annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel) and arg is not Service:
-                found.setdefault(arg, name)
-    return found
-
-
-def _leaves(annotation: Any) -> list[Any]:
-    """The classes inside ``X | None``, ``list[X]`` and ``dict[str, X]``."""
-    origin = typing.get_origin(annotation)
-    if origin is None:
-        return [annotation]
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType, list, tuple):
-        return [leaf for arg in args for leaf in _leaves(arg)]
-    if origin is dict:
-        return _leaves(args[-1])
-    return []
+__all__ = ["Targets", "field_for"]
 
 
 def field_for(kind: type) -> str:
     """The Service field that holds targets of this model; TypeError for a non-target."""
     try:
-        return target_classes()[kind]
+        return target_fields()[kind]
     except KeyError:
         raise TypeError(f"{kind.__name__} is not a target a Service can hold") from None
 

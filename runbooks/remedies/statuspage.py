@@ -24,6 +24,7 @@ from integrations.service import Service
 from integrations.statuspage import (
     StatuspageIncidents,
     StatuspageManage,
+    StatuspageManageTarget,
     StatuspagePage,
     StatuspagePublic,
 )
@@ -88,7 +89,7 @@ def status_action(
     components: list[str],
 ) -> Action:
     """The status-page post for our users while these providers are affected."""
-    page = service.require("statuspage")
+    page = service.target(StatuspageManageTarget)
     status = our_status(found)
     down = any(f.evidence.get("state") == "down" for f in found)
     component_status = "major_outage" if down else "degraded_performance"
@@ -157,7 +158,7 @@ async def post_status(action: Action, *, service: Service) -> ActionResult:
         if not await still_affected(item["providers"]):
             names = ", ".join(p["name"] for p in item["providers"])
             return action_result(action, "skipped", f"{names} operational again: nothing posted")
-        async with StatuspageManage(service.require("statuspage")) as page:
+        async with StatuspageManage(service.target(StatuspageManageTarget)) as page:
             same = [i for i in await page.unresolved() if i.name == item["name"]]
             if same:
                 detail = await page.update_incident(same[0].id, item["status"], item["body"])

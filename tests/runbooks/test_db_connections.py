@@ -294,7 +294,7 @@ async def test_unreachable_database_is_an_error_finding_and_exit_3():
 
 
 async def test_remediation_is_refused_without_an_approval_record(pgdb, faults):
-    from runbooks.db_connections import terminate_sessions
+    from runbooks.remedies.postgres import terminate_sessions
 
     [pid] = faults.idle_in_transaction(1)
     action = Action(
@@ -312,8 +312,8 @@ async def test_remediation_is_refused_without_an_approval_record(pgdb, faults):
 
 
 async def test_a_hand_made_approval_is_refused(pgdb, faults):
-    from runbooks.db_connections import terminate_sessions
     from runbooks.engine.guard import approved_scope
+    from runbooks.remedies.postgres import terminate_sessions
 
     [pid] = faults.idle_in_transaction(1)
     forged = Approval(

@@ -12,7 +12,6 @@ import jwt
 import pytest
 
 from checks.findings import Severity, Status
-from flows.prefect_api import PrefectAPI
 from flows.sandbox.docker_api import DockerApiServer
 from flows.sandbox.kube_api import KubeApiServer
 from flows.sandbox.saas import SaasSandbox
@@ -24,6 +23,7 @@ from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.engine.verify import Verdict
 from runbooks.hms_failures import HmsFailuresParams
+from tests.runbooks.test_rollback import _decide, _until_gate
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SECRET, KEY = "hms-credentials", "HMS_MANAGEMENT_TOKEN"
@@ -71,36 +71,6 @@ def _params(**overrides) -> HmsFailuresParams:
 
 def _stored(kube: KubeApiServer) -> str:
     return base64.b64decode(kube.get("secrets", SECRET)["data"][KEY]).decode()
-
-
-async def _until_gate(coro, prefect_api: str):
-    seen: dict = {}
-    event = asyncio.Event()
-
-    def listener(kind: str, data: dict) -> None:
-        if kind == "gate":
-            seen.update(data)
-            event.set()
-
-    live.subscribe(listener)
-    task = asyncio.create_task(coro)
-    try:
-        await asyncio.wait_for(event.wait(), 60)
-    finally:
-        live.unsubscribe(listener)
-    with PrefectAPI(prefect_api) as api:
-        for _ in range(100):
-            if api.flow_run(seen["flow_run_id"])["state"]["type"] == "PAUSED":
-                break
-            await asyncio.sleep(0.1)
-    return task, seen
-
-
-def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(
-            run_id, {"approved": approved, "approver": "bob", "reason": "t", "channel": "cli"}
-        )
 
 
 async def test_dry_run_diagnoses_the_expired_token_and_touches_nothing(sandbox, kube):
@@ -193,7 +163,7 @@ async def test_rejected_and_timed_out_plans_touch_nothing(sandbox, kube, prefect
 
     service = _service(sandbox, kube)
     task, gate = await _until_gate(hms_failures(service=service, params=_params()), prefect_api)
-    _decide(prefect_api, gate["flow_run_id"], approved=False)
+    await _decide(prefect_api, gate["flow_run_id"], approved=False)
     rejected = await asyncio.wait_for(task, 60)
     timed_out = await hms_failures(service=service, params=_params(approval_timeout_seconds=5))
     assert rejected.outcome is Outcome.REJECTED and timed_out.outcome is Outcome.TIMED_OUT
@@ -208,7 +178,7 @@ async def test_a_token_rotated_by_someone_else_meanwhile_is_kept(sandbox, kube, 
     )
     theirs = sandbox.management_token()
     kube.seed_secret(SECRET, {KEY: theirs})
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     [only] = kube.writes()
     assert only.path == DEPLOYMENT_PATH, "their token stays; the app is still restarted"
@@ -243,7 +213,7 @@ async def test_100ms_down_gets_fallback_messaging_only_after_approval(sandbox, k
     params = _params(verify_timeout_seconds=1)
     task, gate = await _until_gate(hms_failures(service=service, params=params), prefect_api)
     assert [r for r in sandbox.received("statuspage") if r.method != "GET"] == []
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     [post] = [r for r in sandbox.received("statuspage") if r.method != "GET"]
     assert post.path == f"/v1/pages/{sandbox.page_id}/incidents"

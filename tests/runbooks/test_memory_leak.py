@@ -25,7 +25,7 @@ from integrations.service import ConfiguredAction, HttpCall, Service
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.engine.verify import Verdict
 from runbooks.memory_leak import MemoryLeakParams
-from tests.runbooks.test_db_connections import _decide, _until_gate
+from tests.runbooks.test_rollback import _decide, _until_gate
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 MiB = 2**20
@@ -151,7 +151,7 @@ async def test_rejected_plan_restarts_nothing(sandbox, prefect_api):
     task, gate = await _until_gate(
         memory_leak(service=_configured(sandbox), params=_params()), prefect_api
     )
-    _decide(prefect_api, gate["flow_run_id"], approved=False)
+    await _decide(prefect_api, gate["flow_run_id"], approved=False)
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and report.results == []
     assert _restarts(app) == 0
@@ -385,7 +385,7 @@ def test_drill_runs_end_to_end_and_passes():
     )
     # The drill restarts while the leaking version stays deployed: mitigated, not fixed.
     assert card.outcome == "mitigated" and card.severity == "P1", card
-    assert card.verdicts["detect"] == "within SLA" and len(card.actions) == 1
+    assert card.verdicts["detect"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]
     assert any(n.startswith("mitigated: leak persists") for n in card.notes), card.notes
     assert "next step: roll back the deploy that started it (version v2)" in " ".join(card.notes)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from checks.findings import Finding, Severity, Status
-from flows.prefect_api import PrefectAPI
 from flows.sandbox.saas import SaasSandbox
 from integrations.errors import ApprovalRequired
 from integrations.service import ConfiguredAction, Service
@@ -17,6 +16,7 @@ from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.engine.verify import Verdict
 from runbooks.provider_outage import ProviderOutageParams
+from tests.runbooks.test_rollback import _decide, _until_gate
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -77,37 +77,6 @@ def _writes(sandbox: SaasSandbox) -> list:
     return [r for r in sandbox.received("statuspage") if r.method != "GET"]
 
 
-async def _until_gate(coro, prefect_api: str):
-    seen: dict = {}
-    event = asyncio.Event()
-
-    def listener(kind: str, data: dict) -> None:
-        if kind == "gate":
-            seen.update(data)
-            event.set()
-
-    live.subscribe(listener)
-    task = asyncio.create_task(coro)
-    try:
-        await asyncio.wait_for(event.wait(), 60)
-    finally:
-        live.unsubscribe(listener)
-    with PrefectAPI(prefect_api) as api:
-        for _ in range(100):
-            if api.flow_run(seen["flow_run_id"])["state"]["type"] == "PAUSED":
-                break
-            await asyncio.sleep(0.1)
-    return task, seen
-
-
-def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(
-            run_id,
-            {"approved": approved, "approver": "bob", "reason": "t", "channel": "cli"},
-        )
-
-
 async def test_operational_providers_are_healthy_and_nothing_is_planned(
     supabase, vercel, ours, flag
 ):
@@ -156,7 +125,7 @@ async def test_approval_posts_once_turns_degradation_on_and_leaves_providers_alo
     service = _service(supabase, vercel, ours, flag)
     task, gate = await _until_gate(provider_outage(service=service, params=_params()), prefect_api)
     assert _writes(ours) == [] and not flag.exists(), "nothing before the decision"
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
 
     [created] = _writes(ours)
@@ -264,7 +233,7 @@ async def test_rejected_and_timed_out_plans_touch_nothing(
     supabase.set_provider("down")
     service = _service(supabase, vercel, ours, flag)
     task, gate = await _until_gate(provider_outage(service=service, params=_params()), prefect_api)
-    _decide(prefect_api, gate["flow_run_id"], approved=False)
+    await _decide(prefect_api, gate["flow_run_id"], approved=False)
     rejected = await asyncio.wait_for(task, 60)
     timed_out = await provider_outage(service=service, params=_params(approval_timeout_seconds=5))
     assert rejected.outcome is Outcome.REJECTED and timed_out.outcome is Outcome.TIMED_OUT
@@ -280,7 +249,7 @@ async def test_provider_recovering_before_approval_is_not_announced(
     service = _service(supabase, vercel, ours, flag)
     task, gate = await _until_gate(provider_outage(service=service, params=_params()), prefect_api)
     supabase.set_provider("operational")
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     assert [r.status for r in report.results] == ["skipped", "skipped"]
     assert "operational again" in report.results[0].detail

@@ -1,0 +1,1 @@
+"""Shared read-only parts of runbooks: readers, check bundles and parameter bases."""
