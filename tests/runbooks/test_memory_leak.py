@@ -389,3 +389,26 @@ def test_drill_runs_end_to_end_and_passes():
     assert card.approvals == ["approved by ci via cli-preapproved"]
     assert any(n.startswith("mitigated: leak persists") for n in card.notes), card.notes
     assert "next step: roll back the deploy that started it (version v2)" in " ".join(card.notes)
+
+
+def test_memory_back_down_with_no_clear_trend_yet_is_not_called_fixed():
+    from checks.findings import Finding, Status
+    from runbooks.engine.verify import Sample
+    from runbooks.memory_leak import RUNBOOK
+
+    reset = Finding(check="memory_reset", target="s", status=Status.OK, summary="went back")
+    unclear = Finding(
+        check="memory_after_restart",
+        target="s",
+        status=Status.UNKNOWN,
+        summary="no clear memory trend since the restart yet: only 2 samples",
+    )
+    flat = unclear.model_copy(update={"status": Status.OK, "summary": "flat"})
+    rounds = [[reset, unclear], [reset, unclear]]
+    samples = [Sample(at_s=float(i), findings=r) for i, r in enumerate(rounds)]
+    judgement = RUNBOOK.verify.judge(samples, _params(verify_hold_seconds=1))
+    assert judgement.verdict is Verdict.MITIGATED
+    assert "whether the leak stopped is not clear" in judgement.reason
+    assert "oncall run rollback" in (judgement.next_step or "")
+    samples[-1] = Sample(at_s=1.0, findings=[reset, flat])
+    assert RUNBOOK.verify.judge(samples, _params(verify_hold_seconds=1)).verdict is Verdict.FIXED

@@ -334,3 +334,42 @@ def test_plan_moves_to_monitoring_once_the_provider_monitors_its_fix(supabase, v
     assert item["component_status"] == "degraded_performance" and item["component_ids"] == ["cmp1"]
     assert item["providers"][0]["components"] == ["Database"]
     assert "every 15 minutes" in item["body"]
+
+
+def test_the_verdict_never_calls_an_unread_provider_page_fixed():
+    from runbooks.engine.verify import Sample
+    from runbooks.provider_outage import RUNBOOK
+
+    def page(status: Status) -> Finding:
+        evidence = {"provider": "Neon", "state": "down", "page_url": "https://neonstatus.com"}
+        return Finding(
+            check="provider_status.neon",
+            target="Neon",
+            status=status,
+            summary=f"Neon {status}",
+            evidence=evidence if status is not Status.ERROR else {},
+            severity=Severity.P0 if status is Status.CRITICAL else None,
+        )
+
+    told = Finding(check="users_informed", target="ours", status=Status.OK, summary="told")
+    flag = Finding(check="other", target="x", status=Status.WARN, summary="still wrong")
+    params = _params(verify_hold_seconds=1)
+
+    def judge(*rounds: list[Finding]) -> tuple[Verdict, str]:
+        samples = [Sample(at_s=float(i), findings=r) for i, r in enumerate(rounds)]
+        judgement = RUNBOOK.verify.judge(samples, params)
+        return judgement.verdict, judgement.reason
+
+    unread = [page(Status.ERROR)]
+    assert judge(unread, unread)[0] is Verdict.NOT_RECOVERED  # healthy-looking, but unseen
+    assert judge(unread + [told], unread + [told])[0] is Verdict.MITIGATED
+    assert "recovery not confirmed" in judge(unread, unread)[1]
+    down = [page(Status.CRITICAL), told]
+    assert judge(down, down) == (
+        Verdict.MITIGATED,
+        "users are informed (told); still Neon down: the cause is on the provider's side",
+    )
+    # Something besides the provider is still wrong: not the provider's alone to fix.
+    assert judge(down + [flag], down + [flag])[0] is Verdict.NOT_RECOVERED
+    up = [page(Status.OK), told]
+    assert judge(up, up)[0] is Verdict.FIXED
