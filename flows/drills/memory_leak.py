@@ -2,7 +2,8 @@
 
 The sandbox is a ``leaky`` app (real resident memory growth) scraped every second by a real
 Prometheus. The remediation is the service's configured ``restart`` action: an HTTP call to
-the app's ``/control`` that drops the memory it holds, as a fresh instance would.
+the app's ``/control`` that drops the memory it holds, as a fresh instance would. v2 stays
+deployed and leaks on after the restart, so the honest score is *mitigated*: handed to rollback.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         deploy_window_seconds=30,
         approval_timeout_seconds=300,
         verify_timeout_seconds=20,
+        verify_hold_seconds=15,  # the leak shows its slope again within a few seconds
     )
     prometheus = PrometheusProcess()  # raises ConfigError naming the package when missing
     with SandboxApp("leaky", paused=True, limit_mb=512) as app:

@@ -257,7 +257,8 @@ def test_run_by_service_name_from_oncall_yaml(pgdb, faults, tmp_path):
         stdin=subprocess.DEVNULL,
         env=env,
     )
-    assert wrong.returncode == 2 and "needs a prometheus target" in wrong.stderr
+    assert wrong.returncode == 2 and "memory-leak needs prometheus" in wrong.stderr
+    assert "service 'billing' has no prometheus target" in wrong.stderr
     missing = subprocess.run(
         [
             sys.executable,
