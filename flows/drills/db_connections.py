@@ -15,7 +15,7 @@ IDLE_S = 1  # the runbook's idle-in-transaction threshold in the drill (seconds)
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Exhausts an embedded PostgreSQL's connections and lets db-connections fix it."""
-    from flows.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
+    from flows.drills.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
 
     # The fault first: it must age past the runbook's threshold, and the imports below (and
     # Prefect's, started by `oncall drill`) happen while it does.

@@ -21,7 +21,7 @@ SERVICE = "drill-api"
 
 def wait_for(prometheus_url: str, promql: str, at_least: float, timeout: float = 60.0) -> float:
     """Polls an instant query until its value reaches ``at_least``; returns the last value."""
-    from flows.sandbox.prometheus import SandboxFailed
+    from flows.drills.sandbox.prometheus import SandboxFailed
     from integrations.prometheus import PrometheusClient, PrometheusTarget
 
     async def value() -> float:
@@ -41,8 +41,8 @@ def wait_for(prometheus_url: str, promql: str, at_least: float, timeout: float =
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Makes a real process leak memory after a deploy and lets memory-leak restart it."""
     from flows.execute import run_runbook
-    from flows.sandbox.apps import SandboxApp
-    from flows.sandbox.prometheus import PrometheusProcess
+    from flows.drills.sandbox.apps import SandboxApp
+    from flows.drills.sandbox.prometheus import PrometheusProcess
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
     from runbooks.catalog import RUNBOOKS

@@ -3,7 +3,7 @@
 The sandbox is a real queue on the machine's RabbitMQ (``amqp://guest:guest@127.0.0.1:5672/``,
 its management API on :15672 when enabled; ``ONCALL_DRILL_AMQP_URL`` and
 ``ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL`` point elsewhere) from
-:class:`flows.sandbox.queues.RabbitBacklog`: 400 e-mails waiting, 12 more a second, and two
+:class:`flows.drills.sandbox.queues.RabbitBacklog`: 400 e-mails waiting, 12 more a second, and two
 workers that send 4 a second each. The remediation is the service's configured ``scale``
 action, ``POST /workers {"workers": N}`` on the small :class:`WorkerControl` endpoint this
 drill serves, which calls the backlog's ``scale_workers(N)``.
@@ -137,7 +137,7 @@ class _Loop:
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Backs a RabbitMQ queue up behind slow workers and lets queue-backlog scale them."""
     from flows.execute import run_runbook
-    from flows.sandbox.queues import RabbitBacklog
+    from flows.drills.sandbox.queues import RabbitBacklog
     from integrations.errors import ConfigError
     from integrations.service import Service
     from runbooks.catalog import RUNBOOKS

@@ -82,7 +82,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from pydantic import SecretStr
 
     from flows.execute import run_runbook
-    from flows.sandbox.kube_api import KubeApiServer
+    from flows.drills.sandbox.kube_api import KubeApiServer
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
     from runbooks.catalog import RUNBOOKS

@@ -25,9 +25,9 @@ from checks.app_health import (
     scrub_log,
 )
 from checks.findings import Severity, Status, timed
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import free_port
+from tests.support.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import free_port
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresTarget

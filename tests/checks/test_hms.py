@@ -17,9 +17,9 @@ from checks.hms import (
     room_usage,
     token_validity,
 )
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
+from tests.support.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.docker import DockerReader, DockerTarget
 from integrations.hms import management_token
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget

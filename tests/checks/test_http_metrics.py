@@ -17,10 +17,10 @@ import pytest
 
 from checks import http_metrics as hm
 from checks.findings import Severity, Status
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from tests.support.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresReader, PostgresTarget

@@ -1,5 +1,5 @@
 """The Docker integration, driven through the real ``docker`` SDK against the local Docker
-Engine API of flows/sandbox/docker_api.py (a unix socket); assertions are on what the server
+Engine API of tests/support/docker_api.py (a unix socket); assertions are on what the server
 received and on the containers it holds afterwards."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import requests
 from pydantic import SecretStr
 
-from flows.sandbox.docker_api import DockerApiServer
+from tests.support.docker_api import DockerApiServer
 from integrations.docker import (
     PREVIOUS_IMAGE,
     DockerOperator,

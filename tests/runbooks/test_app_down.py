@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 from flows.drills.rollback import IMAGES, HealthApp
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import free_port
+from tests.support.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import free_port
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget

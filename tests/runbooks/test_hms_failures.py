@@ -13,9 +13,9 @@ import pytest
 
 from checks.findings import Severity, Status
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
+from tests.support.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget

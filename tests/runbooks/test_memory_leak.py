@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget

@@ -10,7 +10,7 @@ import pytest
 
 from checks.findings import Finding, Severity, Status
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import ApprovalRequired
 from integrations.service import ConfiguredAction, Service
 from runbooks.engine import live

@@ -1,6 +1,6 @@
 """The queue-backlog runbook as a real Prefect flow on the machine's RabbitMQ and Redis.
 
-Backlogs come from ``flows.sandbox.queues`` (unique queue and key names, removed on exit);
+Backlogs come from ``flows.drills.sandbox.queues`` (unique queue and key names, removed on exit);
 the configured ``scale`` and ``pause_consumers`` actions call the drill's ``WorkerControl``
 endpoint, so every assertion on workers is on the sandbox's real consumer count.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from flows.drills.queue_backlog import WorkerControl
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.queues import RabbitBacklog, RedisBacklog
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.queues import RabbitBacklog, RedisBacklog
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.rabbitmq import RabbitReader, RabbitTarget

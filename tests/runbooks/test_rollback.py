@@ -15,10 +15,10 @@ from rich.console import Console
 
 from flows.drills.rollback import IMAGES, HealthApp
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import free_port
-from flows.sandbox.saas import SaasSandbox
+from tests.support.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import free_port
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.kubernetes import KubernetesTarget

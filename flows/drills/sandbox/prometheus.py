@@ -2,9 +2,9 @@
 
 Each one gets a free loopback port, a temp dir (config, storage, log) and 1-second
 intervals so tests and drills see scrapes, rule evaluations and notifications within
-seconds. Both run as :class:`flows.sandbox.process.LocalProcess` (start, wait until ready,
+seconds. Both run as :class:`flows.drills.sandbox.process.LocalProcess` (start, wait until ready,
 stop cleanly, die with the Python process that started it), the runner they share with the
-sandbox apps (:class:`flows.sandbox.apps.SandboxApp`).
+sandbox apps (:class:`flows.drills.sandbox.apps.SandboxApp`).
 
     with AlertmanagerProcess(webhook_url=hook) as am, PrometheusProcess(
         {"leaky": [app.address]}, rule_groups=[group], alertmanager_url=am.url
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import SecretStr
 
-from flows.sandbox.process import (
+from flows.drills.sandbox.process import (
     LocalProcess,
     SandboxFailed,
     SandboxUnavailable,
