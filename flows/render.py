@@ -102,7 +102,7 @@ def scorecard_panel(card) -> Panel:
     table = Table(show_header=True, box=None)
     for column in ("phase", "seconds from fault", "SLA", "verdict"):
         table.add_column(column)
-    limits = {"detect": "acknowledge_s", "diagnose": "investigate_s", "verify": "resolve_s"}
+    limits = {"first_finding": "acknowledge_s", "diagnose": "investigate_s", "verify": "resolve_s"}
     for phase, seconds in card.times_s.items():
         limit = card.sla_s.get(limits.get(phase, ""), None)
         verdict = card.verdicts.get(phase, "")

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.scorecard import Scorecard, score
 
 __all__ = ["drill"]
 

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
-from flows.drills.memory_leak import wait_for
+from flows.drills.sandbox.prometheus import wait_for
+from flows.drills.scorecard import Scorecard, score
 
 __all__ = ["drill"]
 
@@ -23,9 +23,9 @@ ERROR_RATE = 0.3  # above 10 %: P0 (seed 000 Part H)
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Makes a real app fail 30 % of requests and lets high-error-rate switch the flag off."""
-    from flows.execute import run_runbook
     from flows.drills.sandbox.apps import SandboxApp
     from flows.drills.sandbox.prometheus import PrometheusProcess
+    from flows.execute import run_runbook
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
     from runbooks.catalog import RUNBOOKS

@@ -7,16 +7,16 @@ from datetime import timedelta
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.scorecard import Scorecard, score
 
 __all__ = ["drill"]
 
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Expires the app's 100ms token in its Kubernetes secret; hms-failures must fix it."""
-    from flows.execute import run_runbook
     from flows.drills.sandbox.kube_api import KubeApiServer
     from flows.drills.sandbox.saas import SaasSandbox
+    from flows.execute import run_runbook
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import Service
     from runbooks.catalog import RUNBOOKS

@@ -7,42 +7,23 @@ the app's ``/control`` that drops the memory it holds, as a fresh instance would
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.sandbox.prometheus import wait_for
+from flows.drills.scorecard import Scorecard, score
 
-__all__ = ["drill", "wait_for"]
+__all__ = ["drill"]
 
 SERVICE = "drill-api"
 
 
-def wait_for(prometheus_url: str, promql: str, at_least: float, timeout: float = 60.0) -> float:
-    """Polls an instant query until its value reaches ``at_least``; returns the last value."""
-    from flows.drills.sandbox.prometheus import SandboxFailed
-    from integrations.prometheus import PrometheusClient, PrometheusTarget
-
-    async def value() -> float:
-        async with PrometheusClient(PrometheusTarget(url=prometheus_url, retries=0)) as prom:
-            return (await prom.query(promql)).value or 0.0
-
-    deadline = time.monotonic() + timeout
-    seen = 0.0
-    while time.monotonic() < deadline:
-        seen = asyncio.run(value())
-        if seen >= at_least:
-            return seen
-        time.sleep(0.3)
-    raise SandboxFailed(f"{promql} stayed at {seen}, below {at_least}, for {timeout:.0f}s")
-
-
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Makes a real process leak memory after a deploy and lets memory-leak restart it."""
-    from flows.execute import run_runbook
     from flows.drills.sandbox.apps import SandboxApp
     from flows.drills.sandbox.prometheus import PrometheusProcess
+    from flows.execute import run_runbook
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
     from runbooks.catalog import RUNBOOKS

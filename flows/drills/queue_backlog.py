@@ -15,31 +15,18 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.needs import MANAGEMENT_URL, amqp_url, lacking, reachable
+from flows.drills.scorecard import Scorecard, score
 
-__all__ = ["WorkerControl", "drill", "reachable"]
+__all__ = ["WorkerControl", "drill"]
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-MANAGEMENT_URL = "http://127.0.0.1:15672"
 SERVICE = "drill-email-worker"
-
-
-def reachable(url: str, default_port: int) -> bool:
-    """Whether something listens at the URL's host and port."""
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 class WorkerControl:
@@ -136,21 +123,15 @@ class _Loop:
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Backs a RabbitMQ queue up behind slow workers and lets queue-backlog scale them."""
-    from flows.execute import run_runbook
     from flows.drills.sandbox.queues import RabbitBacklog
+    from flows.execute import run_runbook
     from integrations.errors import ConfigError
     from integrations.service import Service
     from runbooks.catalog import RUNBOOKS
 
-    amqp_url = os.environ.get("ONCALL_DRILL_AMQP_URL", AMQP_URL)
     management_url = os.environ.get("ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL)
-    if not reachable(amqp_url, 5672):
-        where = urlsplit(amqp_url)
-        raise ConfigError(
-            f"the queue-backlog drill needs RabbitMQ at {where.hostname}:{where.port or 5672}"
-            " (guest/guest, allowed to create and delete queues): install and start"
-            " rabbitmq-server, or set ONCALL_DRILL_AMQP_URL"
-        )
+    if lack := lacking(["rabbitmq"]):
+        raise ConfigError(f"the queue-backlog drill {lack[0]}")
     management = management_url if reachable(management_url, 15672) else None
     spec = RUNBOOKS["queue-backlog"]
     params = spec.params(
@@ -165,7 +146,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
 
     async def inject(stack: contextlib.AsyncExitStack) -> tuple[Any, WorkerControl]:
         backlog = await stack.enter_async_context(
-            RabbitBacklog(amqp_url, management_url=management)
+            RabbitBacklog(amqp_url(), management_url=management)
         )
         control = await stack.enter_async_context(WorkerControl(backlog))
         await backlog.publish(400)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.scorecard import Scorecard, score
 
 __all__ = ["IMAGES", "HealthApp", "drill"]
 
@@ -81,8 +81,8 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Deploys a crash-looping image to a local Kubernetes API and lets rollback undo it."""
     from pydantic import SecretStr
 
-    from flows.execute import run_runbook
     from flows.drills.sandbox.kube_api import KubeApiServer
+    from flows.execute import run_runbook
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
     from runbooks.catalog import RUNBOOKS

@@ -25,7 +25,6 @@ from checks.app_health import (
     scrub_log,
 )
 from checks.findings import Severity, Status, timed
-from tests.support.docker_api import DockerApiServer
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.prometheus import free_port
 from integrations.docker import DockerReader, DockerTarget
@@ -33,6 +32,7 @@ from integrations.kubernetes import KubernetesOperator, KubernetesReader, Kubern
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import HttpEndpoint
+from tests.support.docker_api import DockerApiServer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "prometheus"
 API_KEY = "hdr-secret-91c2"

@@ -21,13 +21,13 @@ from checks.deploys import (
     vercel_deploys,
 )
 from checks.findings import Severity, Status, timed
-from tests.support.docker_api import DockerApiServer
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.saas import SaasSandbox
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.vercel import VercelClient
+from tests.support.docker_api import DockerApiServer
 
 NOW = datetime.now(UTC)
 API = ["ghcr.io/acme/api:1.4.0", "ghcr.io/acme/api:1.4.1", "ghcr.io/acme/api:1.4.2"]

@@ -25,7 +25,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows.prefect_api import PrefectAPI
 from flows.drills.sandbox.apps import SandboxApp
 from flows.drills.sandbox.prometheus import (
     AlertmanagerProcess,
@@ -34,6 +33,7 @@ from flows.drills.sandbox.prometheus import (
     find_binary,
     free_port,
 )
+from flows.prefect_api import PrefectAPI
 from tests.oncall_proc import start_serve, stop
 
 

@@ -20,12 +20,12 @@ from flows.health import alert_for, alert_groups, health_sweep, set_opener
 from flows.health_checks import Result, check_prometheus, check_queue, sweep_http
 from flows.intake import CONTROL_PREFIX, creation_tags
 from flows.prefect_api import PrefectAPI
-from tests.support.http_targets import HttpTargets
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.rabbitmq import RabbitTarget
 from integrations.redis_queue import RedisQueueTarget
 from integrations.service import HttpEndpoint, Service
+from tests.support.http_targets import HttpTargets
 
 CLOSED = "http://127.0.0.1:9/health"  # discard port: nothing listens, connections are refused
 

@@ -15,10 +15,9 @@ import pytest
 from pydantic import SecretStr
 
 from flows.drills.rollback import IMAGES, HealthApp
-from flows.prefect_api import PrefectAPI
-from tests.support.docker_api import DockerApiServer
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.prometheus import free_port
+from flows.prefect_api import PrefectAPI
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
@@ -27,6 +26,7 @@ from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Servi
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import AppDownParams
+from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -255,11 +255,11 @@ def test_drill_runs_end_to_end_and_passes():
 
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["high-error-rate"](
+    card = load("high-error-rate")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P0", card
-    assert card.verdicts["detect"] == "within SLA" and len(card.actions) == 1
+    assert card.verdicts["first_finding"] == "within SLA" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from checks.findings import Finding, Severity, Status
-from flows.prefect_api import PrefectAPI
 from flows.drills.sandbox.saas import SaasSandbox
+from flows.prefect_api import PrefectAPI
 from integrations.errors import ApprovalRequired
 from integrations.service import ConfiguredAction, Service
 from runbooks.engine import live

@@ -335,13 +335,15 @@ async def test_broker_down_is_unreachable_exit_3(saas):
 def test_drill_runs_end_to_end_and_passes():
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["queue-backlog"](
+    card = load("queue-backlog")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P2", card
-    assert card.verdicts["detect"] == "within SLA" and card.verdicts["verify"] == "within SLA"
+    assert (
+        card.verdicts["first_finding"] == "within SLA" and card.verdicts["verify"] == "within SLA"
+    )
     [action] = card.actions
     assert action.startswith("Scale workers of oncall-drill-") and ": done (2 → " in action
     assert card.approvals == ["approved by ci via cli-preapproved"]

@@ -14,11 +14,10 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from flows.drills.rollback import IMAGES, HealthApp
-from flows.prefect_api import PrefectAPI
-from tests.support.docker_api import DockerApiServer
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.prometheus import free_port
 from flows.drills.sandbox.saas import SaasSandbox
+from flows.prefect_api import PrefectAPI
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.kubernetes import KubernetesTarget
@@ -26,6 +25,7 @@ from integrations.service import HttpEndpoint, Service
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import RollbackParams
+from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -317,9 +317,9 @@ async def test_vercel_rollback_promotes_exactly_the_previous_deployment():
 
 
 def test_drill_runs_end_to_end_and_passes():
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["rollback"](
+    card = load("rollback")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P1"

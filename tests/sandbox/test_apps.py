@@ -1,4 +1,4 @@
-"""flows/drills/sandbox: the leaky and faulty apps on their own, then as a real Prometheus sees them.
+"""The sandbox's leaky and faulty apps on their own, then as a real Prometheus sees them.
 
 The Prometheus stack (three leaky apps: leaking, about to spike, idle; one faulty app) starts
 with the module, because Prometheus's first scrape comes about five seconds after it is

@@ -165,7 +165,9 @@ class SandboxApp(LocalProcess):
 
 def main(argv: list[str] | None = None) -> None:
     """Runs one sandbox app until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m flows.drills.sandbox.apps", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.drills.sandbox.apps", description=__doc__
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     leaky = sub.add_parser("leaky", help="leaks memory at a steady rate")
     leaky.add_argument("--leak-mb-per-s", type=float, default=2.0)

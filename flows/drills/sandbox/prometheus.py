@@ -14,9 +14,11 @@ sandbox apps (:class:`flows.drills.sandbox.apps.SandboxApp`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ __all__ = [
     "find_binary",
     "free_port",
     "local_urlopen",
+    "wait_for",
 ]
 
 
@@ -247,3 +250,21 @@ class AlertmanagerProcess(LocalProcess):
             "--cluster.listen-address=",
             "--log.level=info",
         ]
+
+
+def wait_for(prometheus_url: str, promql: str, at_least: float, timeout: float = 60.0) -> float:
+    """Polls an instant query until its value reaches ``at_least``; returns the last value."""
+    from integrations.prometheus import PrometheusClient, PrometheusTarget
+
+    async def value() -> float:
+        async with PrometheusClient(PrometheusTarget(url=prometheus_url, retries=0)) as prom:
+            return (await prom.query(promql)).value or 0.0
+
+    deadline = time.monotonic() + timeout
+    seen = 0.0
+    while time.monotonic() < deadline:
+        seen = asyncio.run(value())
+        if seen >= at_least:
+            return seen
+        time.sleep(0.3)
+    raise SandboxFailed(f"{promql} stayed at {seen}, below {at_least}, for {timeout:.0f}s")
