@@ -437,7 +437,7 @@ def drill_cmd(
         _ensure_server(console, wait=False)
         _preload("flows.execute")  # Prefect's import overlaps the sandbox's start-up
         if scenario == "all":
-            from flows.drills.gameday import run_and_show
+            from flows.drills.console import run_and_show
 
             passed = run_and_show(names, approve_as=approve_as, console=console, json_out=json_out)
             raise typer.Exit(0 if passed else 1)

@@ -5,7 +5,7 @@ is missing, its sandbox did not start) is an error row and the others still run.
 has, per scenario: the severity, the times from the fault to detection, the first finding,
 the decision and the mitigation, fixed vs mitigated (from the runbook report's outcome),
 the SLA verdict and whether the drill passed. :mod:`flows.drills.record` keeps each
-scorecard in Prefect.
+scorecard in Prefect; :mod:`flows.drills.console` is ``oncall drill all`` at a terminal.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from flows.drills.registry import load, missing
 from flows.drills.scorecard import Scorecard
 from integrations.errors import OncallError
 
-__all__ = ["COLUMNS", "GameDay", "markdown", "rows", "run_and_show", "run_game_day", "table"]
+__all__ = ["COLUMNS", "GameDay", "markdown", "rows", "run_game_day", "table"]
 
 COLUMNS = (
     "scenario",
@@ -159,39 +159,3 @@ def table(day: GameDay) -> Any:
         style = "green" if drill == "passed" else "red"
         out.add_row(*(row[c] for c in COLUMNS[:-1]), Text(drill, style=style))
     return out
-
-
-def run_and_show(
-    names: Sequence[str], *, approve_as: str | None, console: Any, json_out: bool
-) -> bool:
-    """``oncall drill all``: runs the game day at the terminal, records each scorecard in
-    Prefect, prints each drill's panel and then the table (or JSON); True if all passed."""
-    import sys
-
-    from flows.drills.record import record_card, record_error, record_game_day
-    from flows.render import scorecard_panel
-
-    def shown(card: Scorecard) -> None:
-        record_card(card, trigger="cli")
-        if not json_out:
-            console.print(scorecard_panel(card))
-
-    def failed(name: str, why: str) -> None:
-        record_error(name, why, trigger="cli")
-        console.print(f"[red]Drill {name} could not run:[/red] {why}")
-
-    day = run_game_day(
-        names,
-        approve_as=approve_as,
-        console=console,
-        interactive=sys.stdin.isatty() and not json_out,
-        show=not json_out,
-        on_card=shown,
-        on_error=failed,
-    )
-    record_game_day(day, trigger="cli")
-    if json_out:
-        sys.stdout.write(day.model_dump_json(indent=2) + "\n")
-    else:
-        console.print(table(day))
-    return day.passed
