@@ -23,9 +23,14 @@ from pydantic import BaseModel, Field
 
 from checks.findings import Severity
 
-__all__ = ["SLA", "Expect", "Scorecard", "result_of", "score"]
+__all__ = ["ACCEPTED", "SLA", "Expect", "Scorecard", "result_of", "score"]
 
 Expect = Literal["fixed", "mitigated"]
+# What each expectation accepts: a scenario expecting mitigation passes when fixed too.
+ACCEPTED: dict[str, frozenset[str]] = {
+    "fixed": frozenset({"fixed"}),
+    "mitigated": frozenset({"fixed", "mitigated"}),
+}
 
 # Seed 000 Part D "Response SLAs" (acknowledge / resolution target), in seconds.
 SLA: dict[Severity, dict[str, float | None]] = {
@@ -111,7 +116,6 @@ def score(
             verdicts[phase] = "within SLA" if times[phase] <= limit else "SLA missed"
     outcome = str(getattr(report.outcome, "value", report.outcome))
     result = result_of(outcome)
-    accepted = {"fixed"} if expect == "fixed" else {"fixed", "mitigated"}
     card = Scorecard(
         scenario=scenario,
         severity=severity,
@@ -131,5 +135,5 @@ def score(
         flow_run_id=report.flow_run_id,
         notes=list(report.notes),
     )
-    card.passed = result in accepted and card.sla_met
+    card.passed = result in ACCEPTED[expect] and card.sla_met
     return card

@@ -205,3 +205,66 @@ def test_nothing_in_the_wheel_imports_the_tests():
         if any(m == "tests" or m.startswith("tests.") for m in _imported(p))
     ]
     assert offenders == []
+
+
+# --- drills on a schedule (the scheduler itself: tests/flows/test_schedule.py) ---------------
+
+
+def test_a_drill_that_cannot_run_opens_a_p3_incident_through_the_intake(prefect_api, monkeypatch):
+    from flows.config import OncallConfig
+    from flows.drills import schedule
+
+    opened: list = []
+
+    async def opener(alert):  # the intake calls it once no open incident matches
+        opened.append(alert)
+        return "incident-run-id"
+
+    monkeypatch.setenv("ONCALL_DRILL_AMQP_URL", NO_RABBIT)
+    schedule.set_opener(opener)
+    try:
+        result = schedule.drills(config=OncallConfig(), scenarios=["queue-backlog"])
+    finally:
+        schedule.set_opener(None)
+    assert result["passed"] is False and list(result["errors"]) == ["queue-backlog"]
+    assert result["incidents"]["queue-backlog"] == {
+        "action": "opened",
+        "incident_run_id": "incident-run-id",
+        "reason": "",
+    }
+    [alert] = opened
+    assert alert.title == "runbook queue-backlog failed its drill"
+    assert alert.severity == "P3" and alert.source == "drill"
+    assert alert.service == "runbook:queue-backlog" and alert.labels["runbook"] == "queue-backlog"
+    assert "could not run: needs RabbitMQ at 127.0.0.1:1" in alert.annotations["summary"]
+    assert alert.url and "/runs/flow-run/" in alert.url
+    # Next month's failure of the same runbook has the same identity: it joins, not opens.
+    again = schedule.drill_alert("queue-backlog", "still broken", alert.starts_at)
+    assert again.fingerprint == alert.fingerprint
+    assert schedule.drill_alert("app-down", "x", alert.starts_at).fingerprint != alert.fingerprint
+
+
+def test_a_drill_that_ran_and_failed_says_why_in_its_incident():
+    from types import SimpleNamespace
+
+    from checks.findings import Severity
+    from flows.drills.schedule import _why
+    from flows.drills.scorecard import score
+
+    report = SimpleNamespace(
+        outcome="problem_remains",
+        timings={"first_finding": 0.2, "diagnosis": 0.3, "decision": 0.4, "mitigation": 0.9},
+        findings=[],
+        results=[],
+        approvals=[],
+        flow_run_id=None,
+        notes=[],
+    )
+    card = score("app-down", Severity.P0, report, 200.0)  # first finding after the 120 s SLA
+    assert not card.passed and card.result == "not fixed (problem_remains)"
+    assert _why(card) == (
+        "expected fixed, got not fixed (problem_remains); first finding: SLA missed;"
+        " verify: missed (never reached)"
+    )
+    mitigated = score("provider-outage", Severity.P0, report, 1.0, expect="mitigated")
+    assert _why(mitigated).startswith("expected mitigated, got not fixed (problem_remains)")
