@@ -22,9 +22,14 @@ Event (``prefect.events``), one per scenario run:
   mitigated / "not fixed (…)", ``severity``, ``times_s`` from the fault, ``verdicts``).
 
 Artifacts: a markdown artifact with key ``drill-<scenario>`` per scenario run (its Prefect
-history is the scenario's drill history; description ``drill <scenario>: <result>``), and
-for a game day a table artifact with key ``drill-game-day`` (one row per scenario, the
-columns of :data:`flows.drills.gameday.COLUMNS`; description is the markdown table).
+history is the scenario's drill history; description ``drill <scenario>: <result>``; the
+same one-row table as below), and for a game day a table artifact with key
+``drill-game-day`` (one row per scenario, keys :data:`flows.drills.gameday.COLUMNS`:
+scenario, severity, detect, first finding, decision, mitigation, fixed vs mitigated, SLA,
+drill = passed | FAILED | "ERROR: <why>"; its description is the same table in markdown).
+They are written on the flow run that ran the drills (the scheduled deployment's run);
+from ``oncall drill``, a scenario's artifact is on its runbook's run and the game-day
+table stands alone.
 
 Recording never fails a drill: a Prefect that cannot take the artifact is logged.
 """
