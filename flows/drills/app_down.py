@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.scorecard import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["Supervisor", "drill"]
 
@@ -128,7 +129,6 @@ class Supervisor:
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Kills a real app's process and lets app-down restart it through its supervisor."""
     from flows.drills.sandbox.apps import SandboxApp
-    from flows.execute import run_runbook
     from integrations.service import HttpEndpoint, Service
     from runbooks.catalog import RUNBOOKS
 
@@ -148,15 +148,15 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             http=[HttpEndpoint(name="health", url=f"{app.url}/health", timeout_s=2)],
             actions={"restart": supervisor.restart_action()},
         )
-        started = time.monotonic() - injected
-        report = run_runbook(
+        card = play(
             spec,
+            Severity.P0,
             service=service,
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
-    return score("app-down", Severity.P0, report, started)
+    return card

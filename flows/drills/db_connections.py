@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.scorecard import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["drill"]
 
@@ -41,17 +42,14 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         aged = time.monotonic() - injected
         time.sleep(max(0.0, IDLE_S + 0.3 - aged))  # let the fault age past the threshold
         target = PostgresTarget(name="drill-postgres", dsn=pg.dsn)
-        started = time.monotonic() - injected
-        from flows.execute import run_runbook  # preloaded by `oncall drill` meanwhile
-
-        report = run_runbook(
+        return play(
             spec,
+            Severity.P1,
             service=Service(name="drill-postgres", postgres=target),
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
-    return score("db-connections", Severity.P1, report, started)

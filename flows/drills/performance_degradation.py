@@ -14,8 +14,9 @@ import time
 from typing import Any
 
 from checks.findings import Severity
+from flows.drills.play import play, scraped_app
 from flows.drills.sandbox.prometheus import wait_for
-from flows.drills.scorecard import Scorecard, score
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["drill"]
 
@@ -26,9 +27,6 @@ SLOW_S = 2.5  # p95 above 2 s: P2 (seed 000 Incident 6)
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Makes a real app answer every request in 2.5 s; performance-degradation clears its cache."""
-    from flows.drills.sandbox.apps import SandboxApp
-    from flows.drills.sandbox.prometheus import PrometheusProcess
-    from flows.execute import run_runbook
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
     from runbooks.catalog import RUNBOOKS
@@ -43,51 +41,46 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
     )
-    prometheus = PrometheusProcess()  # raises ConfigError naming the package when missing
-    with SandboxApp("faulty", latency=NORMAL_S, rps=10) as app:
-        began = time.monotonic()
-        prometheus.set_targets({SERVICE: [app.address]})
-        with prometheus:
-            if show:
-                console.print(
-                    f"[bold]Drill performance-degradation[/bold]: app {app.url} under its own"
-                    f" load (10 requests/s), scraped every second by Prometheus"
-                    f" {prometheus.url}; waiting for clean history…"
-                )
-            wait_for(prometheus.url, f'count_over_time(app_build_info{{job="{SERVICE}"}}[1m])', 4)
-            # The app's start is a deploy too: keep it out of the 5 s deploy window.
-            time.sleep(max(0.0, began + 10 - time.monotonic()))
-            app.control(latency_s=SLOW_S)
-            injected = time.monotonic()
-            if show:
-                console.print(f"Cache cold: every endpoint now answers in {SLOW_S:g} s.")
-            p95 = (
-                "histogram_quantile(0.95, sum by (le) (rate("
-                f'http_request_duration_seconds_bucket{{job="{SERVICE}"}}[5s])))'
+    began = time.monotonic()
+    with scraped_app(
+        "faulty", SERVICE, history="app_build_info", samples=4, latency=NORMAL_S, rps=10
+    ) as (app, prometheus):
+        if show:
+            console.print(
+                f"[bold]Drill performance-degradation[/bold]: app {app.url} under its own"
+                f" load (10 requests/s), scraped every second by Prometheus {prometheus.url}."
             )
-            wait_for(prometheus.url, p95, 2.0)
-            cache = ConfiguredAction(
-                description="Clear the app's cache so it is rebuilt from fresh data",
-                risk="safe",
-                http=HttpCall(
-                    method="POST", url=f"{app.url}/control", json={"latency_s": NORMAL_S}
-                ),
-                undo="nothing to undo: the cache fills again as requests arrive",
-            )
-            service = Service(
-                name=SERVICE,
-                prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
-                actions={"clear_cache": cache},
-            )
-            started = time.monotonic() - injected
-            report = run_runbook(
-                spec,
-                service=service,
-                params=params,
-                approve_as=approve_as,
-                console=console,
-                interactive=interactive,
-                show=show,
-                extra_tags=("drill",),
-            )
-    return score("performance-degradation", Severity.P2, report, started)
+        # The app's start is a deploy too: keep it out of the 5 s deploy window.
+        time.sleep(max(0.0, began + 10 - time.monotonic()))
+        app.control(latency_s=SLOW_S)
+        injected = time.monotonic()
+        if show:
+            console.print(f"Cache cold: every endpoint now answers in {SLOW_S:g} s.")
+        p95 = (
+            "histogram_quantile(0.95, sum by (le) (rate("
+            f'http_request_duration_seconds_bucket{{job="{SERVICE}"}}[5s])))'
+        )
+        wait_for(prometheus.url, p95, 2.0)
+        cache = ConfiguredAction(
+            description="Clear the app's cache so it is rebuilt from fresh data",
+            risk="safe",
+            http=HttpCall(method="POST", url=f"{app.url}/control", json={"latency_s": NORMAL_S}),
+            undo="nothing to undo: the cache fills again as requests arrive",
+        )
+        service = Service(
+            name=SERVICE,
+            prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
+            actions={"clear_cache": cache},
+        )
+        card = play(
+            spec,
+            Severity.P2,
+            service=service,
+            params=params,
+            injected=injected,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+        )
+    return card

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.scorecard import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["ProviderFix", "drill"]
 
@@ -67,7 +68,6 @@ class ProviderFix(threading.Thread):
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Takes a provider down and lets provider-outage tell users and degrade gracefully."""
     from flows.drills.sandbox.saas import SaasSandbox
-    from flows.execute import run_runbook
     from integrations.service import ConfiguredAction, Service
     from runbooks.catalog import RUNBOOKS
 
@@ -104,17 +104,18 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
                 f" lands {RECOVERY_S:g} s after our users are told and degradation is on."
             )
         try:
-            started = time.monotonic() - injected
-            report = run_runbook(
+            card = play(
                 spec,
+                Severity.P0,
                 service=service,
                 params=params,
+                injected=injected,
                 approve_as=approve_as,
                 console=console,
                 interactive=interactive,
                 show=show,
-                extra_tags=("drill",),
+                expect="mitigated",
             )
         finally:
             fix.stop()
-    return score("provider-outage", Severity.P0, report, started, expect="mitigated")
+    return card

@@ -22,7 +22,8 @@ from typing import Any, Self
 
 from checks.findings import Severity
 from flows.drills.needs import MANAGEMENT_URL, amqp_url, lacking, reachable
-from flows.drills.scorecard import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["WorkerControl", "drill"]
 
@@ -124,7 +125,6 @@ class _Loop:
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Backs a RabbitMQ queue up behind slow workers and lets queue-backlog scale them."""
     from flows.drills.sandbox.queues import RabbitBacklog
-    from flows.execute import run_runbook
     from integrations.errors import ConfigError
     from integrations.service import Service
     from runbooks.catalog import RUNBOOKS
@@ -168,19 +168,19 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         service = Service(
             name=SERVICE, rabbitmq=backlog.target(), actions={"scale": control.scale_action()}
         )
-        started = time.monotonic() - injected
-        report = run_runbook(
+        card = play(
             spec,
+            Severity.P2,
             service=service,
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
     finally:
         with contextlib.suppress(Exception):
             loop.run(stack.aclose())
         loop.close()
-    return score("queue-backlog", Severity.P2, report, started)
+    return card
