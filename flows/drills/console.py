@@ -42,5 +42,7 @@ def run_and_show(
     if json_out:
         sys.stdout.write(day.model_dump_json(indent=2) + "\n")
     else:
+        if not console.is_terminal:  # piped: one line a scenario (a terminal keeps its width)
+            console.width = max(console.width, 100)
         console.print(table(day))
     return day.passed

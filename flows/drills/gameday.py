@@ -82,21 +82,15 @@ def run_game_day(
 
 def _seconds(card: Scorecard, phase: str) -> str:
     value = card.times_s.get(phase)
-    return "-" if value is None else f"{value:.1f} s"
-
-
-def _limit(seconds: float | None) -> str:
-    if seconds is None:
-        return "none"
-    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _sla(card: Scorecard) -> str:
+    """``met``, or which phases missed the severity's SLA (seed 000 Part D)."""
     if card.sla_met:
-        ack, resolve = card.sla_s.get("acknowledge_s"), card.sla_s.get("resolve_s")
-        return f"met (ack {_limit(ack)}, resolve {_limit(resolve)})"
-    missed = [phase for phase, verdict in card.verdicts.items() if verdict != "within SLA"]
-    return "missed: " + ", ".join(f"{p.replace('_', ' ')} {card.verdicts[p]}" for p in missed)
+        return "met"
+    missed = [p for p, verdict in card.verdicts.items() if verdict not in ("within SLA", "no SLA")]
+    return "missed: " + ", ".join(f"{p.replace('_', ' ')} ({card.verdicts[p]})" for p in missed)
 
 
 def rows(day: GameDay) -> list[dict[str, str]]:
@@ -137,7 +131,8 @@ def markdown(day: GameDay, title: str = "Game day") -> str:
         f"# {title}: {verdict}",
         "",
         "Times are seconds from the injected fault; fixed vs mitigated is the runbook"
-        " report's outcome.",
+        " report's outcome; SLA is the severity's (seed 000 Part D: P0 acknowledged in"
+        " 2 min and resolved in 1 h, P1 5 min / 4 h, P2 30 min / 24 h).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -146,16 +141,24 @@ def markdown(day: GameDay, title: str = "Game day") -> str:
     return "\n".join(lines) + "\n"
 
 
+# The terminal's headers: the same columns, short enough for 80 characters.
+_SHORT = ("scenario", "sev", "detect", "finding", "decide", "mitigate", "result", "SLA", "drill")
+
+
 def table(day: GameDay) -> Any:
-    """The scorecard table for the terminal."""
+    """The scorecard table for the terminal (why a scenario could not run: below it)."""
+    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    out = Table(title="Game day", show_lines=False)
-    for column in COLUMNS:
-        out.add_column(column)
+    out = Table(
+        title="Game day: seconds from the fault", box=None, pad_edge=False, collapse_padding=True
+    )
+    for short in _SHORT:
+        out.add_column(short, min_width=len(short), no_wrap=short != "result")
     for row in rows(day):
-        drill = row["drill"]
+        drill = "ERROR" if row["drill"].startswith("ERROR") else row["drill"]
         style = "green" if drill == "passed" else "red"
         out.add_row(*(row[c] for c in COLUMNS[:-1]), Text(drill, style=style))
-    return out
+    notes = [Text(f"{name} could not run: {why}", style="red") for name, why in day.errors.items()]
+    return Group(out, *notes)
