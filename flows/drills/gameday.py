@@ -89,8 +89,8 @@ def _sla(card: Scorecard) -> str:
     """``met``, or which phases missed the severity's SLA (seed 000 Part D)."""
     if card.sla_met:
         return "met"
-    missed = [p for p, verdict in card.verdicts.items() if verdict not in ("within SLA", "no SLA")]
-    return "missed: " + ", ".join(f"{p.replace('_', ' ')} ({card.verdicts[p]})" for p in missed)
+    missed = [p for p, verdict in card.verdicts.items() if verdict not in ("met", "no SLA")]
+    return "missed: " + ", ".join(f"{p.replace('_', ' ')} {card.verdicts[p]}" for p in missed)
 
 
 def rows(day: GameDay) -> list[dict[str, str]]:

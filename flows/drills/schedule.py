@@ -55,9 +55,9 @@ def _why(card: Scorecard) -> str:
     if card.result not in ACCEPTED[card.expect]:
         reasons.append(f"expected {card.expect}, got {card.result}")
     reasons += [
-        f"{phase.replace('_', ' ')}: {verdict}"
+        f"{phase.replace('_', ' ')}: SLA {verdict}"
         for phase, verdict in card.verdicts.items()
-        if verdict == "SLA missed" or "never" in verdict
+        if verdict not in ("met", "no SLA")
     ]
     return "; ".join(reasons) or "did not pass"
 

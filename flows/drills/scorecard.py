@@ -22,8 +22,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from checks.findings import Severity
+from checks.severity import incident_severity
+from checks.sla import DEFAULT_SLA, judge
 
-__all__ = ["ACCEPTED", "SLA", "Expect", "Scorecard", "result_of", "score"]
+__all__ = ["ACCEPTED", "PHASE_SLA", "Expect", "Scorecard", "result_of", "score"]
 
 Expect = Literal["fixed", "mitigated"]
 # What each expectation accepts: a scenario expecting mitigation passes when fixed too.
@@ -32,13 +34,9 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "mitigated": frozenset({"fixed", "mitigated"}),
 }
 
-# Seed 000 Part D "Response SLAs" (acknowledge / resolution target), in seconds.
-SLA: dict[Severity, dict[str, float | None]] = {
-    Severity.P0: {"acknowledge_s": 120, "investigate_s": 300, "resolve_s": 3_600},
-    Severity.P1: {"acknowledge_s": 300, "investigate_s": 600, "resolve_s": 14_400},
-    Severity.P2: {"acknowledge_s": 1_800, "investigate_s": 3_600, "resolve_s": 86_400},
-    Severity.P3: {"acknowledge_s": 3_600, "investigate_s": None, "resolve_s": None},
-}
+# Which SLA of checks/sla.py (seed 000 Part D) each phase is held to: acknowledged with
+# evidence (the first finding), investigated, resolved.
+PHASE_SLA = {"first_finding": "acknowledge", "diagnose": "investigate", "verify": "resolve"}
 
 # scorecard phase -> the runbook report's timing key
 _PHASES = (
@@ -48,19 +46,13 @@ _PHASES = (
     ("mitigate", "mitigation"),
     ("verify", "verified"),
 )
-# The phases the SLA judges: acknowledged (with evidence), investigated, resolved.
-_VERDICTS = (
-    ("first_finding", "acknowledge_s"),
-    ("diagnose", "investigate_s"),
-    ("verify", "resolve_s"),
-)
 
 
 class Scorecard(BaseModel):
     """How a drill went, against the severity's SLA."""
 
     scenario: str
-    severity: Severity
+    severity: Severity = Field(description="The scenario's, raised to what the findings say")
     outcome: str = Field(description="The runbook report's outcome, as it said it")
     result: str = Field(
         default="not fixed", description="fixed, mitigated, or 'not fixed (<outcome>)'"
@@ -68,8 +60,8 @@ class Scorecard(BaseModel):
     expect: Expect = "fixed"
     passed: bool
     times_s: dict[str, float] = Field(description="Seconds from fault injection")
-    sla_s: dict[str, float | None]
-    verdicts: dict[str, str]
+    sla_s: dict[str, float | None] = Field(description="Target per phase, from checks/sla.py")
+    verdicts: dict[str, str] = Field(description="met, breached, pending, or no SLA")
     findings: int
     actions: list[str]
     approvals: list[str]
@@ -78,8 +70,8 @@ class Scorecard(BaseModel):
 
     @property
     def sla_met(self) -> bool:
-        """No SLA missed and no phase it judges left unreached."""
-        return all(v != "SLA missed" and "never" not in v for v in self.verdicts.values())
+        """Every phase with an SLA reached within it."""
+        return all(v in ("met", "no SLA") for v in self.verdicts.values())
 
 
 def result_of(outcome: str) -> str:
@@ -100,20 +92,23 @@ def score(
     started_after_fault_s: float,
     expect: Expect = "fixed",
 ) -> Scorecard:
-    """Builds the scorecard from a runbook report; times are from the moment of the fault."""
+    """Builds the scorecard from a runbook report; times are from the moment of the fault.
+
+    ``severity`` is the scenario's; the findings raise it as they would raise the incident's
+    (:func:`checks.severity.incident_severity`), and the SLA is that severity's.
+    """
     t = report.timings
     times = {"detect": round(started_after_fault_s, 2)}
     times |= {name: round(started_after_fault_s + t[key], 2) for name, key in _PHASES if key in t}
-    sla = SLA[severity]
+    severity = incident_severity(severity, report.findings)
+    sla = DEFAULT_SLA[severity]
+    # The drill is over: a phase it never reached has waited as long as the drill ran.
+    waited = started_after_fault_s + max(t.values(), default=0.0)
+    limits = {phase: getattr(sla, measure) for phase, measure in PHASE_SLA.items()}
     verdicts = {}
-    for phase, limit_key in _VERDICTS:
-        limit = sla[limit_key]
-        if phase not in times:
-            verdicts[phase] = "missed (never reached)"
-        elif limit is None:
-            verdicts[phase] = "no SLA"
-        else:
-            verdicts[phase] = "within SLA" if times[phase] <= limit else "SLA missed"
+    for phase, limit in limits.items():
+        found = judge(limit, times.get(phase), waited)
+        verdicts[phase] = "no SLA" if found is None else str(found)
     outcome = str(getattr(report.outcome, "value", report.outcome))
     result = result_of(outcome)
     card = Scorecard(
@@ -124,7 +119,7 @@ def score(
         expect=expect,
         passed=False,
         times_s=times,
-        sla_s=sla,
+        sla_s=limits,
         verdicts=verdicts,
         findings=sum(1 for f in report.findings if f.status.is_problem),
         actions=[f"{r.title}: {r.status} ({r.detail})" for r in report.results],

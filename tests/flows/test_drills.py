@@ -260,11 +260,11 @@ def test_a_drill_that_ran_and_failed_says_why_in_its_incident():
         flow_run_id=None,
         notes=[],
     )
-    card = score("app-down", Severity.P0, report, 200.0)  # first finding after the 120 s SLA
+    card = score("app-down", Severity.P0, report, 400.0)  # after the 120 s and 300 s SLAs
     assert not card.passed and card.result == "not fixed (problem_remains)"
     assert _why(card) == (
-        "expected fixed, got not fixed (problem_remains); first finding: SLA missed;"
-        " verify: missed (never reached)"
+        "expected fixed, got not fixed (problem_remains); first finding: SLA breached;"
+        " diagnose: SLA breached"
     )
     mitigated = score("provider-outage", Severity.P0, report, 1.0, expect="mitigated")
     assert _why(mitigated).startswith("expected mitigated, got not fixed (problem_remains)")

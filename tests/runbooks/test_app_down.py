@@ -360,7 +360,7 @@ def test_drill_runs_end_to_end_and_passes():
     assert times["detect"] <= times["first_finding"] <= times["decide"] <= times["mitigate"]
     assert times["mitigate"] <= times["verify"]
     assert card.verdicts == {
-        "first_finding": "within SLA",
-        "diagnose": "within SLA",
-        "verify": "within SLA",
+        "first_finding": "met",
+        "diagnose": "met",
+        "verify": "met",
     }

@@ -223,5 +223,5 @@ def test_drill_runs_end_to_end_and_passes():
     # Detection waits for Prometheus to see p95 above 2 s: slow requests take 2.5 s each.
     assert card.times_s["detect"] >= 2.0
     assert card.times_s["mitigate"] <= card.times_s["verify"]
-    assert card.verdicts["first_finding"] == "within SLA"
+    assert card.verdicts["first_finding"] == "met"
     assert card.approvals == ["approved by ci via cli-preapproved"]
