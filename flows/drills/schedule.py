@@ -55,7 +55,8 @@ def _why(card: Scorecard) -> str:
     if card.result not in ACCEPTED[card.expect]:
         reasons.append(f"expected {card.expect}, got {card.result}")
     reasons += [
-        f"{phase.replace('_', ' ')}: SLA {verdict}"
+        f"{phase.replace('_', ' ')}: "
+        + (f"SLA {verdict}" if phase in card.times_s else "never reached")
         for phase, verdict in card.verdicts.items()
         if verdict not in ("met", "no SLA")
     ]

@@ -264,7 +264,7 @@ def test_a_drill_that_ran_and_failed_says_why_in_its_incident():
     assert not card.passed and card.result == "not fixed (problem_remains)"
     assert _why(card) == (
         "expected fixed, got not fixed (problem_remains); first finding: SLA breached;"
-        " diagnose: SLA breached"
+        " diagnose: SLA breached; verify: never reached"
     )
     mitigated = score("provider-outage", Severity.P0, report, 1.0, expect="mitigated")
     assert _why(mitigated).startswith("expected mitigated, got not fixed (problem_remains)")
