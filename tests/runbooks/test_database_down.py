@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
 from runbooks.database_down import RUNBOOK, DatabaseDownParams

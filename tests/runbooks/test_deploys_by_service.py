@@ -13,10 +13,10 @@ from typing import NamedTuple
 import pytest
 
 from flows.drills.rollback import IMAGES, HealthApp
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from tests.oncall_proc import oncall
+from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

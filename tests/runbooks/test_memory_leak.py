@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
@@ -319,7 +319,7 @@ async def test_runs_by_service_name_with_each_kind_of_restart(sandbox, tmp_path,
     """What a deployment run or the Prefect UI does: the service is a name in oncall.yaml;
     it restarts through a configured action, Kubernetes or Docker."""
     from flows.runbook_flows import memory_leak
-    from flows.sandbox.docker_api import DockerApiServer
+    from tests.support.docker_api import DockerApiServer
 
     app, kube = sandbox["apps"]["leaky-kube"], sandbox["kube"]
     prom = f"    prometheus: {{url: '{sandbox['prom'].url}', retries: 0}}\n"
@@ -378,14 +378,14 @@ def test_drill_runs_end_to_end_and_passes():
 
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["memory-leak"](
+    card = load("memory-leak")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     # The drill restarts while the leaking version stays deployed: mitigated, not fixed.
-    assert card.outcome == "mitigated" and card.severity == "P1", card
-    assert card.verdicts["detect"] == "met" and len(card.actions) == 1
+    assert card.passed and card.outcome == "mitigated" and card.severity == "P1", card
+    assert card.verdicts["first_finding"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]
     assert any(n.startswith("mitigated: leak persists") for n in card.notes), card.notes
     assert "next step: roll back the deploy that started it (version v2)" in " ".join(card.notes)
