@@ -39,7 +39,7 @@ from runbooks.engine.model import (
 )
 from runbooks.engine.report import report_markdown
 from runbooks.engine.runbook import Check, Moment, NoUndo, Phase, Remedy, Runbook
-from runbooks.engine.verify import Judgement, Sample, Verdict, healthy
+from runbooks.engine.verify import Judgement, Sample, Verdict, healthy, recovered
 
 __all__ = [
     "RunbookRun",
@@ -280,7 +280,7 @@ class RunbookRun:
                 findings = await _run_checks(self.runbook, self.target, "verification", checks)
                 now = time.monotonic() - t0
                 samples.append(Sample(at_s=round(now, 3), findings=findings))
-                ok = healthy(findings)
+                ok = recovered(findings)
                 if ok and first_ok is None:
                     first_ok = now
                     self.mark("verified")

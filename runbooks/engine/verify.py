@@ -25,12 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from checks.findings import Finding
 
-__all__ = ["Holds", "Judgement", "Sample", "Verdict", "VerifyRule", "healthy"]
+__all__ = ["Holds", "Judgement", "Sample", "Verdict", "VerifyRule", "healthy", "recovered"]
 
 
 def healthy(findings: Sequence[Finding]) -> bool:
     """No finding reports a problem (warn or critical)."""
     return not any(f.status.is_problem for f in findings)
+
+
+def recovered(findings: Sequence[Finding]) -> bool:
+    """Healthy, and seen: a check that could not run (``error``) proves nothing after a fix.
+    ``unknown`` (nothing to measure, e.g. no pg_stat_statements) is no evidence either way."""
+    return healthy(findings) and not any(f.status == "error" for f in findings)
 
 
 class Verdict(StrEnum):
@@ -83,11 +89,16 @@ class Holds(BaseModel):
 
     def judge(self, samples: Sequence[Sample], params: Any) -> Judgement:
         hold = float(getattr(params, "verify_hold_seconds", 0.0))
-        first_ok = next((s for s in samples if healthy(self._relevant(s))), None)
+        first_ok = next((s for s in samples if recovered(self._relevant(s))), None)
         if first_ok is None:
             last = samples[-1] if samples else None
             problem = next(
-                (f for f in (self._relevant(last) if last else []) if f.status.is_problem), None
+                (
+                    f
+                    for f in (self._relevant(last) if last else [])
+                    if f.status.is_problem or f.status == "error"
+                ),
+                None,
             )
             return Judgement(
                 verdict=Verdict.NOT_RECOVERED,
@@ -95,9 +106,11 @@ class Holds(BaseModel):
                 next_step=self.unrecovered_step,
             )
         after = [s for s in samples if s.at_s >= first_ok.at_s]
-        relapsed = next((s for s in after if not healthy(self._relevant(s))), None)
+        relapsed = next((s for s in after if not recovered(self._relevant(s))), None)
         if relapsed is not None:
-            problem = next(f for f in self._relevant(relapsed) if f.status.is_problem)
+            problem = next(
+                f for f in self._relevant(relapsed) if f.status.is_problem or f.status == "error"
+            )
             return Judgement(
                 verdict=Verdict.MITIGATED,
                 reason=f"{self.relapse.format(hold=f'{hold:.0f}')}: {problem.summary}",
