@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from flows.render import approval_line, finding_line, plan_panel, result_line
-from runbooks.catalog import RunbookSpec
 from runbooks.engine import live
 from runbooks.engine.model import RunbookReport, os_identity
+from runbooks.engine.runbook import Runbook
 
 __all__ = ["LiveView", "quiet_prefect_console", "run_runbook"]
 
@@ -157,7 +157,7 @@ class LiveView:
 
 
 def run_runbook(
-    spec: RunbookSpec,
+    spec: Runbook[Any],
     *,
     service: Any,
     params: Any,
@@ -173,7 +173,7 @@ def run_runbook(
     from flows.server import wait_if_starting
 
     quiet_prefect_console()
-    flow = spec.load()
+    flow = spec.flow
     wait_if_starting()  # a server the CLI started without waiting (first use)
     view = LiveView(console or Console(), interactive=interactive, show=show)
     live.subscribe(view)

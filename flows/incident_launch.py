@@ -42,16 +42,16 @@ class RunbookUse(NamedTuple):
     """What an incident needs of a runbook."""
 
     params: Any  # the pydantic params model
-    load: Any  # () -> the runbook's flow
-    checks: Any  # () -> async (service, params) -> list[Finding]
+    flow: Any  # the runbook's Prefect flow
+    checks: Any  # async (service, params) -> list[Finding], for verification
 
 
 def runbook(name: str) -> RunbookUse:
     """The one place the incident reads the runbook catalog."""
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS[name]
-    return RunbookUse(spec.params, spec.load, spec.checks)
+    found = require(name)
+    return RunbookUse(found.params, found.flow, found.diagnose)
 
 
 def route(config: OncallConfig, alert: Alert) -> list[tuple[str, str, dict[str, Any]]]:
@@ -139,7 +139,7 @@ class Launcher:
             )
             with TagsContext(current_tags=tags):
                 self.tasks[name] = asyncio.create_task(
-                    use.load()(
+                    use.flow(
                         service=service, params=typed, approve_as=self.approve_as, context=context
                     )
                 )

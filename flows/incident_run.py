@@ -172,7 +172,7 @@ class IncidentRun:
             self.verifier.start()
 
     async def verify(self) -> None:
-        checks = [(n, runbook(n).checks(), s, p) for n, s, p in self.launcher.routes]
+        checks = [(n, runbook(n).checks, s, p) for n, s, p in self.launcher.routes]
         verdict = await self.verifier.check(checks) if checks else "idle"
         v = self.config.verification
         if verdict == "failed" and self.inc.status is not IncidentStatus.IDENTIFIED:
