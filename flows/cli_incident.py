@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from uuid import UUID
 
 import typer
 
@@ -169,7 +170,7 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
 
     async def one(alert: Any, intake: dict[str, str], run_id: str) -> dict:
         async with get_client() as client:
-            run = await client.read_flow_run(run_id)
+            run = await client.read_flow_run(UUID(run_id))
         parameters = {
             "alert": alert,
             "config": cfg,
@@ -177,7 +178,7 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
             "requested_by": os_identity(),
             "intake": intake,
         }
-        state = await run_flow_async(
+        state: Any = await run_flow_async(
             incident, flow_run=run, parameters=parameters, return_type="state"
         )
         return await state.result()

@@ -69,7 +69,10 @@ async def incident(
 ) -> dict[str, Any]:
     """Runs an incident: classify, notify, escalate, run runbooks, verify, resolve, post-mortem."""
     cfg = config or load_config(config_path or find_config())
-    run = FlowRunContext.get().flow_run
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        raise RuntimeError("the incident flow runs only as a Prefect flow run")
+    run = ctx.flow_run
     my_tags = list(run.tags or [])
     number = await _number(run.expected_start_time or datetime.now(UTC), my_tags)
     rules = [SeverityRule.model_validate(r) for r in cfg.severity_rules]

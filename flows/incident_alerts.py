@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
@@ -72,7 +73,7 @@ async def poll_controls(run_id: str, seen: set[str]) -> list[dict[str, Any]]:
     """New control messages for this incident run, oldest first (their keys go into seen)."""
     async with get_client() as client:
         inputs = await client.filter_flow_run_input(
-            run_id, CONTROL_PREFIX, limit=200, exclude_keys=seen
+            UUID(run_id), CONTROL_PREFIX, limit=200, exclude_keys=seen
         )
     messages = []
     for item in sorted(inputs, key=lambda i: i.created or datetime.min.replace(tzinfo=UTC)):

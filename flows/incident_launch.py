@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -162,7 +163,7 @@ class Launcher:
                 "runbook", f"{why}: running {name} inside the incident instead", runbook=name
             )
             return False
-        run = await run_deployment(
+        run: Any = await cast(Any, run_deployment)(
             deployment,
             parameters={
                 "service": service.name,
@@ -313,7 +314,7 @@ class Launcher:
         for run_id in list(self.waiting):
             with contextlib.suppress(Exception):  # already decided elsewhere: fine
                 await aresume_flow_run(
-                    run_id,
+                    UUID(run_id),
                     run_input={
                         "approved": False,
                         "approver": "oncall",

@@ -277,13 +277,12 @@ class IncidentRun:
         if not self.intake:
             return True
         seen = {*self.book.seen, self.intake.get("alert_id", "")}
+        registration = self.intake["registration"]
 
         def close() -> Any:
             store = Spool(store_url(self.config))
             try:
-                return store.close_incident(
-                    self.intake["registration"], seen, reason=reason, force=force
-                )
+                return store.close_incident(registration, seen, reason=reason, force=force)
             finally:
                 store.close()
 

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -68,14 +69,17 @@ class Timeline:
     async def sync_run(self) -> None:
         """Puts the incident's state in its flow run's name, tags and labels."""
         async with get_client() as client:
+            run_id = UUID(str(self.inc.flow_run_id))
             await client.update_flow_run(
-                self.inc.flow_run_id,
+                run_id,
                 name=self.inc.run_name,
                 tags=[*incident_tags(self.inc), *self.extra_tags],
             )
             # What `oncall incidents` needs to judge the SLA as the post-mortem does.
-            labels = incident_labels(self.inc, self.sla_for(self.inc.severity))
-            await client.update_flow_run_labels(self.inc.flow_run_id, labels)
+            labels: dict[str, bool | int | float | str] = dict(
+                incident_labels(self.inc, self.sla_for(self.inc.severity))
+            )
+            await client.update_flow_run_labels(run_id, labels)
 
     async def write_artifacts(
         self, runbook_lines: list[str], sla: Sla, force: bool = False

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -188,7 +188,7 @@ async def open_by_deployment(
         why = await asyncio.to_thread(served, api, "incident/incident")
     if why:
         raise NobodyHome(why)
-    run = await run_deployment(
+    run: Any = await cast(Any, run_deployment)(
         "incident/incident",
         parameters={
             "alert": alert.model_dump(mode="json"),

@@ -25,9 +25,9 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -49,7 +49,7 @@ class _Receiver(uvicorn.Server):
     """uvicorn without its own signal handling: ``serve`` owns shutdown."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
@@ -273,9 +273,9 @@ async def _runner(deployments: list[Any], limit: int | None, on_sigterm: Callabl
     from prefect.runner import Runner
 
     runner = Runner(limit=limit, pause_on_shutdown=True)
-    runner.handle_sigterm = lambda *_: on_sigterm()
+    runner.handle_sigterm = lambda *_: on_sigterm()  # type: ignore[method-assign]
     for deployment in deployments:
-        await runner.add_deployment(deployment)
+        await cast(Awaitable[Any], runner.add_deployment(deployment))
     return runner
 
 
@@ -328,7 +328,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [
+    tasks: list[asyncio.Task[Any]] = [
         asyncio.create_task(receiver.serve(), name="receiver"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
@@ -356,5 +356,6 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=15)
     for task in done:
-        if task is not waiter and task.exception() is not None:
-            raise task.exception()
+        failure = None if task is waiter else task.exception()
+        if failure is not None:
+            raise failure

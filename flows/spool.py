@@ -134,10 +134,10 @@ class Spool(IncidentRegistry):
             return conn
         path = Path(self.url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        return conn
+        lite = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        lite.execute("PRAGMA journal_mode=WAL")
+        lite.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        return lite
 
     # --- plumbing --------------------------------------------------------------------
 
