@@ -21,6 +21,7 @@ trimmed with a marker; the full alert stays in the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -347,7 +348,7 @@ class Intake:
 async def submit(
     alert: Alert, api: PrefectAPI, opener: Callable[..., Awaitable[str]], store: Spool | None = None
 ) -> Submission:
-    """Stores one alert and handles it at once (the health sweep's and the CLI's path)."""
+    """Stores one alert and handles it at once (the health sweep's path)."""
     from flows.spool import store_url
 
     if len(inspect.signature(opener).parameters) == 1:  # an opener of (alert) alone
@@ -359,9 +360,8 @@ async def submit(
     own = store is None
     store = store or Spool(store_url(_config_or_none()))
     try:
-        entry_id, new = await asyncio.to_thread(store.put, alert)
-        if not new:
-            return Submission(action="ignored", reason=f"duplicate of {entry_id}")
+        # A sweep's alert is a new observation each time, not a sender's retry: no dedup.
+        entry_id, _ = await asyncio.to_thread(functools.partial(store.put, alert, dedup=False))
         intake = Intake(store, api.api_url, opener)
         for _ in range(20):
             claimed = await asyncio.to_thread(store.claim, intake.owner, only=entry_id)

@@ -176,29 +176,21 @@ class Spool(IncidentRegistry):
 
     # --- accepting -------------------------------------------------------------------
 
-    def put(self, alert: Alert) -> tuple[str, bool]:
+    def put(self, alert: Alert, *, dedup: bool = True) -> tuple[str, bool]:
         """Stores one alert durably; returns (id, False) when it repeats a recent delivery."""
-        return self.put_many([alert])[0]
+        return self.put_many([alert], dedup=dedup)[0]
 
-    def put_many(self, alerts: Sequence[Alert]) -> list[tuple[str, bool]]:
+    def put_many(self, alerts: Sequence[Alert], *, dedup: bool = True) -> list[tuple[str, bool]]:
         """Stores alerts in one transaction (one fsync). A repeat of a delivery within the
-        window is a duplicate, unless the incident the first one went to has closed since."""
+        window is a duplicate, unless the incident the first one went to has closed since.
+        ``dedup=False`` for observations that are new each time (a health sweep's)."""
         now = self.clock()
         out: list[tuple[str, bool]] = []
         with self._tx(durable=True) as cur:
             for alert in alerts:
                 key = idempotency_key(alert)
                 new_id = uuid.uuid4().hex
-                cur.execute(
-                    f"INSERT INTO {self.p}dedup (key, alert_id, until) VALUES (?, ?, ?)"
-                    f" ON CONFLICT (key) DO UPDATE SET alert_id = excluded.alert_id,"
-                    f" until = excluded.until WHERE {self.p}dedup.until < ? OR EXISTS ("
-                    f"SELECT 1 FROM {self.p}alerts a JOIN {self.p}incidents i"
-                    f" ON i.id = a.incident WHERE a.id = {self.p}dedup.alert_id"
-                    f" AND i.state = 'closed') RETURNING alert_id",
-                    (key, new_id, now + self.dedup_window_s, now),
-                )
-                if cur.fetchone() is None:
+                if dedup and not self._new_delivery(cur, key, new_id, now):
                     cur.execute(f"SELECT alert_id FROM {self.p}dedup WHERE key = ?", (key,))
                     out.append((cur.fetchone()[0], False))
                     continue
@@ -211,6 +203,20 @@ class Spool(IncidentRegistry):
                 )
                 out.append((new_id, True))
         return out
+
+    def _new_delivery(self, cur: Any, key: str, alert_id: str, now: float) -> bool:
+        """Records the delivery under ``key`` unless it repeats one within the window whose
+        incident is still open (the row lock makes concurrent repeats wait for each other)."""
+        cur.execute(
+            f"INSERT INTO {self.p}dedup (key, alert_id, until) VALUES (?, ?, ?)"
+            f" ON CONFLICT (key) DO UPDATE SET alert_id = excluded.alert_id,"
+            f" until = excluded.until WHERE {self.p}dedup.until < ? OR EXISTS ("
+            f"SELECT 1 FROM {self.p}alerts a JOIN {self.p}incidents i"
+            f" ON i.id = a.incident WHERE a.id = {self.p}dedup.alert_id"
+            f" AND i.state = 'closed') RETURNING alert_id",
+            (key, alert_id, now + self.dedup_window_s, now),
+        )
+        return cur.fetchone() is not None
 
     # --- dispatching -----------------------------------------------------------------
 
