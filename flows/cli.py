@@ -74,7 +74,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    sys.stderr.write(f"oncall: {scrub(message, _secrets)}\n")
+    """One line on stderr per line of the message (a configuration can have many problems)."""
+    for line in scrub(message, _secrets).splitlines() or [""]:
+        sys.stderr.write(f"oncall: {line}\n")
     raise typer.Exit(code)
 
 
@@ -86,7 +88,7 @@ def _errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except ConfigError as exc:
-        _fail(2, f"error: {exc}")
+        _fail(2, "\n".join(f"error: {line}" for line in str(exc).splitlines()))
     except AuthError as exc:
         _fail(2, f"credentials refused: {exc}")
     except (Unreachable, Timeout) as exc:
@@ -576,4 +578,5 @@ if __name__ == "__main__":
     _main()
 
 
-from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)
+# Register the incident commands and `oncall doctor` on `app`.
+from flows import cli_incident, doctor  # noqa: E402,F401

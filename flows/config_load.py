@@ -97,9 +97,16 @@ class _Resolver:
 
         return _REF.sub(env, value)
 
-    def covers(self, loc: tuple) -> bool:
-        """An error at ``loc`` follows from an unresolved reference at or above it."""
-        return any(loc[: len(path)] == path for path, _, _ in self.failed)
+    def covers(self, error: dict[str, Any]) -> bool:
+        """The schema error follows from an unresolved reference: at or under the reference,
+        or a model's own check (``set X, or Y and Z``) on a model holding one."""
+        loc = tuple(error["loc"])
+        for path, _, _ in self.failed:
+            if loc[: len(path)] == path:
+                return True
+            if error["type"] == "value_error" and path[: len(loc)] == loc:
+                return True
+        return False
 
 
 def _node_line(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -230,7 +237,7 @@ def check_config(
     try:
         config = OncallConfig.model_validate(resolved)
     except ValidationError as exc:
-        errors = [e for e in exc.errors() if not resolve.covers(tuple(e["loc"]))]
+        errors = [e for e in exc.errors() if not resolve.covers(e)]
         found += [(tuple(e["loc"]), e["msg"], None) for e in errors]
         try:  # what the schema did accept is still checked for literal secrets
             partial = OncallConfig.model_validate(

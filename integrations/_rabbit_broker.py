@@ -22,7 +22,7 @@ from integrations.errors import (
     Unreachable,
 )
 from integrations.http import async_client, request
-from integrations.preflight import Shortfall, kind_of, shortfall
+from integrations.preflight import BLOCKING, Shortfall, kind_of, shortfall
 from integrations.redact import redact_dsn, scrub
 
 __all__ = ["Broker", "ConnectionFactory", "translate_amqp_error"]
@@ -167,7 +167,7 @@ class Broker:
             if self.target.dead_letter_queue:
                 dlq = self.queue_counts(self.target.dead_letter_queue)
                 result["dead_letter_queue"] = await self._check(dlq)
-        elif kind_of(result["amqp"]) in ("unreachable", "auth"):
+        elif kind_of(result["amqp"]) in BLOCKING:
             return result
         if not self.target.management_url:
             result["management"] = Shortfall(

@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 from pydantic import BaseModel, Field
 
 from integrations.errors import OncallError
-from integrations.preflight import shortfall
+from integrations.preflight import BLOCKING, shortfall
 
 __all__ = ["Preview", "SyncSession", "run_probes"]
 
@@ -96,6 +96,6 @@ async def run_probes(probes: dict[str, Callable[[], Any]]) -> dict[str, bool | s
             result[name] = outcome if isinstance(outcome, str) else True
         except OncallError as exc:
             result[name] = shortfall(exc)
-            if result[name].kind in ("unreachable", "auth"):
+            if result[name].kind in BLOCKING:
                 break
     return result

@@ -10,6 +10,7 @@ allowed to change it" without parsing sentences:
     unreachable   cannot connect, or no answer in time                  yes
     auth          credentials refused or expired                        yes
     denied        connected and authenticated, but not allowed          yes
+    config        the target's own settings are wrong (no kubeconfig)   yes
     error         any other failure (missing object, bad answer …)      yes
     limited       works, with a stated limit (e.g. own sessions only)    no
     unverified    well-formed, but no safe call can prove it accepted    no
@@ -26,15 +27,20 @@ from typing import Literal
 
 from integrations.errors import (
     AuthError,
+    ConfigError,
     OncallError,
     Timeout,
     Unreachable,
 )
 
-__all__ = ["FAILING", "Kind", "Shortfall", "kind_of", "shortfall"]
+__all__ = ["BLOCKING", "FAILING", "Kind", "Shortfall", "kind_of", "shortfall"]
 
-Kind = Literal["unreachable", "auth", "denied", "error", "limited", "unverified", "off"]
-FAILING: frozenset[str] = frozenset({"unreachable", "auth", "denied", "error"})
+Kind = Literal[
+    "unreachable", "auth", "denied", "config", "error", "limited", "unverified", "off"
+]
+FAILING: frozenset[str] = frozenset({"unreachable", "auth", "denied", "config", "error"})
+# After one of these, the target's other capabilities cannot be tried: probes stop.
+BLOCKING: frozenset[str] = frozenset({"unreachable", "auth", "config"})
 
 
 class Shortfall(str):
@@ -59,6 +65,8 @@ def shortfall(exc: OncallError) -> Shortfall:
         # 403 is "who you are is known, and not allowed" (RBAC, vhost access); 401 and
         # answers without a status are credentials refused.
         return Shortfall(str(exc), "denied" if exc.status == 403 else "auth")
+    if isinstance(exc, ConfigError):
+        return Shortfall(str(exc), "config")
     return Shortfall(str(exc), "error")
 
 

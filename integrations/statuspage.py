@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, TargetError
 from integrations.http import HttpClient, async_client
-from integrations.preflight import Shortfall, shortfall
+from integrations.preflight import BLOCKING, Shortfall, shortfall
 
 __all__ = [
     "INCIDENT_STATUSES",
@@ -284,7 +284,7 @@ class StatuspageManage(HttpClient):
                 result[capability] = True
             except TargetError as exc:
                 result[capability] = shortfall(exc)
-                if result[capability].kind in ("unreachable", "auth"):
+                if result[capability].kind in BLOCKING:
                     break
         return result
 

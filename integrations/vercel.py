@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, NotFound, TargetError
 from integrations.http import HttpClient, async_client
-from integrations.preflight import shortfall
+from integrations.preflight import BLOCKING, shortfall
 
 __all__ = ["Deployment", "PromotePlan", "VercelClient", "VercelOperator", "VercelTarget"]
 
@@ -183,7 +183,7 @@ class VercelClient(HttpClient):
                 result[capability] = True
             except TargetError as exc:
                 result[capability] = shortfall(exc)
-                if result[capability].kind in ("unreachable", "auth"):
+                if result[capability].kind in BLOCKING:
                     break
         return result
 
