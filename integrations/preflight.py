@@ -35,9 +35,7 @@ from integrations.errors import (
 
 __all__ = ["BLOCKING", "FAILING", "Kind", "Shortfall", "kind_of", "shortfall"]
 
-Kind = Literal[
-    "unreachable", "auth", "denied", "config", "error", "limited", "unverified", "off"
-]
+Kind = Literal["unreachable", "auth", "denied", "config", "error", "limited", "unverified", "off"]
 FAILING: frozenset[str] = frozenset({"unreachable", "auth", "denied", "config", "error"})
 # After one of these, the target's other capabilities cannot be tried: probes stop.
 BLOCKING: frozenset[str] = frozenset({"unreachable", "auth", "config"})
