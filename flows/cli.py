@@ -465,24 +465,41 @@ def serve_cmd(
         # polls: every 10 s by default (with incidents: deployment, twice on the way from an
         # alert to a finding).
         os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+        # Flow runs the runner starts in child processes keep their INFO lines for the
+        # Prefect UI; the terminal gets one line per event from oncall serve itself.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
         from flows.config import find_config, load_config
 
         path = find_config(config)
         if path is None:
             raise ConfigError("oncall serve needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
-        load_config(str(path))  # a broken file is one line and exit 2, before anything starts
+        load_config(str(path))  # every problem, one per line, exit 2, before anything starts
+        from flows.serve_log import Outlet, exit_within
+
+        outlet = Outlet.install()  # a full or closed stdout must never hold up a stop
         console = _console()
         _ensure_server(console)
         from flows.execute import quiet_prefect_console
         from flows.serve import serve
 
         quiet_prefect_console()
-        console.print(
-            f"oncall serve: config {path}; receiver and deployments starting (Ctrl-C stops)"
+
+        def stopping() -> None:  # runs in the signal handler: it starts a thread, no more
+            exit_within(4.5, outlet, lambda line: sys.stderr.write(line + "\n"))
+
+        asyncio.run(
+            serve(
+                str(path),
+                host=host,
+                port=port,
+                limit=limit,
+                runner=runner,
+                on_stopping=stopping,
+            )
         )
-        asyncio.run(serve(str(path), host=host, port=port, limit=limit, runner=runner))
         console.print("oncall serve: stopped")
+        outlet.drain(0.5)
 
 
 @server_app.command("status")

@@ -1,0 +1,217 @@
+"""What ``oncall serve`` says, and how it says it without ever waiting on its reader.
+
+:class:`ServeLog` prints the start banner (receiver URL, Prefect UI, deployments, the
+health sweep's schedule) and then one quiet, timestamped line per alert received,
+incident declared, gate waiting, decision and resolution.
+
+:class:`Outlet` keeps a slow, full or closed stdout from stopping the service: when
+stdout/stderr are not a terminal, the process writes into a pipe of its own and a
+relay thread copies that to the real destination, 4 KiB at a time and only when it
+can take them (``select``), so the writers never block. When the destination stays
+full, new output is dropped and counted; when it is gone (the reader died), output
+is discarded. Child processes (Prefect's runner starts flow runs in them) inherit the
+same pipe. Without this, one line printed into a full pipe froze the event loop, and
+with it the SIGTERM handler.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+__all__ = ["Outlet", "ServeLog", "exit_within"]
+
+_CHUNK = 4096  # PIPE_BUF: a write this size into a pipe select() calls writable never blocks
+_BACKLOG = 1 << 20  # output held for a slow reader before new output is dropped
+
+
+class _Relay:
+    def __init__(self, source: int, sink: int) -> None:
+        self.source, self.sink = source, sink
+        self.pending = bytearray()
+        self.dropped = 0
+        self.gone = False
+        self.thread = threading.Thread(target=self._run, name=f"oncall-outlet-{sink}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            wanted_out = [self.sink] if self.pending and not self.gone else []
+            readable, writable, _ = select.select([self.source], wanted_out, [], 0.5)
+            if readable:
+                data = os.read(self.source, 65536)
+                if not data:
+                    return
+                if self.gone:
+                    continue
+                room = _BACKLOG - len(self.pending)
+                self.pending += data[:room]
+                self.dropped += max(0, len(data) - room)
+            if writable:
+                self._write()
+
+    def _write(self) -> None:
+        if self.dropped and len(self.pending) < _BACKLOG // 2:
+            note = f"\n[oncall: {self.dropped} bytes of output dropped: nobody was reading]\n"
+            self.pending[:0] = note.encode()
+            self.dropped = 0
+        try:
+            written = os.write(self.sink, bytes(self.pending[:_CHUNK]))
+        except (BrokenPipeError, OSError):
+            self.gone, self.pending = True, bytearray()  # the reader is gone: discard
+            return
+        del self.pending[:written]
+
+
+class Outlet:
+    """Stdout and stderr through a relay that never blocks this process (see the module)."""
+
+    def __init__(self) -> None:
+        self.relays: list[_Relay] = []
+
+    @classmethod
+    def install(cls, fds: tuple[int, ...] = (1, 2)) -> Outlet:
+        """Puts the relay between this process and every fd of ``fds`` that is not a tty."""
+        outlet = cls()
+        targets: dict[tuple[int, int], int] = {}  # one relay per destination (2>&1 shares)
+        for fd in fds:
+            try:
+                if os.isatty(fd):
+                    continue
+                stat = os.fstat(fd)
+            except OSError:
+                continue
+            key = (stat.st_dev, stat.st_ino)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            if key not in targets:
+                read_end, write_end = os.pipe()
+                relay = _Relay(read_end, os.dup(fd))
+                relay.thread.start()
+                outlet.relays.append(relay)
+                targets[key] = write_end
+            os.dup2(targets[key], fd)
+        for write_end in targets.values():
+            os.close(write_end)
+        if outlet.relays:  # registered first, so it runs after the handlers that still print
+            atexit.register(outlet.drain, 0.5)
+        return outlet
+
+    def drain(self, timeout: float) -> None:
+        """Gives the relays up to ``timeout`` seconds to hand over what is pending."""
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        deadline = time.monotonic() + timeout
+        for relay in self.relays:
+            while time.monotonic() < deadline and not relay.gone:
+                unread = select.select([relay.source], [], [], 0)[0]
+                if not unread and not relay.pending:
+                    break
+                time.sleep(0.01)
+
+
+def exit_within(seconds: float, outlet: Outlet | None, say: Callable[[str], None]) -> None:
+    """Ends the process ``seconds`` from now if it has not ended by itself (exit status 1).
+
+    A clean stop takes about a second; this bounds the worst case (a Prefect API that
+    does not answer, a flow that ignores cancellation). Incidents left open then are
+    marked Crashed by the next ``oncall serve``.
+    """
+
+    def fire() -> None:
+        say(f"oncall serve: stopping (at most {seconds:g} s)")
+        time.sleep(seconds)
+        say(
+            "oncall serve: stopping took too long; exiting now (the next oncall serve marks"
+            " incidents left open as Crashed)"
+        )
+        if outlet is not None:
+            outlet.drain(0.3)
+        os._exit(1)
+
+    threading.Thread(target=fire, name="oncall-stop-deadline", daemon=True).start()
+
+
+class ServeLog:
+    """The banner and one line per event. ``clock`` is injectable (tests freeze it)."""
+
+    def __init__(
+        self, stream: TextIO | None = None, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.stream = stream
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        stream = self.stream or sys.stdout
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            stream.write(text + "\n")
+            stream.flush()
+
+    def line(self, kind: str, text: str) -> None:
+        self.write(f"{self.clock():%H:%M:%S} {kind:<9}{text}")
+
+    def banner(
+        self,
+        *,
+        config_path: str,
+        receiver_url: str,
+        ui_url: str,
+        deployments: list[str],
+        sweep: str,
+        incidents: str,
+    ) -> None:
+        endpoints = "POST /alerts/{alertmanager,generic,sentry,pagerduty}, /approvals/slack"
+        self.write(f"oncall serve: config {config_path}")
+        self.write(f"  receiver      {receiver_url}  ({endpoints}; GET /healthz)")
+        self.write(f"  Prefect UI    {ui_url}")
+        if deployments:
+            self.write(f"  deployments   {len(deployments)}: {', '.join(deployments)}")
+        else:
+            self.write("  deployments   none here (--no-runner: workers run them)")
+        self.write(f"  health sweep  {sweep}")
+        self.write(f"  incidents     {incidents}")
+        self.write(
+            "Ctrl-C or SIGTERM stops. One line per alert, incident, gate, decision and resolution:"
+        )
+
+    # -- events --------------------------------------------------------------------------
+
+    def alert(self, alert: Any, submission: Any) -> None:
+        """The intake's answer for one alert (opened, joined or ignored)."""
+        head = f"{alert.service} {alert.title!r} ({alert.source}, {alert.status})"
+        run = submission.incident_run_id
+        outcome = {
+            "opened": f"opened an incident (flow run {run})",
+            "joined": f"joined the open incident (flow run {run})",
+        }.get(submission.action, f"ignored: {submission.reason}")
+        self.line("alert", f"{head} → {outcome}")
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        """A live event from the incidents and runbooks running in this process."""
+        if kind == "gate":
+            run = data.get("flow_run_id") or "?"
+            until = str(data.get("timeout_at") or "")[11:16]
+            self.line(
+                "gate",
+                f"{data.get('runbook')} on {data.get('target')} waits for approval:"
+                f" {data.get('summary')} — oncall approve {run} --as NAME, or the Prefect UI"
+                + (f" (times out {until} UTC)" if until else ""),
+            )
+        elif kind == "approval":
+            a = data["approval"]
+            verdict = "approved" if a.approved else "rejected"
+            who = f" (identity {a.identity})" if a.identity else ""
+            self.line("decision", f"plan {verdict} by {a.approver} via {a.channel}{who}")
+        elif kind == "timeline" and data["entry"].kind in ("declared", "resolved"):
+            entry = data["entry"]
+            self.line(entry.kind, f"{data['incident_id']}: {entry.text}")
