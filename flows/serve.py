@@ -25,7 +25,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from flows.config import OncallConfig, load_config
 from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
-from flows.serve_log import ServeLog
+from flows.serve_log import ServeLog, announce, stopper
 from flows.server import ensure, prefect_home
 from flows.spool import Spool
 from integrations.alerts import Alert
@@ -275,58 +274,6 @@ async def _pause_schedules(deployment_ids: list[Any]) -> None:
         await asyncio.gather(*(client.pause_deployment(i) for i in deployment_ids))
 
 
-async def _banner(
-    say: ServeLog,
-    config: OncallConfig,
-    path: str,
-    api_url: str,
-    receiver_url: str,
-    deployments: list[Any],
-    in_process: bool,
-) -> None:
-    sweep = "off (health.enabled: false)"
-    if config.health.enabled and deployments:
-        from prefect.server.schemas.schedules import CronSchedule
-
-        try:
-            end = datetime.now(UTC) + timedelta(days=400)  # a yearly cron has a next run too
-            dates = await CronSchedule(cron=config.health.cron).get_dates(n=1, end=end)
-            upcoming = dates[0] if dates else None
-        except Exception:  # a schedule Prefect accepted but cannot expand here: say less
-            upcoming = None
-        sweep = f'health-sweep/health-sweep on cron "{config.health.cron}"' + (
-            f" (next {upcoming:%Y-%m-%d %H:%M:%S} UTC)" if upcoming else ""
-        )
-    say.banner(
-        config_path=path,
-        receiver_url=receiver_url,
-        ui_url=api_url.rstrip("/").removesuffix("/api"),
-        deployments=[f"{d.flow_name}/{d.name}" for d in deployments],
-        sweep=sweep,
-        incidents="in this process (receiver.incidents: in-process)"
-        if in_process
-        else "as deployment runs (receiver.incidents: deployment)",
-    )
-
-
-def _stopper(
-    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, on_stopping: Callable[[], None] | None
-) -> Callable[..., None]:
-    """A signal handler (and runner SIGTERM hook) that asks serve to stop; the first call
-    also tells ``on_stopping``, which must not print (a signal can land mid-print)."""
-    asked: list[bool] = []
-
-    def request(*_: object) -> None:
-        if not asked:
-            asked.append(True)
-            if on_stopping is not None:
-                on_stopping()
-        with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to stop
-            loop.call_soon_threadsafe(stop.set)
-
-    return request
-
-
 async def serve(
     config_path: str,
     *,
@@ -374,13 +321,13 @@ async def serve(
     )
     deployments = await build_deployments(config, path) if runner else []
     stop = asyncio.Event()
-    request_stop = _stopper(asyncio.get_running_loop(), stop, on_stopping)
+    request_stop = stopper(asyncio.get_running_loop(), stop, on_stopping)
     # Plain handlers, not the loop's: Python runs them in the main thread as soon as the
     # signal arrives, even while the loop is busy (an incident's first imports), so the
     # stop (and the CLI's deadline) starts at the signal, not when the loop gets to it.
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     receiver_url = f"http://{receiver.config.host}:{receiver.config.port}"
-    await _banner(say, config, path, api_url, receiver_url, deployments, local is not None)
+    await announce(say, config, path, api_url, receiver_url, deployments, local is not None)
     live.subscribe(say)  # gates, decisions and incidents running in this process
     # The stop is awaited from the first moment: registering the deployments takes seconds
     # on a busy Prefect, and a SIGTERM then must not wait for it to finish.

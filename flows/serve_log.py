@@ -1,4 +1,5 @@
-"""What ``oncall serve`` says, and how it says it without ever waiting on its reader.
+"""What ``oncall serve`` says, how it says it without ever waiting on its reader, and how it
+is told to stop.
 
 :class:`ServeLog` prints the start banner (receiver URL, Prefect UI, deployments, the
 health sweep's schedule) and then one quiet, timestamped line per alert received,
@@ -12,10 +13,14 @@ full, new output is dropped and counted; when it is gone (the reader died), outp
 is discarded. Child processes (Prefect's runner starts flow runs in them) inherit the
 same pipe. Without this, one line printed into a full pipe froze the event loop, and
 with it the SIGTERM handler.
+
+:func:`stopper` is serve's SIGINT/SIGTERM handler; :func:`exit_within` is the CLI's
+bound on how long a stop may take after the signal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -24,10 +29,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-__all__ = ["Outlet", "ServeLog", "exit_within"]
+__all__ = ["Outlet", "ServeLog", "announce", "exit_within", "stopper"]
 
 _CHUNK = 4096  # PIPE_BUF: a write this size into a pipe select() calls writable never blocks
 _BACKLOG = 1 << 20  # output held for a slow reader before new output is dropped
@@ -215,3 +220,56 @@ class ServeLog:
         elif kind == "timeline" and data["entry"].kind in ("declared", "resolved"):
             entry = data["entry"]
             self.line(entry.kind, f"{data['incident_id']}: {entry.text}")
+
+
+async def announce(
+    say: ServeLog,
+    config: Any,
+    path: str,
+    api_url: str,
+    receiver_url: str,
+    deployments: list[Any],
+    in_process: bool,
+) -> None:
+    """Prints the banner: where the receiver and the UI are, what runs, when the sweep is."""
+    sweep = "off (health.enabled: false)"
+    if config.health.enabled and deployments:
+        from prefect.server.schemas.schedules import CronSchedule
+
+        try:
+            end = datetime.now(UTC) + timedelta(days=400)  # a yearly cron has a next run too
+            dates = await CronSchedule(cron=config.health.cron).get_dates(n=1, end=end)
+            upcoming = dates[0] if dates else None
+        except Exception:  # a schedule Prefect accepted but cannot expand here: say less
+            upcoming = None
+        sweep = f'health-sweep/health-sweep on cron "{config.health.cron}"' + (
+            f" (next {upcoming:%Y-%m-%d %H:%M:%S} UTC)" if upcoming else ""
+        )
+    say.banner(
+        config_path=path,
+        receiver_url=receiver_url,
+        ui_url=api_url.rstrip("/").removesuffix("/api"),
+        deployments=[f"{d.flow_name}/{d.name}" for d in deployments],
+        sweep=sweep,
+        incidents="in this process (receiver.incidents: in-process)"
+        if in_process
+        else "as deployment runs (receiver.incidents: deployment)",
+    )
+
+
+def stopper(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, on_stopping: Callable[[], None] | None
+) -> Callable[..., None]:
+    """A signal handler (and runner SIGTERM hook) that asks serve to stop; the first call
+    also tells ``on_stopping``, which must not print (a signal can land mid-print)."""
+    asked: list[bool] = []
+
+    def request(*_: object) -> None:
+        if not asked:
+            asked.append(True)
+            if on_stopping is not None:
+                on_stopping()
+        with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to stop
+            loop.call_soon_threadsafe(stop.set)
+
+    return request
