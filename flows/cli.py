@@ -168,13 +168,18 @@ def _dsn_service(dsn: str | None):
     from pydantic import ValidationError
 
     from integrations.postgres import PostgresTarget, malformed
+    from integrations.redact import password_fragments
     from integrations.service import Service
 
     if not dsn:
         raise ConfigError("give --service NAME (from oncall.yaml) or --dsn DSN")
-    _secrets.append(dsn)
+    # Only the password is a secret: the rest of the DSN is what a person needs to see.
+    _secrets.extend(password_fragments(dsn))
     if error := malformed(dsn):
-        raise error
+        raise ConfigError(
+            f"--dsn: {error} (e.g. postgresql://app@db.internal:5432/app"
+            " or 'host=db.internal dbname=app user=app')"
+        )
     info = conninfo_to_dict(dsn)
     if info.get("password"):
         _secrets.append(str(info["password"]))

@@ -133,7 +133,13 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
     from runbooks.engine.model import os_identity
 
     quiet_prefect_console()
-    view = LiveView(console, interactive=sys.stdin.isatty() and not json_out, show=not json_out)
+    view = LiveView(
+        console,
+        interactive=sys.stdin.isatty() and not json_out,
+        show=not json_out,
+        recovery_window_s=cfg.verification.healthy_for,
+        recovery_timeout_s=cfg.verification.timeout,
+    )
     live.subscribe(view)
 
     async def main() -> list[dict]:
@@ -155,6 +161,7 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
         return asyncio.run(main())
     finally:
         live.unsubscribe(view)
+        view.close()
 
 
 @incident_app.command("open")

@@ -29,7 +29,7 @@ from integrations.errors import (
     Unreachable,
 )
 from integrations.preflight import Shortfall, shortfall
-from integrations.redact import redact_dsn, scrub
+from integrations.redact import password_fragments, redact_dsn, redact_unparsed_dsn, scrub
 
 __all__ = ["PostgresOperator", "PostgresReader", "PostgresTarget"]
 
@@ -49,10 +49,9 @@ class PostgresTarget(BaseModel):
     @field_validator("dsn")
     @classmethod
     def _parseable(cls, value: SecretStr) -> SecretStr:
-        try:
-            conninfo_to_dict(value.get_secret_value())
-        except psycopg.ProgrammingError as exc:
-            raise ValueError(f"malformed DSN {redact_dsn(value.get_secret_value())!r}") from exc
+        error = malformed(value.get_secret_value())
+        if error is not None:
+            raise ValueError(str(error))
         return value
 
     @property
@@ -300,9 +299,15 @@ class PostgresOperator:
 
 
 def malformed(dsn: str) -> ConfigError | None:
-    """A ConfigError for a DSN that cannot be parsed, else None."""
+    """A ConfigError saying what is wrong with a DSN that cannot be parsed, else None.
+
+    The DSN is shown with only its password masked, and libpq's reason with any piece
+    of the password it quotes masked too.
+    """
     try:
         conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return ConfigError(f"malformed DSN {redact_dsn(dsn)!r}")
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be parsed"
+        reason = scrub(reason, password_fragments(dsn))
+        return ConfigError(f"malformed DSN {redact_unparsed_dsn(dsn)!r}: {reason}")
     return None
