@@ -229,8 +229,7 @@ def served(config: Path, env: dict[str, str], log: Path):
 def _baseline(dsn: str, database: str, runs: int = 10) -> float:
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
-    from runbooks.db_connections import diagnose
-    from runbooks.params import DbConnectionsParams
+    from runbooks.db_connections import RUNBOOK, DbConnectionsParams
 
     service = Service(name="svc-00", postgres=PostgresTarget(name="svc-00", dsn=dsn))
     params = DbConnectionsParams(
@@ -238,11 +237,11 @@ def _baseline(dsn: str, database: str, runs: int = 10) -> float:
     )
 
     async def measure() -> list[float]:
-        await diagnose(service, params)
+        await RUNBOOK.diagnose(service, params)
         times = []
         for _ in range(runs):
             began = time.perf_counter()
-            findings = await diagnose(service, params)
+            findings = await RUNBOOK.diagnose(service, params)
             times.append(time.perf_counter() - began)
             assert any(f.status.is_problem for f in findings), "the threshold must be crossed"
         return times
@@ -263,7 +262,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = dict(pair.split("=", 1) for pair in args.env)
-    from flows.sandbox.saas import SaasSandbox
+    from flows.drills.sandbox.saas import SaasSandbox
 
     work = Path(tempfile.mkdtemp(prefix="oncall-bench-serve-"))
     with private_prefect() as api_url, postgres() as (dsn, _app_dsn, where), SaasSandbox() as sb:

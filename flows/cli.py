@@ -122,12 +122,9 @@ def _print_json(data: Any) -> None:
 
 
 def _spec(name: str):
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS.get(name)
-    if spec is None:
-        raise ConfigError(f"unknown runbook {name!r} (known: {', '.join(RUNBOOKS)})")
-    return spec
+    return require(name)
 
 
 def _params(spec, pairs: list[str]):
@@ -208,20 +205,21 @@ def _ensure_server(console, wait: bool = True) -> str:
 @app.command("runbooks")
 def runbooks_cmd(json_out: JsonOpt = False) -> None:
     """Lists the runbooks: what each diagnoses, what it may change, and at what risk."""
-    from runbooks.catalog import RUNBOOKS
+    from flows.cards import cards
 
+    listed = cards()
     if json_out:
         _print_json(
             [
                 {
-                    "name": s.name,
-                    "summary": s.summary,
-                    "diagnoses": s.diagnoses,
-                    "changes": [{"action": a, "risk": str(r)} for a, r in s.changes],
-                    "target": s.target,
-                    "parameters": s.params.model_json_schema()["properties"],
+                    "name": c["name"],
+                    "summary": c["summary"],
+                    "diagnoses": c["diagnoses"],
+                    "changes": [{"action": x["what"], "risk": x["risk"]} for x in c["changes"]],
+                    "targets": c["targets"],
+                    "parameters": c["params"]["properties"],
                 }
-                for s in RUNBOOKS.values()
+                for c in listed
             ]
         )
         return
@@ -230,12 +228,12 @@ def runbooks_cmd(json_out: JsonOpt = False) -> None:
     table = Table(title="Runbooks", show_lines=True)
     for column in ("runbook", "diagnoses", "may change", "risk"):
         table.add_column(column)
-    for spec in RUNBOOKS.values():
+    for c in listed:
         table.add_row(
-            f"[bold]{spec.name}[/bold]\n{spec.summary}",
-            "\n".join(f"• {d}" for d in spec.diagnoses),
-            "\n".join(f"• {a}" for a, _ in spec.changes),
-            "\n".join(str(r) for _, r in spec.changes),
+            f"[bold]{c['name']}[/bold]\n{c['summary']}\n[dim]targets: {c['targets']}[/dim]",
+            "\n".join(f"• {d}" for d in c["diagnoses"]),
+            "\n".join(f"• {x['what']}" for x in c["changes"]),
+            "\n".join(x["risk"] for x in c["changes"]),
         )
     _console().print(table)
 
@@ -277,12 +275,9 @@ def run_cmd(
             if path is None:
                 raise ConfigError("--service needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
             service = load_config(path).service(service_name)
-            if not getattr(service, spec.target, None):
-                raise ConfigError(
-                    f"{spec.name} needs a {spec.target} target; service {service_name!r} has none"
-                )
         else:
             service = _dsn_service(dsn)
+        spec.targets.require(spec.name, service)  # one line now, not a flow that fails later
         console = _console(json_out)
         _ensure_server(console, wait=False)
         from flows.execute import run_runbook
@@ -413,30 +408,52 @@ def _preload(module: str) -> None:
     threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
-@app.command("drill")
+def _drill_help() -> str:
+    from flows.drills.registry import help_text  # plain data: keeps --help fast
+
+    return (
+        "Runs a game day: sandbox, injected fault, real runbook, approval, scorecard.\n\n"
+        + help_text()
+    )
+
+
+@app.command("drill", help=_drill_help())
 def drill_cmd(
-    scenario: Annotated[str, typer.Argument(help="Scenario, e.g. db-connections.")],
+    scenario: Annotated[str, typer.Argument(help="A scenario below, or all.")],
     approve_as: Annotated[
         str | None, typer.Option("--approve-as", help="Pre-approve the plan as NAME.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Runs a game day: sandbox, injected fault, real runbook, approval, scorecard."""
     with _errors():
-        from flows.drills import DRILLS
+        from flows.drills.registry import DRILLS, missing
 
-        if scenario not in DRILLS:
-            raise ConfigError(f"unknown drill {scenario!r} (known: {', '.join(DRILLS)})")
+        if scenario != "all" and scenario not in DRILLS:
+            raise ConfigError(f"unknown drill {scenario!r} (known: all, {', '.join(DRILLS)})")
+        names = list(DRILLS) if scenario == "all" else [scenario]
+        lacking = [f"drill {name} {why}" for name in names for why in missing(name)]
+        if lacking:  # before anything starts: exactly what is missing, exit 2
+            raise ConfigError("; ".join(lacking))
         approve_as = _approver(approve_as, "--approve-as")
         console = _console(json_out)
         _ensure_server(console, wait=False)
         _preload("flows.execute")  # Prefect's import overlaps the sandbox's start-up
-        card = DRILLS[scenario](
+        if scenario == "all":
+            from flows.drills.console import run_and_show
+
+            passed = run_and_show(names, approve_as=approve_as, console=console, json_out=json_out)
+            raise typer.Exit(0 if passed else 1)
+        from flows.drills.registry import load
+
+        card = load(scenario)(
             approve_as=approve_as,
             console=console,
             interactive=sys.stdin.isatty() and not json_out,
             show=not json_out,
         )
+        from flows.drills.record import record_card
+
+        record_card(card, trigger="cli")
         if json_out:
             sys.stdout.write(card.model_dump_json(indent=2) + "\n")
         else:

@@ -15,9 +15,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from checks.findings import Severity
+from checks.sla import DEFAULT_SLA, Sla
 from integrations.errors import ConfigError
 from integrations.pagerduty import PagerDutyTarget
 from integrations.service import Service
@@ -32,6 +33,7 @@ __all__ = [
     "Notifications",
     "ReceiverConfig",
     "HealthConfig",
+    "DrillsConfig",
     "Verification",
     "OncallConfig",
     "Route",
@@ -62,21 +64,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 OptDuration = Annotated[float | None, BeforeValidator(parse_duration)]
 
 
-class Sla(BaseModel):
-    """Response SLAs of one severity (seed 000 Part D), in seconds."""
-
-    acknowledge: OptDuration = None
-    investigate: OptDuration = None
-    status_update: OptDuration = None
-    resolve: OptDuration = None
+def _sla_durations(value: Any) -> Any:
+    """``acknowledge: 5m`` in oncall.yaml → seconds, before :class:`checks.sla.Sla` sees it."""
+    if isinstance(value, dict):
+        return {key: parse_duration(limit) for key, limit in value.items()}
+    return value
 
 
-DEFAULT_SLA = {
-    Severity.P0: Sla(acknowledge=120, investigate=300, status_update=900, resolve=3600),
-    Severity.P1: Sla(acknowledge=300, investigate=600, status_update=1800, resolve=14400),
-    Severity.P2: Sla(acknowledge=1800, investigate=3600, status_update=3600, resolve=86400),
-    Severity.P3: Sla(acknowledge=3600),
-}
+# The table and its verdicts live in checks/sla.py, where every view reads them.
+SlaConfig = Annotated[Sla, BeforeValidator(_sla_durations)]
 
 
 class EscalationLevel(BaseModel):
@@ -204,6 +200,31 @@ class HealthConfig(BaseModel):
     enabled: bool = True
 
 
+class DrillsConfig(BaseModel):
+    """Drills on a schedule (the ``drills`` deployment): a game day in the sandbox on this
+    cron; each scorecard is kept in Prefect and a failing drill opens a P3 incident."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    cron: str = Field(
+        default="0 3 1 * *", description="When (default: monthly, 03:00 UTC on the 1st)"
+    )
+    scenarios: list[str] = Field(
+        default_factory=list, description="Scenarios to run (oncall drill --help); empty: all"
+    )
+
+    @field_validator("scenarios")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from flows.drills.registry import DRILLS  # plain data
+
+        unknown = [n for n in names if n not in DRILLS]
+        if unknown:
+            raise ValueError(f"unknown drill(s) {', '.join(unknown)} (known: {', '.join(DRILLS)})")
+        return list(dict.fromkeys(names))
+
+
 class OncallConfig(BaseModel):
     """Everything in ``oncall.yaml``."""
 
@@ -215,11 +236,12 @@ class OncallConfig(BaseModel):
         default_factory=lambda: dict(DEFAULT_ESCALATION)
     )
     notifications: Notifications = Field(default_factory=Notifications)
-    sla: dict[Severity, Sla] = Field(default_factory=lambda: dict(DEFAULT_SLA))
+    sla: dict[Severity, SlaConfig] = Field(default_factory=lambda: dict(DEFAULT_SLA))
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     verification: Verification = Field(default_factory=Verification)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    drills: DrillsConfig = Field(default_factory=DrillsConfig)
     severity_rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Extra rules, added to the seeds' defaults"
     )

@@ -17,9 +17,9 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 
 from flows.live_view import LiveView
-from runbooks.catalog import RunbookSpec
 from runbooks.engine import live
 from runbooks.engine.model import RunbookReport
+from runbooks.engine.runbook import Runbook
 
 __all__ = ["LiveView", "quiet_prefect_console", "run_runbook"]
 
@@ -41,7 +41,7 @@ def ui_url(flow_run_id: str) -> str:
 
 
 def run_runbook(
-    spec: RunbookSpec,
+    spec: Runbook[Any],
     *,
     service: Any,
     params: Any,
@@ -57,7 +57,7 @@ def run_runbook(
     from flows.server import wait_if_starting
 
     quiet_prefect_console()
-    flow = spec.load()
+    flow = spec.flow
     wait_if_starting()  # a server the CLI started without waiting (first use)
     view = LiveView(
         console or Console(),

@@ -33,13 +33,13 @@ from prefect.events import emit_event
 from checks.findings import Finding, Severity
 from checks.severity import SeverityRule, classify
 from flows.config import OncallConfig, find_config, load_config
-from flows.incident_model import Incident, IncidentStatus, incident_tags
+from flows.incident_model import Incident, IncidentStatus, incident_labels, incident_tags
 from flows.intake import CONTROL_PREFIX
 from flows.notify import Notifier
 from flows.postmortem import postmortem_markdown, root_cause
 from integrations.alerts import Alert
 from integrations.errors import Unreachable
-from runbooks.catalog import RUNBOOKS
+from runbooks.catalog import require as runbook_named
 from runbooks.engine import live
 from runbooks.engine.model import ActionResult, Approval, Outcome, Plan, RunbookReport, RunContext
 
@@ -167,13 +167,16 @@ class IncidentRun:
         )
 
     async def sync_run(self) -> None:
-        """Puts the incident's state in its flow run's name and tags."""
+        """Puts the incident's state in its flow run's name, tags and labels."""
         async with get_client() as client:
             await client.update_flow_run(
                 self.inc.flow_run_id,
                 name=self.inc.run_name,
                 tags=[*incident_tags(self.inc), *self.extra_tags],
             )
+            # What `oncall incidents` needs to judge the SLA as the post-mortem does.
+            labels = incident_labels(self.inc, self.config.sla_for(self.inc.severity))
+            await client.update_flow_run_labels(self.inc.flow_run_id, labels)
 
     async def write_artifacts(self, force: bool = False) -> None:
         if not force and (not self._artifact_dirty or time.monotonic() - self._last_artifact < 2):
@@ -275,7 +278,7 @@ class IncidentRun:
             requested_by=self.requested_by,
         )
         for name, service_name, params in route(self.config, self.alert):
-            spec = RUNBOOKS[name]
+            spec = runbook_named(name)
             try:
                 service = self.config.service(service_name)
                 typed = spec.params.model_validate(params)
@@ -315,7 +318,7 @@ class IncidentRun:
                 continue
             with TagsContext(current_tags=child_tags):
                 self.tasks[name] = asyncio.create_task(
-                    spec.load()(
+                    spec.flow(
                         service=service, params=typed, approve_as=self.approve_as, context=context
                     )
                 )
@@ -481,6 +484,7 @@ class IncidentRun:
             )
             if r.status in ("done", "partial") and self.inc.mitigated_at is None:
                 self.inc.mitigated_at = datetime.now(UTC)
+                await self.sync_run()  # the SLA labels carry the mitigation time
 
     async def finished(self, name: str, report: RunbookReport) -> None:
         self.inc.reports.append(report.model_dump(mode="json"))
@@ -531,7 +535,7 @@ class IncidentRun:
             return
         self.last_verify = now
         checks = [
-            (name, RUNBOOKS[name].checks(), service, params)
+            (name, runbook_named(name).diagnose, service, params)
             for name, service, params in self.routes
         ]
         findings = await _verify(checks)

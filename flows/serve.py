@@ -2,7 +2,8 @@
 
 Deployments: ``incident/incident``, one per runbook (``db-connections/db-connections``
 …, started from the Prefect UI with a service name and validated parameters) and
-``health-sweep/health-sweep`` on the configured cron. Runs of these deployments
+``health-sweep/health-sweep`` and ``drills/drills`` (game days, :mod:`flows.drills.schedule`)
+on their configured crons. Runs of these deployments
 execute in this process's Prefect runner; ``prefect.yaml`` deploys the same flows to
 a work pool for workers on other machines. Ctrl-C / SIGTERM stops cleanly: the
 receiver stops taking requests, schedules are paused, spooled alerts stay on disk.
@@ -38,7 +39,7 @@ from flows.serve_log import ServeLog, announce, stopper
 from flows.server import ensure, prefect_home
 from flows.spool import Spool
 from integrations.alerts import Alert
-from runbooks.catalog import RUNBOOKS
+from runbooks.catalog import runbooks
 from runbooks.engine import live
 
 __all__ = ["LocalIncidents", "build_deployments", "serve"]
@@ -214,12 +215,12 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
 
     from flows import runbook_flows
 
-    for spec in RUNBOOKS.values():
-        deployment = await getattr(runbook_flows, spec.flow).ato_deployment(
-            spec.name, tags=["oncall", f"runbook:{spec.name}"], description=spec.summary
+    for runbook in runbooks():
+        deployment = await runbook.flow.ato_deployment(
+            runbook.name, tags=["oncall", f"runbook:{runbook.name}"], description=runbook.summary
         )
         # Runs import the flow through flows.runbook_flows, which resolves service names.
-        deployment.entrypoint = f"{runbook_flows.__name__}.{spec.flow}"
+        deployment.entrypoint = f"{runbook_flows.__name__}.{runbook.entry}"
         deployment._entrypoint_type = EntrypointType.MODULE_PATH
         deployments.append(deployment)
     if config.health.enabled:
@@ -233,6 +234,19 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
                 tags=["oncall", "health"],
                 concurrency_limit=1,  # a slow sweep never overlaps the next one
                 description="Checks every configured target.",
+            )
+        )
+    if config.drills.enabled:
+        from flows.drills.schedule import drills
+
+        deployments.append(
+            await drills.ato_deployment(
+                "drills",
+                cron=config.drills.cron,
+                parameters={"config_path": config_path},
+                tags=["oncall", "drills"],
+                concurrency_limit=1,  # one game day at a time: they share the machine
+                description="Game day in the sandbox; a failing drill opens a P3 incident.",
             )
         )
     return deployments

@@ -172,7 +172,7 @@ class ServeLog:
         receiver_url: str,
         ui_url: str,
         deployments: list[str],
-        sweep: str,
+        schedules: list[str],
         incidents: str,
     ) -> None:
         endpoints = "POST /alerts/{alertmanager,generic,sentry,pagerduty}, /approvals/slack"
@@ -183,7 +183,8 @@ class ServeLog:
             self.write(f"  deployments   {len(deployments)}: {', '.join(deployments)}")
         else:
             self.write("  deployments   none here (--no-runner: workers run them)")
-        self.write(f"  health sweep  {sweep}")
+        for i, schedule in enumerate(schedules):
+            self.write(f"  {'schedules' if i == 0 else '':<13} {schedule}")
         self.write(f"  incidents     {incidents}")
         self.write(
             "Ctrl-C or SIGTERM stops. One line per alert, incident, gate, decision and resolution:"
@@ -231,30 +232,35 @@ async def announce(
     deployments: list[Any],
     in_process: bool,
 ) -> None:
-    """Prints the banner: where the receiver and the UI are, what runs, when the sweep is."""
-    sweep = "off (health.enabled: false)"
-    if config.health.enabled and deployments:
-        from prefect.server.schemas.schedules import CronSchedule
-
-        try:
-            end = datetime.now(UTC) + timedelta(days=400)  # a yearly cron has a next run too
-            dates = await CronSchedule(cron=config.health.cron).get_dates(n=1, end=end)
-            upcoming = dates[0] if dates else None
-        except Exception:  # a schedule Prefect accepted but cannot expand here: say less
-            upcoming = None
-        sweep = f'health-sweep/health-sweep on cron "{config.health.cron}"' + (
-            f" (next {upcoming:%Y-%m-%d %H:%M:%S} UTC)" if upcoming else ""
-        )
+    """Prints the banner: where the receiver and the UI are, what runs, and when the
+    scheduled deployments (the health sweep, game days) next run."""
+    schedules = [await _schedule_line(d) for d in deployments if d.schedules]
+    if not config.health.enabled:
+        schedules.insert(0, "health-sweep off (health.enabled: false)")
     say.banner(
         config_path=path,
         receiver_url=receiver_url,
         ui_url=api_url.rstrip("/").removesuffix("/api"),
         deployments=[f"{d.flow_name}/{d.name}" for d in deployments],
-        sweep=sweep,
+        schedules=schedules or ["none"],
         incidents="in this process (receiver.incidents: in-process)"
         if in_process
         else "as deployment runs (receiver.incidents: deployment)",
     )
+
+
+async def _schedule_line(deployment: Any) -> str:
+    """``flow/name on cron "…" (next …)`` for a deployment with a cron schedule."""
+    from prefect.server.schemas.schedules import CronSchedule
+
+    cron = getattr(deployment.schedules[0].schedule, "cron", None)
+    line = f"{deployment.flow_name}/{deployment.name}" + (f' on cron "{cron}"' if cron else "")
+    try:
+        end = datetime.now(UTC) + timedelta(days=400)  # a yearly cron has a next run too
+        dates = await CronSchedule(cron=cron).get_dates(n=1, end=end) if cron else []
+    except Exception:  # a schedule Prefect accepted but cannot expand here: say less
+        dates = []
+    return line + (f" (next {dates[0]:%Y-%m-%d %H:%M:%S} UTC)" if dates else "")
 
 
 def stopper(

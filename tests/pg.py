@@ -89,9 +89,14 @@ class Faults:
 
     def _background(self, conn: psycopg.Connection, sql: str) -> None:
         def run() -> None:
-            with contextlib.suppress(psycopg.Error):
+            # A well-behaved client: a cancelled statement's transaction is rolled back, not
+            # left "idle in transaction (aborted)" (which the runbook rightly reports again).
+            try:
                 conn.execute(sql)
                 conn.commit()
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -137,7 +142,7 @@ def test_database() -> Iterator[TestDatabase]:
         finally:
             db.drop()
         return
-    from flows.sandbox.postgres import EmbeddedPostgres
+    from flows.drills.sandbox.postgres import EmbeddedPostgres
 
     with EmbeddedPostgres(max_connections=100) as server:
         base = server.dsn  # postgresql://postgres:@/postgres?host=/tmp/...

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.config import HealthConfig
+from flows.config import DrillsConfig, HealthConfig
 from runbooks.catalog import RUNBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOWS_OF_OURS = {"incident", "health-sweep"}
+FLOWS_OF_OURS = {"incident", "health-sweep", "drills"}
 
 
 def _document() -> dict[str, Any]:
@@ -33,18 +33,18 @@ def _entrypoint(module: str, function: str) -> str:
     return f"{module.replace('.', '/')}.py:{function}"
 
 
-def test_the_deployments_are_the_incident_every_runbook_and_the_health_sweep():
+def test_the_deployments_are_the_incident_every_runbook_the_health_sweep_and_drills():
     assert set(_deployments()) == FLOWS_OF_OURS | set(RUNBOOKS)
     assert len(_document()["deployments"]) == len(FLOWS_OF_OURS) + len(RUNBOOKS)
 
 
 @pytest.mark.parametrize("name", sorted(RUNBOOKS))
 def test_every_runbook_in_the_catalog_has_its_deployment(name):
-    spec = RUNBOOKS[name]
+    entry = name.replace("-", "_")  # Runbook.entry, without importing the runbook
     deployment = _deployments().get(name)
     assert deployment is not None, f"prefect.yaml has no deployment for runbook {name}"
     # Through flows.runbook_flows, which resolves a service given by name from oncall.yaml.
-    assert deployment["entrypoint"] == _entrypoint("flows.runbook_flows", spec.flow)
+    assert deployment["entrypoint"] == _entrypoint("flows.runbook_flows", entry)
     # Children are found and capped by this tag (cooldown, `oncall pending`).
     assert f"runbook:{name}" in deployment["tags"]
 
@@ -52,10 +52,7 @@ def test_every_runbook_in_the_catalog_has_its_deployment(name):
 @pytest.mark.parametrize("name", sorted(FLOWS_OF_OURS | set(RUNBOOKS)))
 def test_each_entrypoint_is_a_flow_whose_name_is_the_deployment_name(name):
     path, function = _deployments()[name]["entrypoint"].split(":")
-    if not (ROOT / path).is_file():
-        if path == "flows/health.py":
-            pytest.skip("flows/health.py (the health sweep) is not in this checkout yet")
-        pytest.fail(f"{name}: entrypoint file {path} does not exist")
+    assert (ROOT / path).is_file(), f"{name}: entrypoint file {path} does not exist"
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
     flow = getattr(module, function, None)
     assert flow is not None, f"{path} defines no {function}"
@@ -83,9 +80,38 @@ def test_the_health_sweep_keeps_the_default_cron_and_never_overlaps():
     assert sweep["entrypoint"] == "flows/health.py:health_sweep"
 
 
+def test_the_drills_keep_the_default_cron_and_never_overlap():
+    drills = _deployments()["drills"]
+    assert [s["cron"] for s in drills["schedules"]] == [DrillsConfig().cron]
+    assert drills["concurrency_limit"] == 1
+    assert drills["entrypoint"] == "flows/drills/schedule.py:drills"
+
+
+async def test_serve_declares_the_same_scheduled_deployments_as_prefect_yaml(tmp_path):
+    from flows.config import OncallConfig
+    from flows.serve import build_deployments
+
+    built = {d.name: d for d in await build_deployments(OncallConfig(), str(tmp_path / "x"))}
+    assert set(built) == set(_deployments())
+    for name in ("health-sweep", "drills"):
+        declared = _deployments()[name]
+        crons = [s.schedule.cron for s in built[name].schedules]
+        assert crons == [s["cron"] for s in declared["schedules"]], name
+        assert built[name].concurrency_limit == declared["concurrency_limit"], name
+        assert set(built[name].tags) == set(declared["tags"]), name
+
+
 def test_the_yaml_examples_in_the_scale_out_guide_parse():
     text = (ROOT / "docs" / "scale-out.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     assert blocks, "docs/scale-out.md shows its prefect.yaml and Kubernetes examples"
     for block in blocks:
         assert isinstance(yaml.safe_load(block), dict)
+
+
+def test_the_runbook_deployments_are_generated_from_the_catalog():
+    """A runbook added to the catalog gets its deployment: `uv run python -m flows.prefect_yaml`."""
+    from flows.prefect_yaml import PATH, render
+
+    text = PATH.read_text()
+    assert render(text) == text, "prefect.yaml is stale: run `uv run python -m flows.prefect_yaml`"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.docker_api import DockerApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from tests.oncall_proc import oncall
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "oncall.example.yaml"

@@ -33,7 +33,10 @@ def test_banner_names_the_receiver_the_ui_the_deployments_and_the_sweep():
         receiver_url="http://127.0.0.1:8787",
         ui_url="http://127.0.0.1:4200",
         deployments=["incident/incident", "health-sweep/health-sweep"],
-        sweep='health-sweep/health-sweep on cron "* * * * *" (next 12:01:00 UTC)',
+        schedules=[
+            'health-sweep/health-sweep on cron "* * * * *" (next 2026-12-06 12:01:00 UTC)',
+            'drills/drills on cron "0 3 1 * *" (next 2027-01-01 03:00:00 UTC)',
+        ],
         incidents="in this process (receiver.incidents: in-process)",
     )
     lines = out.getvalue().splitlines()
@@ -41,9 +44,12 @@ def test_banner_names_the_receiver_the_ui_the_deployments_and_the_sweep():
     assert lines[1].startswith("  receiver      http://127.0.0.1:8787  (POST /alerts/")
     assert lines[2] == "  Prefect UI    http://127.0.0.1:4200"
     assert lines[3] == "  deployments   2: incident/incident, health-sweep/health-sweep"
-    assert (
-        lines[4]
-        == '  health sweep  health-sweep/health-sweep on cron "* * * * *" (next 12:01:00 UTC)'
+    assert lines[4] == (
+        '  schedules     health-sweep/health-sweep on cron "* * * * *"'
+        " (next 2026-12-06 12:01:00 UTC)"
+    )
+    assert lines[5] == (
+        '                drills/drills on cron "0 3 1 * *" (next 2027-01-01 03:00:00 UTC)'
     )
     assert lines[-1].startswith("Ctrl-C or SIGTERM stops.")
 

@@ -120,7 +120,7 @@ def test_serve_piped_into_tee_says_what_it_does_and_stops_within_5s(
         assert re.search(
             r"deployments   \d+: incident/incident, db-connections/db-connections", banner
         )
-        assert 'health-sweep/health-sweep on cron "0 0 1 1 *" (next ' in banner
+        assert 'schedules     health-sweep/health-sweep on cron "0 0 1 1 *" (next 2' in banner
         assert "in this process (receiver.incidents: in-process)" in banner
 
         idle = faults.idle_in_transaction(2)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from flows.sandbox.queues import RabbitBacklog
+from flows.drills.sandbox.queues import RabbitBacklog
 from integrations.errors import (
     AuthError,
     NotFound,
