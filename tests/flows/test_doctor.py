@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from flows.drills.sandbox.docker_api import DockerApiServer
+
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.saas import SaasSandbox
 from tests.oncall_proc import oncall
