@@ -524,6 +524,24 @@ def serve_cmd(
         outlet.drain(0.5)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="oncall.yaml (default: ./oncall.yaml)")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", "-s", help="Check only this service's targets")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Checks oncall.yaml and every target: reachable, authenticated, allowed to remediate."""
+    with _errors():
+        from flows.doctor import doctor
+
+        code = doctor(config, service, json_out, _console(json_out))
+    raise typer.Exit(code)
+
+
 @server_app.command("status")
 def server_status(json_out: JsonOpt = False) -> None:
     """Shows whether the Prefect server answers, where, and its version."""
@@ -617,5 +635,4 @@ if __name__ == "__main__":
     _main()
 
 
-# Register the incident commands and `oncall doctor` on `app`.
-from flows import cli_incident, doctor  # noqa: E402,F401
+from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)

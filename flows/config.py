@@ -38,8 +38,6 @@ __all__ = [
     "OncallConfig",
     "Route",
     "Sla",
-    "ConfigProblem",
-    "check_config",
     "configured_service",
     "find_config",
     "load_config",
@@ -292,6 +290,10 @@ def configured_service(name: str) -> Service:
     return load_config(path).service(name)
 
 
-# Loading lives in its own module (it needs the schema above); imported here so
-# ``from flows.config import load_config`` keeps working.
-from flows.config_load import ConfigProblem, check_config, load_config  # noqa: E402
+def load_config(path: str | Path | None = None, *, text: str | None = None) -> OncallConfig:
+    """Reads, resolves and validates a configuration; one ConfigError naming file, line and
+    field for every problem, one per line (:mod:`flows.config_load`, which needs this
+    schema, does the work)."""
+    from flows.config_load import load_config as load
+
+    return load(path, text=text)

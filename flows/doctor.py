@@ -20,15 +20,13 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from pydantic import BaseModel, Field
 
-from flows.cli import JsonOpt, _console, _errors, app
 from integrations.errors import ConfigError
 
-__all__ = ["TargetCheck", "check_targets", "doctor_cmd"]
+__all__ = ["TargetCheck", "check_targets", "doctor"]
 
 Preflight = Callable[[], Awaitable[dict[str, bool | str]]]
 PROBE_TIMEOUT_S = 20.0
@@ -299,73 +297,55 @@ def _print_table(console: Any, checks: list[TargetCheck]) -> None:
             console.print(line, markup=False, soft_wrap=True)
 
 
-@app.command("doctor")
-def doctor_cmd(
-    config: Annotated[
-        str | None, typer.Option("--config", "-c", help="oncall.yaml (default: ./oncall.yaml)")
-    ] = None,
-    service: Annotated[
-        str | None, typer.Option("--service", "-s", help="Check only this service's targets")
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Checks oncall.yaml and every target: reachable, authenticated, allowed to remediate."""
-    with _errors():
-        from flows.config import check_config, find_config
+def doctor(config: str | None, service: str | None, json_out: bool, console: Any) -> int:
+    """``oncall doctor``: the exit status (2 broken file, 1 something missing, 0 ready)."""
+    from flows.config import find_config
+    from flows.config_load import check_config
 
-        path = find_config(config)
-        if path is None:
-            raise ConfigError(
-                "no oncall.yaml (--config, ONCALL_CONFIG or ./):"
-                " copy docs/oncall.example.yaml to start"
-            )
-        console = _console(json_out)
-        if not console.is_terminal:
-            console.width = 120  # logs and CI: rows unfolded rather than 80 columns
-        logging.getLogger("oncall").setLevel(logging.ERROR)  # no per-retry lines here
-        loaded, problems = check_config(path)
-        if problems:
-            if json_out:
-                _dump({"config": str(path), "problems": [p.model_dump() for p in problems]})
-            else:
-                _print_config_problems(console, str(path), problems)
-            raise typer.Exit(2)
-        assert loaded is not None
-        if service:
-            loaded.service(service)  # an unknown name is a ConfigError listing the known ones
-        checks = asyncio.run(check_targets(loaded, service))
-        failing = [c for c in checks if c.failing]
+    path = find_config(config)
+    if path is None:
+        raise ConfigError(
+            "no oncall.yaml (--config, ONCALL_CONFIG or ./): copy docs/oncall.example.yaml to start"
+        )
+    if not console.is_terminal:
+        console.width = 120  # logs and CI: rows unfolded rather than 80 columns
+    logging.getLogger("oncall").setLevel(logging.ERROR)  # no per-retry lines here
+    loaded, problems = check_config(path)
+    if problems:
         if json_out:
-            _dump(
-                {
-                    "config": str(path),
-                    "problems": [],
-                    "targets": [
-                        {
-                            **c.model_dump(),
-                            "reachable": c.reachable,
-                            "authenticated": c.authenticated,
-                            "may_remediate": c.may_remediate,
-                        }
-                        for c in checks
-                    ],
-                    "ready": not failing,
-                }
-            )
+            _dump({"config": str(path), "problems": [p.model_dump() for p in problems]})
         else:
-            counts = f"{len(loaded.services)} service(s), {len(loaded.routing)} route(s)"
-            console.print(f"[green]✔[/green] {path}: valid ({counts})")
-            console.print(_receiver_line(loaded), markup=False, soft_wrap=True)
-            _prefect_line(console)
-            if checks:
-                _print_table(console, checks)
-            verdict = (
-                f"[red]{len(failing)} of {len(checks)} target(s) not ready[/red]"
-                if failing
-                else f"[green]all {len(checks)} target(s) ready[/green]"
-            )
-            console.print(verdict)
-    raise typer.Exit(1 if failing else 0)
+            _print_config_problems(console, str(path), problems)
+        return 2
+    assert loaded is not None
+    if service:
+        loaded.service(service)  # an unknown name is a ConfigError listing the known ones
+    checks = asyncio.run(check_targets(loaded, service))
+    failing = [c for c in checks if c.failing]
+    if json_out:
+        targets = [
+            {
+                **c.model_dump(),
+                "reachable": c.reachable,
+                "authenticated": c.authenticated,
+                "may_remediate": c.may_remediate,
+            }
+            for c in checks
+        ]
+        _dump({"config": str(path), "problems": [], "targets": targets, "ready": not failing})
+        return 1 if failing else 0
+    counts = f"{len(loaded.services)} service(s), {len(loaded.routing)} route(s)"
+    console.print(f"[green]✔[/green] {path}: valid ({counts})")
+    console.print(_receiver_line(loaded), markup=False, soft_wrap=True)
+    _prefect_line(console)
+    if checks:
+        _print_table(console, checks)
+    console.print(
+        f"[red]{len(failing)} of {len(checks)} target(s) not ready[/red]"
+        if failing
+        else f"[green]all {len(checks)} target(s) ready[/green]"
+    )
+    return 1 if failing else 0
 
 
 def _prefect_line(console: Any) -> None:

@@ -121,7 +121,7 @@ def test_every_problem_is_reported_at_once_in_file_order(monkeypatch):
 
 
 def test_check_config_names_each_unset_variable(monkeypatch):
-    from flows.config import check_config
+    from flows.config_load import check_config
 
     monkeypatch.delenv("DB_URL_UNSET_1", raising=False)
     monkeypatch.setenv("AMQP_UNSET_2", "amqp://u:pw@mq/")
