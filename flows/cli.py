@@ -113,8 +113,9 @@ def _errors() -> Iterator[None]:
 def _console(json_mode: bool = False):
     from rich.console import Console
 
-    # With --json, stdout carries only JSON: the live view goes to stderr.
-    return Console(stderr=json_mode, highlight=False)
+    # With --json, stdout carries only JSON: the live view goes to stderr. No emoji codes:
+    # rich would turn "oncall.yaml:100:" into a 💯.
+    return Console(stderr=json_mode, highlight=False, emoji=False)
 
 
 def _print_json(data: Any) -> None:

@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
-from flows.drills.sandbox.docker_api import DockerApiServer
 
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.saas import SaasSandbox
 from tests.oncall_proc import oncall
+from tests.support.docker_api import DockerApiServer
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "oncall.example.yaml"
 KUBE_TOKEN = "doctor-kube-token-5e1f"
