@@ -3,7 +3,6 @@ or closed stdout from ever blocking it (Outlet, in a child process writing into 
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import subprocess
@@ -17,6 +16,7 @@ from flows.intake import Submission
 from flows.serve_log import ServeLog
 from integrations.alerts import parse_alerts
 from runbooks.engine.model import Approval
+from tests.oncall_proc import full_pipe
 
 NOON = datetime(2026, 12, 6, 12, 0, 5, tzinfo=UTC)
 
@@ -124,15 +124,7 @@ def _writer_into(read_end: int | None, write_end: int) -> subprocess.CompletedPr
 
 
 def test_a_full_pipe_never_blocks_the_writer():
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: a small pipe, filled before we start
-    os.set_blocking(write_end, False)
-    try:
-        while True:
-            os.write(write_end, b"." * 512)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write_end, True)
+    read_end, write_end = full_pipe()
     started = time.monotonic()
     proc = _writer_into(read_end, write_end)  # nobody reads read_end while it runs
     assert proc.returncode == 0

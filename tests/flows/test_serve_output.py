@@ -4,7 +4,6 @@ into `tee`, into a pipe nobody reads, into a pipe whose reader is gone."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
@@ -20,7 +19,7 @@ import pytest
 
 from flows.prefect_api import PrefectAPI
 from tests.conftest import cancel_waiting_runs
-from tests.oncall_proc import oncall
+from tests.oncall_proc import full_pipe, oncall
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TOKEN = "serve-output-token-0451"
@@ -162,24 +161,11 @@ def test_serve_piped_into_tee_says_what_it_does_and_stops_within_5s(
     assert run_id not in [r["id"] for r in PrefectAPI(prefect_api).paused_runs()]
 
 
-def _full_pipe() -> tuple[int, int]:
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: small, and filled before serve starts
-    os.set_blocking(write_end, False)
-    try:
-        while True:
-            os.write(write_end, b"." * 512)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write_end, True)
-    return read_end, write_end
-
-
 @pytest.mark.parametrize("stdout", ["full pipe", "closed pipe"])
 def test_serve_stops_within_5s_whatever_its_stdout(config, stdout):
     path, env, port = config
     if stdout == "full pipe":
-        read_end, write_end = _full_pipe()
+        read_end, write_end = full_pipe()
     else:
         read_end, write_end = os.pipe()
         os.close(read_end)
