@@ -110,6 +110,10 @@ def _errors() -> Iterator[None]:
         _fail(1, f"internal error: {type(exc).__name__}: {exc} (traceback in {path})")
 
 
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
 def _console(json_mode: bool = False):
     from rich.console import Console
 
@@ -509,7 +513,7 @@ def serve_cmd(
         quiet_prefect_console()
 
         def stopping() -> None:  # runs in the signal handler: it starts a thread, no more
-            exit_within(4.5, outlet, lambda line: sys.stderr.write(line + "\n"))
+            exit_within(4.5, outlet, _say)
 
         asyncio.run(
             serve(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,7 +53,7 @@ def _resolve_secret_block(name: str) -> str:
     try:
         from prefect.blocks.system import Secret
 
-        return str(Secret.load(name).get())
+        return str(Secret.load(name).get())  # type: ignore[union-attr]  # sync here
     except Exception as exc:  # Prefect raises ValueError/ObjectNotFound/HTTP errors here
         raise SecretError(f"prefect-secret:{name} cannot be loaded ({type(exc).__name__})") from exc
 
@@ -97,7 +98,7 @@ class _Resolver:
 
         return _REF.sub(env, value)
 
-    def covers(self, error: dict[str, Any]) -> bool:
+    def covers(self, error: Mapping[str, Any]) -> bool:
         """The schema error follows from an unresolved reference: at or under the reference,
         or a model's own check (``set X, or Y and Z``) on a model holding one."""
         loc = tuple(error["loc"])
@@ -184,21 +185,23 @@ def _without(data: dict[str, Any], locs: list[tuple]) -> dict[str, Any]:
 def _routing_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
     from runbooks.catalog import RUNBOOKS
 
-    services = data.get("services") if isinstance(data.get("services"), dict) else {}
-    found = []
-    routes = data.get("routing") if isinstance(data.get("routing"), list) else []
+    services = data.get("services")
+    known_services: dict[str, Any] = services if isinstance(services, dict) else {}
+    routing = data.get("routing")
+    routes: list[Any] = routing if isinstance(routing, list) else []
+    found: list[tuple[tuple, str]] = []
     for i, route in enumerate(routes):
         if not isinstance(route, dict):
             continue
-        names = route.get("runbooks") if isinstance(route.get("runbooks"), list) else []
-        for name in names:
+        listed = route.get("runbooks")
+        for name in listed if isinstance(listed, list) else []:
             if name not in RUNBOOKS:
                 known = ", ".join(RUNBOOKS)
                 found.append(
                     (("routing", i, "runbooks"), f"unknown runbook {name!r} (known: {known})")
                 )
         service = route.get("service")
-        if service and service not in services:
+        if service and service not in known_services:
             found.append((("routing", i, "service"), f"no service {service!r}"))
     return found
 

@@ -137,7 +137,7 @@ def _endpoint(endpoint: Any) -> Preflight:
         import httpx
 
         from integrations.http import async_client
-        from integrations.preflight import Shortfall
+        from integrations.preflight import Kind, Shortfall
 
         headers = {k: v.get_secret_value() for k, v in endpoint.headers.items()}
         async with async_client(timeout=endpoint.timeout_s, headers=headers) as client:
@@ -149,7 +149,7 @@ def _endpoint(endpoint: Any) -> Preflight:
                 }
         if answer.status_code in endpoint.expect_status:
             return {"answer": True}
-        kind = "auth" if answer.status_code in (401, 403) else "error"
+        kind: Kind = "auth" if answer.status_code in (401, 403) else "error"
         expected = ", ".join(map(str, endpoint.expect_status))
         return {
             "answer": Shortfall(
@@ -211,8 +211,8 @@ def _plan(config: Any, only: str | None) -> list[tuple[str, str, str, bool, Pref
             probe = _client(StatuspagePublic, page)
             rows.append((name, "provider", f"{page.name} status page", False, probe))
         for endpoint in service.http:
-            label = f"{endpoint.method} {redact_dsn(endpoint.url)}"
-            rows.append((name, "http", label, bool(endpoint.headers), _endpoint(endpoint)))
+            shown = f"{endpoint.method} {redact_dsn(endpoint.url)}"
+            rows.append((name, "http", shown, bool(endpoint.headers), _endpoint(endpoint)))
     notify = config.notifications
     channels = [
         ("slack", notify.slack, SlackWebhook, lambda t: f"slack {t.name}"),

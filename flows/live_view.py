@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -309,7 +310,7 @@ def _answer(view: LiveView, run_id: str, approved: bool) -> None:
     deadline = time.monotonic() + 30
     while not view._is_decided(run_id):
         try:
-            resume_flow_run(run_id, run_input=run_input)
+            resume_flow_run(UUID(run_id), run_input=run_input)
             return
         except NotPausedError:
             if time.monotonic() > deadline:
