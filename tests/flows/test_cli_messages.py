@@ -165,3 +165,52 @@ def test_the_prompt_in_a_terminal_approves_and_the_run_remediates(pgdb, faults, 
     assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
     assert "Plan approved by" in text and "fixed" in text
     assert pgdb.alive([pid]) == set()
+
+
+def test_a_verification_is_one_line_with_the_time_left_then_its_last_round():
+    from checks.findings import Finding, Status
+    from runbooks.engine.model import RunbookReport
+
+    now = [100.0]
+    out = io.StringIO()
+    view = LiveView(
+        Console(file=out, force_terminal=False, width=200, highlight=False),
+        interactive=False,
+        verify_timeout_s=90,
+        clock=lambda: now[0],
+    )
+    draining = Finding(check="depth", target="q", status=Status.CRITICAL, summary="4,000 ready")
+    for _ in range(5):  # five polling rounds of the same verification
+        view("verification", {"finding": draining, "runbook": "queue-backlog", "flow_run_id": "r"})
+        now[0] += 10
+    assert out.getvalue().splitlines() == [
+        "waiting for queue-backlog to verify its fix — 1 min 30 s left"
+    ]
+    drained = Finding(check="depth", target="q", status=Status.OK, summary="0 ready")
+    report = RunbookReport(runbook="queue-backlog", target="q", params={}, verification=[drained])
+    view("report", {"report": report, "flow_run_id": "r"})
+    assert out.getvalue().splitlines()[1:] == ["after: ✔ depth                    0 ready"]
+    assert view._waits == {}
+
+
+def test_the_live_line_in_a_terminal_counts_down_what_is_awaited():
+    from datetime import UTC, datetime, timedelta
+
+    now = [50.0]
+    view, _ = _view(interactive=False)
+    view.clock = lambda: now[0]
+    view.console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    until = datetime.now(UTC) + timedelta(seconds=120)
+    view("wait", {"key": "drain", "what": "emails to drain", "until": until})
+    try:
+        (wait,) = view._waits.values()
+        now[0] += 30
+        assert re.fullmatch(
+            r"waiting for emails to drain — 1 min (29|30) s left", wait.sentence(now[0])
+        )
+        wait.latest = "depth: 1,200 ready"
+        assert wait.sentence(now[0]).endswith("left — depth: 1,200 ready")
+        assert view._live is not None  # animated in a terminal
+    finally:
+        view("wait", {"key": "drain", "done": True})
+    assert view._live is None and view._waits == {}
