@@ -61,7 +61,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    sys.stderr.write(f"oncall: {scrub(message, _secrets)}\n")
+    """One line on stderr per line of the message (a configuration can have many problems)."""
+    for line in scrub(message, _secrets).splitlines() or [""]:
+        sys.stderr.write(f"oncall: {line}\n")
     raise typer.Exit(code)
 
 
@@ -73,7 +75,7 @@ def _errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except ConfigError as exc:
-        _fail(2, f"error: {exc}")
+        _fail(2, "\n".join(f"error: {line}" for line in str(exc).splitlines()))
     except AuthError as exc:
         _fail(2, f"credentials refused: {exc}")
     except (Unreachable, Timeout) as exc:
@@ -95,11 +97,16 @@ def _errors() -> Iterator[None]:
         _fail(1, f"internal error: {type(exc).__name__}: {exc} (traceback in {path})")
 
 
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
 def _console(json_mode: bool = False):
     from rich.console import Console
 
-    # With --json, stdout carries only JSON: the live view goes to stderr.
-    return Console(stderr=json_mode, highlight=False)
+    # With --json, stdout carries only JSON: the live view goes to stderr. No emoji codes:
+    # rich would turn "oncall.yaml:100:" into a 💯.
+    return Console(stderr=json_mode, highlight=False, emoji=False)
 
 
 def _print_json(data: Any) -> None:

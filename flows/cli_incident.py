@@ -58,14 +58,22 @@ def _read_payload(source: str) -> bytes:
         raise ConfigError(f"cannot read alert file {source}: {exc.strerror}") from None
 
 
-def _open(alerts: list, config_path: str | None, approve_as: str | None, json_out: bool) -> None:
+def _open(
+    alerts: list,
+    config_path: str | None,
+    approve_as: str | None,
+    json_out: bool,
+    detach_as: list[str] | None = None,
+) -> None:
     """Through the intake, as webhook alerts go: each alert joins its service's open incident
     or opens one. New incidents run on the served ``incident`` deployment when a live runner
-    or worker serves it (and no --approve-as asks for this terminal), else here."""
+    or worker serves it (and no --approve-as asks for this terminal), else here — or, with
+    ``detach_as`` (a person at a terminal, not ``--json``), in a detached process running
+    that command, followed from here."""
     import asyncio
 
     from flows.config import find_config, load_config
-    from flows.intake import Intake, served
+    from flows.intake import Intake, group, served
     from flows.spool import Spool, store_url
 
     cfg = load_config(find_config(config_path))
@@ -74,6 +82,12 @@ def _open(alerts: list, config_path: str | None, approve_as: str | None, json_ou
     store = Spool(store_url(cfg), dedup_window_s=cfg.receiver.dedup_window)
     with _api() as api:
         nobody = served(api, "incident/incident")
+        here_ = approve_as is not None or nobody is not None
+        heads = [g[0] for g in group(alerts) if any(a.status == "firing" for a in g)]
+        fresh = heads and all(store.registration(a.service) is None for a in heads)
+        if here_ and detach_as is not None and not json_out and fresh:  # all open anew
+            store.close()
+            _follow_detached(detach_as, [a.fingerprint for a in heads], console)
         here: list[tuple[Any, dict[str, str], str]] = []
         if approve_as is None and nobody is None:
             from flows.intake import open_by_deployment
@@ -101,6 +115,28 @@ def _open(alerts: list, config_path: str | None, approve_as: str | None, json_ou
     store.close()
     if json_out:
         _print_json([{k: v for k, v in r.items() if k != "said"} for r in results])
+
+
+def _follow_detached(argv: list[str], fingerprints: list[str], console) -> None:
+    """Opens the incident in its own process and follows it here; exits with its outcome."""
+    from datetime import UTC, datetime, timedelta
+
+    from flows.follow import follow, start_detached
+    from flows.server import DEFAULT_API_URL
+
+    since = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
+    proc, log = start_detached(argv)
+    console.print(f"Opening the incident in a process of its own (pid {proc.pid}, log {log}).")
+    code = follow(
+        os.environ.get("PREFECT_API_URL", DEFAULT_API_URL),
+        fingerprints,
+        proc,
+        log,
+        console,
+        interactive=sys.stdin.isatty(),
+        since=since,
+    )
+    raise typer.Exit(code)
 
 
 async def _submit_all(intake: Any, api: Any, alerts: list) -> list[dict[str, Any]]:
@@ -165,7 +201,13 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
     from runbooks.engine.model import os_identity
 
     quiet_prefect_console()
-    view = LiveView(console, interactive=sys.stdin.isatty() and not json_out, show=not json_out)
+    view = LiveView(
+        console,
+        interactive=sys.stdin.isatty() and not json_out,
+        show=not json_out,
+        recovery_window_s=cfg.verification.healthy_for,
+        recovery_timeout_s=cfg.verification.timeout,
+    )
     live.subscribe(view)
 
     async def one(alert: Any, intake: dict[str, str], run_id: str) -> dict:
@@ -190,6 +232,7 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
         return asyncio.run(main())
     finally:
         live.unsubscribe(view)
+        view.close()
 
 
 @incident_app.command("open")
@@ -231,7 +274,12 @@ def incident_declare(
         approve_as = _approver(approve_as, "--approve-as")
         body = {"service": service, "title": title, "severity": severity}
         [declared] = parse_alerts(json.dumps(body))
-        _open([declared.model_copy(update={"source": "person"})], config, approve_as, json_out)
+        argv = ["incident", "declare", "--service", service, "--title", title]
+        argv += ["--severity", severity] if severity else []
+        argv += ["--config", str(Path(config).resolve())] if config else []
+        argv += ["--approve-as", approve_as] if approve_as else []
+        declared = declared.model_copy(update={"source": "person"})
+        _open([declared], config, approve_as, json_out, detach_as=argv)
 
 
 def _summary(run: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:

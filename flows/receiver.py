@@ -31,12 +31,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from flows.config import OncallConfig
-from flows.intake import Intake, Opener
+from flows.intake import Intake, Opener, Submission
 from flows.prefect_api import PrefectAPI
 from flows.spool import Entry, Spool
 from flows.spool_commit import GroupCommit
 from integrations import slack
-from integrations.alerts import parse_alerts
+from integrations.alerts import Alert, parse_alerts
 from integrations.errors import ConfigError, OncallError
 from integrations.pagerduty import verify_pagerduty_signature
 from integrations.sentry import verify_sentry_signature
@@ -69,9 +69,18 @@ class Dispatcher:
     """Hands stored alerts to the intake: each on its own, services concurrently, a service's
     alerts in order; waits (with back-off) while Prefect is away."""
 
-    def __init__(self, spool: Spool, api_url: str, opener: Opener, *, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        api_url: str,
+        opener: Opener,
+        on_result: Callable[[Alert, Submission], None] | None = None,
+        *,
+        concurrency: int = 8,
+    ) -> None:
         self.spool = spool
         self.intake = Intake(spool, api_url, opener)
+        self.on_result = on_result  # told what became of each alert (oncall serve's log)
         self.wake = asyncio.Event()
         self.handled = 0
         self.prefect_ok = True
@@ -138,6 +147,8 @@ class Dispatcher:
                         log.warning("alert %s not handled: %s", entry.id, entry.error)
                     continue
                 done += 1
+                if self.on_result is not None:
+                    self.on_result(entry.alert, result)
         return done, None
 
     async def run(self) -> None:
