@@ -61,7 +61,10 @@ def _open(alerts: list, config_path: str | None, approve_as: str | None, json_ou
     from flows.config import find_config, load_config
     from flows.intake import find_open, group, send_control
 
-    cfg = load_config(find_config(config_path))
+    path = find_config(config_path)
+    cfg = load_config(path)
+    if path is not None:  # its approvals: are the policy of the gates this process runs
+        os.environ["ONCALL_CONFIG"] = str(path.resolve())
     console = _console(json_out)
     _ensure_server(console)
     results: list[dict[str, Any]] = []
@@ -123,6 +126,7 @@ def _hand_over(api, alerts: list, config_path: str | None, console) -> dict[str,
 
 def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> list[dict]:
     import asyncio
+    import contextlib
 
     from prefect import tags
 
@@ -130,7 +134,7 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
     from flows.incident import incident
     from flows.intake import creation_tags
     from runbooks.engine import live
-    from runbooks.engine.model import os_identity
+    from runbooks.engine.guard import preapproval, verified_os_identity
 
     quiet_prefect_console()
     view = LiveView(console, interactive=sys.stdin.isatty() and not json_out, show=not json_out)
@@ -145,14 +149,17 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
                         alert=alerts[0],
                         config=cfg,
                         approve_as=approve_as,
-                        requested_by=os_identity(),
+                        requested_by=verified_os_identity(),
                         also=alerts[1:],
                     )
                 )
         return await asyncio.gather(*runs)
 
+    # --approve-as lives in this process, which runs the incident and its runbooks.
+    pre = preapproval(approve_as) if approve_as else contextlib.nullcontext()
     try:
-        return asyncio.run(main())
+        with pre:
+            return asyncio.run(main())
     finally:
         live.unsubscribe(view)
 

@@ -433,3 +433,13 @@ def configured_service(name: str) -> Service:
             " (set ONCALL_CONFIG, as `oncall serve` and prefect.yaml do)"
         )
     return load_config(path).service(name)
+
+
+def configured_policy() -> ApprovalPolicy:
+    """``approvals:`` of the oncall.yaml this process uses; the defaults when there is none.
+
+    The approval gate reads the policy here, where the run acts, on every path (CLI,
+    incidents, deployment runs on a worker): never from a flow parameter.
+    """
+    path = find_config()
+    return load_config(path).approvals if path is not None else ApprovalPolicy()

@@ -8,6 +8,7 @@ wins and the decision is recorded the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import select
@@ -23,10 +24,17 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 from rich.markup import escape
 
+from flows.config import configured_policy
+from flows.decisions import sealed_input
 from flows.render import approval_line, finding_line, plan_panel, result_line
 from runbooks.catalog import RunbookSpec
 from runbooks.engine import live
-from runbooks.engine.model import RunbookReport, os_identity
+from runbooks.engine.gate import set_policy_source
+from runbooks.engine.guard import preapproval, seal_context, verified_os_identity
+from runbooks.engine.model import RunbookReport, RunContext, os_identity
+
+# approvals: from the oncall.yaml this process uses (--config, $ONCALL_CONFIG, ./)
+set_policy_source(configured_policy)
 
 __all__ = ["LiveView", "quiet_prefect_console", "run_runbook"]
 
@@ -133,14 +141,15 @@ class LiveView:
             self.console.print("\n(decided elsewhere)")
             return
         approved = line.strip().lower() in ("y", "yes")
-        who = os_identity()
-        run_input = {
-            "approved": approved,
-            "approver": who,
-            "reason": "approved at the terminal" if approved else "rejected at the terminal",
-            "channel": "cli",
-            "identity": who,
-        }
+        run_input = sealed_input(
+            gate["record"],
+            run_id=run_id,
+            approved=approved,
+            reason="approved at the terminal" if approved else "rejected at the terminal",
+            approver=os_identity(),
+            identity=verified_os_identity(),
+            channel="cli",
+        )
         deadline = time.monotonic() + 30
         while not self._is_decided(run_id):
             try:
@@ -177,16 +186,15 @@ def run_runbook(
     wait_if_starting()  # a server the CLI started without waiting (first use)
     view = LiveView(console or Console(), interactive=interactive, show=show)
     live.subscribe(view)
+    if context is None:  # who started it: the OS user of this process, sealed for this run
+        context = RunContext(requested_by=verified_os_identity())
+    context = seal_context(context, runbook=spec.name, target=service.name)
+    # --approve-as lives in this process (the one running the flow), never in a parameter.
+    pre = preapproval(approve_as) if approve_as else contextlib.nullcontext()
     try:
-        with tags("oncall", f"runbook:{spec.name}", *extra_tags):
+        with tags("oncall", f"runbook:{spec.name}", *extra_tags), pre:
             return asyncio.run(
-                flow(
-                    service=service,
-                    params=params,
-                    dry_run=dry_run,
-                    approve_as=approve_as,
-                    context=context,
-                )
+                flow(service=service, params=params, dry_run=dry_run, context=context)
             )
     finally:
         live.unsubscribe(view)

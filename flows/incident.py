@@ -32,7 +32,8 @@ from prefect.events import emit_event
 
 from checks.findings import Finding, Severity
 from checks.severity import SeverityRule, classify
-from flows.config import OncallConfig, find_config, load_config
+from flows.config import OncallConfig, configured_policy, find_config, load_config
+from flows.decisions import sealed_input
 from flows.incident_model import Incident, IncidentStatus, incident_tags
 from flows.intake import CONTROL_PREFIX
 from flows.notify import Notifier
@@ -41,7 +42,12 @@ from integrations.alerts import Alert
 from integrations.errors import Unreachable
 from runbooks.catalog import RUNBOOKS
 from runbooks.engine import live
+from runbooks.engine.gate import set_policy_source
+from runbooks.engine.guard import seal_context
 from runbooks.engine.model import ActionResult, Approval, Outcome, Plan, RunbookReport, RunContext
+
+# approvals: from the oncall.yaml this process uses, never from the incident's parameters
+set_policy_source(configured_policy)
 
 __all__ = ["CONTROL_PREFIX", "incident", "route"]
 
@@ -268,11 +274,8 @@ class IncidentRun:
         return bool(self.tasks or self.remote_pending)
 
     async def start_runbooks(self) -> None:
-        context = RunContext(
-            incident_id=self.inc.id,
-            severity=self.inc.severity,
-            policy=self.config.approvals,
-            requested_by=self.requested_by,
+        unsealed = RunContext(
+            incident_id=self.inc.id, severity=self.inc.severity, requested_by=self.requested_by
         )
         for name, service_name, params in route(self.config, self.alert):
             spec = RUNBOOKS[name]
@@ -284,6 +287,8 @@ class IncidentRun:
                 continue
             if await self.cooling_down(name, service.name):
                 continue
+            # Sealed for this runbook and target: the gate trusts its severity and requester.
+            context = seal_context(unsealed, runbook=name, target=service.name)
             self.routes.append((name, service, typed))
             self.inc.runbooks.append(name)
             self.record("runbook", f"started runbook {name} on {service.name}", runbook=name)
@@ -458,12 +463,12 @@ class IncidentRun:
         elif kind == "approval":
             self.waiting.pop(data["flow_run_id"], None)
             a = data["approval"]
-            verdict = "approved" if a.approved else "rejected"
+            verdict = a.verdict
             self.record(
                 "approval",
                 f"{runbook} plan {verdict} by {a.approver} via {a.channel}"
                 + (f" ({a.identity})" if a.identity else "")
-                + f": {a.reason}",
+                + f": {a.why or a.reason}",
                 runbook=runbook,
                 approver=a.approver,
                 channel=a.channel,
@@ -603,16 +608,19 @@ class IncidentRun:
         """Rejects every plan still waiting for approval: nothing unapproved will run."""
         from prefect.flow_runs import aresume_flow_run
 
-        for run_id in list(self.waiting):
+        for run_id, gate in list(self.waiting.items()):
             with contextlib.suppress(Exception):  # already decided elsewhere: fine
                 await aresume_flow_run(
                     run_id,
-                    run_input={
-                        "approved": False,
-                        "approver": "oncall",
-                        "reason": reason,
-                        "channel": "incident",
-                    },
+                    run_input=sealed_input(
+                        gate["record"],
+                        run_id=run_id,
+                        approved=False,
+                        reason=reason,
+                        approver="oncall",
+                        identity=f"oncall:incident:{self.inc.id}",
+                        channel="incident",
+                    ),
                 )
                 self.record("cancel", f"{self.children.get(run_id)}: plan cancelled: {reason}")
 
@@ -775,6 +783,10 @@ async def incident(
     cfg = config or load_config(config_path or find_config())
     ctx = FlowRunContext.get()
     run = ctx.flow_run
+    if run.deployment_id:
+        # Parameters of a deployment run come from whoever reached the Prefect API: a
+        # requester named there is not verified (approve_as is refused by the gates).
+        requested_by = None
     my_tags = list(run.tags or [])
     number = await _number(str(run.id), run.expected_start_time or datetime.now(UTC), my_tags)
     rules = [SeverityRule.model_validate(r) for r in cfg.severity_rules]

@@ -6,9 +6,10 @@ run in a worker process resolves names the same way the CLI and incidents do.
 
 from __future__ import annotations
 
-from flows.config import configured_service
+from flows.config import configured_policy, configured_service
 from runbooks.app_down import app_down
 from runbooks.db_connections import db_connections
+from runbooks.engine.gate import set_policy_source
 from runbooks.engine.kernel import set_service_resolver
 from runbooks.high_error_rate import high_error_rate
 from runbooks.hms_failures import hms_failures
@@ -31,3 +32,4 @@ __all__ = [
 ]
 
 set_service_resolver(configured_service)
+set_policy_source(configured_policy)  # approvals: from this machine's oncall.yaml

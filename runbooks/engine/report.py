@@ -28,13 +28,15 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def findings_table(findings: list[Finding]) -> str:
+def findings_table(findings: list[Finding], *, icons: bool = True) -> str:
     if not findings:
         return "_no findings_\n"
     lines = ["| | check | summary | severity | ms |", "|---|---|---|---|---|"]
     for f in findings:
+        # Without icons: browsers with no emoji font draw them as empty boxes.
+        status = f"{_ICON[f.status]} {f.status}" if icons else f"**{str(f.status).upper()}**"
         lines.append(
-            f"| {_ICON[f.status]} {f.status} | {f.check} | {_cell(f.summary)} "
+            f"| {status} | {f.check} | {_cell(f.summary)} "
             f"| {f.severity or ''} | {f.duration_ms:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -74,11 +76,14 @@ def approval_request_markdown(runbook: str, findings: list[Finding], plan: Plan)
             f"### Approval needed: {runbook} wants to change {plan.target}",
             "",
             "#### Evidence",
-            findings_table([f for f in findings if f.status is not Status.OK] or findings),
+            findings_table(
+                [f for f in findings if f.status is not Status.OK] or findings, icons=False
+            ),
             "#### Exact changes",
             plan_markdown(plan),
-            "Approve by setting **approved** and your name in **approver** "
-            "(or `oncall approve <run-id> --as NAME`). Leaving it unapproved rejects the plan.",
+            "Decide with `oncall approve <run-id> --as NAME [--reject]` (your OS user is"
+            " recorded), the Slack buttons (your Slack user), or the run's **Resume** form in"
+            " the Prefect UI (recorded as *identity unverified*). Nobody deciding rejects.",
         ]
     )
 
@@ -106,10 +111,9 @@ def report_markdown(report: RunbookReport) -> str:
         out += ["## Approvals", "", "| decision | approver | channel | identity | reason | at |"]
         out.append("|---|---|---|---|---|---|")
         for a in report.approvals:
-            decision = "approved" if a.approved else "rejected"
             out.append(
-                f"| {decision} | {_cell(a.approver)} | {a.channel} | {_cell(a.identity or '')} "
-                f"| {_cell(a.reason)} | {a.decided_at:%H:%M:%S} |"
+                f"| {a.verdict} | {_cell(a.approver)} | {a.channel} | {_cell(a.identity or '')} "
+                f"| {_cell(a.why or a.reason)} | {a.decided_at:%H:%M:%S} |"
             )
         out.append("")
     if report.results:

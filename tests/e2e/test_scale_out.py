@@ -39,6 +39,7 @@ import pytest
 
 from flows import server
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.errors import Unreachable
 from runbooks.catalog import RUNBOOKS
 from tests.pg import MACHINE_DSN
@@ -85,7 +86,9 @@ def _mark(label: str) -> None:
 
 def _rest(api: str, method: str, path: str, body: dict[str, Any]) -> Any:
     """One Prefect REST call that PrefectAPI has no method for."""
-    response = httpx.request(method, f"{api}{path}", json=body, timeout=10)
+    response = httpx.request(
+        method, f"{api}{path}", json=body, timeout=10, headers=auth_headers(api)
+    )
     response.raise_for_status()
     return response.json() if response.content else None
 

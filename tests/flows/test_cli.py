@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from runbooks.engine.model import os_identity
 from tests.oncall_proc import oncall
 
@@ -95,7 +96,7 @@ def test_the_dsn_password_appears_nowhere(pgdb, faults, prefect_api):
     pretty = oncall("run", "db-connections", "--dsn", dsn, "--dry-run", *_params(pgdb))
     assert "idle_in_transaction" in pretty.stdout
     run_id = report["flow_run_id"]
-    api = httpx.Client(base_url=prefect_api)
+    api = httpx.Client(base_url=prefect_api, headers=auth_headers(prefect_api))
     time.sleep(2.5)  # logs reach the API in batches
     stored = [
         result.stdout,
@@ -126,7 +127,7 @@ def test_a_run_s_last_logs_and_events_reach_prefect_although_the_cli_skips_its_t
     )
     assert result.returncode in (0, 1), result.stderr
     run_id = json.loads(result.stdout)["flow_run_id"]
-    api = httpx.Client(base_url=prefect_api)
+    api = httpx.Client(base_url=prefect_api, headers=auth_headers(prefect_api))
     deadline = time.monotonic() + 15
     while True:  # the process is gone: anything still missing would never arrive
         logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}})

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from flows.server import auth_headers
 from tests.oncall_proc import start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -54,6 +55,7 @@ def _sweep_runs(api: str) -> list[dict]:
             "limit": 50,
         },
         timeout=30,
+        headers=auth_headers(api),
     )
     answer.raise_for_status()
     return answer.json()

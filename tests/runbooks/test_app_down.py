@@ -27,6 +27,7 @@ from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Servi
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import AppDownParams
+from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -146,9 +147,7 @@ async def test_dry_run_and_rejection_send_no_write(kube, prefect_api):
 
     task = asyncio.create_task(app_down(service=_kube_service(kube), params=_params()))
     run_id = await _paused_at_gate(prefect_api)
-    decision = {"approved": False, "approver": "bob", "reason": "no", "channel": "cli"}
-    with PrefectAPI(prefect_api) as api:
-        assert api.resume(run_id, {**decision, "identity": "tester"})["status"] == "ACCEPT"
+    assert sealed_resume(prefect_api, run_id, False, reason="no")["status"] == "ACCEPT"
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and kube.writes() == []
 

@@ -16,6 +16,7 @@ from flows.prefect_api import PrefectAPI
 from flows.sandbox.docker_api import DockerApiServer
 from flows.sandbox.kube_api import KubeApiServer
 from flows.sandbox.saas import SaasSandbox
+from flows.server import auth_headers
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
@@ -23,6 +24,7 @@ from integrations.service import Service
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import HmsFailuresParams
+from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SECRET, KEY = "hms-credentials", "HMS_MANAGEMENT_TOKEN"
@@ -91,10 +93,7 @@ async def _until_gate(coro, prefect_api: str):
 
 
 def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(
-            run_id, {"approved": approved, "approver": "bob", "reason": "t", "channel": "cli"}
-        )
+    return sealed_resume(prefect_api, run_id, approved)
 
 
 async def test_dry_run_diagnoses_the_expired_token_and_touches_nothing(sandbox, kube):
@@ -153,7 +152,7 @@ async def test_approved_rotation_is_exactly_the_preview_and_its_token_never_show
 
     # The tokens and the app secret are nowhere: report, artifact, logs, events, parameters.
     run_id = report.flow_run_id
-    api = httpx.Client(base_url=prefect_api, timeout=10)
+    api = httpx.Client(base_url=prefect_api, timeout=10, headers=auth_headers(prefect_api))
     texts = [report.model_dump_json(), report_markdown(report)]
     texts.append(api.get(f"/flow_runs/{run_id}").text)
     texts.append(

@@ -26,6 +26,7 @@ from integrations.service import HttpEndpoint, Service
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import RollbackParams
+from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -90,9 +91,7 @@ async def _until_gate(coro: Any, prefect_api: str) -> tuple[asyncio.Task, dict]:
 
 
 def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    decision = {"approved": approved, "approver": "bob", "reason": "test", "channel": "cli"}
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(run_id, {**decision, "identity": "tester"})
+    return sealed_resume(prefect_api, run_id, approved)
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
