@@ -594,4 +594,5 @@ if __name__ == "__main__":
     _main()
 
 
-from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)
+# Each registers its commands on `app`: the incident commands, and `oncall audit`.
+from flows import cli_audit, cli_incident  # noqa: E402,F401

@@ -80,7 +80,7 @@ def describe_verdict(record: dict[str, Any] | None) -> str:
     verdict = record.get("verdict")
     progress = record.get("progress", "")
     if verdict == "approved":
-        return f"counted: approval recorded ({progress})"
+        return f"approved and counted ({progress})"
     if verdict == "rejected":
-        return "counted: the plan is rejected; nothing will change"
+        return "rejected and counted: the plan will not run; nothing changes"
     return f"{verdict}: {record.get('why', '')} ({progress})"

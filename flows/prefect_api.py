@@ -180,6 +180,16 @@ class PrefectAPI:
         }
         return self._call("POST", "/events/filter", json=body).json().get("events", [])
 
+    def events_named(self, prefix: str, limit: int = 5000) -> list[dict[str, Any]]:
+        """Every stored event whose name starts with ``prefix``, oldest first."""
+        body = {"filter": {"event": {"prefix": [prefix]}, "order": "ASC"}, "limit": 200}
+        page = self._call("POST", "/events/filter", json=body).json()
+        events = list(page.get("events", []))
+        while page.get("next_page") and len(events) < limit:
+            page = self._call("GET", page["next_page"]).json()
+            events += page.get("events", [])
+        return events
+
     def deployment(self, name: str) -> dict[str, Any] | None:
         """A deployment by ``flow/deployment`` name, or None."""
         try:

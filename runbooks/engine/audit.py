@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +80,7 @@ def append(fields: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         entry = {
             "seq": (last["seq"] + 1) if last else 1,
             "at": datetime.now(UTC).isoformat(),
+            "log": f"{socket.gethostname()}:{path}",  # which machine's log (events say so)
             **fields,
             "prev": last["hash"] if last else GENESIS,
         }

@@ -178,7 +178,8 @@ def test_approve_from_a_second_process_resumes_the_waiting_run(pgdb, faults):
         assert row["runbook"] == "db-connections" and "Terminate 2 session(s)" in row["plan"]
         decided = oncall("approve", row["run_id"][:8], "--as", "bob", "--reason", "looks right")
         assert decided.returncode == 0, decided.stderr
-        assert "approved" in decided.stdout
+        assert "identity os:" in decided.stdout
+        assert "approved and counted (1 of 1 approvals)" in decided.stdout
         out, err = first.communicate(timeout=120)
     finally:
         first.kill()
@@ -186,7 +187,7 @@ def test_approve_from_a_second_process_resumes_the_waiting_run(pgdb, faults):
     report = json.loads(out)
     [approval] = report["approvals"]
     assert (approval["approver"], approval["channel"]) == ("bob", "cli")
-    assert approval["identity"] == os_identity() and approval["reason"] == "looks right"
+    assert approval["identity"] == f"os:{os_identity()}" and approval["reason"] == "looks right"
     assert pgdb.alive(idle) == set()
     again = oncall("approve", report["flow_run_id"], "--as", "bob")
     assert again.returncode == 2 and "not waiting for approval" in again.stderr
