@@ -50,9 +50,10 @@ def _token_under(key: bytes, claims: DecisionClaims) -> str:
     return f"{TOKEN_PREFIX}.{body}.{hmac.new(sub, body.encode(), hashlib.sha256).hexdigest()}"
 
 
-def _sealed(**changes: Any):
+def _sealed(**fixed: Any):
     def forge(gate: dict, run_id: str) -> dict:
-        claims = _claims(gate, run_id, **changes)
+        changes = dict(fixed)
+        claims = _claims(gate, changes.pop("run_id", run_id), **changes)
         return {"approved": True, "reason": "", "token": seal_decision(claims)}
 
     return forge

@@ -23,12 +23,13 @@ from tests.security.test_cli_attacks import approve, cli_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SECOND = "oncall-approver"
+RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
 SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
 
 pytestmark = [
     pytest.mark.usefixtures("prefect_api"),
     pytest.mark.skipif(os.geteuid() != 0, reason="creating a second OS user needs root"),
-    pytest.mark.skipif(not shutil.which("runuser"), reason="runuser (util-linux) is missing"),
+    pytest.mark.skipif(not Path(RUNUSER).exists(), reason="runuser (util-linux) is missing"),
     pytest.mark.skipif(
         not SYSTEM_PYTHON.exists(),
         reason=f"{SYSTEM_PYTHON} (the same Python another user can run) is missing",
@@ -60,7 +61,7 @@ def approve_as_user(user: str, run_id: str, *args: str) -> subprocess.CompletedP
         "ONCALL_SEAL_KEY": seal_key().hex(),
     }
     return subprocess.run(
-        ["runuser", "-u", user, "--", str(SYSTEM_PYTHON), "-m", "flows.cli", "approve",
+        [RUNUSER, "-u", user, "--", str(SYSTEM_PYTHON), "-m", "flows.cli", "approve",
          run_id, *args],
         capture_output=True, text=True, timeout=60, cwd="/tmp", env=env,
     )  # fmt: skip
