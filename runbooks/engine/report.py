@@ -49,8 +49,36 @@ def spared_label(spared: dict[str, Any]) -> str:
     return str(spared.get("what") or spared.get("action") or spared.get("target") or "item")
 
 
+PREVIEW_WIDTH = 88  # characters: a code block this wide reads without scrolling at 1400 px
+
+
+def wrap_preview(preview: str, width: int = PREVIEW_WIDTH) -> str:
+    """The preview with long lines folded (continuations indented), nothing cut off."""
+    out = []
+    for line in preview.splitlines() or [""]:
+        while len(line) > width:
+            cut = line.rfind(" ", width // 2, width)  # at a space where there is one
+            cut = cut if cut > 0 else width
+            out.append(line[:cut].rstrip())
+            line = "        " + line[cut:].lstrip()
+        out.append(line)
+    return "\n".join(out)
+
+
+def evidence_list(findings: list[Finding]) -> str:
+    """Findings as a list: it wraps at any width (a table's last columns get cut off)."""
+    if not findings:
+        return "_no findings_\n"
+    lines = []
+    for f in findings:
+        severity = f" (suggests {f.severity})" if f.severity else ""
+        lines.append(f"- **{str(f.status).upper()}** `{f.check}`: {f.summary}{severity}")
+    return "\n".join(lines) + "\n"
+
+
 def action_markdown(action: Action) -> str:
-    out = [f"#### {action.title} — risk: **{action.risk}**", "", "```", action.preview, "```"]
+    preview = wrap_preview(action.preview)
+    out = [f"#### {action.title} — risk: **{action.risk}**", "", "```", preview, "```"]
     if action.undo:
         out += ["", f"Undo: {action.undo}"]
     return "\n".join(out) + "\n"
@@ -76,9 +104,7 @@ def approval_request_markdown(runbook: str, findings: list[Finding], plan: Plan)
             f"### Approval needed: {runbook} wants to change {plan.target}",
             "",
             "#### Evidence",
-            findings_table(
-                [f for f in findings if f.status is not Status.OK] or findings, icons=False
-            ),
+            evidence_list([f for f in findings if f.status is not Status.OK] or findings),
             "#### Exact changes",
             plan_markdown(plan),
             "Decide with `oncall approve <run-id> --as NAME [--reject]` (your OS user is"
