@@ -49,7 +49,7 @@ def spared_label(spared: dict[str, Any]) -> str:
     return str(spared.get("what") or spared.get("action") or spared.get("target") or "item")
 
 
-PREVIEW_WIDTH = 88  # characters: a code block this wide reads without scrolling at 1400 px
+PREVIEW_WIDTH = 76  # characters: fits both Prefect UIs' artifact column at 1400 px
 
 
 def wrap_preview(preview: str, width: int = PREVIEW_WIDTH) -> str:
