@@ -1,6 +1,6 @@
 """Deciding a waiting gate from a test, as ``oncall approve`` does: a sealed decision.
 
-The test process holds the session's seal key (``ONCALL_HOME``), so it can stand for the
+The test process holds the session's seal key (``ONCALL_STATE_DIR``), so it can stand for the
 process that verified a person; ``identity`` is the seam for who that person is. A bare
 ``api.resume`` with identity fields is an attack (tests/security/).
 """

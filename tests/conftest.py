@@ -33,7 +33,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # The seal key and the audit log of every oncall process the tests start (servers and
 # `oncall serve` under their own PREFECT_HOME too) live here: one key for the session.
-os.environ["ONCALL_HOME"] = _HOME
+os.environ["ONCALL_STATE_DIR"] = _HOME
 
 
 # What `oncall` does at start: bytecode cached outside the tree, for the test process and

@@ -1,6 +1,6 @@
 """The audit log: every decision, refusal and timeout, hash-chained, append-only.
 
-Prefect-free. One JSON line per decision in ``$ONCALL_HOME/audit.jsonl`` (default
+Prefect-free. One JSON line per decision in ``$ONCALL_STATE_DIR/audit.jsonl`` (default
 ``$PREFECT_HOME``), appended under an exclusive lock and fsynced before the gate goes on.
 Each entry carries ``seq``, the previous entry's ``hash`` (``prev``), its own ``hash``
 (sha256 of the entry without hash and mac) and ``mac`` (HMAC of the hash under the seal
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runbooks.engine.guard import canonical, keyed_mac, oncall_home
+from runbooks.engine.guard import canonical, keyed_mac, state_dir
 
 __all__ = ["GENESIS", "append", "audit_path", "entry_hash", "read", "verify"]
 
@@ -33,7 +33,7 @@ FILE = "audit.jsonl"
 
 
 def audit_path() -> Path:
-    return Path(os.environ.get("ONCALL_AUDIT_LOG") or oncall_home() / FILE)
+    return Path(os.environ.get("ONCALL_AUDIT_LOG") or state_dir() / FILE)
 
 
 def entry_hash(entry: dict[str, Any]) -> str:

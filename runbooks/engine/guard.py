@@ -2,8 +2,9 @@
 
 Prefect-free. How it is made structural rather than a convention:
 - every seal is an HMAC-SHA256 under the **seal key**, which Prefect never sees: a 0600
-  file in the oncall home (``$ONCALL_HOME``, default ``$PREFECT_HOME``), created on first
-  use, or ``$ONCALL_SEAL_KEY`` on machines that share one (workers, approvers' hosts). It
+  file in oncall's state directory (``$ONCALL_STATE_DIR``, default ``$PREFECT_HOME``),
+  created on first use, or ``$ONCALL_SEAL_KEY`` on machines that share one (workers,
+  approvers' hosts). It
   survives a server restart and a suspended run resumed in another process;
 - :func:`mint` is the only maker of an :class:`Approval` with a valid seal, and the seal
   covers the plan's digest, each action's digest, the decision, the verified identity and
@@ -59,7 +60,7 @@ __all__ = [
     "is_genuine",
     "keyed_mac",
     "mint",
-    "oncall_home",
+    "state_dir",
     "open_decision",
     "plan_digest",
     "preapproval",
@@ -93,9 +94,9 @@ T = TypeVar("T")
 # --- The key ------------------------------------------------------------------------
 
 
-def oncall_home() -> Path:
+def state_dir() -> Path:
     """Where oncall keeps its own secrets and audit log (not Prefect's database)."""
-    home = os.environ.get("ONCALL_HOME") or os.environ.get("PREFECT_HOME") or "~/.prefect"
+    home = os.environ.get("ONCALL_STATE_DIR") or os.environ.get("PREFECT_HOME") or "~/.prefect"
     return Path(home).expanduser()
 
 
@@ -132,7 +133,7 @@ def _parse_key(text: str, where: str) -> bytes:
 def seal_key() -> bytes:
     """The seal key of this machine: ``$ONCALL_SEAL_KEY``, else the 0600 key file."""
     env = os.environ.get(KEY_ENV)
-    path = oncall_home() / KEY_FILE
+    path = state_dir() / KEY_FILE
     cached = _keys.get((env, str(path)))
     if cached is not None:
         return cached

@@ -130,7 +130,7 @@ def test_a_context_counts_only_sealed_for_this_runbook_and_target():
 
 def test_a_seal_key_others_can_read_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv("ONCALL_SEAL_KEY", raising=False)
-    monkeypatch.setenv("ONCALL_HOME", str(tmp_path))
+    monkeypatch.setenv("ONCALL_STATE_DIR", str(tmp_path))
     key = guard.seal_key()
     path = tmp_path / "seal.key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(key) == 32
