@@ -182,7 +182,7 @@ class PrefectAPI:
 
     def events_named(self, prefix: str, limit: int = 5000) -> list[dict[str, Any]]:
         """Every stored event whose name starts with ``prefix``, oldest first."""
-        body = {"filter": {"event": {"prefix": [prefix]}, "order": "ASC"}, "limit": 200}
+        body = {"filter": {"event": {"prefix": [prefix]}, "order": "ASC"}, "limit": 50}
         page = self._call("POST", "/events/filter", json=body).json()
         events = list(page.get("events", []))
         while page.get("next_page") and len(events) < limit:

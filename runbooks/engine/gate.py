@@ -37,25 +37,17 @@ from prefect.input import RunInput
 from pydantic import ConfigDict, Field
 
 from checks.findings import Finding, Severity
-from integrations.errors import ApprovalRequired
 from runbooks.engine import audit, live
-from runbooks.engine.guard import (
-    current_preapproval,
-    mint,
-    open_decision,
-    plan_digest,
-    seal_record,
-    verify_record,
-)
+from runbooks.engine.guard import current_preapproval, mint, seal_record, verify_record
 from runbooks.engine.model import (
     APPROVER_RE,
-    UNVERIFIED,
     Approval,
     ApprovalPolicy,
     Plan,
     normalise_identity,
 )
 from runbooks.engine.report import approval_request_markdown
+from runbooks.engine.tally import Tally
 
 __all__ = [
     "APPROVER_PATTERN",
@@ -68,7 +60,6 @@ __all__ = [
 
 APPROVER_PATTERN = APPROVER_RE
 MAX_REFUSED = 20  # a flood of forged decisions ends the gate (rejected), it never approves
-SEALED_CHANNELS = ("cli", "slack", "incident")
 
 
 def _no_additional_properties(schema: dict[str, Any]) -> None:
@@ -129,8 +120,8 @@ def _run_id() -> str | None:
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
 
-class _Gate:
-    """One gate's bookkeeping: its run, plan, policy, the people counted so far."""
+class _Gate(Tally):
+    """One gate in Prefect: records decisions, publishes the request, pauses for answers."""
 
     def __init__(
         self,
@@ -145,15 +136,12 @@ class _Gate:
         timeout_s: float,
         suspend: bool,
     ) -> None:
-        self.runbook, self.findings, self.plan = runbook, findings, plan
-        self.policy, self.severity, self.requested_by = policy, severity, requested_by
+        super().__init__(
+            plan, policy=policy, severity=severity, requested_by=requested_by, run_id=_run_id()
+        )
+        self.runbook, self.findings = runbook, findings
         self.incident_id, self.timeout_s, self.suspend = incident_id, timeout_s, suspend
-        self.run_id = _run_id()
-        self.digest = plan_digest(plan)
-        self.needed = policy.required(plan, severity)
-        self.people: list[str] = []  # persons counted, in order
         self.decisions: list[Approval] = []
-        self.refused = 0
         self.artifact_id: str | None = None
         self.logger = get_run_logger()
 
@@ -227,109 +215,6 @@ class _Gate:
             {"approval": approval, "plan": self.plan, "flow_run_id": self.run_id or "local"},
         )
         return approval
-
-    def progress(self) -> str:
-        have = len(self.people)
-        if have >= self.needed:
-            return f"{have} of {self.needed} approvals"
-        more = "another person" if have else "a decision"
-        return f"{have} of {self.needed} approvals; waiting for {more}"
-
-    # --- counting -----------------------------------------------------------------
-
-    def judge(self, approval: Approval) -> Approval:
-        """The same approval, marked not counted when the policy or the count refuses it."""
-        if not approval.approved or not approval.counted:
-            return approval
-        identity = approval.identity or UNVERIFIED
-        why = self.policy.refuses(self.plan, identity, self.requested_by)
-        unverified = normalise_identity(identity) == UNVERIFIED
-        if why is None and unverified and not self.policy.unverified_approvals:
-            why = "approvals:unverified_approvals is off: the Prefect UI can only reject"
-        person = self.policy.person(identity)
-        if why is None and person in self.people:
-            why = f"{identity} already approved this plan: it needs another person"
-        if why is None:
-            self.people.append(person)
-            return approval
-        return self.remint(approval, counted=False, why=f"not counted: {why}")
-
-    def remint(self, approval: Approval, *, counted: bool, why: str) -> Approval:
-        return mint(
-            self.plan,
-            approved=approval.approved,
-            approver=approval.approver,
-            channel=approval.channel,
-            reason=approval.reason,
-            identity=approval.identity,
-            run_id=self.run_id,
-            counted=counted,
-            why=why,
-        )
-
-    def refusal(self, why: str, *, approver: str = "oncall", channel: Any = "oncall") -> Approval:
-        return mint(
-            self.plan,
-            approved=False,
-            approver=approver,
-            channel=channel,
-            identity=None,
-            run_id=self.run_id,
-            counted=False,
-            why=why if why.startswith("refused") else f"refused: {why}",
-        )
-
-    def from_answer(self, answer: ApprovalInput, key: str) -> Approval:
-        """What a resume input is worth: a verified decision, a UI decision, or a refusal."""
-        extra = dict(answer.model_extra or {})
-        token = extra.pop("token", None)
-        if extra:
-            names = ", ".join(sorted(str(k)[:40] for k in extra))
-            return self.refusal(
-                f"the decision carried fields only oncall sets ({names}): forged; identity and"
-                " channel come from the channel that verified them"
-            )
-        if token is None:
-            return mint(
-                self.plan,
-                approved=answer.approved,
-                approver="prefect-ui",
-                channel="prefect-ui",
-                reason=answer.reason,
-                identity=UNVERIFIED,
-                run_id=self.run_id,
-            )
-        try:
-            claims = open_decision(token)
-        except ApprovalRequired as exc:
-            return self.refusal(str(exc))
-        mismatch = [
-            name
-            for name, mine, theirs in (
-                ("run", self.run_id, claims.run_id),
-                ("gate", key, claims.pause_key),
-                ("plan", self.digest, claims.plan_digest),
-                ("decision", answer.approved, claims.approved),
-                ("reason", answer.reason, claims.reason),
-            )
-            if mine != theirs
-        ]
-        if mismatch or claims.channel not in SEALED_CHANNELS:
-            what = ", ".join(mismatch) or f"channel {claims.channel}"
-            return self.refusal(
-                f"the sealed decision of {claims.identity} does not match this gate ({what}):"
-                " replayed, or the plan changed since it was shown",
-                approver=claims.approver,
-            )
-        return mint(
-            self.plan,
-            approved=claims.approved,
-            approver=claims.approver,
-            channel=claims.channel,
-            reason=claims.reason,
-            identity=claims.identity,
-            run_id=self.run_id,
-        )
 
     # --- asking -------------------------------------------------------------------
 
@@ -547,7 +432,9 @@ async def decide(
                            reason=why, run_id=gate.run_id)  # fmt: skip
             await gate.record(timeout, f"{key}-timeout")
             return gate.decisions
-        approval = gate.judge(gate.from_answer(answer, key))
+        approval = gate.judge(
+            gate.from_answer(answer.approved, answer.reason, dict(answer.model_extra or {}), key)
+        )
         await gate.record(approval, key)
         if not approval.counted:
             gate.refused += 1

@@ -4,6 +4,7 @@ and a tail cut off the file is still in Prefect's events (``oncall audit --verif
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,21 @@ def test_a_cut_tail_is_found_in_prefects_events(tmp_path):
     assert audit.verify(cut) == []  # the chain alone cannot see a cut tail
     [problem] = missing_from_log(cut, events)
     assert "entry 4" in problem and "not in the log" in problem
+
+
+def test_oncall_audit_verify_reports_a_broken_chain_and_exits_1(tmp_path):
+    path = _log(tmp_path)
+    env = {**os.environ, "ONCALL_AUDIT_LOG": str(path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+
+    def oncall(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "flows.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    intact = oncall("audit", "--verify", "--json")
+    assert intact.returncode == 0, intact.stderr
+    report = json.loads(intact.stdout)
+    assert report["intact"] and len(report["entries"]) == 4 and report["events"] is None
+    _edit(path, lambda lines: lines.pop(1))
+    broken = oncall("audit", "--verify")
+    assert broken.returncode == 1 and "audit log BROKEN" in broken.stdout
+    assert "removed or reordered" in broken.stdout
