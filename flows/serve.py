@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -289,8 +290,9 @@ async def serve(
     config = load_config(path)
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
     api_url = ensure()
-    for line in exposure_warnings(api_url):
+    for line in exposure_warnings(api_url):  # on stderr whatever logging is set up
         log.warning(line)
+        sys.stderr.write(f"oncall serve: {line}\n")
     spool = Spool(prefect_home() / "oncall-spool")
     local = None
     if runner and config.receiver.incidents == "in-process":

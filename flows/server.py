@@ -79,7 +79,16 @@ def api_auth_string(create: bool = False) -> str | None:
 
 
 def is_loopback(api_url: str) -> bool:
-    return urlsplit(api_url).hostname in _LOOPBACK
+    """The API is on this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = urlsplit(api_url).hostname or ""
+    if host in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def client_auth_env(api_url: str | None = None) -> str | None:
