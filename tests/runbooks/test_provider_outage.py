@@ -16,6 +16,7 @@ from integrations.service import ConfiguredAction, Service
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import ProviderOutageParams
+from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -100,11 +101,7 @@ async def _until_gate(coro, prefect_api: str):
 
 
 def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(
-            run_id,
-            {"approved": approved, "approver": "bob", "reason": "t", "channel": "cli"},
-        )
+    return sealed_resume(prefect_api, run_id, approved)
 
 
 async def test_operational_providers_are_healthy_and_nothing_is_planned(
