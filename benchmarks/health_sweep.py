@@ -67,7 +67,7 @@ def _services(base: str, n: int) -> list:
 
 
 async def _sweep_http(base: str, n: int, concurrency: int) -> tuple[int, float]:
-    from flows.health_checks import sweep_http
+    from checks.health import sweep_http
 
     items = [(s.name, ep) for s in _services(base, n) for ep in s.http]
     began = time.perf_counter()

@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from checks._helpers import clock_utc, finding
 from checks._promql import PromQL, Signal
@@ -56,8 +56,13 @@ class DeployEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     at: float
-    what: str
+    what: str | None = Field(description="version v2, revision 3 (image); None if unnamed")
     source: str
+
+    def after(self, at: float) -> str:
+        """``12s after the deploy of version v2 (10:02:03 UTC)``; unnamed: ``after a deploy``."""
+        which = f"the deploy of {self.what}" if self.what else "a deploy"
+        return f"{at - self.at:.0f}s after {which} ({clock_utc(self.at)})"
 
 
 async def deploy_events(
@@ -86,8 +91,9 @@ async def deploy_events(
             key=lambda v: appeared[v],
             default=None,
         )
-        appeared.pop(version, None)
-        what = f"version {version}" if version else "a deploy"
+        if version is not None:
+            del appeared[version]
+        what = f"version {version}" if version else None
         events.append(DeployEvent(at=at, what=what, source="app_deploy_timestamp_seconds"))
     events += [
         DeployEvent(at=t, what=f"version {v}", source="app_build_info") for v, t in appeared.items()
@@ -151,8 +157,7 @@ async def change_timeline(
         target=target,
         status=Status.WARN if deploy else Status.OK,
         summary=(
-            f"{when}, {rise.at - deploy.at:.0f}s after the deploy of {deploy.what}"
-            f" ({clock_utc(deploy.at)}): roll back with the rollback runbook"
+            f"{when}, {deploy.after(rise.at)}: roll back with the rollback runbook"
             if deploy
             else f"{when}; no deploy in the {deploy_window_s:.0f}s before it"
         ),

@@ -30,6 +30,7 @@ __all__ = [
     "SeriesVerdict",
     "Window",
     "analyse",
+    "began_inside",
     "growth_start",
     "memory_limit",
     "memory_now",
@@ -140,6 +141,11 @@ def growth_start(points: list[Point], min_tail: int = 4) -> float | None:
     return pts[best][0]
 
 
+def began_inside(points: list[Point], start: float, step_s: float) -> bool:
+    """Whether the series' first sample comes well after the window's start (a new pod)."""
+    return bool(points) and points[0][0] > start + 2 * step_s
+
+
 async def _series(
     prom: PrometheusClient, q: MemoryQueries, start: float, end: float, step: float
 ) -> tuple[str, list[Series]]:
@@ -187,7 +193,8 @@ async def analyse(
 ) -> tuple[str, list[SeriesVerdict]]:
     """Classifies each memory series of the window (the largest ``w.max_series`` of them)."""
     end = time.time()
-    promql, found = await _series(prom, q, end - w.lookback_s, end, w.step_s)
+    start = end - w.lookback_s
+    promql, found = await _series(prom, q, start, end, w.step_s)
     verdicts = []
     for s in sorted(found, key=lambda s: s.last or 0, reverse=True)[: w.max_series]:
         points = [(t, v) for t, v in s.points if math.isfinite(v)]
@@ -201,6 +208,12 @@ async def analyse(
                 trend = late.model_copy(update={"sparkline": trend.sparkline, "reason": reason})
             else:
                 knee = None
+        elif trend.kind is TrendKind.LEAK and began_inside(points, start, w.step_s):
+            # A series that starts inside the window (a pod a deploy started) grew from its
+            # first sample: that is when growth began, not "before the window".
+            knee = points[0][0]
+            reason = f"growing since its series began at {clock_utc(knee)}: {trend.reason}"
+            trend = trend.model_copy(update={"reason": reason})
         jump = trend.jump.at if trend.kind is TrendKind.SPIKE and trend.jump else None
         verdicts.append(
             SeriesVerdict(

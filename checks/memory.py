@@ -25,6 +25,7 @@ from checks._memory_series import (
     SeriesVerdict,
     Window,
     analyse,
+    began_inside,
     growth_start,
     memory_limit,
     memory_now,
@@ -38,6 +39,7 @@ __all__ = [
     "SeriesVerdict",
     "Window",
     "analyse",
+    "began_inside",
     "deploy_correlation",
     "growth_start",
     "memory_limit",
@@ -190,8 +192,8 @@ async def deploy_correlation(
         return [finding("deploy_correlation", target, Status.OK, text, evidence)]
     evidence["deploy"] = deploy.model_dump()
     text = (
-        f"{what} began at {clock_utc(first.event_at)}, {first.event_at - deploy.at:.0f}s after the"
-        f" deploy of {deploy.what} ({clock_utc(deploy.at)}): roll back with the rollback runbook"
+        f"{what} began at {clock_utc(first.event_at)}, {deploy.after(first.event_at)}:"
+        " roll back with the rollback runbook"
     )
     return [finding("deploy_correlation", target, Status.WARN, text, evidence)]
 

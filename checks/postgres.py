@@ -57,12 +57,17 @@ def protected_reason(session: dict[str, Any]) -> str | None:
     """Why a session must never be cancelled or terminated by a runbook, or None."""
     if session.get("own"):
         return "the runbook's own session"
-    if session.get("backend_type") not in (None, "client backend"):
-        return f"{session.get('backend_type')} process"
-    if session.get("replication"):
+    backend = session.get("backend_type")
+    if backend == "walsender":  # physical or logical replication: a standby or subscriber
         return "replication session"
+    if backend not in (None, "client backend"):
+        return f"{backend} process"
+    # A superuser role usually has REPLICATION too (initdb's does): superuser comes first,
+    # and a client session of a replication role is not itself a replication session.
     if session.get("superuser"):
         return "superuser session"
+    if session.get("replication"):
+        return "session of a role with REPLICATION"
     return None
 
 

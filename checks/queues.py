@@ -70,8 +70,22 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3_600:.1f} h"
 
 
-def _rate(value: float | None) -> str:
-    return "?" if value is None else f"{value:.1f}/s"
+def _rates(snap: Snapshot) -> str:
+    """``8.8/s done, 11.8/s arrive, depth -4.0/s``; a rate nobody measured is said, not ``?``."""
+    known = [
+        f"{value:.1f}/s {name}"
+        for name, value in (("done", snap.consume_rate), ("arrive", snap.publish_rate))
+        if value is not None
+    ]
+    missing = [
+        name
+        for name, value in (("done", snap.consume_rate), ("arrival", snap.publish_rate))
+        if value is None
+    ]
+    if missing:
+        plural = "rates" if len(missing) > 1 else "rate"
+        known.append(f"{' and '.join(missing)} {plural} unknown ({snap.rates_source})")
+    return ", ".join([*known, f"depth {snap.net_rate:+.1f}/s"])
 
 
 def _failure_signals(snap: Snapshot) -> list[str]:
@@ -200,22 +214,19 @@ def _consumers(snap: Snapshot) -> Finding:
         else:
             summary = (
                 f"No consumers on {snap.queue}: {snap.depth:,} messages wait and nothing takes"
-                f" them ({_rate(snap.publish_rate)} arrive): start or scale workers."
+                f" them ({_rates(snap)}): start or scale workers."
             )
         return _finding("consumers", snap, Status.CRITICAL, summary, _STOPPED, cause="no_consumers")
     count = "unknown" if snap.consumers is None else snap.consumers
     summary = f"{snap.queue}: {count} consumers ({snap.consumers_source})" + (
-        f", taking {_rate(snap.consume_rate)}." if snap.consume_rate is not None else "."
+        f", taking {snap.consume_rate:.1f}/s." if snap.consume_rate is not None else "."
     )
     return _finding("consumers", snap, Status.OK, summary)
 
 
 def _drain(snap: Snapshot, limits: Limits, why: Cause) -> Finding:
     eta = snap.drain_eta_s
-    rates = (
-        f"{_rate(snap.consume_rate)} done, {_rate(snap.publish_rate)} arrive,"
-        f" depth {'+' if snap.net_rate >= 0 else ''}{snap.net_rate:.1f}/s"
-    )
+    rates = _rates(snap)
     status, severity = Status.OK, None
     if why == "no_consumers":
         status = Status.WARN
@@ -228,9 +239,9 @@ def _drain(snap: Snapshot, limits: Limits, why: Cause) -> Finding:
         status = Status.CRITICAL if eta is None else Status.WARN
         severity = _depth_severity(snap.depth, limits.depth_critical)[0] or Severity.P3
         pace = "never drains at this pace" if eta is None else f"empty only in {duration(eta)}"
-        count = "?" if snap.consumers is None else snap.consumers
+        count = "consumers" if snap.consumers is None else f"{snap.consumers} consumers"
         summary = (
-            f"Consumers too slow on {snap.queue}: {count} consumers, {rates};"
+            f"Consumers too slow on {snap.queue}: {count}, {rates};"
             f" {snap.depth:,} waiting: {pace}: scale workers."
         )
     elif why == "empty":

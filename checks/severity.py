@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from checks.findings import Finding
 from integrations.alerts import Alert, Severity
 
 __all__ = [
@@ -21,7 +22,9 @@ __all__ = [
     "Classification",
     "SeverityRule",
     "classify",
+    "incident_severity",
     "severity_for_metric",
+    "suggested_severity",
 ]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -167,3 +170,18 @@ def _stated(alert: Alert) -> str:
         if raw is not None and Severity.parse(raw) is alert.severity:
             return f"label {key}={raw}"
     return f"{alert.source} severity {alert.severity}"
+
+
+def suggested_severity(findings: Iterable[Finding]) -> Severity | None:
+    """The most severe severity the problem findings (warn, critical) suggest; None if none.
+
+    The one rule for "what severity do these findings say": a runbook report's severity, a
+    drill scorecard's and the raise an incident gets from its runbooks all come from it.
+    """
+    found = [f.severity for f in findings if f.status.is_problem and f.severity is not None]
+    return min(found, key=lambda s: s.rank, default=None)
+
+
+def incident_severity(declared: Severity, findings: Iterable[Finding]) -> Severity:
+    """The declared severity, raised (never lowered) to what the findings suggest."""
+    return declared.raise_to(suggested_severity(findings))

@@ -20,6 +20,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from checks._helpers import clock_utc
+
 __all__ = [
     "Fit",
     "Jump",
@@ -255,7 +257,8 @@ def classify_memory(
         if ups and jump is not None:
             reason = (
                 f"{len(significant)} sudden jump(s), the largest {_mib(jump.size, sign=True)}"
-                f" at t={jump.at:.0f} (sample {jump.index} of {len(points)}), flat around it"
+                f" at {clock_utc(jump.at)} (sample {jump.index} of {len(points)}),"
+                " flat around it"
             )
             return Trend(kind=TrendKind.SPIKE, reason=reason, **common)
         if not significant:

@@ -206,26 +206,20 @@ def incident_declare(
         _open([declared.model_copy(update={"source": "person"})], config, approve_as, json_out)
 
 
-def _summary(run: dict[str, Any]) -> dict[str, Any]:
-    from flows.config import DEFAULT_SLA
-    from flows.incident_model import sla_state, summary_from_run
-    from integrations.alerts import Severity
+def _summary(run: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    from flows.incident_model import sla_of_run, summary_from_run
 
+    now = now or datetime.now(UTC)
     info = summary_from_run(run)
     started = info["started"]
-    begin = datetime.fromisoformat(started) if started else datetime.now(UTC)
-    end = datetime.fromisoformat(info["ended"]) if info["ended"] else datetime.now(UTC)
-    elapsed = (end - begin).total_seconds()
-    severity = Severity.parse(info["severity"]) or Severity.P2
-    info["age_s"] = round(elapsed)
-    info["sla"] = str(
-        sla_state(
-            DEFAULT_SLA[severity],
-            elapsed_s=elapsed,
-            acked=info["acked"],
-            resolved=info["status"] == "resolved",
-        )
-    )
+    begin = datetime.fromisoformat(started) if started else now
+    end = datetime.fromisoformat(info["ended"]) if info["ended"] else now
+    info["age_s"] = round((end - begin).total_seconds())
+    # The same verdict, from the same times and targets, as the incident's post-mortem.
+    judged = sla_of_run(run, now)
+    info["sla"] = str(judged.verdict)
+    due = judged.next_due
+    info["sla_due"] = due.isoformat() if due else None
     return info
 
 
@@ -267,14 +261,18 @@ def incidents_cmd(
         ):
             table.add_column(column, overflow="fold")
         for r in rows:
-            style = {"breached": "red", "at risk": "yellow"}.get(r["sla"], "")
+            style = {"breached": "red", "pending": "yellow"}.get(r["sla"], "")
+            sla = r["sla"]
+            if r["sla_due"]:
+                left = datetime.fromisoformat(r["sla_due"]) - datetime.now(UTC)
+                sla += f", {max(0.0, left.total_seconds()) // 60:.0f}m left"
             table.add_row(
                 r["id"],
                 r["severity"] or "",
                 r["service"] or "",
                 r["status"],
                 f"{r['age_s'] // 60}m",
-                f"[{style}]{r['sla']}[/{style}]" if style else r["sla"],
+                f"[{style}]{sla}[/{style}]" if style else sla,
                 "yes" if r["acked"] else "no",
                 str(r["pending_approvals"] or ""),
                 r["title"],

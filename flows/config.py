@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from checks.findings import Severity
+from checks.sla import DEFAULT_SLA, Sla
 from integrations.errors import ConfigError, SecretError
 from integrations.pagerduty import PagerDutyTarget
 from integrations.service import Service
@@ -61,21 +62,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 OptDuration = Annotated[float | None, BeforeValidator(parse_duration)]
 
 
-class Sla(BaseModel):
-    """Response SLAs of one severity (seed 000 Part D), in seconds."""
-
-    acknowledge: OptDuration = None
-    investigate: OptDuration = None
-    status_update: OptDuration = None
-    resolve: OptDuration = None
+def _sla_durations(value: Any) -> Any:
+    """``acknowledge: 5m`` in oncall.yaml → seconds, before :class:`checks.sla.Sla` sees it."""
+    if isinstance(value, dict):
+        return {key: parse_duration(limit) for key, limit in value.items()}
+    return value
 
 
-DEFAULT_SLA = {
-    Severity.P0: Sla(acknowledge=120, investigate=300, status_update=900, resolve=3600),
-    Severity.P1: Sla(acknowledge=300, investigate=600, status_update=1800, resolve=14400),
-    Severity.P2: Sla(acknowledge=1800, investigate=3600, status_update=3600, resolve=86400),
-    Severity.P3: Sla(acknowledge=3600),
-}
+# The table and its verdicts live in checks/sla.py, where every view reads them.
+SlaConfig = Annotated[Sla, BeforeValidator(_sla_durations)]
 
 
 class EscalationLevel(BaseModel):
@@ -214,7 +209,7 @@ class OncallConfig(BaseModel):
         default_factory=lambda: dict(DEFAULT_ESCALATION)
     )
     notifications: Notifications = Field(default_factory=Notifications)
-    sla: dict[Severity, Sla] = Field(default_factory=lambda: dict(DEFAULT_SLA))
+    sla: dict[Severity, SlaConfig] = Field(default_factory=lambda: dict(DEFAULT_SLA))
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     verification: Verification = Field(default_factory=Verification)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)

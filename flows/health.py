@@ -39,11 +39,8 @@ from prefect.settings import get_current_settings
 from pydantic import BaseModel, Field
 
 from checks.findings import Severity, Status
-from checks.severity import DEFAULT_RULES, SeverityRule
-from flows.config import OncallConfig, find_config, load_config
-from flows.health_checks import (
+from checks.health import (
     Result,
-    http_client,
     postgres_batch,
     prometheus_batch,
     queue_batch,
@@ -51,10 +48,13 @@ from flows.health_checks import (
     signals,
     sweep_http,
 )
+from checks.severity import DEFAULT_RULES, SeverityRule
+from flows.config import OncallConfig, find_config, load_config
 from flows.intake import Opener, open_by_deployment, submit
 from flows.prefect_api import PrefectAPI
 from integrations.alerts import Alert
 from integrations.errors import ProviderError
+from integrations.http_pool import http_client
 from runbooks.engine.gate import emit_run_event
 
 __all__ = [

@@ -34,7 +34,7 @@ from checks.findings import Finding, Severity
 from checks.severity import SeverityRule, classify
 from flows.config import OncallConfig, configured_policy, find_config, load_config
 from flows.decisions import sealed_input
-from flows.incident_model import Incident, IncidentStatus, incident_tags
+from flows.incident_model import Incident, IncidentStatus, incident_labels, incident_tags
 from flows.intake import CONTROL_PREFIX
 from flows.notify import Notifier
 from flows.postmortem import postmortem_markdown, root_cause
@@ -173,13 +173,16 @@ class IncidentRun:
         )
 
     async def sync_run(self) -> None:
-        """Puts the incident's state in its flow run's name and tags."""
+        """Puts the incident's state in its flow run's name, tags and labels."""
         async with get_client() as client:
             await client.update_flow_run(
                 self.inc.flow_run_id,
                 name=self.inc.run_name,
                 tags=[*incident_tags(self.inc), *self.extra_tags],
             )
+            # What `oncall incidents` needs to judge the SLA as the post-mortem does.
+            labels = incident_labels(self.inc, self.config.sla_for(self.inc.severity))
+            await client.update_flow_run_labels(self.inc.flow_run_id, labels)
 
     async def write_artifacts(self, force: bool = False) -> None:
         if not force and (not self._artifact_dirty or time.monotonic() - self._last_artifact < 2):
@@ -486,6 +489,7 @@ class IncidentRun:
             )
             if r.status in ("done", "partial") and self.inc.mitigated_at is None:
                 self.inc.mitigated_at = datetime.now(UTC)
+                await self.sync_run()  # the SLA labels carry the mitigation time
 
     async def finished(self, name: str, report: RunbookReport) -> None:
         self.inc.reports.append(report.model_dump(mode="json"))

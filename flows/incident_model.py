@@ -2,8 +2,9 @@
 
 Prefect is the system of record: the incident flow run carries the state in its
 name and tags (``INC-7``, ``severity:P1``, ``service:api``, ``status:identified``,
-``acked``), its timeline as events and a markdown artifact, its post-mortem as
-an artifact. These helpers turn one into the other.
+``acked``), the times and SLA targets its verdict needs in ``oncall.*`` labels, its
+timeline as events and a markdown artifact, its post-mortem as an artifact. These
+helpers turn one into the other.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from checks.findings import Severity
-from flows.config import Sla
+from checks.sla import DEFAULT_SLA, Sla, SlaAssessment, assess_incident
 
 __all__ = [
     "Incident",
     "IncidentStatus",
-    "SlaState",
     "TimelineEntry",
+    "incident_labels",
     "incident_tags",
-    "sla_state",
+    "sla_assessment",
+    "sla_of_run",
     "slug",
     "summary_from_run",
 ]
@@ -38,13 +40,6 @@ class IncidentStatus(StrEnum):
     IDENTIFIED = "identified"
     MONITORING = "monitoring"
     RESOLVED = "resolved"
-
-
-class SlaState(StrEnum):
-    ON_TIME = "on time"
-    AT_RISK = "at risk"
-    BREACHED = "breached"
-    MET = "met"
 
 
 class TimelineEntry(BaseModel):
@@ -121,28 +116,71 @@ def incident_tags(incident: Incident) -> list[str]:
     return tags
 
 
-def sla_state(
-    sla: Sla, *, elapsed_s: float, acked: bool, resolved: bool, ack_s: float | None = None
-) -> SlaState:
-    """Where an incident stands against its severity's response and resolution SLAs."""
-    if resolved:
-        if sla.resolve is not None and elapsed_s > sla.resolve:
-            return SlaState.BREACHED
-        if sla.acknowledge is not None and ack_s is not None and ack_s > sla.acknowledge:
-            return SlaState.BREACHED
-        return SlaState.MET
-    if sla.resolve is not None and elapsed_s > sla.resolve:
-        return SlaState.BREACHED
-    if not acked and sla.acknowledge is not None:
-        if elapsed_s > sla.acknowledge:
-            return SlaState.BREACHED
-        if elapsed_s > 0.75 * sla.acknowledge:
-            return SlaState.AT_RISK
-    if acked and ack_s is not None and sla.acknowledge is not None and ack_s > sla.acknowledge:
-        return SlaState.BREACHED
-    if sla.resolve is not None and elapsed_s > 0.75 * sla.resolve:
-        return SlaState.AT_RISK
-    return SlaState.ON_TIME
+def sla_assessment(incident: Incident, sla: Sla, now: datetime | None = None) -> SlaAssessment:
+    """The incident against its SLAs (checks/sla.py): the post-mortem's and the list's verdict."""
+    return assess_incident(
+        sla,
+        opened=incident.opened_at,
+        acked=incident.acked_at,
+        mitigated=incident.mitigated_at,
+        resolved=incident.resolved_at,
+        now=now or datetime.now(UTC),
+    )
+
+
+# Flow run labels that carry what the SLA verdict needs and the run itself does not show:
+# when it was acknowledged, mitigated, resolved, and the targets oncall.yaml gave it.
+_TIMES = ("opened_at", "acked_at", "mitigated_at", "resolved_at")
+_TARGETS = ("acknowledge", "investigate", "status_update", "resolve")
+
+
+def incident_labels(incident: Incident, sla: Sla) -> dict[str, str]:
+    """The ``oncall.*`` labels :func:`sla_of_run` reads back (every key, so updates overwrite)."""
+    labels = {
+        f"oncall.{name}": value.isoformat() if (value := getattr(incident, name)) else ""
+        for name in _TIMES
+    }
+    for name in _TARGETS:
+        target = getattr(sla, name)
+        labels[f"oncall.sla.{name}_s"] = "none" if target is None else f"{target:g}"
+    return labels
+
+
+def _when(value: Any) -> datetime | None:
+    if not value:
+        return None
+    found = datetime.fromisoformat(str(value))
+    return found if found.tzinfo else found.replace(tzinfo=UTC)
+
+
+def sla_of_run(run: dict[str, Any], now: datetime | None = None) -> SlaAssessment:
+    """The SLA verdict of an incident flow run, judged exactly as its post-mortem judges it.
+
+    Runs from before the ``oncall.*`` labels fall back to the run's own times and the
+    default table of their severity tag.
+    """
+    info = summary_from_run(run)
+    labels = run.get("labels") or {}
+    if "oncall.opened_at" in labels:
+        raw = {name: str(labels.get(f"oncall.sla.{name}_s", "none")) for name in _TARGETS}
+        sla = Sla(**{name: None if v in ("none", "") else float(v) for name, v in raw.items()})
+        times = {name: _when(labels.get(f"oncall.{name}")) for name in _TIMES}
+    else:
+        severity = Severity.parse(info["severity"]) or Severity.P2
+        sla = DEFAULT_SLA[severity]
+        if info["acked"]:  # acknowledged, but when is not recorded: that measure is unknown
+            sla = sla.model_copy(update={"acknowledge": None})
+        ended = _when(info["ended"]) if info["status"] == "resolved" else None
+        times = {"opened_at": _when(info["started"]), "resolved_at": ended}
+    now = now or datetime.now(UTC)
+    return assess_incident(
+        sla,
+        opened=times.get("opened_at") or now,
+        acked=times.get("acked_at"),
+        mitigated=times.get("mitigated_at"),
+        resolved=times.get("resolved_at"),
+        now=now,
+    )
 
 
 def summary_from_run(run: dict[str, Any]) -> dict[str, Any]:

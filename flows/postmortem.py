@@ -7,11 +7,11 @@ lost) is left as a visible blank to fill in.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flows.config import Sla
-from flows.incident_model import Incident, sla_state
+from checks.sla import Sla, SlaVerdict
+from flows.incident_model import Incident, sla_assessment
 
 __all__ = ["PREVENTION", "postmortem_markdown", "root_cause"]
 
@@ -86,22 +86,12 @@ def _actions(incident: Incident) -> list[dict[str, Any]]:
     return [a | {"runbook": r["runbook"]} for r in incident.reports for a in r.get("results", [])]
 
 
-def postmortem_markdown(incident: Incident, sla: Sla) -> str:
-    """The draft post-mortem for one incident."""
+def postmortem_markdown(incident: Incident, sla: Sla, now: datetime | None = None) -> str:
+    """The draft post-mortem for one incident, its SLA judged by :mod:`checks.sla`."""
+    now = now or datetime.now(UTC)
     ack_s = (incident.acked_at - incident.opened_at).total_seconds() if incident.acked_at else None
-    mitigate_s = (
-        (incident.mitigated_at - incident.opened_at).total_seconds()
-        if incident.mitigated_at
-        else None
-    )
-    elapsed = incident.elapsed()
-    state = sla_state(
-        sla,
-        elapsed_s=elapsed,
-        acked=bool(incident.acked_at),
-        resolved=incident.resolved_at is not None,
-        ack_s=ack_s,
-    )
+    elapsed = incident.elapsed(now)
+    judged = sla_assessment(incident, sla, now)
     end = f"{incident.resolved_at:%Y-%m-%d %H:%M:%S} UTC" if incident.resolved_at else "ongoing"
     out = [
         f"# Incident Post-Mortem: {incident.title}",
@@ -113,7 +103,7 @@ def postmortem_markdown(incident: Incident, sla: Sla) -> str:
         f"- Start: {incident.opened_at:%Y-%m-%d %H:%M:%S} UTC",
         f"- End: {end}",
         f"- Duration: {_fmt(elapsed)}",
-        f"- Status: {incident.status}; SLA: {state}",
+        f"- Status: {incident.status}; SLA: {judged.verdict}",
     ]
     if incident.acked_by:
         out.append(f"- Acknowledged by: {incident.acked_by} after {_fmt(ack_s)}")
@@ -171,22 +161,18 @@ def postmortem_markdown(incident: Incident, sla: Sla) -> str:
         "| measure | actual | target | verdict |",
         "|---|---|---|---|",
     ]
-    for name, actual, target in (
-        ("acknowledge", ack_s, sla.acknowledge),
-        ("mitigate", mitigate_s, sla.resolve),
-        ("resolve", elapsed if incident.resolved_at else None, sla.resolve),
-    ):
-        if actual is None:
-            verdict = "not reached"
-        elif target is None:
-            verdict = "no SLA"
-        else:
-            verdict = "met" if actual <= target else "missed"
-        out.append(f"| {name} | {_fmt(actual)} | {_fmt(target)} | {verdict} |")
-    well, better = [], []
-    if ack_s is not None and sla.acknowledge is not None:
-        (well if ack_s <= sla.acknowledge else better).append(
-            f"Acknowledged in {_fmt(ack_s)} against a {_fmt(sla.acknowledge)} SLA"
+    for row in judged.rows:
+        verdict = row.verdict or "no SLA"
+        if row.verdict is SlaVerdict.PENDING and row.due is not None:
+            verdict = f"pending (due {row.due:%H:%M:%S} UTC)"
+        out.append(f"| {row.measure} | {_fmt(row.took_s)} | {_fmt(row.target_s)} | {verdict} |")
+    mitigate_s = judged.row("mitigate").took_s if incident.mitigated_at else None
+    well: list[str] = []
+    better: list[str] = []
+    acked = judged.row("acknowledge")
+    if ack_s is not None and acked.verdict is not None:
+        (well if acked.verdict is SlaVerdict.MET else better).append(
+            f"Acknowledged in {_fmt(ack_s)} against a {_fmt(acked.target_s)} SLA"
         )
     elif ack_s is None:
         better.append("Nobody acknowledged the incident")

@@ -87,10 +87,39 @@ class RetryBusy:
         return not busy
 
 
+def write_transactions_begin_immediate() -> None:
+    """On SQLite, every transaction Prefect opens to write starts ``BEGIN IMMEDIATE``.
+
+    Prefect begins most write transactions DEFERRED: one that reads, then writes after
+    another writer committed, fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT:
+    the busy timeout does not apply). Prefect logs that as an ERROR ("Encountered error
+    during state validation" on a run's state change) and answers 503. Its own comment in
+    ``setup_sqlite`` names the cure, IMMEDIATE, which it uses only for a few endpoints:
+    taking the write lock at BEGIN makes a second writer wait its busy timeout instead of
+    failing. Reads outside such transactions are untouched. PostgreSQL is unaffected.
+    """
+    from contextlib import asynccontextmanager
+
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    deferred = AioSqliteConfiguration.begin_transaction
+    if getattr(deferred, "__oncall_immediate__", False):
+        return
+
+    @asynccontextmanager
+    async def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
+        async with deferred(self, session, with_for_update=True) as transaction:
+            yield transaction
+
+    begin_transaction.__oncall_immediate__ = True  # type: ignore[attr-defined]
+    AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
+
+
 def create_app() -> ASGIApp:
     """Prefect's full server app (API, UI, services) behind :class:`RetryBusy`."""
     from prefect.server.api.server import create_app as prefect_app
 
+    write_transactions_begin_immediate()
     return RetryBusy(prefect_app(final=True))
 
 

@@ -104,13 +104,16 @@ def scorecard_panel(card) -> Panel:
     table = Table(show_header=True, box=None)
     for column in ("phase", "seconds from fault", "SLA", "verdict"):
         table.add_column(column)
-    limits = {"detect": "acknowledge_s", "diagnose": "investigate_s", "verify": "resolve_s"}
-    for phase, seconds in card.times_s.items():
-        limit = card.sla_s.get(limits.get(phase, ""), None)
+    unreached = [phase for phase in card.verdicts if phase not in card.times_s]
+    for phase, seconds in [*card.times_s.items(), *((p, None) for p in unreached)]:
+        limit = card.sla_s.get(phase)
         verdict = card.verdicts.get(phase, "")
-        style = "green" if verdict == "within SLA" else "red" if "missed" in verdict else ""
+        style = {"met": "green", "breached": "red", "pending": "yellow"}.get(verdict, "")
         table.add_row(
-            phase, f"{seconds:.2f}", f"{limit:.0f} s" if limit else "", Text(verdict, style=style)
+            phase,
+            "not reached" if seconds is None else f"{seconds:.2f}",
+            f"{limit:.0f} s" if limit else "",
+            Text(verdict, style=style),
         )
     lines = [table, Text(f"outcome: {card.outcome}   severity: {card.severity}")]
     lines += [Text(f"action: {a}") for a in card.actions]

@@ -8,28 +8,25 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from checks.findings import Severity
+from checks.severity import incident_severity
+from checks.sla import DEFAULT_SLA, judge
 
-__all__ = ["DRILLS", "SLA", "Scorecard", "score"]
+__all__ = ["DRILLS", "PHASE_SLA", "Scorecard", "score"]
 
-# Seed 000 Part D "Response SLAs" (acknowledge / resolution target), in seconds.
-SLA: dict[Severity, dict[str, float | None]] = {
-    Severity.P0: {"acknowledge_s": 120, "investigate_s": 300, "resolve_s": 3_600},
-    Severity.P1: {"acknowledge_s": 300, "investigate_s": 600, "resolve_s": 14_400},
-    Severity.P2: {"acknowledge_s": 1_800, "investigate_s": 3_600, "resolve_s": 86_400},
-    Severity.P3: {"acknowledge_s": 3_600, "investigate_s": None, "resolve_s": None},
-}
+# Which SLA of checks/sla.py each drill phase is held to.
+PHASE_SLA = {"detect": "acknowledge", "diagnose": "investigate", "verify": "resolve"}
 
 
 class Scorecard(BaseModel):
     """How a drill went, against the severity's SLA."""
 
     scenario: str
-    severity: Severity
+    severity: Severity = Field(description="The scenario's, raised to what the findings say")
     outcome: str
     passed: bool
     times_s: dict[str, float] = Field(description="Seconds from fault injection")
-    sla_s: dict[str, float | None]
-    verdicts: dict[str, str]
+    sla_s: dict[str, float | None] = Field(description="Target per phase, from checks/sla.py")
+    verdicts: dict[str, str] = Field(description="met, breached, pending, or no SLA")
     findings: int
     actions: list[str]
     approvals: list[str]
@@ -40,7 +37,11 @@ class Scorecard(BaseModel):
 def score(
     scenario: str, severity: Severity, report: Any, started_after_fault_s: float
 ) -> Scorecard:
-    """Builds the scorecard from a runbook report; times are from the moment of the fault."""
+    """Builds the scorecard from a runbook report; times are from the moment of the fault.
+
+    ``severity`` is the scenario's; the findings raise it as they would raise the incident's
+    (:func:`checks.severity.incident_severity`), and the SLA is that severity's.
+    """
     t = report.timings
     times = {
         name: round(started_after_fault_s + t[key], 2)
@@ -53,30 +54,23 @@ def score(
         )
         if key in t
     }
-    sla = SLA[severity]
+    severity = incident_severity(severity, report.findings)
+    sla = DEFAULT_SLA[severity]
+    # The drill is over: a phase it never reached has waited as long as the drill ran.
+    waited = started_after_fault_s + max(t.values(), default=0.0)
+    limits = {phase: getattr(sla, measure) for phase, measure in PHASE_SLA.items()}
     verdicts = {}
-    for name, limit_key in (
-        ("detect", "acknowledge_s"),
-        ("diagnose", "investigate_s"),
-        ("verify", "resolve_s"),
-    ):
-        limit = sla[limit_key]
-        if name not in times:
-            verdicts[name] = "missed (never reached)"
-        elif limit is None:
-            verdicts[name] = "no SLA"
-        else:
-            verdicts[name] = "within SLA" if times[name] <= limit else "SLA missed"
-    passed = report.outcome == "fixed" and all(
-        v != "SLA missed" and "never" not in v for v in verdicts.values()
-    )
+    for phase, limit in limits.items():
+        found = judge(limit, times.get(phase), waited)
+        verdicts[phase] = "no SLA" if found is None else str(found)
+    passed = report.outcome == "fixed" and all(v in ("met", "no SLA") for v in verdicts.values())
     return Scorecard(
         scenario=scenario,
         severity=severity,
         outcome=str(report.outcome),
         passed=passed,
         times_s=times,
-        sla_s=sla,
+        sla_s=limits,
         verdicts=verdicts,
         findings=sum(1 for f in report.findings if f.status.is_problem),
         actions=[f"{r.title}: {r.status} ({r.detail})" for r in report.results],

@@ -62,7 +62,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             wait_for(prometheus.url, errors, 1.0)
             flag = ConfiguredAction(
                 description="Disable the failing feature",
-                risk="safe",
+                risk="risky",
                 http=HttpCall(method="POST", url=f"{app.url}/control", json={"error_rate": 0}),
                 undo=f"POST {app.url}/control {{'error_rate': {ERROR_RATE}}} turns it back on",
             )

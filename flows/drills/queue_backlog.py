@@ -134,6 +134,19 @@ class _Loop:
         self.loop.close()
 
 
+async def _rates_ready(target: Any, timeout_s: float) -> bool:
+    """Waits until the management API reports the queue's publish rate (False on timeout)."""
+    from integrations.rabbitmq import RabbitReader
+
+    async with RabbitReader(target) as reader:
+        deadline = time.monotonic() + timeout_s
+        while not (await reader.stats()).publish_rate:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.5)
+    return True
+
+
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Backs a RabbitMQ queue up behind slow workers and lets queue-backlog scale them."""
     from flows.execute import run_runbook
@@ -184,6 +197,8 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
                 f" (management API {'on' if management else 'off: workers sized by factor'})."
             )
         time.sleep(6)  # the backlog grows; the management API emits its rates every 5 s
+        if management:  # a new queue's first emission may carry no rates: wait for them
+            loop.run(_rates_ready(backlog.target(), timeout_s=15))
         service = Service(
             name=SERVICE, rabbitmq=backlog.target(), actions={"scale": control.scale_action()}
         )

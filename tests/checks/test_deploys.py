@@ -29,17 +29,26 @@ from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.vercel import VercelClient
 
-NOW = datetime.now(UTC)
+# The verdict is pure: one frozen instant, so no test depends on when it runs. (A time taken
+# at import drifted from the now() in _policy by the time a slow suite reached the test.)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 API = ["ghcr.io/acme/api:1.4.0", "ghcr.io/acme/api:1.4.1", "ghcr.io/acme/api:1.4.2"]
 TOKEN = "kube-token-5e1d"
 
 
-def _policy(minutes_ago: float = 30, **extra: Any) -> DeployPolicy:
-    return DeployPolicy(incident_start=datetime.now(UTC) - timedelta(minutes=minutes_ago), **extra)
+def _policy(minutes_ago: float = 30, now: datetime | None = None, **extra: Any) -> DeployPolicy:
+    """Incident start ``minutes_ago`` before ``now``: the wall clock for the local servers,
+    which stamp their deployments with it; T0 for the pure verdict."""
+    start = (now or datetime.now(UTC)) - timedelta(minutes=minutes_ago)
+    return DeployPolicy(incident_start=start, **extra)
+
+
+def _verdict_policy(**extra: Any) -> DeployPolicy:
+    return _policy(now=T0, **extra)
 
 
 def _deploy(ref: str, minutes_ago: float, **extra: Any) -> Deploy:
-    created = NOW - timedelta(minutes=minutes_ago)
+    created = T0 - timedelta(minutes=minutes_ago)
     return Deploy(platform="kubernetes", ref=ref, label=f"revision {ref}", created=created, **extra)
 
 
@@ -48,33 +57,33 @@ def _deploy(ref: str, minutes_ago: float, **extra: Any) -> Deploy:
 
 def test_recent_deploy_with_failing_rollout_is_the_confirmed_suspect():
     history = [_deploy("5", 9000), _deploy("6", 3000), _deploy("7", 10, current=True)]
-    verdict = assess(history, _policy(), Symptom(text="0/3 pods ready", outage=True))
+    verdict = assess(history, _verdict_policy(), Symptom(text="0/3 pods ready", outage=True))
     assert verdict.suspect.ref == "7" and verdict.confirmed
     assert verdict.last_good.ref == "6"
     assert "20 min after the incident start" in verdict.why and "0/3 pods ready" in verdict.why
 
 
 def test_recent_deploy_without_any_signal_is_a_suspect_by_timing_only():
-    verdict = assess([_deploy("1", 900), _deploy("2", 5, current=True)], _policy(), None)
+    verdict = assess([_deploy("1", 900), _deploy("2", 5, current=True)], _verdict_policy(), None)
     assert verdict.suspect.ref == "2" and not verdict.confirmed
     assert "timing only" in verdict.why
 
 
 def test_old_deploy_is_not_a_suspect():
-    verdict = assess([_deploy("1", 9000), _deploy("2", 600, current=True)], _policy(), None)
+    verdict = assess([_deploy("1", 9000), _deploy("2", 600, current=True)], _verdict_policy(), None)
     assert verdict.suspect is None and verdict.why.startswith("no deploy since")
 
 
 def test_an_error_rate_that_did_not_rise_clears_a_recent_deploy():
     current = _deploy("2", 5, current=True, error_before_pct=8.0, error_after_pct=8.5)
-    verdict = assess([_deploy("1", 900), current], _policy(), None)
+    verdict = assess([_deploy("1", 900), current], _verdict_policy(), None)
     assert verdict.suspect is None and "did not rise" in verdict.why
     assert current.verdict == "cleared"
 
 
 def test_a_regression_implicates_even_an_older_deploy():
     current = _deploy("2", 120, current=True, error_before_pct=0.1, error_after_pct=12.0)
-    verdict = assess([_deploy("1", 9000), current], _policy(), None)
+    verdict = assess([_deploy("1", 9000), current], _verdict_policy(), None)
     assert verdict.suspect.ref == "2" and verdict.confirmed
     assert "0.1% → 12.0%" in verdict.why
 
@@ -87,7 +96,7 @@ def test_last_good_skips_deploys_that_were_bad_unknown_or_gone():
         _deploy("6", 15),  # inside the incident window, no metrics: unknown
         _deploy("7", 5, current=True),
     ]
-    verdict = assess(history, _policy(), Symptom(text="crashing"))
+    verdict = assess(history, _verdict_policy(), Symptom(text="crashing"))
     assert verdict.last_good.ref == "3"
     assert [d.verdict for d in history] == [
         "last known good",
@@ -104,22 +113,22 @@ def test_a_deploy_that_ran_clean_is_good_even_inside_the_window():
         _deploy("2", 20, error_after_pct=0.2),
         _deploy("3", 5, current=True),
     ]
-    assert assess(history, _policy(), None).last_good.ref == "2"
+    assert assess(history, _verdict_policy(), None).last_good.ref == "2"
 
 
 def test_only_one_deploy_means_nothing_to_roll_back_to():
-    verdict = assess([_deploy("1", 5, current=True)], _policy(), Symptom(text="crashing"))
+    verdict = assess([_deploy("1", 5, current=True)], _verdict_policy(), Symptom(text="crashing"))
     assert verdict.suspect.ref == "1" and verdict.last_good is None
     assert "only deploy" in verdict.no_good
 
 
 def test_an_explicit_target_wins_and_must_exist():
     history = [_deploy("1", 9000), _deploy("2", 8000), _deploy("3", 5, current=True)]
-    assert assess(history, _policy(to="1"), None).last_good.ref == "1"
-    missing = assess(history, _policy(to="9"), None)
+    assert assess(history, _verdict_policy(to="1"), None).last_good.ref == "1"
+    missing = assess(history, _verdict_policy(to="9"), None)
     assert missing.last_good is None and "'9' is not an earlier deploy" in missing.no_good
     old = [_deploy("1", 9000), _deploy("2", 8000, current=True)]
-    asked = assess(old, _policy(to="1"), None)
+    asked = assess(old, _verdict_policy(to="1"), None)
     assert asked.suspect.ref == "2" and asked.last_good.ref == "1"
 
 
@@ -295,7 +304,9 @@ def _vercel_history(saas: SaasSandbox, times: list[datetime], live: int) -> None
 
 
 async def test_error_rate_rising_after_a_deploy_confirms_it(saas, timeline):
-    _vercel_history(saas, [NOW - timedelta(days=2), timeline["calm"], timeline["bad"]], live=2)
+    _vercel_history(
+        saas, [timeline["calm"] - timedelta(days=2), timeline["calm"], timeline["bad"]], live=2
+    )
     policy = DeployPolicy(
         incident_start=timeline["calm"] - timedelta(seconds=1), grace_s=0, error_window_s=4
     )
@@ -316,7 +327,7 @@ async def test_error_rate_rising_after_a_deploy_confirms_it(saas, timeline):
 
 async def test_a_recent_deploy_the_error_rate_did_not_follow_is_cleared(saas, timeline):
     later = datetime.now(UTC)
-    _vercel_history(saas, [NOW - timedelta(days=2), timeline["calm"], later], live=1)
+    _vercel_history(saas, [timeline["calm"] - timedelta(days=2), timeline["calm"], later], live=1)
     policy = DeployPolicy(
         incident_start=timeline["calm"] - timedelta(seconds=1), grace_s=0, error_window_s=4
     )

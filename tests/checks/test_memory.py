@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from checks import memory as mem
@@ -251,3 +252,88 @@ async def test_prometheus_down_is_an_unreachable_error():
         [finding] = await check()
     assert finding.status is Status.ERROR and finding.unreachable
     assert finding.check == "memory_trend" and "cannot connect" in finding.summary
+
+
+# -- a rollout's new pod, as Prometheus returns it (a recorded shape, no live stack) ---------
+
+LOOKBACK = 600.0
+ROLLOUT = mem.Window(lookback_s=LOOKBACK, step_s=15)
+
+
+def _rollout_prometheus(version: str | None) -> PrometheusClient:
+    """The old pod holds still until the deploy half-way through the window; the new pod's
+    series starts then and grows 1 MiB every step from its first sample."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        query, params = request.url.params["query"], request.url.params
+        start, end, step = (float(params[k]) for k in ("start", "end", "step"))
+        ticks = [start + i * step for i in range(int((end - start) // step) + 1)]
+        deployed = start + LOOKBACK / 2
+        result: list[dict[str, Any]] = []
+        if query.startswith("sum by (pod)"):
+            old = [[t, str(300 * MiB)] for t in ticks if t < deployed]
+            new = [
+                [t, str(200 * MiB + (t - deployed) / step * MiB)] for t in ticks if t >= deployed
+            ]
+            result = [
+                {"metric": {"pod": "api-7f9c-old"}, "values": old},
+                {"metric": {"pod": "api-8d1e-new"}, "values": new},
+            ]
+        elif query.startswith("app_deploy_timestamp_seconds"):
+            stamped = [[t, str(deployed - step)] for t in ticks if t >= deployed]
+            result = [{"metric": {"job": "api"}, "values": stamped}]
+        elif query.startswith("app_build_info") and version:
+            seen = [[t, "1"] for t in ticks if t >= deployed]
+            result = [{"metric": {"job": "api", "version": version}, "values": seen}]
+        body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        return httpx.Response(200, json=body)
+
+    target = PrometheusTarget(url="http://prometheus.test:9090", retries=0)
+    return PrometheusClient(target, transport=httpx.MockTransport(handler))
+
+
+def _on_kubernetes() -> mem.MemoryQueries:
+    kube = KubernetesTarget(deployment="api", namespace="shop", container="app")
+    return mem.MemoryQueries.for_service(Service(name="api", kubernetes=kube))
+
+
+async def test_a_pod_whose_series_starts_mid_window_grew_from_its_start():
+    """It used to say "steady growth began before the window" for a pod a deploy started."""
+    async with _rollout_prometheus("v2") as prom:
+        _, verdicts = await mem.analyse(prom, _on_kubernetes(), ROLLOUT, None)
+        [deploy] = await mem.deploy_correlation(
+            prom, _on_kubernetes(), ROLLOUT, window_s=60, target="api"
+        )
+    new = next(v for v in verdicts if v.name == "pod api-8d1e-new")
+    assert new.trend.kind == "leak" and new.growth_start == new.points[0][0] == new.event_at
+    assert "growing since its series began at" in new.trend.reason
+    assert "before the" not in deploy.summary
+    assert deploy.status is Status.WARN and deploy.evidence["series"] == "pod api-8d1e-new"
+    assert deploy.evidence["deploy"]["what"] == "version v2"
+    assert "15s after the deploy of version v2 (" in deploy.summary
+
+
+async def test_a_deploy_without_a_version_is_named_once():
+    """It used to say "after the deploy of a deploy"."""
+    async with _rollout_prometheus(None) as prom:
+        [deploy] = await mem.deploy_correlation(
+            prom, _on_kubernetes(), ROLLOUT, window_s=60, target="api"
+        )
+    assert deploy.status is Status.WARN and deploy.evidence["deploy"]["what"] is None
+    assert "15s after a deploy (" in deploy.summary and "of a deploy" not in deploy.summary
+
+
+def test_a_series_covering_the_window_did_not_begin_inside_it():
+    points = [(1000.0 + 15 * i, float(i)) for i in range(40)]
+    assert not mem.began_inside(points, start=1000.0, step_s=15)
+    assert mem.began_inside(points[10:], start=1000.0, step_s=15)
+
+
+def test_a_deploy_names_itself_once_with_or_without_a_version():
+    from checks._changes import DeployEvent
+
+    at = 1_700_000_000.0
+    unnamed = DeployEvent(at=at, what=None, source="app_deploy_timestamp_seconds")
+    named = DeployEvent(at=at, what="version v2", source="app_build_info")
+    assert unnamed.after(at + 12) == "12s after a deploy (22:13:20 UTC)"
+    assert named.after(at + 12) == "12s after the deploy of version v2 (22:13:20 UTC)"

@@ -106,3 +106,27 @@ async def test_unreachable_server_fails_once_and_fast():
             except Unreachable as exc:
                 assert "pw" not in str(exc)
         assert time.monotonic() - start < 3
+
+
+async def test_superuser_sessions_are_labelled_superuser_not_replication(pgdb, faults):
+    """The initdb superuser has REPLICATION too: its sessions were called replication ones."""
+    pids = faults.idle_in_transaction(2, superuser=True)
+    time.sleep(1.1)
+    async with PostgresReader(_target(pgdb)) as db:
+        [finding] = await pg.idle_in_transaction(db, older_than_s=1, database=pgdb.name)
+    sessions = [s for s in finding.evidence["sessions"] if s["pid"] in pids]
+    assert len(sessions) == 2 and all(s["superuser"] for s in sessions)
+    assert [pg.protected_reason(s) for s in sessions] == ["superuser session"] * 2
+
+
+def test_protected_reasons_name_what_the_session_is():
+    client = {"backend_type": "client backend"}
+    cases = [
+        ({**client, "own": True, "superuser": True}, "the runbook's own session"),
+        ({"backend_type": "walsender", "replication": True}, "replication session"),
+        ({"backend_type": "autovacuum worker"}, "autovacuum worker process"),
+        ({**client, "superuser": True, "replication": True}, "superuser session"),
+        ({**client, "replication": True}, "session of a role with REPLICATION"),
+        ({**client, "superuser": False, "replication": False}, None),
+    ]
+    assert [pg.protected_reason(session) for session, _ in cases] == [r for _, r in cases]

@@ -280,3 +280,24 @@ async def test_unreachable_broker_raises_our_error_for_timed():
     async with RabbitReader(target) as reader:
         [finding] = await timed("queue", "x", lambda: rabbit_snapshot(reader, 0.1))
     assert finding.status is Status.ERROR and finding.unreachable
+
+
+def test_rates_nobody_measured_are_said_not_printed_as_question_marks():
+    """The queue drill printed "? done, ? arrive" while the management API had no rates yet."""
+    snap = _snap(
+        depth=433,
+        depth_before=413,
+        publish_rate=None,
+        consume_rate=None,
+        rates_source="management API (no rates yet)",
+    )
+    drain = _by_check(assess(snap, LIMITS))["drain_rate"]
+    assert drain.evidence["cause"] == "too_slow" and "?" not in drain.summary
+    assert (
+        "2 consumers, done and arrival rates unknown (management API (no rates yet)),"
+        " depth +" in drain.summary
+    )
+    one = _snap(depth=433, depth_before=413, publish_rate=12.0, consume_rate=None)
+    assert (
+        "12.0/s arrive, done rate unknown (" in _by_check(assess(one, LIMITS))["drain_rate"].summary
+    )

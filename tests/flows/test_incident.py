@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from checks.findings import Severity
+from checks.sla import Sla
 from flows.config import (
     EscalationLevel,
     Notifications,
@@ -104,6 +105,19 @@ def _alertmanager(
             }
         ],
     }
+
+
+def _listed(inc_id: str) -> dict:
+    """The incident's row in ``oncall incidents --json``."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "incidents", "--json"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    [row] = [r for r in json.loads(listed.stdout) if r["id"] == inc_id]
+    return row
 
 
 async def _start(cfg, alert, **kwargs):
@@ -247,7 +261,15 @@ async def test_escalation_fires_in_order_and_stops_on_ack(pgdb, saas, prefect_ap
         EscalationLevel(after=2.5, name="On-call Manager", slack="@mgr"),
         EscalationLevel(after=60, name="VP Engineering", slack="@vp"),
     ]
-    cfg = _config(pgdb, saas, routing=[], escalation={Severity.P1: chain, Severity.P2: chain})
+    # Acknowledged after ~3 s against oncall.yaml's 1 s: every view must say breached.
+    late_ack = Sla(acknowledge=1, resolve=3600)
+    cfg = _config(
+        pgdb,
+        saas,
+        routing=[],
+        escalation={Severity.P1: chain, Severity.P2: chain},
+        sla={Severity.P1: late_ack},
+    )
     [alert] = parse_alerts(
         json.dumps({"service": "billing-db", "title": "checkout slow", "severity": "P1"})
     )
@@ -269,14 +291,7 @@ async def test_escalation_fires_in_order_and_stops_on_ack(pgdb, saas, prefect_ap
     assert ack.returncode == 0, ack.stderr
     await _wait_for(events, "timeline", where=lambda d: "dave acknowledged" in d["entry"].text)
     await asyncio.sleep(2)
-    listed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "incidents", "--json"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=60,
-    )
-    [row] = [r for r in json.loads(listed.stdout) if r["id"] == inc_id]
+    row = _listed(inc_id)
     assert row["acked"] and row["status"] == "investigating" and row["severity"] == "P1"
     resolve = subprocess.run(
         [
@@ -318,6 +333,8 @@ async def test_escalation_fires_in_order_and_stops_on_ack(pgdb, saas, prefect_ap
     assert pm.returncode == 0, pm.stderr
     text = out.read_text()
     assert "dave" in text and "Escalated to Incident Commander, On-call Manager" in text
+    row = _listed(inc_id)
+    assert "; SLA: breached" in text and row["sla"] == "breached", (row, text)
 
 
 async def test_a_failing_channel_is_retried_and_never_fails_the_incident(pgdb, saas):

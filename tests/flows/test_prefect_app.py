@@ -75,3 +75,30 @@ def test_the_test_server_is_prefects_app_behind_the_wrapper(prefect_api):
     assert httpx.get(f"{prefect_api}/health").json() is True
     ui = httpx.get(prefect_api.removesuffix("/api") + "/")
     assert ui.status_code == 200 and "<html" in ui.text.lower()
+
+
+async def test_sqlite_write_transactions_take_the_write_lock_at_begin(tmp_path):
+    """A DEFERRED write transaction that read first fails at once with "database is locked"
+    when another writer committed meanwhile (Prefect logs it as an ERROR); IMMEDIATE waits."""
+    import sqlalchemy as sa
+    from prefect.server.database.configurations import (
+        SQLITE_BEGIN_MODE,
+        AioSqliteConfiguration,
+    )
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from flows.prefect_app import write_transactions_begin_immediate
+
+    write_transactions_begin_immediate()
+    write_transactions_begin_immediate()  # idempotent
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    engine = create_async_engine(config.connection_url)
+    seen = []
+    async with (
+        AsyncSession(engine) as session,
+        config.begin_transaction(session, with_for_update=False),
+    ):
+        seen.append(SQLITE_BEGIN_MODE.get())
+        await session.execute(sa.text("SELECT 1"))
+    await engine.dispose()
+    assert seen == ["IMMEDIATE"]

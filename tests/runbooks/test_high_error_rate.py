@@ -256,10 +256,15 @@ def test_drill_runs_end_to_end_and_passes():
     from rich.console import Console
 
     from flows.drills import DRILLS
+    from runbooks.catalog import RUNBOOKS
 
+    shown = io.StringIO()
     card = DRILLS["high-error-rate"](
-        approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
+        approve_as="ci", console=Console(file=shown, width=200), interactive=False, show=True
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P0", card
-    assert card.verdicts["detect"] == "within SLA" and len(card.actions) == 1
+    assert card.verdicts["detect"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]
+    # The drill proposes the flag at the risk the README and `oncall runbooks` state.
+    declared = dict(RUNBOOKS["high-error-rate"].changes)["disable the configured feature flag"]
+    assert f"risk: {declared}" in shown.getvalue() and declared == "risky", shown.getvalue()

@@ -282,5 +282,5 @@ def test_drill_runs_end_to_end_and_passes():
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P1", card
-    assert card.verdicts["detect"] == "within SLA" and len(card.actions) == 1
+    assert card.verdicts["detect"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]

@@ -321,5 +321,7 @@ def test_drill_runs_end_to_end_and_passes():
     card = DRILLS["rollback"](
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
-    assert card.passed and card.outcome == "fixed" and card.severity == "P1"
+    # Declared P1, raised to P0 by its findings (0/3 pods ready), as the incident would be.
+    assert card.passed and card.outcome == "fixed" and card.severity == "P0"
+    assert card.sla_s["detect"] == 120 and card.verdicts["detect"] == "met"
     assert card.actions[0].startswith("Roll back deployment api to revision 2: done")

@@ -1,4 +1,6 @@
-"""The health sweep's checks, without Prefect: every target kind, concurrently and bounded.
+"""The health sweep's checks: every target kind, concurrently and bounded, as flat rows.
+
+The sweep itself (batches as Prefect tasks, alerts, artifacts) is :mod:`flows.health`.
 
 Thresholds are the seeds' alert rules (seed 000 Part H, via :mod:`checks.severity`):
 database unreachable → P0; error rate > 10 % P0, 5-10 % P1, 1-5 % P2; response time
@@ -14,9 +16,9 @@ A check that cannot run at all (our credentials refused, Prometheus away) is an
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import httpx
@@ -27,7 +29,8 @@ from checks.findings import Severity, Status
 from checks.http_metrics import PromQL, current_value
 from checks.severity import DEFAULT_RULES, SeverityRule, severity_for_metric
 from integrations.errors import TargetError, Timeout, Unreachable
-from integrations.http import USER_AGENT, request
+from integrations.http import request
+from integrations.http_pool import http_client
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.prometheus import PrometheusClient
 from integrations.rabbitmq import RabbitReader, RabbitTarget
@@ -36,13 +39,11 @@ from integrations.redis_queue import RedisQueueReader, RedisQueueTarget
 from integrations.service import HttpEndpoint, Service
 
 __all__ = [
-    "SHARD_CONNECTIONS",
     "Kind",
     "Result",
     "check_postgres",
     "check_prometheus",
     "check_queue",
-    "http_client",
     "postgres_batch",
     "prometheus_batch",
     "queue_batch",
@@ -55,7 +56,6 @@ Kind = Literal["http", "postgres", "queue", "prometheus"]
 Rules = Sequence[SeverityRule]
 OnDone = Callable[[int], None]
 QueueTarget = RabbitTarget | RedisQueueTarget
-SHARD_CONNECTIONS = 4
 _DOWN = (Unreachable, Timeout)
 _ONE_DOWN = "an HTTP endpoint is down: major service down (seed 000 Part H: P1)"
 _ALL_DOWN = (
@@ -146,73 +146,6 @@ async def bounded(calls: Sequence[Callable[[], Awaitable[Any]]], concurrency: in
 # --- HTTP --------------------------------------------------------------------------
 
 
-class _Release(httpx.AsyncByteStream):
-    """A response body that frees its shard's slot once read or closed."""
-
-    def __init__(self, stream: Any, busy: list[int], shard: int) -> None:
-        self._stream, self._busy, self._shard, self._open = stream, busy, shard, True
-
-    async def __aiter__(self):  # type: ignore[override]
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._open:
-                self._open = False
-                self._busy[self._shard] -= 1
-
-
-class _Shards(httpx.AsyncBaseTransport):
-    """Small keep-alive pools behind one transport; each request goes to the least busy.
-
-    httpcore's pool re-examines every connection for every queued request
-    (https://github.com/encode/httpx/issues/3215), so one pool of 100 connections spends
-    more time on bookkeeping than on the network: 1,000 probes of a 20 ms endpoint at
-    concurrency 100 took 7-14 s through one pool and under 2 s through pools of 4 here.
-    """
-
-    def __init__(self, concurrency: int, per_shard: int = SHARD_CONNECTIONS) -> None:
-        count = max(1, math.ceil(concurrency / per_shard))
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        # One SSL context for all: each transport would otherwise load the CA bundle (~40 ms).
-        tls = httpx.create_ssl_context()
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits, verify=tls) for _ in range(count)]
-        self._busy = [0] * count
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        shard = self._busy.index(min(self._busy))
-        self._busy[shard] += 1
-        try:
-            answer = await self._pools[shard].handle_async_request(request)
-        except BaseException:
-            self._busy[shard] -= 1
-            raise
-        stream = _Release(answer.stream, self._busy, shard)
-        return httpx.Response(
-            answer.status_code, headers=answer.headers, stream=stream, extensions=answer.extensions
-        )
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
-
-
-def http_client(
-    concurrency: int, *, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The one client a sweep shares: keep-alive pools sized to ``concurrency`` in all.
-
-    Built here rather than with ``integrations.http.async_client``, which takes no pool
-    limits; requests still go through ``integrations.http.request`` for error mapping.
-    """
-    return httpx.AsyncClient(
-        headers={"User-Agent": USER_AGENT}, transport=transport or _Shards(concurrency)
-    )
-
-
 async def _probe(client: httpx.AsyncClient, service: str, ep: HttpEndpoint, rules: Rules) -> Result:
     headers = {name: value.get_secret_value() for name, value in ep.headers.items()}
     target = f"{ep.name} {scrub(redact_dsn(ep.url), list(headers.values()))}"
@@ -293,7 +226,7 @@ async def sweep_http(
         return result
 
     try:
-        results = await bounded([lambda i=i: one(i) for i in endpoints], concurrency)
+        results = await bounded([partial(one, i) for i in endpoints], concurrency)
     finally:
         if owned:
             await shared.aclose()
@@ -342,7 +275,7 @@ async def postgres_batch(
         on_done(len(services))
         return [result.model_copy(update={"service": s}) for s in services]
 
-    calls = [lambda t=t, s=s: one(t, s) for t, s in users.values()]
+    calls = [partial(one, t, s) for t, s in users.values()]
     return [r for batch in await bounded(calls, concurrency) for r in batch]
 
 
@@ -383,7 +316,7 @@ async def queue_batch(
         on_done(1)
         return result
 
-    return await bounded([lambda s=s, t=t: one(s, t) for s, t in items], concurrency)
+    return await bounded([partial(one, s, t) for s, t in items], concurrency)
 
 
 # --- Prometheus ----------------------------------------------------------------------
