@@ -38,7 +38,7 @@ from pydantic import ConfigDict, Field
 
 from checks.findings import Finding, Severity
 from runbooks.engine import audit, live
-from runbooks.engine.guard import current_preapproval, mint, seal_record, verify_record
+from runbooks.engine.guard import current_preapproval, seal_record, verify_record
 from runbooks.engine.model import (
     APPROVER_RE,
     Approval,
@@ -374,9 +374,9 @@ async def decide(
         await gate.record(gate.refusal(why), f"{plan.id}-context-{n}")
     if gate.policy.auto_approves(plan, severity):
         reason = f"policy auto-approves {plan.risk} actions in {severity}"
-        approval = mint(
-            plan, approved=True, approver="policy", channel="policy", reason=reason,
-            identity="oncall:policy", run_id=gate.run_id,
+        approval = gate.decision(
+            approved=True, approver="policy", channel="policy", reason=reason,
+            identity="oncall:policy",
         )  # fmt: skip
         await gate.record(approval, f"{plan.id}-policy")
         return gate.decisions
@@ -394,14 +394,12 @@ async def decide(
             f"{plan.id}-parameter",
         )
     elif pre is not None and (pre.display or approve_as):
-        approval = mint(
-            plan,
+        approval = gate.decision(
             approved=True,
             approver=pre.display or approve_as or pre.identity,
             channel="cli-preapproved",
             reason="pre-approved on the command line",
             identity=pre.identity,
-            run_id=gate.run_id,
         )
         await gate.record(gate.judge(approval), f"{plan.id}-preapproved")
     deadline = time.monotonic() + timeout_s
@@ -410,8 +408,7 @@ async def decide(
         remaining = deadline - time.monotonic()
         if gate.refused >= MAX_REFUSED:
             why = f"{gate.refused} decisions refused or not counted: the gate rejects the plan"
-            last = mint(plan, approved=False, approver="oncall", channel="oncall", reason=why,
-                        run_id=gate.run_id)  # fmt: skip
+            last = gate.decision(approved=False, approver="oncall", channel="oncall", reason=why)
             await gate.record(last, f"{plan.id}-flood")
             return gate.decisions
         key = f"approve-{plan.id}-{round_}"
@@ -420,16 +417,18 @@ async def decide(
             try:
                 answer = await gate.pause(key, remaining, gate.progress())
             except PlanChanged as exc:
-                refusal = mint(plan, approved=False, approver="oncall", channel="oncall",
-                               reason=str(exc), run_id=gate.run_id)  # fmt: skip
+                refusal = gate.decision(
+                    approved=False, approver="oncall", channel="oncall", reason=str(exc)
+                )
                 await gate.record(refusal, f"{key}-changed")
                 return gate.decisions
         round_ += 1
         if answer is None:
             why = f"no decision within {timeout_s:.0f}s"
             gate.logger.warning("Plan %s: %s: rejected", plan.id, why)
-            timeout = mint(plan, approved=False, approver="nobody", channel="timeout",
-                           reason=why, run_id=gate.run_id)  # fmt: skip
+            timeout = gate.decision(
+                approved=False, approver="nobody", channel="timeout", reason=why
+            )
             await gate.record(timeout, f"{key}-timeout")
             return gate.decisions
         approval = gate.judge(

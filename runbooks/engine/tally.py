@@ -72,29 +72,32 @@ class Tally:
             return approval
         return self.remint(approval, counted=False, why=f"not counted: {why}")
 
-    def remint(self, approval: Approval, *, counted: bool, why: str) -> Approval:
+    def decision(self, *, approved: bool, approver: str, channel: Any, **fields: Any) -> Approval:
+        """A sealed decision on this gate's plan, in this run."""
         return mint(
             self.plan,
+            approved=approved,
+            approver=approver,
+            channel=channel,
+            run_id=self.run_id,
+            **fields,
+        )
+
+    def remint(self, approval: Approval, *, counted: bool, why: str) -> Approval:
+        return self.decision(
             approved=approval.approved,
             approver=approval.approver,
             channel=approval.channel,
             reason=approval.reason,
             identity=approval.identity,
-            run_id=self.run_id,
             counted=counted,
             why=why,
         )
 
     def refusal(self, why: str, *, approver: str = "oncall", channel: Any = "oncall") -> Approval:
-        return mint(
-            self.plan,
-            approved=False,
-            approver=approver,
-            channel=channel,
-            identity=None,
-            run_id=self.run_id,
-            counted=False,
-            why=why if why.startswith("refused") else f"refused: {why}",
+        why = why if why.startswith("refused") else f"refused: {why}"
+        return self.decision(
+            approved=False, approver=approver, channel=channel, counted=False, why=why
         )
 
     def from_answer(self, approved: bool, reason: str, extra: dict[str, Any], key: str) -> Approval:
@@ -112,14 +115,12 @@ class Tally:
                 " channel come from the channel that verified them"
             )
         if token is None:
-            return mint(
-                self.plan,
+            return self.decision(
                 approved=approved,
                 approver="prefect-ui",
                 channel="prefect-ui",
                 reason=reason,
                 identity=UNVERIFIED,
-                run_id=self.run_id,
             )
         try:
             claims = open_decision(token)
@@ -143,12 +144,10 @@ class Tally:
                 " replayed, or the plan changed since it was shown",
                 approver=claims.approver,
             )
-        return mint(
-            self.plan,
+        return self.decision(
             approved=claims.approved,
             approver=claims.approver,
             channel=claims.channel,
             reason=claims.reason,
             identity=claims.identity,
-            run_id=self.run_id,
         )
