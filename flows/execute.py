@@ -128,7 +128,7 @@ class LiveView:
         run_id = gate["flow_run_id"]
         self.console.print(
             f"[bold]Approve {gate.get('runbook')}: {escape(str(gate.get('summary')))}?[/bold]"
-            " [y/N] ",
+            " \\[y/N] ",
             end="",
         )
         line = None
