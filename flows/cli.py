@@ -254,7 +254,10 @@ def run_cmd(
         bool, typer.Option("--dry-run", help="Diagnose and plan; change nothing.")
     ] = False,
     approve_as: Annotated[
-        str | None, typer.Option("--approve-as", help="Pre-approve every gate as NAME.")
+        str | None,
+        typer.Option(
+            "--approve-as", help="Pre-approve this run as NAME (your OS user is recorded)."
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
