@@ -53,6 +53,8 @@ def _token_under(key: bytes, claims: DecisionClaims) -> str:
 def _sealed(**fixed: Any):
     def forge(gate: dict, run_id: str) -> dict:
         changes = dict(fixed)
+        if "age" in changes:  # read the clock when the attack runs, not at import
+            changes["at"] = datetime.now(UTC) - changes.pop("age")
         claims = _claims(gate, changes.pop("run_id", run_id), **changes)
         return {"approved": True, "reason": "", "token": seal_decision(claims)}
 
@@ -83,7 +85,7 @@ FORGERIES = {
     "token-says-reject-input-says-approve": _sealed(approved=False),
     "token-with-another-reason": _sealed(reason="something else"),
     "token-from-a-channel-that-cannot-seal": _sealed(channel="policy"),
-    "token-stale": _sealed(at=datetime.now(UTC) - timedelta(days=2)),
+    "token-stale": _sealed(age=timedelta(days=2)),
 }
 
 
