@@ -264,7 +264,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = dict(pair.split("=", 1) for pair in args.env)
-    from flows.sandbox.saas import SaasSandbox
+    from flows.drills.sandbox.saas import SaasSandbox
 
     work = Path(tempfile.mkdtemp(prefix="oncall-bench-serve-"))
     with private_prefect() as api_url, postgres() as (dsn, _app_dsn, where), SaasSandbox() as sb:

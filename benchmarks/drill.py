@@ -61,7 +61,7 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[float, dict]:
 
 def _floor() -> float:
     """The drill's steps without Prefect: sandbox, fault, its wait, the checks twice."""
-    from flows.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
+    from flows.drills.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
     from runbooks.db_connections import diagnose

@@ -2,7 +2,7 @@
 
     uv run python -m benchmarks.health_sweep [--sizes 100,1000,5000] [--concurrency 100]
 
-The targets are ``flows.sandbox.http_targets`` in its own process (every path answers
+The targets are ``tests.support.http_targets`` in its own process (every path answers
 200 after 20 ms). Each measurement runs in a fresh child process, so its peak RSS is its
 own: ``raw`` is a plain ``httpx.AsyncClient`` (one pool of ``concurrency`` connections,
 a semaphore of ``concurrency``) getting every URL; ``sweep_http`` is the sweep's checks
@@ -142,7 +142,7 @@ def main() -> None:
         return
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.sandbox.http_targets", "--count", str(max(sizes))]
+        [sys.executable, "-m", "tests.support.http_targets", "--count", str(max(sizes))]
         + ["--latency-ms", str(args.latency_ms), "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,

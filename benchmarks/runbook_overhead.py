@@ -41,7 +41,7 @@ def postgres() -> Iterator[tuple[str, str, str]]:
     try:
         psycopg.connect(MACHINE_DSN).close()
     except psycopg.Error:
-        from flows.sandbox.postgres import EmbeddedPostgres
+        from flows.drills.sandbox.postgres import EmbeddedPostgres
 
         with EmbeddedPostgres(max_connections=40) as pg:
             yield pg.dsn, pg.app_dsn, "embedded PostgreSQL (pgserver)"
@@ -108,7 +108,7 @@ async def compare(
 
 
 async def db_connections(runs: int) -> list[Figure]:
-    from flows.sandbox.postgres import ConnectionExhaustion
+    from flows.drills.sandbox.postgres import ConnectionExhaustion
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
     from runbooks.db_connections import db_connections as flow
@@ -139,8 +139,8 @@ async def db_connections(runs: int) -> list[Figure]:
 
 
 async def high_error_rate(runs: int) -> list[Figure]:
-    from flows.sandbox.apps import SandboxApp
-    from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable
+    from flows.drills.sandbox.apps import SandboxApp
+    from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable
     from integrations.prometheus import PrometheusTarget
     from integrations.service import HttpEndpoint, Service
     from runbooks.high_error_rate import diagnose

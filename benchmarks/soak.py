@@ -143,7 +143,7 @@ def main() -> None:
         return
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.sandbox.http_targets", "--count", str(args.targets)]
+        [sys.executable, "-m", "tests.support.http_targets", "--count", str(args.targets)]
         + ["--latency-ms", "20", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,

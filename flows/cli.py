@@ -420,30 +420,52 @@ def _preload(module: str) -> None:
     threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
-@app.command("drill")
+def _drill_help() -> str:
+    from flows.drills.registry import help_text  # plain data: keeps --help fast
+
+    return (
+        "Runs a game day: sandbox, injected fault, real runbook, approval, scorecard.\n\n"
+        + help_text()
+    )
+
+
+@app.command("drill", help=_drill_help())
 def drill_cmd(
-    scenario: Annotated[str, typer.Argument(help="Scenario, e.g. db-connections.")],
+    scenario: Annotated[str, typer.Argument(help="A scenario below, or all.")],
     approve_as: Annotated[
         str | None, typer.Option("--approve-as", help="Pre-approve the plan as NAME.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Runs a game day: sandbox, injected fault, real runbook, approval, scorecard."""
     with _errors():
-        from flows.drills import DRILLS
+        from flows.drills.registry import DRILLS, missing
 
-        if scenario not in DRILLS:
-            raise ConfigError(f"unknown drill {scenario!r} (known: {', '.join(DRILLS)})")
+        if scenario != "all" and scenario not in DRILLS:
+            raise ConfigError(f"unknown drill {scenario!r} (known: all, {', '.join(DRILLS)})")
+        names = list(DRILLS) if scenario == "all" else [scenario]
+        lacking = [f"drill {name} {why}" for name in names for why in missing(name)]
+        if lacking:  # before anything starts: exactly what is missing, exit 2
+            raise ConfigError("; ".join(lacking))
         approve_as = _approver(approve_as, "--approve-as")
         console = _console(json_out)
         _ensure_server(console, wait=False)
         _preload("flows.execute")  # Prefect's import overlaps the sandbox's start-up
-        card = DRILLS[scenario](
+        if scenario == "all":
+            from flows.drills.console import run_and_show
+
+            passed = run_and_show(names, approve_as=approve_as, console=console, json_out=json_out)
+            raise typer.Exit(0 if passed else 1)
+        from flows.drills.registry import load
+
+        card = load(scenario)(
             approve_as=approve_as,
             console=console,
             interactive=sys.stdin.isatty() and not json_out,
             show=not json_out,
         )
+        from flows.drills.record import record_card
+
+        record_card(card, trigger="cli")
         if json_out:
             sys.stdout.write(card.model_dump_json(indent=2) + "\n")
         else:

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from checks.findings import Severity
 from checks.sla import DEFAULT_SLA, Sla
@@ -34,6 +42,7 @@ __all__ = [
     "Notifications",
     "ReceiverConfig",
     "HealthConfig",
+    "DrillsConfig",
     "Verification",
     "OncallConfig",
     "Route",
@@ -198,6 +207,31 @@ class HealthConfig(BaseModel):
     enabled: bool = True
 
 
+class DrillsConfig(BaseModel):
+    """Drills on a schedule (the ``drills`` deployment): a game day in the sandbox on this
+    cron; each scorecard is kept in Prefect and a failing drill opens a P3 incident."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    cron: str = Field(
+        default="0 3 1 * *", description="When (default: monthly, 03:00 UTC on the 1st)"
+    )
+    scenarios: list[str] = Field(
+        default_factory=list, description="Scenarios to run (oncall drill --help); empty: all"
+    )
+
+    @field_validator("scenarios")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from flows.drills.registry import DRILLS  # plain data
+
+        unknown = [n for n in names if n not in DRILLS]
+        if unknown:
+            raise ValueError(f"unknown drill(s) {', '.join(unknown)} (known: {', '.join(DRILLS)})")
+        return list(dict.fromkeys(names))
+
+
 class OncallConfig(BaseModel):
     """Everything in ``oncall.yaml``."""
 
@@ -214,6 +248,7 @@ class OncallConfig(BaseModel):
     verification: Verification = Field(default_factory=Verification)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    drills: DrillsConfig = Field(default_factory=DrillsConfig)
     severity_rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Extra rules, added to the seeds' defaults"
     )

@@ -2,7 +2,8 @@
 
 Deployments: ``incident/incident``, one per runbook (``db-connections/db-connections``
 …, started from the Prefect UI with a service name and validated parameters) and
-``health-sweep/health-sweep`` on the configured cron. Runs of these deployments
+``health-sweep/health-sweep`` and ``drills/drills`` (game days, :mod:`flows.drills.schedule`)
+on their configured crons. Runs of these deployments
 execute in this process's Prefect runner; ``prefect.yaml`` deploys the same flows to
 a work pool for workers on other machines. Ctrl-C / SIGTERM stops cleanly: the
 receiver stops taking requests, schedules are paused, spooled alerts stay on disk.
@@ -252,6 +253,19 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
                 tags=["oncall", "health"],
                 concurrency_limit=1,  # a slow sweep never overlaps the next one
                 description="Checks every configured target.",
+            )
+        )
+    if config.drills.enabled:
+        from flows.drills.schedule import drills
+
+        deployments.append(
+            await drills.ato_deployment(
+                "drills",
+                cron=config.drills.cron,
+                parameters={"config_path": config_path},
+                tags=["oncall", "drills"],
+                concurrency_limit=1,  # one game day at a time: they share the machine
+                description="Game day in the sandbox; a failing drill opens a P3 incident.",
             )
         )
     return deployments

@@ -43,7 +43,9 @@ __all__ = ["MAX_ALERT_BYTES", "Alert", "AlertSource", "Severity", "parse_alerts"
 
 MAX_ALERT_BYTES = 1_000_000
 
-AlertSource = Literal["alertmanager", "sentry", "pagerduty", "generic", "health-check", "person"]
+AlertSource = Literal[
+    "alertmanager", "sentry", "pagerduty", "generic", "health-check", "person", "drill"
+]
 _SOURCES: tuple[str, ...] = get_args(AlertSource)
 
 

@@ -137,7 +137,7 @@ def test_database() -> Iterator[TestDatabase]:
         finally:
             db.drop()
         return
-    from flows.sandbox.postgres import EmbeddedPostgres
+    from flows.drills.sandbox.postgres import EmbeddedPostgres
 
     with EmbeddedPostgres(max_connections=100) as server:
         base = server.dsn  # postgresql://postgres:@/postgres?host=/tmp/...

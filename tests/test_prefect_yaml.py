@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.config import HealthConfig
+from flows.config import DrillsConfig, HealthConfig
 from runbooks.catalog import RUNBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOWS_OF_OURS = {"incident", "health-sweep"}
+FLOWS_OF_OURS = {"incident", "health-sweep", "drills"}
 
 
 def _document() -> dict[str, Any]:
@@ -33,7 +33,7 @@ def _entrypoint(module: str, function: str) -> str:
     return f"{module.replace('.', '/')}.py:{function}"
 
 
-def test_the_deployments_are_the_incident_every_runbook_and_the_health_sweep():
+def test_the_deployments_are_the_incident_every_runbook_the_health_sweep_and_drills():
     assert set(_deployments()) == FLOWS_OF_OURS | set(RUNBOOKS)
     assert len(_document()["deployments"]) == len(FLOWS_OF_OURS) + len(RUNBOOKS)
 
@@ -81,6 +81,27 @@ def test_the_health_sweep_keeps_the_default_cron_and_never_overlaps():
     assert [s["cron"] for s in sweep["schedules"]] == [HealthConfig().cron]
     assert sweep["concurrency_limit"] == 1
     assert sweep["entrypoint"] == "flows/health.py:health_sweep"
+
+
+def test_the_drills_keep_the_default_cron_and_never_overlap():
+    drills = _deployments()["drills"]
+    assert [s["cron"] for s in drills["schedules"]] == [DrillsConfig().cron]
+    assert drills["concurrency_limit"] == 1
+    assert drills["entrypoint"] == "flows/drills/schedule.py:drills"
+
+
+async def test_serve_declares_the_same_scheduled_deployments_as_prefect_yaml(tmp_path):
+    from flows.config import OncallConfig
+    from flows.serve import build_deployments
+
+    built = {d.name: d for d in await build_deployments(OncallConfig(), str(tmp_path / "x"))}
+    assert set(built) == set(_deployments())
+    for name in ("health-sweep", "drills"):
+        declared = _deployments()[name]
+        crons = [s.schedule.cron for s in built[name].schedules]
+        assert crons == [s["cron"] for s in declared["schedules"]], name
+        assert built[name].concurrency_limit == declared["concurrency_limit"], name
+        assert set(built[name].tags) == set(declared["tags"]), name
 
 
 def test_the_yaml_examples_in_the_scale_out_guide_parse():

@@ -27,7 +27,7 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("package", ["integrations", "checks", "flows/sandbox"])
+@pytest.mark.parametrize("package", ["integrations", "checks", "flows/drills/sandbox"])
 def test_no_prefect_below_runbooks(package):
     offenders = [str(p.relative_to(ROOT)) for p in _modules(package) if "prefect" in _imports(p)]
     assert offenders == []

@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["drill"]
 
@@ -15,7 +16,7 @@ IDLE_S = 1  # the runbook's idle-in-transaction threshold in the drill (seconds)
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Exhausts an embedded PostgreSQL's connections and lets db-connections fix it."""
-    from flows.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
+    from flows.drills.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
 
     # The fault first: it must age past the runbook's threshold, and the imports below (and
     # Prefect's, started by `oncall drill`) happen while it does.
@@ -41,17 +42,14 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         aged = time.monotonic() - injected
         time.sleep(max(0.0, IDLE_S + 0.3 - aged))  # let the fault age past the threshold
         target = PostgresTarget(name="drill-postgres", dsn=pg.dsn)
-        started = time.monotonic() - injected
-        from flows.execute import run_runbook  # preloaded by `oncall drill` meanwhile
-
-        report = run_runbook(
+        return play(
             spec,
+            Severity.P1,
             service=Service(name="drill-postgres", postgres=target),
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
-    return score("db-connections", Severity.P1, report, started)

@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
-from flows.drills.memory_leak import wait_for
+from flows.drills.play import play, scraped_app
+from flows.drills.sandbox.prometheus import wait_for
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["drill"]
 
@@ -23,9 +24,6 @@ ERROR_RATE = 0.3  # above 10 %: P0 (seed 000 Part H)
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Makes a real app fail 30 % of requests and lets high-error-rate switch the flag off."""
-    from flows.execute import run_runbook
-    from flows.sandbox.apps import SandboxApp
-    from flows.sandbox.prometheus import PrometheusProcess
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
     from runbooks.catalog import RUNBOOKS
@@ -40,46 +38,43 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
     )
-    prometheus = PrometheusProcess()  # raises ConfigError naming the package when missing
-    with SandboxApp("faulty", latency=0.02, rps=20) as app:
-        began = time.monotonic()
-        prometheus.set_targets({SERVICE: [app.address]})
-        with prometheus:
-            if show:
-                console.print(
-                    f"[bold]Drill high-error-rate[/bold]: faulty app {app.url} under its own"
-                    f" load, scraped every second by Prometheus {prometheus.url}; waiting for"
-                    " clean history…"
-                )
-            wait_for(prometheus.url, f'count_over_time(app_build_info{{job="{SERVICE}"}}[1m])', 4)
-            # The app's start is a deploy too: keep it out of the 5 s deploy window.
-            time.sleep(max(0.0, began + 10 - time.monotonic()))
-            app.control(error_rate=ERROR_RATE)
-            injected = time.monotonic()
-            if show:
-                console.print(f"Feature on: every endpoint now fails {ERROR_RATE:.0%} of requests.")
-            errors = f'sum(rate(http_requests_total{{job="{SERVICE}",status=~"5.."}}[5s]))'
-            wait_for(prometheus.url, errors, 1.0)
-            flag = ConfiguredAction(
-                description="Disable the failing feature",
-                risk="risky",
-                http=HttpCall(method="POST", url=f"{app.url}/control", json={"error_rate": 0}),
-                undo=f"POST {app.url}/control {{'error_rate': {ERROR_RATE}}} turns it back on",
+    began = time.monotonic()
+    with scraped_app(
+        "faulty", SERVICE, history="app_build_info", samples=4, latency=0.02, rps=20
+    ) as (app, prometheus):
+        if show:
+            console.print(
+                f"[bold]Drill high-error-rate[/bold]: faulty app {app.url} under its own"
+                f" load, scraped every second by Prometheus {prometheus.url}."
             )
-            service = Service(
-                name=SERVICE,
-                prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
-                actions={"disable_feature_flag": flag},
-            )
-            started = time.monotonic() - injected
-            report = run_runbook(
-                spec,
-                service=service,
-                params=params,
-                approve_as=approve_as,
-                console=console,
-                interactive=interactive,
-                show=show,
-                extra_tags=("drill",),
-            )
-    return score("high-error-rate", Severity.P0, report, started)
+        # The app's start is a deploy too: keep it out of the 5 s deploy window.
+        time.sleep(max(0.0, began + 10 - time.monotonic()))
+        app.control(error_rate=ERROR_RATE)
+        injected = time.monotonic()
+        if show:
+            console.print(f"Feature on: every endpoint now fails {ERROR_RATE:.0%} of requests.")
+        errors = f'sum(rate(http_requests_total{{job="{SERVICE}",status=~"5.."}}[5s]))'
+        wait_for(prometheus.url, errors, 1.0)
+        flag = ConfiguredAction(
+            description="Disable the failing feature",
+            risk="risky",
+            http=HttpCall(method="POST", url=f"{app.url}/control", json={"error_rate": 0}),
+            undo=f"POST {app.url}/control {{'error_rate': {ERROR_RATE}}} turns it back on",
+        )
+        service = Service(
+            name=SERVICE,
+            prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
+            actions={"disable_feature_flag": flag},
+        )
+        card = play(
+            spec,
+            Severity.P0,
+            service=service,
+            params=params,
+            injected=injected,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+        )
+    return card

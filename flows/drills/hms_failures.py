@@ -7,16 +7,16 @@ from datetime import timedelta
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["drill"]
 
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Expires the app's 100ms token in its Kubernetes secret; hms-failures must fix it."""
-    from flows.execute import run_runbook
-    from flows.sandbox.kube_api import KubeApiServer
-    from flows.sandbox.saas import SaasSandbox
+    from flows.drills.sandbox.kube_api import KubeApiServer
+    from flows.drills.sandbox.saas import SaasSandbox
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import Service
     from runbooks.catalog import RUNBOOKS
@@ -43,15 +43,15 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
                 deployment="video-api", namespace="video", api_url=kube.url
             ),
         )
-        started = time.monotonic() - injected
-        report = run_runbook(
+        card = play(
             spec,
+            Severity.P1,
             service=service,
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
-    return score("hms-failures", Severity.P1, report, started)
+    return card

@@ -7,42 +7,20 @@ the app's ``/control`` that drops the memory it holds, as a fresh instance would
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.play import play, scraped_app
+from flows.drills.scorecard import Scorecard
 
-__all__ = ["drill", "wait_for"]
+__all__ = ["drill"]
 
 SERVICE = "drill-api"
 
 
-def wait_for(prometheus_url: str, promql: str, at_least: float, timeout: float = 60.0) -> float:
-    """Polls an instant query until its value reaches ``at_least``; returns the last value."""
-    from flows.sandbox.prometheus import SandboxFailed
-    from integrations.prometheus import PrometheusClient, PrometheusTarget
-
-    async def value() -> float:
-        async with PrometheusClient(PrometheusTarget(url=prometheus_url, retries=0)) as prom:
-            return (await prom.query(promql)).value or 0.0
-
-    deadline = time.monotonic() + timeout
-    seen = 0.0
-    while time.monotonic() < deadline:
-        seen = asyncio.run(value())
-        if seen >= at_least:
-            return seen
-        time.sleep(0.3)
-    raise SandboxFailed(f"{promql} stayed at {seen}, below {at_least}, for {timeout:.0f}s")
-
-
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Makes a real process leak memory after a deploy and lets memory-leak restart it."""
-    from flows.execute import run_runbook
-    from flows.sandbox.apps import SandboxApp
-    from flows.sandbox.prometheus import PrometheusProcess
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
     from runbooks.catalog import RUNBOOKS
@@ -55,44 +33,43 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         approval_timeout_seconds=300,
         verify_timeout_seconds=20,
     )
-    prometheus = PrometheusProcess()  # raises ConfigError naming the package when missing
-    with SandboxApp("leaky", paused=True, limit_mb=512) as app:
-        prometheus.set_targets({SERVICE: [app.address]})
-        with prometheus:
-            if show:
-                console.print(
-                    f"[bold]Drill memory-leak[/bold]: leaky app {app.url} (limit 512 MiB) scraped"
-                    f" every second by Prometheus {prometheus.url}; waiting for flat history…"
-                )
-            wait_for(
-                prometheus.url,
-                f'count_over_time(process_resident_memory_bytes{{job="{SERVICE}"}}[1m])',
-                5,
+    with scraped_app(
+        "leaky",
+        SERVICE,
+        history="process_resident_memory_bytes",
+        samples=5,
+        paused=True,
+        limit_mb=512,
+    ) as (app, prometheus):
+        if show:
+            console.print(
+                f"[bold]Drill memory-leak[/bold]: leaky app {app.url} (limit 512 MiB) scraped"
+                f" every second by Prometheus {prometheus.url}; flat history recorded."
             )
-            app.control(version="v2", leak=True, leak_mb_per_s=4)
-            injected = time.monotonic()
-            if show:
-                console.print("Deployed v2, which leaks 4 MiB/s; letting the leak show…")
-            time.sleep(8)  # enough growth for a straight-line fit to be sure
-            restart = ConfiguredAction(
-                description="Restart the app: drops the memory it holds, like a fresh instance",
-                http=HttpCall(method="POST", url=f"{app.url}/control", json={"restart": True}),
-                undo="nothing to undo: a restart only drops held memory",
-            )
-            service = Service(
-                name=SERVICE,
-                prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
-                actions={"restart": restart},
-            )
-            started = time.monotonic() - injected
-            report = run_runbook(
-                spec,
-                service=service,
-                params=params,
-                approve_as=approve_as,
-                console=console,
-                interactive=interactive,
-                show=show,
-                extra_tags=("drill",),
-            )
-    return score("memory-leak", Severity.P1, report, started)
+        app.control(version="v2", leak=True, leak_mb_per_s=4)
+        injected = time.monotonic()
+        if show:
+            console.print("Deployed v2, which leaks 4 MiB/s; letting the leak show…")
+        time.sleep(8)  # enough growth for a straight-line fit to be sure
+        restart = ConfiguredAction(
+            description="Restart the app: drops the memory it holds, like a fresh instance",
+            http=HttpCall(method="POST", url=f"{app.url}/control", json={"restart": True}),
+            undo="nothing to undo: a restart only drops held memory",
+        )
+        service = Service(
+            name=SERVICE,
+            prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
+            actions={"restart": restart},
+        )
+        card = play(
+            spec,
+            Severity.P1,
+            service=service,
+            params=params,
+            injected=injected,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+        )
+    return card

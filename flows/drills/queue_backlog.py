@@ -3,7 +3,7 @@
 The sandbox is a real queue on the machine's RabbitMQ (``amqp://guest:guest@127.0.0.1:5672/``,
 its management API on :15672 when enabled; ``ONCALL_DRILL_AMQP_URL`` and
 ``ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL`` point elsewhere) from
-:class:`flows.sandbox.queues.RabbitBacklog`: 400 e-mails waiting, 12 more a second, and two
+:class:`flows.drills.sandbox.queues.RabbitBacklog`: 400 e-mails waiting, 12 more a second, and two
 workers that send 4 a second each. The remediation is the service's configured ``scale``
 action, ``POST /workers {"workers": N}`` on the small :class:`WorkerControl` endpoint this
 drill serves, which calls the backlog's ``scale_workers(N)``.
@@ -15,31 +15,19 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.needs import MANAGEMENT_URL, amqp_url, lacking, reachable
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
-__all__ = ["WorkerControl", "drill", "reachable"]
+__all__ = ["WorkerControl", "drill"]
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-MANAGEMENT_URL = "http://127.0.0.1:15672"
 SERVICE = "drill-email-worker"
-
-
-def reachable(url: str, default_port: int) -> bool:
-    """Whether something listens at the URL's host and port."""
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 class WorkerControl:
@@ -149,21 +137,14 @@ async def _rates_ready(target: Any, timeout_s: float) -> bool:
 
 def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
     """Backs a RabbitMQ queue up behind slow workers and lets queue-backlog scale them."""
-    from flows.execute import run_runbook
-    from flows.sandbox.queues import RabbitBacklog
+    from flows.drills.sandbox.queues import RabbitBacklog
     from integrations.errors import ConfigError
     from integrations.service import Service
     from runbooks.catalog import RUNBOOKS
 
-    amqp_url = os.environ.get("ONCALL_DRILL_AMQP_URL", AMQP_URL)
     management_url = os.environ.get("ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL)
-    if not reachable(amqp_url, 5672):
-        where = urlsplit(amqp_url)
-        raise ConfigError(
-            f"the queue-backlog drill needs RabbitMQ at {where.hostname}:{where.port or 5672}"
-            " (guest/guest, allowed to create and delete queues): install and start"
-            " rabbitmq-server, or set ONCALL_DRILL_AMQP_URL"
-        )
+    if lack := lacking(["rabbitmq"]):
+        raise ConfigError(f"the queue-backlog drill {lack[0]}")
     management = management_url if reachable(management_url, 15672) else None
     spec = RUNBOOKS["queue-backlog"]
     params = spec.params(
@@ -178,7 +159,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
 
     async def inject(stack: contextlib.AsyncExitStack) -> tuple[Any, WorkerControl]:
         backlog = await stack.enter_async_context(
-            RabbitBacklog(amqp_url, management_url=management)
+            RabbitBacklog(amqp_url(), management_url=management)
         )
         control = await stack.enter_async_context(WorkerControl(backlog))
         await backlog.publish(400)
@@ -202,19 +183,19 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         service = Service(
             name=SERVICE, rabbitmq=backlog.target(), actions={"scale": control.scale_action()}
         )
-        started = time.monotonic() - injected
-        report = run_runbook(
+        card = play(
             spec,
+            Severity.P2,
             service=service,
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
     finally:
         with contextlib.suppress(Exception):
             loop.run(stack.aclose())
         loop.close()
-    return score("queue-backlog", Severity.P2, report, started)
+    return card

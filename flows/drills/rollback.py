@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills import Scorecard, score
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
 
 __all__ = ["IMAGES", "HealthApp", "drill"]
 
@@ -81,8 +82,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Deploys a crash-looping image to a local Kubernetes API and lets rollback undo it."""
     from pydantic import SecretStr
 
-    from flows.execute import run_runbook
-    from flows.sandbox.kube_api import KubeApiServer
+    from flows.drills.sandbox.kube_api import KubeApiServer
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
     from runbooks.catalog import RUNBOOKS
@@ -110,15 +110,15 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             kubernetes=target,
             http=[HttpEndpoint(name="health", url=f"{health.url}/health", timeout_s=2)],
         )
-        started = time.monotonic() - injected
-        report = run_runbook(
+        card = play(
             spec,
+            Severity.P1,
             service=service,
             params=params,
+            injected=injected,
             approve_as=approve_as,
             console=console,
             interactive=interactive,
             show=show,
-            extra_tags=("drill",),
         )
-    return score("rollback", Severity.P1, report, started)
+    return card

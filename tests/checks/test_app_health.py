@@ -25,14 +25,14 @@ from checks.app_health import (
     scrub_log,
 )
 from checks.findings import Severity, Status, timed
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import free_port
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import free_port
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import HttpEndpoint
+from tests.support.docker_api import DockerApiServer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "prometheus"
 API_KEY = "hdr-secret-91c2"

@@ -21,13 +21,13 @@ from checks.deploys import (
     vercel_deploys,
 )
 from checks.findings import Severity, Status, timed
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.vercel import VercelClient
+from tests.support.docker_api import DockerApiServer
 
 # The verdict is pure: one frozen instant, so no test depends on when it runs. (A time taken
 # at import drifted from the now() in _policy by the time a slow suite reached the test.)
@@ -277,8 +277,8 @@ async def test_vercel_refused_token_and_server_errors_are_error_findings(vercel)
 @pytest.fixture(scope="module")
 def timeline(saas: SaasSandbox) -> Iterator[dict[str, Any]]:
     """A faulty app scraped by Prometheus: clean, a calm deploy, then a deploy that fails half."""
-    from flows.sandbox.apps import SandboxApp
-    from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable
+    from flows.drills.sandbox.apps import SandboxApp
+    from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable
 
     try:
         prom = PrometheusProcess()

@@ -15,11 +15,11 @@ import redis
 from checks.findings import Severity, Status
 from checks.health import check_prometheus, check_queue, sweep_http
 from checks.severity import DEFAULT_RULES
-from flows.sandbox.http_targets import HttpTargets
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.rabbitmq import RabbitTarget
 from integrations.redis_queue import RedisQueueTarget
 from integrations.service import HttpEndpoint, Service
+from tests.support.http_targets import HttpTargets
 
 CLOSED = "http://127.0.0.1:9/health"  # discard port: nothing listens, connections are refused
 

@@ -17,13 +17,13 @@ from checks.hms import (
     room_usage,
     token_validity,
 )
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.docker import DockerReader, DockerTarget
 from integrations.hms import management_token
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.statuspage import StatuspagePublic
+from tests.support.docker_api import DockerApiServer
 
 SECRET_NAME, KEY = "hms-credentials", "HMS_MANAGEMENT_TOKEN"
 

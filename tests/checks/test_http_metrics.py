@@ -17,15 +17,15 @@ import pytest
 
 from checks import http_metrics as hm
 from checks.findings import Severity, Status
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import HttpEndpoint, Service
+from tests.support.docker_api import DockerApiServer
 
 WINDOW = 5.0
 STEADY = {"/api/sessions": 0.4, "/api/users": 0.1, "/api/rooms": 0.0}  # overall 1/6

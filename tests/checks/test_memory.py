@@ -20,14 +20,14 @@ import pytest
 from checks import memory as mem
 from checks.findings import Severity, Status
 from checks.http_metrics import metrics_check
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.docker import DockerReader, DockerTarget
 from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import Service
+from tests.support.docker_api import DockerApiServer
 
 MiB = 2**20
 LEAK = 5.0  # MiB/s

@@ -10,7 +10,7 @@ import pytest
 
 from checks.findings import Severity, Status, timed
 from checks.providers import provider_state, provider_status
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.statuspage import StatuspagePage, StatuspagePublic
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "statuspage"

@@ -23,8 +23,8 @@ from checks.queues import (
     rabbit_snapshot,
     redis_snapshot,
 )
-from flows.sandbox.queues import RabbitBacklog, RedisBacklog
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.queues import RabbitBacklog, RedisBacklog
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import Unreachable
 from integrations.rabbitmq import RabbitReader, RabbitTarget
 from integrations.redis_queue import RedisQueueReader, RedisQueueTarget

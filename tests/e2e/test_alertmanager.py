@@ -25,15 +25,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows.prefect_api import PrefectAPI
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.prometheus import (
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.prometheus import (
     AlertmanagerProcess,
     PrometheusProcess,
     SandboxUnavailable,
     find_binary,
     free_port,
 )
+from flows.prefect_api import PrefectAPI
 from flows.server import auth_headers
 from tests.oncall_proc import start_serve, stop
 

@@ -199,7 +199,7 @@ def test_drill_runs_end_to_end():
     card = json.loads(result.stdout)
     assert card["passed"] and card["outcome"] == "fixed" and card["severity"] == "P1"
     assert set(card["times_s"]) >= {"detect", "diagnose", "mitigate", "verify"}
-    assert card["verdicts"]["detect"] == "met"
+    assert card["verdicts"]["first_finding"] == "met"
     assert card["approvals"] == ["approved by ci via cli-preapproved"]
 
 

@@ -16,10 +16,10 @@ from flows.config import HealthConfig, OncallConfig
 from flows.health import alert_for, alert_groups, health_sweep, set_opener
 from flows.intake import CONTROL_PREFIX, creation_tags
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.http_targets import HttpTargets
 from flows.server import auth_headers
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
+from tests.support.http_targets import HttpTargets
 
 CLOSED = "http://127.0.0.1:9/health"  # discard port: nothing listens, connections are refused
 

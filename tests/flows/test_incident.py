@@ -22,9 +22,9 @@ from flows.config import (
     Route,
     Verification,
 )
+from flows.drills.sandbox.saas import SaasSandbox
 from flows.intake import creation_tags, send_control
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.saas import SaasSandbox
 from flows.server import auth_headers
 from integrations.alerts import parse_alerts
 from integrations.postgres import PostgresTarget

@@ -18,7 +18,7 @@ from checks.severity import suggested_severity
 from checks.sla import DEFAULT_SLA, Sla
 from flows.cli_incident import _summary
 from flows.config import OncallConfig
-from flows.drills import score
+from flows.drills.scorecard import score
 from flows.incident_model import (
     Incident,
     IncidentStatus,
@@ -144,8 +144,9 @@ def test_a_scorecard_takes_the_severity_its_findings_say():
     report = _report([crash])
     card = score("rollback", Severity.P1, report, started_after_fault_s=1.0)
     assert card.severity == report.severity == Severity.P0
-    assert card.sla_s == {"detect": 120, "diagnose": 300, "verify": 3600}
-    assert card.verdicts == {"detect": "met", "diagnose": "met", "verify": "met"} and card.passed
+    assert card.sla_s == {"first_finding": 120, "diagnose": 300, "verify": 3600}
+    assert card.verdicts == {"first_finding": "met", "diagnose": "met", "verify": "met"}
+    assert card.passed and card.result == "fixed"
 
 
 def test_a_scorecard_never_lowers_the_scenario_severity():
@@ -160,5 +161,9 @@ def test_a_phase_the_drill_never_reached_fails_it():
         update={"timings": {"first_finding": 0.5, "diagnosis": 0.6}, "outcome": Outcome.FIXED}
     )
     card = score("x", Severity.P0, report, started_after_fault_s=400.0)
-    assert card.verdicts == {"detect": "breached", "diagnose": "breached", "verify": "pending"}
+    assert card.verdicts == {
+        "first_finding": "breached",
+        "diagnose": "breached",
+        "verify": "pending",
+    }
     assert not card.passed

@@ -1,5 +1,5 @@
 """The Docker integration, driven through the real ``docker`` SDK against the local Docker
-Engine API of flows/sandbox/docker_api.py (a unix socket); assertions are on what the server
+Engine API of tests/support/docker_api.py (a unix socket); assertions are on what the server
 received and on the containers it holds afterwards."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 import requests
 from pydantic import SecretStr
 
-from flows.sandbox.docker_api import DockerApiServer
 from integrations.docker import (
     PREVIOUS_IMAGE,
     DockerOperator,
@@ -31,6 +30,7 @@ from integrations.errors import (
     Timeout,
     Unreachable,
 )
+from tests.support.docker_api import DockerApiServer
 
 IMAGES = ["ghcr.io/acme/web:1.1", "ghcr.io/acme/web:1.2", "ghcr.io/acme/web:1.3"]
 TOKEN = "hms-token-3b9f1e7a"  # an environment value that must never show up anywhere

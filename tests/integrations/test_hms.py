@@ -13,7 +13,7 @@ import pytest
 import respx
 from pydantic import SecretStr, ValidationError
 
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import AuthError, ConfigError, NotFound, ProviderError, Timeout
 from integrations.hms import HmsClient, HmsTarget, management_token, token_expiry
 

@@ -1,5 +1,5 @@
 """The Kubernetes integration, driven through the real ``kubernetes`` client against the
-local API server of flows/sandbox/kube_api.py; assertions are on what the server received
+local API server of flows/drills/sandbox/kube_api.py; assertions are on what the server received
 and on the state it holds afterwards."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from flows.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.kube_api import KubeApiServer
 from integrations.errors import (
     AuthError,
     ConfigError,

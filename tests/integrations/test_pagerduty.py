@@ -13,7 +13,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import ConfigError, ProviderError, Timeout
 from integrations.pagerduty import (
     PagerDutyEvents,

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.prometheus import (
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.prometheus import (
     AlertmanagerProcess,
     PrometheusProcess,
     SandboxUnavailable,

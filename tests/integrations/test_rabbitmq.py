@@ -12,7 +12,7 @@ import aiormq.exceptions as amqp_errors
 import pytest
 from pydantic import SecretStr
 
-from flows.sandbox.queues import RabbitBacklog
+from flows.drills.sandbox.queues import RabbitBacklog
 from integrations.errors import (
     AuthError,
     NotFound,

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rx
 
-from flows.sandbox.queues import RedisBacklog
+from flows.drills.sandbox.queues import RedisBacklog
 from integrations.errors import AuthError, NotFound, ProviderError, Timeout, Unreachable
 from integrations.redis_queue import (
     RedisQueueOperator,

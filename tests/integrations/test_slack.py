@@ -15,7 +15,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import ConfigError, NotFound, ProviderError, Timeout
 from integrations.slack import (
     SlackWebhook,

@@ -10,7 +10,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import AuthError, ConfigError, ProviderError, Timeout
 from integrations.statuspage import (
     StatuspageManage,

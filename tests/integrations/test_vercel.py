@@ -11,7 +11,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import AuthError, NotFound, ProviderError, Timeout
 from integrations.vercel import VercelClient, VercelOperator, VercelTarget
 

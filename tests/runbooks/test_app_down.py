@@ -15,10 +15,9 @@ import pytest
 from pydantic import SecretStr
 
 from flows.drills.rollback import IMAGES, HealthApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import free_port
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import free_port
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
@@ -28,6 +27,7 @@ from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import AppDownParams
 from tests.approvals import sealed_resume
+from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -314,3 +314,52 @@ async def test_remediations_refuse_to_run_without_an_approval_record(kube):
         with pytest.raises(ApprovalRequired):
             await executor(action, service=_kube_service(kube))
     assert kube.writes() == []
+
+
+# -- the drill --------------------------------------------------------------------------------
+
+
+def test_drill_supervisor_restarts_a_killed_app_on_the_same_port():
+    import httpx
+
+    from flows.drills.app_down import Supervisor
+    from flows.drills.sandbox.apps import SandboxApp
+
+    with Supervisor(SandboxApp("faulty", rps=0)) as supervisor:
+        app, first = supervisor.app, supervisor.app.pid
+        assert httpx.get(f"{app.url}/health", timeout=5).status_code == 200
+        supervisor.crash()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{app.url}/health", timeout=2)
+        answer = httpx.post(f"{supervisor.url}/restart", json={}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["pid"] == app.pid != first
+        assert httpx.get(f"{app.url}/health", timeout=5).json()["status"] == "ok"
+        assert supervisor.restarts == 1
+        assert httpx.post(f"{supervisor.url}/elsewhere", timeout=5).status_code == 404
+    assert not app.running  # the sandbox leaves no process behind
+
+
+def test_drill_runs_end_to_end_and_passes():
+    import io
+
+    from rich.console import Console
+
+    from flows.drills.registry import load
+
+    card = load("app-down")(
+        approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
+    )
+    assert card.passed and card.outcome == "fixed" and card.result == "fixed", card
+    assert card.severity == "P0" and card.findings == 1
+    [action] = card.actions
+    assert action.startswith("Restart drill-web: Restart the app through its process supervisor")
+    assert action.endswith("/restart answered 200)")
+    assert card.approvals == ["approved by ci via cli-preapproved"]
+    times = card.times_s
+    assert times["detect"] <= times["first_finding"] <= times["decide"] <= times["mitigate"]
+    assert times["mitigate"] <= times["verify"]
+    assert card.verdicts == {
+        "first_finding": "met",
+        "diagnose": "met",
+        "verify": "met",
+    }

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.postgres import PostgresTarget
@@ -255,15 +255,15 @@ def test_drill_runs_end_to_end_and_passes():
 
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
     from runbooks.catalog import RUNBOOKS
 
     shown = io.StringIO()
-    card = DRILLS["high-error-rate"](
+    card = load("high-error-rate")(
         approve_as="ci", console=Console(file=shown, width=200), interactive=False, show=True
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P0", card
-    assert card.verdicts["detect"] == "met" and len(card.actions) == 1
+    assert card.verdicts["first_finding"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]
     # The drill proposes the flag at the risk the README and `oncall runbooks` state.
     declared = dict(RUNBOOKS["high-error-rate"].changes)["disable the configured feature flag"]

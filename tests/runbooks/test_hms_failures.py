@@ -12,10 +12,9 @@ import jwt
 import pytest
 
 from checks.findings import Severity, Status
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.saas import SaasSandbox
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.saas import SaasSandbox
 from flows.server import auth_headers
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
@@ -25,6 +24,7 @@ from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import HmsFailuresParams
 from tests.approvals import sealed_resume
+from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SECRET, KEY = "hms-credentials", "HMS_MANAGEMENT_TOKEN"
@@ -323,9 +323,9 @@ def test_drill_runs_end_to_end_and_scores_p1():
 
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["hms-failures"](
+    card = load("hms-failures")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity is Severity.P1

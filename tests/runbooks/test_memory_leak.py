@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
@@ -276,11 +276,11 @@ def test_drill_runs_end_to_end_and_passes():
 
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["memory-leak"](
+    card = load("memory-leak")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P1", card
-    assert card.verdicts["detect"] == "met" and len(card.actions) == 1
+    assert card.verdicts["first_finding"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox.apps import SandboxApp
-from flows.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
+from flows.drills.sandbox.apps import SandboxApp
+from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable, free_port
 from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
@@ -201,3 +201,27 @@ async def test_approved_cache_clear_fixes_it_and_is_verified(sandbox):
     after = _by_check(report.verification)
     assert set(after) == {"latency", "slowest_endpoints"}
     assert after["latency"].evidence["p95_s"] < 2.0
+
+
+# -- the drill --------------------------------------------------------------------------------
+
+
+def test_drill_runs_end_to_end_and_passes():
+    import io
+
+    from rich.console import Console
+
+    from flows.drills.registry import load
+
+    card = load("performance-degradation")(
+        approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
+    )
+    assert card.passed and card.outcome == "fixed" and card.result == "fixed", card
+    assert card.severity == "P2"
+    [action] = card.actions
+    assert "(configured action 'clear_cache'): done (POST " in action
+    # Detection waits for Prometheus to see p95 above 2 s: slow requests take 2.5 s each.
+    assert card.times_s["detect"] >= 2.0
+    assert card.times_s["mitigate"] <= card.times_s["verify"]
+    assert card.verdicts["first_finding"] == "met"
+    assert card.approvals == ["approved by ci via cli-preapproved"]

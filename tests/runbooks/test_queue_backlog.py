@@ -1,6 +1,6 @@
 """The queue-backlog runbook as a real Prefect flow on the machine's RabbitMQ and Redis.
 
-Backlogs come from ``flows.sandbox.queues`` (unique queue and key names, removed on exit);
+Backlogs come from ``flows.drills.sandbox.queues`` (unique queue and key names, removed on exit);
 the configured ``scale`` and ``pause_consumers`` actions call the drill's ``WorkerControl``
 endpoint, so every assertion on workers is on the sandbox's real consumer count.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from flows.drills.queue_backlog import WorkerControl
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.queues import RabbitBacklog, RedisBacklog
-from flows.sandbox.saas import SaasSandbox
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.queues import RabbitBacklog, RedisBacklog
+from flows.drills.sandbox.saas import SaasSandbox
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
 from integrations.rabbitmq import RabbitReader, RabbitTarget
@@ -335,17 +335,17 @@ async def test_broker_down_is_unreachable_exit_3(saas):
 def test_drill_runs_end_to_end_and_passes():
     from rich.console import Console
 
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
     shown = io.StringIO()
-    card = DRILLS["queue-backlog"](
+    card = load("queue-backlog")(
         approve_as="ci", console=Console(file=shown, width=200), interactive=False, show=True
     )
     assert card.passed and card.outcome == "fixed" and card.severity == "P2", card
     # The drill waits for the management API's first rates: none is printed as "?".
     out = shown.getvalue()
     assert "? done" not in out and "? arrive" not in out and "/s done, " in out, out
-    assert card.verdicts["detect"] == "met" and card.verdicts["verify"] == "met"
+    assert card.verdicts["first_finding"] == "met" and card.verdicts["verify"] == "met"
     [action] = card.actions
     assert action.startswith("Scale workers of oncall-drill-") and ": done (2 → " in action
     assert card.approvals == ["approved by ci via cli-preapproved"]

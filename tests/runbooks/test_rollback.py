@@ -14,11 +14,10 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from flows.drills.rollback import IMAGES, HealthApp
+from flows.drills.sandbox.kube_api import KubeApiServer
+from flows.drills.sandbox.prometheus import free_port
+from flows.drills.sandbox.saas import SaasSandbox
 from flows.prefect_api import PrefectAPI
-from flows.sandbox.docker_api import DockerApiServer
-from flows.sandbox.kube_api import KubeApiServer
-from flows.sandbox.prometheus import free_port
-from flows.sandbox.saas import SaasSandbox
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.kubernetes import KubernetesTarget
@@ -27,6 +26,7 @@ from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
 from runbooks.params import RollbackParams
 from tests.approvals import sealed_resume
+from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -316,12 +316,12 @@ async def test_vercel_rollback_promotes_exactly_the_previous_deployment():
 
 
 def test_drill_runs_end_to_end_and_passes():
-    from flows.drills import DRILLS
+    from flows.drills.registry import load
 
-    card = DRILLS["rollback"](
+    card = load("rollback")(
         approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
     )
     # Declared P1, raised to P0 by its findings (0/3 pods ready), as the incident would be.
     assert card.passed and card.outcome == "fixed" and card.severity == "P0"
-    assert card.sla_s["detect"] == 120 and card.verdicts["detect"] == "met"
+    assert card.sla_s["first_finding"] == 120 and card.verdicts["first_finding"] == "met"
     assert card.actions[0].startswith("Roll back deployment api to revision 2: done")

@@ -1,4 +1,4 @@
-"""flows/sandbox: the leaky and faulty apps on their own, then as a real Prometheus sees them.
+"""The sandbox's leaky and faulty apps on their own, then as a real Prometheus sees them.
 
 The Prometheus stack (three leaky apps: leaking, about to spike, idle; one faulty app) starts
 with the module, because Prometheus's first scrape comes about five seconds after it is
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from checks.trend import TrendKind, classify_memory
-from flows.sandbox.apps import ENDPOINTS, LATENCY_BUCKETS, SandboxApp
-from flows.sandbox.prometheus import (
+from flows.drills.sandbox.apps import ENDPOINTS, LATENCY_BUCKETS, SandboxApp
+from flows.drills.sandbox.prometheus import (
     AlertmanagerProcess,
     PrometheusProcess,
     SandboxUnavailable,
@@ -185,7 +185,7 @@ def test_faulty_load_generator_makes_its_own_traffic():
 def test_apps_stop_with_whoever_started_them():
     # A parent that dies by SIGKILL cannot run any cleanup; the app must still go.
     script = (
-        "from flows.sandbox.apps import SandboxApp\n"
+        "from flows.drills.sandbox.apps import SandboxApp\n"
         "app = SandboxApp('leaky', paused=True).start().wait_ready()\n"
         "print(app.pid, app.workdir, flush=True)\n"
         "import time; time.sleep(60)\n"

@@ -7,7 +7,7 @@ import tempfile
 import psycopg
 import pytest
 
-from flows.sandbox.postgres import EmbeddedPostgres
+from flows.drills.sandbox.postgres import EmbeddedPostgres
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Kubernetes object shapes, and the API's patch and selector rules, over plain JSON objects.
 
 Object shapes follow the API reference (https://kubernetes.io/docs/reference/kubernetes-api/)
-as ``kubectl get -o json`` prints them; :mod:`flows.sandbox.kube_api` serves them.
+as ``kubectl get -o json`` prints them; :mod:`flows.drills.sandbox.kube_api` serves them.
 """
 
 from __future__ import annotations

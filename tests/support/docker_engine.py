@@ -1,7 +1,7 @@
 """The sandbox Docker Engine's containers and images, held in memory, and how they change.
 
 Helpers seed images with a build history and a compose service's containers;
-:class:`flows.sandbox.docker_api.DockerApiServer` serves the engine over the Engine API.
+:class:`tests.support.docker_api.DockerApiServer` serves the engine over the Engine API.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flows.sandbox.docker_objects import (
+from tests.support.docker_objects import (
     CONFIG_DEFAULTS,
     HOST_DEFAULTS,
     INSPECT_STATIC,

@@ -9,8 +9,8 @@ pkg/controller/deployment does: the ReplicaSet with that template is reused or c
 the next ``deployment.kubernetes.io/revision``, older ones go to 0 and pods are replaced.
 Rollouts complete instantly. Every request is recorded for tests to assert on.
 
-The stored objects and the controller are in :mod:`flows.sandbox.kube_cluster`, the object
-shapes and patch and selector rules in :mod:`flows.sandbox.kube_objects`.
+The stored objects and the controller are in :mod:`flows.drills.sandbox.kube_cluster`, the object
+shapes and patch and selector rules in :mod:`flows.drills.sandbox.kube_objects`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel
 
-from flows.sandbox.kube_cluster import KubeCluster
-from flows.sandbox.kube_objects import (
+from flows.drills.sandbox.kube_cluster import KubeCluster
+from flows.drills.sandbox.kube_objects import (
     KINDS,
     SCALE,
     USER,

@@ -1,7 +1,7 @@
 """Docker Engine API object shapes (v1.47) and small helpers, over plain JSON objects.
 
 Shapes follow the Docker Engine API reference, v1.47
-(https://docs.docker.com/reference/api/engine/version/v1.47/); :mod:`flows.sandbox.docker_api`
+(https://docs.docker.com/reference/api/engine/version/v1.47/); :mod:`tests.support.docker_api`
 serves them.
 """
 

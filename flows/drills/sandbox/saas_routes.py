@@ -1,4 +1,4 @@
-"""The routes of :class:`flows.sandbox.saas.SaasSandbox`: each service's documented API.
+"""The routes of :class:`flows.drills.sandbox.saas.SaasSandbox`: each service's documented API.
 
 Shapes follow the docs cited in ``integrations/<tool>.py`` and next to each route group.
 """
@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 if TYPE_CHECKING:
-    from flows.sandbox.saas import SaasSandbox
+    from flows.drills.sandbox.saas import SaasSandbox
 
 __all__ = ["add_routes", "error_answer", "now_iso"]
 

@@ -1,7 +1,7 @@
 """Small local apps exposing prometheus_client metrics, for tests and game-day drills.
 
-    python -m flows.sandbox.apps leaky --port 9101 --leak-mb-per-s 2 --limit-mb 256
-    python -m flows.sandbox.apps faulty --port 9102 --error-rate 0.2 --latency 0.3 --rps 20
+    python -m flows.drills.sandbox.apps leaky --port 9101 --leak-mb-per-s 2 --limit-mb 256
+    python -m flows.drills.sandbox.apps faulty --port 9102 --error-rate 0.2 --latency 0.3 --rps 20
 
 ``leaky`` really leaks memory (touched anonymous pages, so RSS grows); ``faulty`` serves
 ``/api/sessions``, ``/api/users`` and ``/api/rooms`` with a configurable error rate and
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flows.sandbox.app_logic import (
+from flows.drills.sandbox.app_logic import (
     ENDPOINTS,
     LATENCY_BUCKETS,
     PAGE,
@@ -34,12 +34,12 @@ from flows.sandbox.app_logic import (
     FaultyApp,
     LeakyApp,
 )
-from flows.sandbox.process import LocalProcess, local_urlopen
+from flows.drills.sandbox.process import LocalProcess, local_urlopen
 from integrations.errors import ConfigError
 
 __all__ = ["ENDPOINTS", "LATENCY_BUCKETS", "FaultyApp", "LeakyApp", "SandboxApp", "main"]
 
-# The apps themselves (LeakyApp, FaultyApp) live in flows.sandbox.app_logic; this module
+# The apps themselves (LeakyApp, FaultyApp) live in flows.drills.sandbox.app_logic; this module
 # serves one over HTTP in its own process and runs it from Python as a child process.
 
 
@@ -120,7 +120,7 @@ class SandboxApp(LocalProcess):
         return f"{self.url}/metrics"
 
     def _command(self, workdir: Path) -> list[str]:
-        argv = [sys.executable, "-m", "flows.sandbox.apps", self.kind]
+        argv = [sys.executable, "-m", "flows.drills.sandbox.apps", self.kind]
         argv += ["--host", self.host, "--port", str(self.port)]
         for key, value in self.flags.items():
             flag = "--" + key.replace("_", "-")
@@ -134,7 +134,7 @@ class SandboxApp(LocalProcess):
 
     def _env(self) -> dict[str, str]:
         env = super()._env()
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         return env
 
@@ -165,7 +165,9 @@ class SandboxApp(LocalProcess):
 
 def main(argv: list[str] | None = None) -> None:
     """Runs one sandbox app until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m flows.sandbox.apps", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.drills.sandbox.apps", description=__doc__
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     leaky = sub.add_parser("leaky", help="leaks memory at a steady rate")
     leaky.add_argument("--leak-mb-per-s", type=float, default=2.0)

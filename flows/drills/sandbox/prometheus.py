@@ -2,9 +2,9 @@
 
 Each one gets a free loopback port, a temp dir (config, storage, log) and 1-second
 intervals so tests and drills see scrapes, rule evaluations and notifications within
-seconds. Both run as :class:`flows.sandbox.process.LocalProcess` (start, wait until ready,
+seconds. Both run as :class:`flows.drills.sandbox.process.LocalProcess` (start, wait until ready,
 stop cleanly, die with the Python process that started it), the runner they share with the
-sandbox apps (:class:`flows.sandbox.apps.SandboxApp`).
+sandbox apps (:class:`flows.drills.sandbox.apps.SandboxApp`).
 
     with AlertmanagerProcess(webhook_url=hook) as am, PrometheusProcess(
         {"leaky": [app.address]}, rule_groups=[group], alertmanager_url=am.url
@@ -14,9 +14,11 @@ sandbox apps (:class:`flows.sandbox.apps.SandboxApp`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import SecretStr
 
-from flows.sandbox.process import (
+from flows.drills.sandbox.process import (
     LocalProcess,
     SandboxFailed,
     SandboxUnavailable,
@@ -42,6 +44,7 @@ __all__ = [
     "find_binary",
     "free_port",
     "local_urlopen",
+    "wait_for",
 ]
 
 
@@ -247,3 +250,21 @@ class AlertmanagerProcess(LocalProcess):
             "--cluster.listen-address=",
             "--log.level=info",
         ]
+
+
+def wait_for(prometheus_url: str, promql: str, at_least: float, timeout: float = 60.0) -> float:
+    """Polls an instant query until its value reaches ``at_least``; returns the last value."""
+    from integrations.prometheus import PrometheusClient, PrometheusTarget
+
+    async def value() -> float:
+        async with PrometheusClient(PrometheusTarget(url=prometheus_url, retries=0)) as prom:
+            return (await prom.query(promql)).value or 0.0
+
+    deadline = time.monotonic() + timeout
+    seen = 0.0
+    while time.monotonic() < deadline:
+        seen = asyncio.run(value())
+        if seen >= at_least:
+            return seen
+        time.sleep(0.3)
+    raise SandboxFailed(f"{promql} stayed at {seen}, below {at_least}, for {timeout:.0f}s")

@@ -3,7 +3,8 @@
 State is in memory. A change of a deployment's pod template runs the deployment controller at
 once, as pkg/controller/deployment does: the ReplicaSet with that template is reused or
 created with the next ``deployment.kubernetes.io/revision``, older ones go to 0 and pods are
-replaced. Rollouts complete instantly. :class:`flows.sandbox.kube_api.KubeApiServer` serves it.
+replaced. Rollouts complete instantly.
+:class:`flows.drills.sandbox.kube_api.KubeApiServer` serves it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from flows.sandbox.kube_objects import (
+from flows.drills.sandbox.kube_objects import (
     CONDITIONS,
     CRASHING,
     DEPLOYMENT,

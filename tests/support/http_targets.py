@@ -1,6 +1,6 @@
 """Many HTTP health endpoints on one loopback port, for health-sweep tests and benchmarks.
 
-    python -m flows.sandbox.http_targets --count 1000 --latency-ms 20 --port 8900 --fail 3=503
+    python -m tests.support.http_targets --count 1000 --latency-ms 20 --port 8900 --fail 3=503
 
 Paths ``/t/0`` … ``/t/<count-1>`` answer ``200 {"ok": true}`` after ``latency_ms``; each can
 be made to answer another status, be slower, or hang (never answer, so the client times

@@ -4,7 +4,7 @@
 ``/api/sessions``, ``/api/users`` and ``/api/rooms`` with a configurable error rate and latency
 and drives itself with a built-in load generator. Both carry ``app_build_info{version}`` and
 ``app_deploy_timestamp_seconds`` so a runbook can correlate a change with a deploy.
-:mod:`flows.sandbox.apps` serves them over HTTP and runs them as child processes.
+:mod:`flows.drills.sandbox.apps` serves them over HTTP and runs them as child processes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from flows.sandbox.process import local_urlopen
+from flows.drills.sandbox.process import local_urlopen
 
 __all__ = ["ENDPOINTS", "LATENCY_BUCKETS", "MB", "PAGE", "App", "FaultyApp", "LeakyApp"]
 

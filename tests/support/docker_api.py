@@ -7,8 +7,8 @@ Docker Engine API reference, v1.47 (https://docs.docker.com/reference/api/engine
 Containers and images live in memory; helpers seed a compose service with an image history.
 Every request is recorded for tests to assert on.
 
-The containers and images are in :mod:`flows.sandbox.docker_engine`, the object shapes in
-:mod:`flows.sandbox.docker_objects`.
+The containers and images are in :mod:`tests.support.docker_engine`, the object shapes in
+:mod:`tests.support.docker_objects`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel
 
-from flows.sandbox.docker_engine import DockerEngine
-from flows.sandbox.docker_objects import (
+from tests.support.docker_engine import DockerEngine
+from tests.support.docker_objects import (
     API_VERSION,
     ApiFailure,
     container_stats,

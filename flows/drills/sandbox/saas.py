@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, SecretStr
 
-from flows.sandbox.saas_routes import add_routes, error_answer, now_iso
+from flows.drills.sandbox.saas_routes import add_routes, error_answer, now_iso
 from integrations.hms import HmsTarget, management_token
 from integrations.pagerduty import PagerDutyTarget
 from integrations.slack import SlackWebhookTarget

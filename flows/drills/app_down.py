@@ -1,0 +1,162 @@
+"""Drill app-down: the app's process is killed; the runbook has its supervisor start it again.
+
+The sandbox is a real app process (``faulty``, serving ``/health``) kept by a small local
+supervisor, :class:`Supervisor`: the fault is a ``SIGKILL`` (a crash: the port refuses
+connections, the health endpoint is down). The remediation is the service's configured
+``restart`` action, ``POST /restart`` on the supervisor, which starts the app again on the
+same port — what systemd or supervisord would do when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from checks.findings import Severity
+from flows.drills.play import play
+from flows.drills.scorecard import Scorecard
+
+__all__ = ["Supervisor", "drill"]
+
+SERVICE = "drill-web"
+
+
+class Supervisor:
+    """Owns one sandbox app's process: ``crash()`` kills it, ``POST /restart`` starts it.
+
+    The app is started and stopped on the supervisor's own thread: a sandbox process dies
+    with the thread that started it (``LocalProcess``), and the HTTP handler threads are
+    short-lived. ``restarts`` counts the restarts it was asked for.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.restarts = 0
+        self.url = ""
+        self._jobs: queue.Queue[tuple[str, Future[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="supervisor", daemon=True)
+        self._server: ThreadingHTTPServer | None = None
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            what, done = job
+            try:
+                if what == "start":
+                    self.app.start().wait_ready()
+                elif what == "restart":
+                    self.app.stop()
+                    self.app.start().wait_ready()
+                    self.restarts += 1
+                else:
+                    self.app.stop()
+                done.set_result(self.app.pid)
+            except Exception as exc:  # told to the caller, who answers 500 or raises
+                done.set_exception(exc)
+
+    def _ask(self, what: str, timeout: float = 30.0) -> Any:
+        done: Future[Any] = Future()
+        self._jobs.put((what, done))
+        return done.result(timeout)
+
+    def crash(self) -> None:
+        """The fault: SIGKILL, as the OOM killer or a segfault would end it."""
+        pid = self.app.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.app.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart_action(self) -> Any:
+        """The service's configured ``restart`` action."""
+        from integrations.service import ConfiguredAction, HttpCall
+
+        return ConfiguredAction(
+            description="Restart the app through its process supervisor",
+            http=HttpCall(method="POST", url=f"{self.url}/restart", json={}),
+            undo="nothing to undo: the same app starts again with the same config",
+        )
+
+    def __enter__(self) -> Supervisor:
+        self._thread.start()
+        self._ask("start")
+        sup = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/restart":
+                    code, body = 404, {"error": f"no route {self.path}"}
+                else:
+                    try:
+                        code, body = 200, {"restarted": True, "pid": sup._ask("restart")}
+                    except Exception as exc:
+                        code, body = 500, {"error": str(exc)}
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                """Keeps request lines off the drill's terminal."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._ask("stop")
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+
+def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+    """Kills a real app's process and lets app-down restart it through its supervisor."""
+    from flows.drills.sandbox.apps import SandboxApp
+    from integrations.service import HttpEndpoint, Service
+    from runbooks.catalog import RUNBOOKS
+
+    spec = RUNBOOKS["app-down"]
+    params = spec.params(approval_timeout_seconds=300, verify_timeout_seconds=30)
+    with Supervisor(SandboxApp("faulty", rps=0)) as supervisor:
+        app = supervisor.app
+        supervisor.crash()
+        injected = time.monotonic()
+        if show:
+            console.print(
+                f"[bold]Drill app-down[/bold]: app {app.url} under a local process supervisor"
+                f" {supervisor.url}; killed it (SIGKILL): {app.url}/health refuses connections."
+            )
+        service = Service(
+            name=SERVICE,
+            http=[HttpEndpoint(name="health", url=f"{app.url}/health", timeout_s=2)],
+            actions={"restart": supervisor.restart_action()},
+        )
+        card = play(
+            spec,
+            Severity.P0,
+            service=service,
+            params=params,
+            injected=injected,
+            approve_as=approve_as,
+            console=console,
+            interactive=interactive,
+            show=show,
+        )
+    return card
