@@ -245,7 +245,7 @@ class _Gate(Tally):
             "",
             f"Read {link} before deciding. Switch **Approved** on to approve, leave it off to"
             " reject; a decision here is recorded as *Prefect UI, identity unverified*. For a"
-            f" verified decision: `oncall approve {self.run_id} --as NAME`.",
+            f" verified decision: `oncall approve {self.run_id} --as NAME`",
         ]
         return "\n".join(lines)
 
