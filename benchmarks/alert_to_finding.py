@@ -230,8 +230,7 @@ def served(config: Path, env: dict[str, str], log: Path):
 def _baseline(dsn: str, database: str, runs: int = 10) -> float:
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
-    from runbooks.db_connections import diagnose
-    from runbooks.params import DbConnectionsParams
+    from runbooks.db_connections import RUNBOOK, DbConnectionsParams
 
     service = Service(name="svc-00", postgres=PostgresTarget(name="svc-00", dsn=dsn))
     params = DbConnectionsParams(
@@ -239,11 +238,11 @@ def _baseline(dsn: str, database: str, runs: int = 10) -> float:
     )
 
     async def measure() -> list[float]:
-        await diagnose(service, params)
+        await RUNBOOK.diagnose(service, params)
         times = []
         for _ in range(runs):
             began = time.perf_counter()
-            findings = await diagnose(service, params)
+            findings = await RUNBOOK.diagnose(service, params)
             times.append(time.perf_counter() - began)
             assert any(f.status.is_problem for f in findings), "the threshold must be crossed"
         return times

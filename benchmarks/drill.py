@@ -64,16 +64,15 @@ def _floor() -> float:
     from flows.drills.sandbox.postgres import ConnectionExhaustion, EmbeddedPostgres
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
-    from runbooks.db_connections import diagnose
-    from runbooks.params import DbConnectionsParams
+    from runbooks.db_connections import RUNBOOK, DbConnectionsParams
 
     params = DbConnectionsParams(idle_in_transaction_seconds=2, long_query_seconds=60)
     began = time.perf_counter()
     with EmbeddedPostgres(max_connections=20) as pg, ConnectionExhaustion(pg.app_dsn):
         time.sleep(params.idle_in_transaction_seconds + 0.3)
         service = Service(name="floor", postgres=PostgresTarget(name="floor", dsn=pg.dsn))
-        asyncio.run(diagnose(service, params))
-        asyncio.run(diagnose(service, params))
+        asyncio.run(RUNBOOK.diagnose(service, params))
+        asyncio.run(RUNBOOK.diagnose(service, params))
     return time.perf_counter() - began
 
 

@@ -109,11 +109,10 @@ async def compare(
 
 async def db_connections(runs: int) -> list[Figure]:
     from flows.drills.sandbox.postgres import ConnectionExhaustion
+    from flows.runbook_flows import db_connections as flow
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
-    from runbooks.db_connections import db_connections as flow
-    from runbooks.db_connections import diagnose
-    from runbooks.params import DbConnectionsParams
+    from runbooks.db_connections import RUNBOOK, DbConnectionsParams
 
     figures = []
     with postgres() as (dsn, app_dsn, where):
@@ -124,7 +123,7 @@ async def db_connections(runs: int) -> list[Figure]:
         figures += await compare(
             "db-connections, healthy",
             lambda: flow(service=service, params=params),
-            lambda: diagnose(service, params),
+            lambda: RUNBOOK.diagnose(service, params),
             runs,
         )
         with ConnectionExhaustion(app_dsn, idle_sessions=5, waiters=2):
@@ -132,7 +131,7 @@ async def db_connections(runs: int) -> list[Figure]:
             figures += await compare(
                 "db-connections, fault (dry run)",
                 lambda: flow(service=service, params=params, dry_run=True),
-                lambda: diagnose(service, params),
+                lambda: RUNBOOK.diagnose(service, params),
                 runs,
             )
     return figures
@@ -141,11 +140,10 @@ async def db_connections(runs: int) -> list[Figure]:
 async def high_error_rate(runs: int) -> list[Figure]:
     from flows.drills.sandbox.apps import SandboxApp
     from flows.drills.sandbox.prometheus import PrometheusProcess, SandboxUnavailable
+    from flows.runbook_flows import high_error_rate as flow
     from integrations.prometheus import PrometheusTarget
     from integrations.service import HttpEndpoint, Service
-    from runbooks.high_error_rate import diagnose
-    from runbooks.high_error_rate import high_error_rate as flow
-    from runbooks.params import HighErrorRateParams
+    from runbooks.high_error_rate import RUNBOOK, HighErrorRateParams
 
     try:
         prom = PrometheusProcess()
@@ -170,7 +168,7 @@ async def high_error_rate(runs: int) -> list[Figure]:
             figures = await compare(
                 "high-error-rate, healthy",
                 lambda: flow(service=service, params=params),
-                lambda: diagnose(service, params),
+                lambda: RUNBOOK.diagnose(service, params),
                 runs,
             )
             app.control(error_rate=0.3)
@@ -178,7 +176,7 @@ async def high_error_rate(runs: int) -> list[Figure]:
             figures += await compare(
                 "high-error-rate, 30 % errors (dry run)",
                 lambda: flow(service=service, params=params, dry_run=True),
-                lambda: diagnose(service, params),
+                lambda: RUNBOOK.diagnose(service, params),
                 runs,
             )
     finally:

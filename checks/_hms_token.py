@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from integrations.docker import DockerReader
-from integrations.errors import NotFound, ProviderError
-from integrations.hms import HmsTarget
+from integrations.errors import ConfigError, NotFound, ProviderError, TargetError
+from integrations.hms import HmsClient, HmsTarget, token_expiry
 from integrations.kubernetes import KubernetesReader
 
 __all__ = ["SourceKind", "TokenSource"]
@@ -92,6 +92,26 @@ class TokenSource:
                 "containers": await asyncio.to_thread(_containers, self.docker),
             }
         return {"kind": self.kind}
+
+    async def accepted(self, warn_seconds: float) -> str | None:
+        """Says so when the token the app reads is a valid management token 100ms accepts
+        (someone rotated it already); None when it is not, or cannot be read."""
+        token = await self.read()
+        if token is None:
+            return None
+        try:
+            expiry = token_expiry(token, soon=int(warn_seconds))
+        except ConfigError:
+            return None
+        if expiry.expired or expiry.expiring_soon or expiry.token_type != "management":
+            return None
+        probe = self.hms.model_copy(update={"management_token": token, "retries": 0})
+        try:
+            async with HmsClient(probe) as client:
+                await client.list_rooms(limit=1)
+        except TargetError:
+            return None
+        return f"{self.where} already holds a token 100ms accepts ({expiry.sentence})"
 
 
 # The readers list secrets' and containers' metadata only; reading one value is done here,

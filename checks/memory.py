@@ -29,9 +29,10 @@ from checks._memory_series import (
     growth_start,
     memory_limit,
     memory_now,
+    series_name,
 )
 from checks.findings import Finding, Severity, Status
-from checks.trend import Trend, TrendKind
+from checks.trend import Point, Trend, TrendKind
 from integrations.prometheus import PrometheusClient
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "began_inside",
     "deploy_correlation",
     "growth_start",
+    "memory_after_restart",
     "memory_limit",
     "memory_reset",
     "memory_trend",
@@ -330,3 +332,68 @@ async def memory_reset(
         return [finding("memory_reset", target, Status.OK, text, evidence)]
     text = f"memory has not gone back: lowest {_mib(low)} since the restart, {_mib(before)} before"
     return [finding("memory_reset", target, Status.WARN, text, evidence)]
+
+
+def _after_drop(points: list[Point], min_growth: float) -> list[Point]:
+    """The points after the restart's drop (the largest fall, if it is a real one)."""
+    steps = [b[1] - a[1] for a, b in zip(points, points[1:], strict=False)]
+    if not steps:
+        return points
+    i = min(range(len(steps)), key=steps.__getitem__)
+    level = max(abs(v) for _, v in points) or 1.0
+    return points[i + 1 :] if steps[i] < -min_growth * level else points
+
+
+async def memory_after_restart(
+    prom: PrometheusClient,
+    q: MemoryQueries,
+    w: Window,
+    *,
+    since: float,
+    target: str,
+    leak_slope: float | None = None,
+) -> list[Finding]:
+    """Whether memory still grows after the restart at ``since`` (issue: a restart resets
+    memory, not the leak). The samples after the restart's drop are fitted per series: a leak
+    (or a slope at least half the ``leak_slope`` diagnosed before) that goes on is the cause
+    still at work — warn; flat is ok; too few samples or no clear shape is unknown."""
+    end = time.time()
+    start = min(since, end - w.step_s)
+    found, promql = [], q.memory[-1]
+    for promql in q.memory:
+        found = [s for s in await prom.query_range(promql, start, end, w.step_s) if s.points]
+        if found:
+            break
+    if not found:
+        return _none_found("memory_after_restart", target, promql)
+    findings = []
+    for series in sorted(found, key=lambda s: s.last or 0, reverse=True)[: w.max_series]:
+        tail = _after_drop([(t, v) for t, v in series.points if math.isfinite(v)], w.min_growth)
+        t = w.classify(tail, None)
+        fit = t.fit
+        rate = f"{(fit.slope if fit else 0) * 60 / MiB:+.1f} MiB/min"
+        same = bool(leak_slope and fit and fit.slope >= 0.5 * leak_slope and fit.r2 >= w.min_r2)
+        evidence = {
+            "kind": str(t.kind),
+            "reason": t.reason,
+            "slope_bytes_per_s": fit.slope if fit else None,
+            "r2": fit.r2 if fit else None,
+            "points": len(tail),
+            "since": since,
+            "leak_slope_bytes_per_s": leak_slope,
+            "sparkline": t.sparkline,
+            "query": promql,
+        }
+        name = series_name(series.labels)
+        if t.kind is TrendKind.LEAK or same:
+            text = f"leak persists: memory grows {rate} since the restart ({t.reason})"
+            status = Status.WARN
+        elif t.kind is TrendKind.FLAT:
+            text, status = f"memory is flat since the restart ({t.reason})", Status.OK
+        else:
+            text, status = (
+                f"no clear memory trend since the restart yet: {t.reason}",
+                Status.UNKNOWN,
+            )
+        findings.append(finding("memory_after_restart", name, status, text, evidence, None))
+    return findings

@@ -10,9 +10,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from checks.findings import Finding, Severity, Status
-from integrations.statuspage import Component, ProviderStatus, StatuspagePublic
+from integrations.statuspage import (
+    Component,
+    ProviderStatus,
+    StatuspageIncidents,
+    StatuspagePublic,
+)
 
-__all__ = ["ProviderState", "provider_state", "provider_status", "relevant_components"]
+__all__ = [
+    "ProviderState",
+    "our_incident",
+    "provider_state",
+    "provider_status",
+    "relevant_components",
+]
 
 ProviderState = Literal["operational", "degraded", "down"]
 _DOWN_COMPONENT = "major_outage"
@@ -125,3 +136,21 @@ async def provider_status(
             severity=severity,
         )
     ]
+
+
+async def our_incident(
+    page: StatuspageIncidents, names: list[str], *, check: str = "users_informed"
+) -> list[Finding]:
+    """Whether our own status page tells users about the outage: an open incident of one of
+    these names. Never a problem by itself (it is what a mitigation is verified by); unknown
+    when no such incident is open."""
+    wanted = [n.strip().lower() for n in names]
+    found = [i for i in await page.unresolved() if i.name.strip().lower() in wanted]
+    where = page.target.name
+    if not found:
+        text = f"no open incident named {' or '.join(repr(n) for n in names)} on {where}"
+        return [Finding(check=check, target=where, status=Status.UNKNOWN, summary=text)]
+    incident = found[0]
+    text = f"{where} tells users: '{incident.name}' ({incident.status})"
+    evidence = {"incident": incident.model_dump(), "page_id": page.target.page_id}
+    return [Finding(check=check, target=where, status=Status.OK, summary=text, evidence=evidence)]

@@ -40,7 +40,7 @@ from flows.notify import Notifier
 from flows.postmortem import postmortem_markdown, root_cause
 from integrations.alerts import Alert
 from integrations.errors import Unreachable
-from runbooks.catalog import RUNBOOKS
+from runbooks.catalog import require as runbook_named
 from runbooks.engine import live
 from runbooks.engine.gate import set_policy_source
 from runbooks.engine.guard import seal_context
@@ -281,7 +281,7 @@ class IncidentRun:
             incident_id=self.inc.id, severity=self.inc.severity, requested_by=self.requested_by
         )
         for name, service_name, params in route(self.config, self.alert):
-            spec = RUNBOOKS[name]
+            spec = runbook_named(name)
             try:
                 service = self.config.service(service_name)
                 typed = spec.params.model_validate(params)
@@ -323,7 +323,7 @@ class IncidentRun:
                 continue
             with TagsContext(current_tags=child_tags):
                 self.tasks[name] = asyncio.create_task(
-                    spec.load()(
+                    spec.flow(
                         service=service, params=typed, approve_as=self.approve_as, context=context
                     )
                 )
@@ -540,7 +540,7 @@ class IncidentRun:
             return
         self.last_verify = now
         checks = [
-            (name, RUNBOOKS[name].checks(), service, params)
+            (name, runbook_named(name).diagnose, service, params)
             for name, service, params in self.routes
         ]
         findings = await _verify(checks)

@@ -1,35 +1,35 @@
-"""The runbook flows as deployments run them: a service given by name is read from oncall.yaml.
+"""The runbook flows, by the Python name of each runbook (``db_connections`` …).
 
 Every runbook deployment (``oncall serve`` and prefect.yaml) has its entrypoint here, so a
-run in a worker process resolves names the same way the CLI and incidents do.
+run in a worker process resolves a service given by name from oncall.yaml, the same way the
+CLI and incidents do, and its approval gate reads ``approvals:`` from that oncall.yaml. The
+flows come from the catalog (:meth:`Runbook.flow`): adding a runbook adds its flow here
+without a line of its own.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from flows.config import configured_policy, configured_service
-from runbooks.app_down import app_down
-from runbooks.db_connections import db_connections
+from runbooks.catalog import RUNBOOKS, require
 from runbooks.engine.gate import set_policy_source
 from runbooks.engine.kernel import set_service_resolver
-from runbooks.high_error_rate import high_error_rate
-from runbooks.hms_failures import hms_failures
-from runbooks.memory_leak import memory_leak
-from runbooks.performance_degradation import performance_degradation
-from runbooks.provider_outage import provider_outage
-from runbooks.queue_backlog import queue_backlog
-from runbooks.rollback import rollback
 
-__all__ = [
-    "app_down",
-    "db_connections",
-    "high_error_rate",
-    "hms_failures",
-    "memory_leak",
-    "performance_degradation",
-    "provider_outage",
-    "queue_backlog",
-    "rollback",
-]
+__all__ = ["flow_of"]
 
 set_service_resolver(configured_service)
 set_policy_source(configured_policy)  # approvals: from this machine's oncall.yaml
+
+
+def flow_of(name: str) -> Any:
+    """The Prefect flow of the runbook of that name (``db-connections``)."""
+    return require(name).flow
+
+
+def __getattr__(entry: str) -> Any:
+    """``flows.runbook_flows.db_connections``: what deployment entrypoints import."""
+    for name in RUNBOOKS:
+        if name.replace("-", "_") == entry:
+            return flow_of(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {entry!r}")

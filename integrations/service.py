@@ -9,7 +9,10 @@ Prefect UI start runbooks the same way. Built from ``oncall.yaml`` (see
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import types
+import typing
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -24,7 +27,9 @@ from integrations.redis_queue import RedisQueueTarget
 from integrations.statuspage import StatuspageManageTarget, StatuspagePage
 from integrations.vercel import VercelTarget
 
-__all__ = ["ConfiguredAction", "HttpCall", "HttpEndpoint", "Service"]
+__all__ = ["ConfiguredAction", "HttpCall", "HttpEndpoint", "Service", "target_fields"]
+
+T = TypeVar("T", bound=BaseModel)
 
 
 class HttpEndpoint(BaseModel):
@@ -109,3 +114,38 @@ class Service(BaseModel):
         if not value:
             raise ConfigError(f"service {self.name!r} has no {kind} target configured")
         return value
+
+    def target(self, kind: type[T]) -> T:
+        """The configured target of that model (``service.target(PostgresTarget)``), typed;
+        a ConfigError naming what is missing otherwise."""
+        field = target_fields().get(kind)
+        if field is None:
+            raise TypeError(f"{kind.__name__} is not a target a Service holds")
+        value = getattr(self, field)
+        if not isinstance(value, kind):
+            raise ConfigError(f"service {self.name!r} has no {field} target configured")
+        return value
+
+
+@functools.cache
+def target_fields() -> dict[type, str]:
+    """Every target model a Service can hold, mapped to the field that holds it."""
+    found: dict[type, str] = {}
+    for name, field in Service.model_fields.items():
+        for arg in _leaves(field.annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                found.setdefault(arg, name)
+    return found
+
+
+def _leaves(annotation: Any) -> list[Any]:
+    """The classes inside ``X | None``, ``list[X]`` and ``dict[str, X]``."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return [annotation]
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple):
+        return [leaf for arg in args for leaf in _leaves(arg)]
+    if origin is dict:
+        return _leaves(args[-1])
+    return []

@@ -19,12 +19,14 @@ from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, TargetError
 from integrations.http import HttpClient, async_client
+from integrations.preflight import BLOCKING, Shortfall, shortfall
 
 __all__ = [
     "INCIDENT_STATUSES",
     "Component",
     "IncidentSummary",
     "ProviderStatus",
+    "StatuspageIncidents",
     "StatuspageManage",
     "StatuspageManageTarget",
     "StatuspagePage",
@@ -94,11 +96,12 @@ class ProviderStatus(BaseModel):
 
 def _incident(doc: dict[str, Any]) -> IncidentSummary:
     updates = list(enumerate(doc.get("incident_updates") or []))
+    none: dict[str, Any] = {}
     # Newest by time; on a tie the earlier list entry wins, as Statuspage lists newest first.
     _, last = max(
         updates,
         key=lambda item: (item[1].get("display_at") or item[1].get("created_at") or "", -item[0]),
-        default=(0, {}),
+        default=(0, none),
     )
     return IncidentSummary(
         id=str(doc.get("id", "")),
@@ -178,9 +181,9 @@ class StatuspagePublic(HttpClient):
             await self.status()
             return {"status_page": True}
         except TargetError as exc:
-            return {"status_page": str(exc)}
-        except (KeyError, ValueError) as exc:
-            return {"status_page": f"not a Statuspage API answer ({exc})"}
+            return {"status_page": shortfall(exc)}
+        except (KeyError, ValueError, TypeError) as exc:
+            return {"status_page": Shortfall(f"not a Statuspage API answer ({exc})", "error")}
 
 
 class StatuspageManageTarget(BaseModel):
@@ -195,8 +198,10 @@ class StatuspageManageTarget(BaseModel):
     backoff: float = Field(default=1.0, ge=0, description="First retry delay in seconds")
 
 
-class StatuspageManage(HttpClient):
-    """Writes incidents on our page; built only inside approved communications."""
+class StatuspageIncidents(HttpClient):
+    """Reads our own page's open incidents through the manage API. Its public methods only
+    read, so a check (did our users get the message?) may hold one; the writes are
+    :class:`StatuspageManage`'s. ``async with StatuspageIncidents(target)``."""
 
     def __init__(
         self, target: StatuspageManageTarget, *, transport: httpx.AsyncBaseTransport | None = None
@@ -205,7 +210,8 @@ class StatuspageManage(HttpClient):
         self.target = target
 
     def __repr__(self) -> str:
-        return f"StatuspageManage(name={self.target.name!r}, page_id={self.target.page_id!r})"
+        kind = type(self).__name__
+        return f"{kind}(name={self.target.name!r}, page_id={self.target.page_id!r})"
 
     def _open(self) -> httpx.AsyncClient:
         key = self.target.api_key.get_secret_value()
@@ -231,6 +237,10 @@ class StatuspageManage(HttpClient):
     async def unresolved(self) -> list[IncidentSummary]:
         """Our page's open incidents."""
         return [_incident(doc) for doc in await self._call("GET", "/incidents/unresolved")]
+
+
+class StatuspageManage(StatuspageIncidents):
+    """Writes incidents on our page; built only inside approved communications."""
 
     async def create_incident(
         self,
@@ -275,14 +285,16 @@ class StatuspageManage(HttpClient):
         return await self.update_incident(incident_id, "resolved", body)
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Checks the key can read the page and its incidents."""
+        """Checks the key can read the page and its incidents (safe reads of the manage API)."""
         result: dict[str, bool | str] = {}
         for capability, path in (("page", ""), ("incidents", "/incidents/unresolved")):
             try:
                 await self._call("GET", path)
                 result[capability] = True
             except TargetError as exc:
-                result[capability] = str(exc)
+                result[capability] = shortfall(exc)
+                if result[capability].kind in BLOCKING:
+                    break
         return result
 
 

@@ -2,34 +2,55 @@
 
 Diagnose health endpoints (502/503, timeouts, latency), pods or containers (state, restarts,
 OOM kills, logs tail, resources), dependencies (PostgreSQL, Redis) and recent deploys → plan:
-roll back when a recent deploy is the suspect (the rollback runbook's plan and remediations),
-else scale up when nothing runs, else restart → gate → re-validate and act → verify.
-A dependency that is down is reported and nothing is restarted: it would not help.
+roll back when a recent deploy is the suspect (the shared rollback remediation), else scale
+up when nothing runs, else restart → gate → re-validate and act → verify: fixed when the
+application answers and stays up for the hold window; a crash loop back after a restart is
+mitigated, with the next step: roll back. A dependency that is down is reported and nothing
+is restarted: it would not help.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import flow
+from pydantic import Field
 
 from checks import app_health
-from checks import deploys as dp
-from checks.findings import Finding, Status, timed
+from checks.findings import Finding, Status
 from integrations.commands import describe, run_configured
-from integrations.docker import DockerOperator, DockerReader
+from integrations.docker import DockerOperator, DockerReader, DockerTarget
 from integrations.errors import ConfigError, OncallError, TargetError
-from integrations.kubernetes import KubernetesOperator
-from integrations.service import Service
-from runbooks import rollback as rb
+from integrations.kubernetes import KubernetesOperator, KubernetesTarget
+from integrations.postgres import PostgresTarget
+from integrations.prometheus import PrometheusTarget
+from integrations.service import ConfiguredAction, HttpEndpoint, Service
+from integrations.vercel import VercelTarget
+from runbooks.diagnosis.deploys import (
+    DeployWindowParams,
+    Readers,
+    Workload,
+    deploy_checks,
+    deploy_policy,
+    health_checks,
+    open_readers,
+)
 from runbooks.engine.guard import remediation
-from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
-from runbooks.params import AppDownParams
+from runbooks.engine.model import Action, ActionResult, Plan, Risk
+from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
+from runbooks.engine.targets import Targets
+from runbooks.remedies.rollback import (
+    ROLLBACK_REMEDIES,
+    Recovery,
+    action_result,
+    rollback_actions,
+    rollback_checks,
+)
 
-__all__ = ["EXECUTORS", "app_down", "diagnose", "plan_remediation"]
+__all__ = ["RUNBOOK", "AppAction", "AppDownParams", "plan_remediation"]
 
 NAME = "app-down"
 APP_CHECKS = {"http_endpoints", "error_rate", "pods", "containers", "logs", "resources"}
@@ -37,74 +58,72 @@ APP_CHECKS = {"http_endpoints", "error_rate", "pods", "containers", "logs", "res
 DOWN_CHECKS = {"http_endpoints", "pods", "containers"}
 
 
-def _secrets(service: Service) -> list[str]:
-    """Every credential the service's config holds, so none leaks through a log line."""
-    found = [h.get_secret_value() for ep in service.http for h in ep.headers.values()]
-    for secret in (
-        service.kubernetes and service.kubernetes.token,
-        service.vercel and service.vercel.token,
-        service.redis_url,
-        service.postgres and service.postgres.dsn,
-    ):
-        if secret:
-            found.append(secret.get_secret_value())
-    if service.postgres:
-        found.append(service.postgres._password())
-    return [s for s in found if s]
+class AppDownParams(DeployWindowParams):
+    """Parameters of the app-down runbook (seed 004 "Application Down"; seed 000 Incident 3)."""
+
+    logs_tail_lines: int = Field(
+        default=100, ge=1, le=5_000, description="Log lines to show (seed 004: --tail=100)"
+    )
+    restart_warn: int = Field(
+        default=3, ge=1, description="Warn at this many pod restarts within restart_window_minutes"
+    )
+    restart_window_minutes: float = Field(
+        default=15.0, gt=0, description="Restarts and OOM kills this recent count"
+    )
+    memory_warn_pct: float = Field(
+        default=80.0, gt=0, le=100, description="Warn above this share of the memory limit"
+    )
+    memory_critical_pct: float = Field(
+        default=95.0, gt=0, le=100, description="Critical above this share of the memory limit"
+    )
+    scale_to: int = Field(
+        default=2, ge=1, le=100, description="Replicas to start when none is running"
+    )
+    verify_timeout_seconds: float = Field(
+        default=120.0, ge=0, le=3_600, description="How long to wait for recovery after acting"
+    )
 
 
-def _checks(
-    readers: rb.Readers,
-    service: Service,
-    params: AppDownParams,
-    policy: dp.DeployPolicy,
-    window: float,
+class AppAction(ActionKind):
+    KUBERNETES_RESTART = "kubernetes.restart"
+    KUBERNETES_SCALE = "kubernetes.scale"
+    DOCKER_RESTART = "docker.restart"
+    DOCKER_SCALE = "docker.scale"
+    CONFIGURED_RESTART = "configured.restart"
+
+
+def _app_checks(
+    readers: Readers, service: Service, params: AppDownParams, window_s: float
 ) -> dict[str, Check]:
-    if not (service.http or readers.kube or readers.docker):
-        raise ConfigError(
-            f"service {service.name!r} has no http endpoints, kubernetes or docker target to check"
-        )
-    secrets = _secrets(service)
-    checks: dict[str, Check] = {}
-    if service.http:
-        checks["http_endpoints"] = lambda: app_health.http_endpoints(service.http)
-    if readers.prom:
-        prom = readers.prom
-        checks["error_rate"] = lambda: app_health.error_rate(
-            prom,
-            promql=service.promql.get("error_rate", dp.ERROR_RATE_PROMQL),
-            window_s=window,
-            warn_pct=params.error_rate_warn_pct,
-            critical_pct=params.error_rate_critical_pct,
-            outage_pct=params.error_rate_outage_pct,
-        )
-    if readers.kube:
-        kube = readers.kube
-        checks["pods"] = lambda: app_health.kubernetes_workload(
-            kube,
-            tail=params.logs_tail_lines,
-            restart_warn=params.restart_warn,
-            recent_s=params.restart_window_minutes * 60,
-            secrets=secrets,
-        )
-    if readers.docker:
-        docker = readers.docker
-        checks["containers"] = lambda: app_health.docker_workload(
-            docker,
-            tail=params.logs_tail_lines,
-            memory_warn_pct=params.memory_warn_pct,
-            memory_critical_pct=params.memory_critical_pct,
-            secrets=secrets,
-        )
+    workload = Workload(
+        tail=params.logs_tail_lines,
+        restart_warn=params.restart_warn,
+        recent_s=params.restart_window_minutes * 60,
+        memory_warn_pct=params.memory_warn_pct,
+        memory_critical_pct=params.memory_critical_pct,
+    )
+    checks = health_checks(readers, service, params, window_s, workload)
     if service.postgres:
         pg = service.postgres
         checks["postgres"] = lambda: app_health.postgres_dependency(pg)
     if service.redis_url:
         url = service.redis_url
         checks["redis"] = lambda: app_health.redis_dependency(url)
-    if readers.kube or readers.docker or readers.vercel:
-        checks.update(rb.deploy_checks(readers, service, policy))
     return checks
+
+
+@asynccontextmanager
+async def _checks(
+    service: Service, params: AppDownParams, moment: Moment
+) -> AsyncIterator[Mapping[str, Check]]:
+    async with open_readers(service) as readers:
+        if moment.verifying:
+            checks = _app_checks(readers, service, params, params.verify_error_window_seconds)
+            yield {**checks, **rollback_checks(readers, moment.plan)}
+        else:
+            # A recent deploy alone is no problem here: only a broken app makes it a suspect.
+            deploys = deploy_checks(readers, service, deploy_policy(params, Status.OK))
+            yield {**_app_checks(readers, service, params, params.error_window_seconds), **deploys}
 
 
 def _evidence(findings: list[Finding], check: str) -> dict[str, Any]:
@@ -120,7 +139,7 @@ def _scale_actions(
         return [
             Action(
                 id="scale-kubernetes",
-                kind="kubernetes.scale",
+                kind=AppAction.KUBERNETES_SCALE,
                 target=f"deployment {ns}/{dep}",
                 risk=Risk.RISKY,
                 title=f"Scale deployment {dep} from 0 to {params.scale_to} replicas",
@@ -138,7 +157,7 @@ def _scale_actions(
         return [
             Action(
                 id="scale-docker",
-                kind="docker.scale",
+                kind=AppAction.DOCKER_SCALE,
                 target=f"compose service {where}",
                 risk=Risk.RISKY,
                 title=f"Start compose service {where}: 0 → {want} running containers",
@@ -159,7 +178,7 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
         return [
             Action(
                 id="restart-kubernetes",
-                kind="kubernetes.restart",
+                kind=AppAction.KUBERNETES_RESTART,
                 target=f"deployment {ns}/{dep}",
                 risk=Risk.RISKY,
                 title=f"Restart deployment {dep}",
@@ -167,7 +186,6 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
                 f" (`kubectl rollout restart deployment/{dep} -n {ns}`): replaces its"
                 f" {len(pods)} pod(s) one by one: {', '.join(pods) or 'none running'}",
                 items=[{"deployment": dep, "pods": pods, "planned_at": now}],
-                undo="none needed: the pods come back from the same template",
             )
         ]
     if service.docker:
@@ -178,7 +196,7 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
         return [
             Action(
                 id="restart-docker",
-                kind="docker.restart",
+                kind=AppAction.DOCKER_RESTART,
                 target=service.docker.label,
                 risk=Risk.RISKY,
                 title=f"Restart {len(failing)} container(s)",
@@ -189,7 +207,6 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
                 )
                 + "\nBlast radius: each container's in-flight requests fail while it restarts.",
                 items=[{"container": c["name"], "planned_at": now} for c in failing],
-                undo="none needed: the same containers start again with the same config",
             )
         ]
     configured = service.actions.get("restart")
@@ -197,7 +214,7 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
         return [
             Action(
                 id="restart-configured",
-                kind="configured.restart",
+                kind=AppAction.CONFIGURED_RESTART,
                 target=service.name,
                 risk=Risk(configured.risk),
                 title=f"Restart {service.name}: {configured.description}",
@@ -228,7 +245,7 @@ def plan_remediation(service: Service, findings: list[Finding], params: AppDownP
         return Plan(
             runbook=NAME, target=service.name, spared=[{"target": service.name, "reason": reason}]
         )
-    actions, spared = rb.rollback_actions(findings)
+    actions, spared = rollback_actions(findings)
     if actions:
         spared.append(
             {
@@ -258,7 +275,7 @@ async def restart_kubernetes(action: Action, *, service: Service) -> ActionResul
     """Rollout-restarts the deployment unless it was restarted since the plan."""
     item = action.items[0]
     try:
-        with KubernetesOperator(service.require("kubernetes")) as op:
+        with KubernetesOperator(service.target(KubernetesTarget)) as op:
             said = await asyncio.to_thread(
                 op.rollout_restart,
                 item["deployment"],
@@ -269,30 +286,41 @@ async def restart_kubernetes(action: Action, *, service: Service) -> ActionResul
     return _done(action, "skipped" if "already" in said else "done", said)
 
 
-@remediation
-async def scale_kubernetes(action: Action, *, service: Service) -> ActionResult:
-    """Scales the deployment up unless someone already did."""
+async def _scale_kubernetes(action: Action, service: Service, *, back: bool) -> ActionResult:
     item = action.items[0]
+    expected, to = (item["to"], item["from"]) if back else (item["from"], item["to"])
     try:
-        with KubernetesOperator(service.require("kubernetes")) as op:
-            live = await asyncio.to_thread(op.preview_scale, item["deployment"], item["to"])
-            if live.before["replicas"] != item["from"]:
+        with KubernetesOperator(service.target(KubernetesTarget)) as op:
+            live = await asyncio.to_thread(op.preview_scale, item["deployment"], to)
+            if live.before["replicas"] != expected:
                 return _done(
                     action,
                     "skipped",
                     f"skipped: the deployment has {live.before['replicas']} replicas now",
                 )
-            said = await asyncio.to_thread(op.scale, item["deployment"], item["to"])
+            said = await asyncio.to_thread(op.scale, item["deployment"], to)
     except TargetError as exc:
         return _done(action, "failed", f"failed: {exc}")
     return _done(action, "done", said)
 
 
 @remediation
+async def scale_kubernetes(action: Action, *, service: Service) -> ActionResult:
+    """Scales the deployment up unless someone already did."""
+    return await _scale_kubernetes(action, service, back=False)
+
+
+@remediation
+async def scale_kubernetes_back(action: Action, *, service: Service) -> ActionResult:
+    """Undoes a scale-up: back to the replicas of the plan, unless someone changed them since."""
+    return await _scale_kubernetes(action, service, back=True)
+
+
+@remediation
 async def restart_docker(action: Action, *, service: Service) -> ActionResult:
     """Restarts each planned container unless it recovered since the plan."""
-    target = service.require("docker")
-    outcomes, done, failed = [], 0, 0
+    target = service.target(DockerTarget)
+    outcomes = []
     with DockerReader(target) as reader, DockerOperator(target) as op:
         for item in action.items:
             name, planned = item["container"], datetime.fromisoformat(item["planned_at"])
@@ -303,31 +331,18 @@ async def restart_docker(action: Action, *, service: Service) -> ActionResult:
                 if (
                     c.status == "running"
                     and c.health != "unhealthy"
-                    and (c.started_at and c.started_at >= planned)
+                    and c.started_at
+                    and (c.started_at >= planned)
                 ):
                     said = f"skipped {name}: running again since {c.started_at:%H:%M:%S}Z"
+                    outcomes.append({"container": name, "ok": False, "outcome": said})
                 else:
                     said = await asyncio.to_thread(op.restart, name)
-                    done += 1
+                    outcomes.append({"container": name, "ok": True, "outcome": said})
             except TargetError as exc:
-                said, failed = f"{name} failed: {exc}", failed + 1
-            outcomes.append({"container": name, "outcome": said})
-    status = (
-        "done"
-        if done == len(action.items)
-        else "partial"
-        if done
-        else "failed"
-        if failed
-        else "skipped"
-    )
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status=status,
-        detail="; ".join(o["outcome"] for o in outcomes),
-        items=outcomes,
-    )
+                said = f"{name} failed: {exc}"
+                outcomes.append({"container": name, "ok": False, "failed": True, "outcome": said})
+    return action_result(action, outcomes, len(action.items))
 
 
 @remediation
@@ -335,7 +350,7 @@ async def scale_docker(action: Action, *, service: Service) -> ActionResult:
     """Starts (or creates) the compose service's containers up to the planned count."""
     item = action.items[0]
     try:
-        with DockerOperator(service.require("docker")) as op:
+        with DockerOperator(service.target(DockerTarget)) as op:
             said = await asyncio.to_thread(
                 op.scale_service, item["project"], item["service"], item["to"]
             )
@@ -357,72 +372,69 @@ async def restart_configured(action: Action, *, service: Service) -> ActionResul
     return _done(action, "done", said)
 
 
-EXECUTORS = {
-    **rb.EXECUTORS,
-    "kubernetes.restart": restart_kubernetes,
-    "kubernetes.scale": scale_kubernetes,
-    "docker.restart": restart_docker,
-    "docker.scale": scale_docker,
-    "configured.restart": restart_configured,
-}
-
-
-async def diagnose(service: Service, params: AppDownParams) -> list[Finding]:
-    """The runbook's read-only checks alone (for verification and health sweeps)."""
-    async with rb.open_readers(service) as readers:
-        policy = rb.deploy_policy(params, Status.OK)
-        checks = _checks(readers, service, params, policy, params.verify_error_window_seconds)
-        batches = await asyncio.gather(*(timed(n, service.name, c) for n, c in checks.items()))
-    return [f for batch in batches for f in batch]
-
-
-def _notes(run: RunbookRun, findings: list[Finding], plan: Plan) -> None:
-    for spared in plan.spared:
-        run.note(f"{spared['target']}: {spared['reason']}")
+def _notes(
+    service: Service, findings: list[Finding], plan: Plan, params: AppDownParams
+) -> list[str]:
+    notes = [f"{s['target']}: {s['reason']}" for s in plan.spared]
     oom = _evidence(findings, "pods").get("oom_killed") or [
         c["name"]
         for c in _evidence(findings, "containers").get("containers", [])
         if c["oom_killed"]
     ]
     if oom:
-        run.note(
+        notes.append(
             f"OOMKilled: {', '.join(oom)}; a restart only buys time: run memory-leak for the"
             " trend and the limits"
         )
     if not plan.actions and any(f.status.is_problem for f in findings if f.check in APP_CHECKS):
-        run.note("nothing this runbook can safely change; escalate (seed 004: check dependencies)")
-
-
-@flow(name=NAME, flow_run_name=run_name(NAME), log_prints=False)
-async def app_down(
-    service: Service | str,
-    params: AppDownParams | None = None,
-    dry_run: bool = False,
-    approve_as: str | None = None,
-    context: RunContext | None = None,
-) -> RunbookReport:
-    """Finds why the application is down and restarts, scales or rolls it back after approval."""
-    service = resolve_service(service)
-    params = params or AppDownParams()
-    # A recent deploy alone is no problem here: only a broken app makes it a suspect.
-    policy = rb.deploy_policy(params, Status.OK)
-    run = RunbookRun(
-        NAME, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
-    )
-    async with rb.open_readers(service) as readers:
-        findings = await run.diagnose(
-            _checks(readers, service, params, policy, params.error_window_seconds)
+        notes.append(
+            "nothing this runbook can safely change; escalate (seed 004: check dependencies)"
         )
-    plan = plan_remediation(service, findings, params)
-    _notes(run, findings, plan)
-    approval = await run.gate(plan)
-    if approval:
-        results = await run.act(plan, approval, EXECUTORS, service=service)
-        for action, result in zip(plan.actions, results, strict=True):
-            if result.status in ("done", "partial") and action.kind.startswith("rollback."):
-                run.note(f"undo {action.title.lower()}: {action.undo}")
-        async with rb.open_readers(service) as readers:
-            await run.verify(
-                _checks(readers, service, params, policy, params.verify_error_window_seconds)
-            )
-    return await run.finish()
+    return notes
+
+
+_SAME_VERSION = NoUndo(reason="none needed: the same version starts again with the same config")
+
+RUNBOOK: Runbook[AppDownParams] = Runbook(
+    name=NAME,
+    summary="Finds why the application is down and restarts, scales or rolls it back.",
+    diagnoses=(
+        "health endpoints (502/503, timeouts, latency)",
+        "pods or containers: state, restarts, OOM kills, logs tail, resources",
+        "dependencies: PostgreSQL and Redis reachability",
+        "recent deploys: a suspect is rolled back, not restarted",
+    ),
+    changes=(
+        Change(what="roll back a suspect deploy", risk=Risk.RISKY),
+        Change(what="scale up from zero replicas / containers", risk=Risk.RISKY),
+        Change(what="restart the deployment, containers or configured restart", risk=Risk.RISKY),
+    ),
+    params=AppDownParams,
+    targets=Targets(
+        any_of=(HttpEndpoint, KubernetesTarget, DockerTarget),
+        uses=(PrometheusTarget, VercelTarget, PostgresTarget, ConfiguredAction),
+    ),
+    checks=_checks,
+    plan=plan_remediation,
+    executors={
+        **ROLLBACK_REMEDIES,
+        AppAction.KUBERNETES_RESTART: Remedy(run=restart_kubernetes, undo=_SAME_VERSION),
+        AppAction.KUBERNETES_SCALE: Remedy(run=scale_kubernetes, undo=scale_kubernetes_back),
+        AppAction.DOCKER_RESTART: Remedy(run=restart_docker, undo=_SAME_VERSION),
+        AppAction.DOCKER_SCALE: Remedy(
+            run=scale_docker,
+            undo=NoUndo(reason="stop the started containers by hand (docker compose stop)"),
+        ),
+        AppAction.CONFIGURED_RESTART: Remedy(run=restart_configured, undo=_SAME_VERSION),
+    },
+    # Fixed: the application answers and the crash loop / error rate stays gone for the
+    # hold window. A relapse after a restart means the running version is still broken.
+    verify=Recovery(
+        after_other="roll back: the version still running is broken and a restart only buys"
+        " time; run the rollback runbook on this service (--param to=… names the good"
+        " version when its deploy is older than the look-back)",
+        unrecovered_after_other="the restart did not bring it back: roll back if a deploy is"
+        " to blame (the rollback runbook), else escalate (seed 004: check dependencies)",
+    ),
+    notes=_notes,
+)

@@ -4,8 +4,10 @@ Diagnose the 100ms status page, the management token where the app reads it, the
 answer codes and latency per call, concurrent rooms against the limit and recent deploys →
 plan: regenerate the token from the app key and secret and roll the app; fallback messaging
 on our status page while 100ms is down → gate → re-validate and act → verify with the token
-the app now reads. A room limit reached and a suspect deploy get the seed's advice (the
-`rollback` runbook rolls a deploy back); nothing is changed for them here.
+the app now reads. Fixed: the token is valid and the API answers for the hold window; while
+100ms itself is still down and our status page tells users, mitigated. A room limit reached
+and a suspect deploy get the seed's advice (the `rollback` runbook rolls a deploy back);
+nothing is changed for them here.
 """
 
 from __future__ import annotations
@@ -13,37 +15,110 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from prefect import flow
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from checks import hms
-from checks.findings import Finding, Severity, timed
+from checks.findings import Finding, Severity
 from checks.hms import TokenSource
 from integrations.docker import DockerOperator, DockerReader, DockerTarget
-from integrations.errors import ConfigError, OncallError, TargetError
-from integrations.hms import HmsClient, HmsTarget, management_token, token_expiry
+from integrations.errors import OncallError
+from integrations.hms import HmsTarget, management_token
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.service import Service
-from integrations.statuspage import StatuspagePage, StatuspagePublic
+from integrations.statuspage import StatuspageManageTarget, StatuspagePage, StatuspagePublic
 from runbooks.engine.guard import remediation
-from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
-from runbooks.params import HmsFailuresParams
-from runbooks.provider_outage import UPDATE_EVERY, post_status, status_action
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
+from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
+from runbooks.engine.targets import Targets
+from runbooks.engine.verify import Holds
+from runbooks.remedies.statuspage import (
+    STATUS_REMEDY,
+    UPDATE_EVERY,
+    InformedWhileDown,
+    StatusAction,
+    informed_checks,
+    status_action,
+)
 
-__all__ = ["EXECUTORS", "diagnose", "hms_failures", "plan_remediation", "rotate_token"]
+__all__ = ["RUNBOOK", "HmsAction", "HmsFailuresParams", "plan_remediation", "rotate_token"]
 
 NAME = "hms-failures"
 Sources = tuple[TokenSource, StatuspagePublic, KubernetesReader | DockerReader | None]
 
 
+class HmsFailuresParams(RunbookParams):
+    """Parameters of the hms-failures runbook (seed 000 Part E Incident 2, Part H)."""
+
+    token_secret: str = Field(
+        default="hms-credentials",
+        description="Kubernetes secret the app reads its 100ms management token from",
+    )
+    token_key: str = Field(
+        default="HMS_MANAGEMENT_TOKEN",
+        description="Key of that secret, or the container's environment variable (Docker)",
+    )
+    token_ttl_seconds: int = Field(
+        default=86_400,
+        ge=300,
+        le=30 * 86_400,
+        description="Lifetime of a regenerated management token (100ms documents 24 h)",
+    )
+    token_warn_seconds: float = Field(
+        default=3_600, ge=0, description="Warn when the token expires within this many seconds"
+    )
+    probe_calls: int = Field(
+        default=5, ge=1, le=50, description="Calls made to the 100ms REST API to measure it"
+    )
+    failure_pct_p1: float = Field(
+        default=20.0,
+        ge=0,
+        le=100,
+        description="Intermittent failures above this share of calls are P1 (video failures > 20%)",
+    )
+    latency_warn_ms: float = Field(
+        default=5_000.0, gt=0, description="Median latency above which 100ms is slow (> 5 s)"
+    )
+    latency_critical_ms: float = Field(
+        default=10_000.0, gt=0, description="Median latency above which 100ms is unusable (> 10 s)"
+    )
+    room_warn_pct: float = Field(
+        default=80.0,
+        gt=0,
+        le=100,
+        description="Warn when concurrent rooms reach this % of the limit",
+    )
+    deploy_window_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description="Image changes of the app this recent are listed as suspects",
+    )
+    status_page_components: list[str] = Field(
+        default_factory=list,
+        description="Components of status.100ms.live the service uses (default: every one)",
+    )
+    post_status_page: bool = Field(
+        default=True,
+        description="Propose fallback messaging on our status page when 100ms is down or degraded",
+    )
+    our_components: list[str] = Field(
+        default_factory=list, description="Component ids on our status page to mark while affected"
+    )
+
+
+RotationStatus = Literal["done", "skipped"]
+
+
+class HmsAction(ActionKind):
+    ROTATE_TOKEN = "hms.rotate_token"
+
+
 @contextlib.asynccontextmanager
 async def _sources(service: Service, params: HmsFailuresParams) -> AsyncIterator[Sources]:
-    target: HmsTarget = service.require("hms")
+    target = service.target(HmsTarget)
     async with contextlib.AsyncExitStack() as stack:
         kube = docker = None
         if service.kubernetes is not None:
@@ -59,30 +134,37 @@ async def _sources(service: Service, params: HmsFailuresParams) -> AsyncIterator
         yield source, page, kube or docker
 
 
-def _checks(service: Service, sources: Sources, params: HmsFailuresParams) -> dict[str, Check]:
-    source, page, deploys = sources
-    checks: dict[str, Check] = {
-        "hms_status_page": lambda: hms.hms_status_page(
-            page, dependents=[service.name], components=params.status_page_components
-        ),
-        "api_calls": lambda: hms.api_calls(
-            source,
-            probes=params.probe_calls,
-            failure_pct_p1=params.failure_pct_p1,
-            latency_warn_ms=params.latency_warn_ms,
-            latency_critical_ms=params.latency_critical_ms,
-        ),
-        "room_usage": lambda: hms.room_usage(source, warn_pct=params.room_warn_pct),
-    }
-    if source.kind != "self-signed":
-        checks["management_token"] = lambda: hms.token_validity(
-            source, warn_seconds=params.token_warn_seconds
-        )
-    if deploys is not None:
-        checks["recent_deploys"] = lambda: hms.recent_deploys(
-            deploys, window_s=params.deploy_window_minutes * 60
-        )
-    return checks
+@contextlib.asynccontextmanager
+async def _checks(
+    service: Service, params: HmsFailuresParams, moment: Moment
+) -> AsyncIterator[Mapping[str, Check]]:
+    async with (
+        _sources(service, params) as (source, page, deploys),
+        informed_checks(service, moment) as informed,
+    ):
+        checks: dict[str, Check] = {
+            "hms_status_page": lambda: hms.hms_status_page(
+                page, dependents=[service.name], components=params.status_page_components
+            ),
+            "api_calls": lambda: hms.api_calls(
+                source,
+                probes=params.probe_calls,
+                failure_pct_p1=params.failure_pct_p1,
+                latency_warn_ms=params.latency_warn_ms,
+                latency_critical_ms=params.latency_critical_ms,
+            ),
+        }
+        if source.kind != "self-signed":
+            checks["management_token"] = lambda: hms.token_validity(
+                source, warn_seconds=params.token_warn_seconds
+            )
+        if not moment.verifying:  # what "fixed" means: the token works and 100ms answers
+            checks["room_usage"] = lambda: hms.room_usage(source, warn_pct=params.room_warn_pct)
+            if deploys is not None:
+                checks["recent_deploys"] = lambda: hms.recent_deploys(
+                    deploys, window_s=params.deploy_window_minutes * 60
+                )
+        yield {**checks, **informed}
 
 
 def _when(ts: float) -> str:
@@ -93,7 +175,7 @@ def _rotation(
     service: Service, token: Finding | None, params: HmsFailuresParams, now: float
 ) -> Action | dict[str, Any]:
     """The rotate-token action, or why it cannot be planned (a 'spared' entry)."""
-    target: HmsTarget = service.require("hms")
+    target = service.target(HmsTarget)
     what = "management token"
     if token is None:
         reason = (
@@ -148,7 +230,7 @@ def _rotation(
         title = f"Regenerate the 100ms management token and recreate {where}"
     return Action(
         id="rotate-token",
-        kind="hms.rotate_token",
+        kind=HmsAction.ROTATE_TOKEN,
         target=where,
         risk=Risk.RISKY,
         title=title,
@@ -215,26 +297,21 @@ def plan_remediation(
         elif params.post_status_page:
             spared.append({"what": "fallback messaging", "reason": "no statuspage configured"})
     if rooms is not None and rooms.status.is_problem:
+        use = f"{rooms.evidence['active_rooms']} of {rooms.evidence['limit']}"
+        why = "no automatic action: check concurrent sessions, upgrade the 100ms plan if needed"
         spared.append(
             {
-                "what": f"100ms concurrent rooms ({rooms.evidence['active_rooms']} of "
-                f"{rooms.evidence['limit']})",
-                "reason": "no automatic action: check concurrent sessions, upgrade the 100ms "
-                "plan if needed or implement session limits (seed 000 Incident 2)",
+                "what": f"100ms concurrent rooms ({use})",
+                "reason": f"{why} or implement session limits (seed 000 Incident 2)",
             }
         )
     if counts.get("rate_limited"):
-        spared.append(
-            {
-                "what": "100ms rate limit",
-                "reason": "no automatic action: back off with exponential retries and look for "
-                "a loop calling 100ms",
-            }
-        )
+        why = "no automatic action: back off with exponential retries and look for a loop"
+        spared.append({"what": "100ms rate limit", "reason": f"{why} calling 100ms"})
     dominant = calls.evidence.get("error_kind") if calls else None
     unexplained = calls_failing and not (provider_bad or token_bad) and dominant != "rate_limited"
     recent = deploys.evidence.get("recent_change") if deploys else None
-    if unexplained and recent:
+    if unexplained and recent and deploys is not None:
         spared.append(
             {
                 "what": f"{deploys.evidence['where']} (image {', '.join(recent['images'])})",
@@ -265,32 +342,12 @@ def _sign(item: dict[str, Any], target: HmsTarget) -> tuple[SecretStr, str]:
     return SecretStr(token), f"new token valid until {_when(issued + ttl)}{note}"
 
 
-async def _already_good(source: TokenSource, warn_seconds: float) -> str | None:
-    """Why the token where the app reads it needs no rotation any more, or None."""
-    token = await source.read()
-    if token is None:
-        return None
-    try:
-        expiry = token_expiry(token, soon=int(warn_seconds))
-    except ConfigError:
-        return None
-    if expiry.expired or expiry.expiring_soon or expiry.token_type != "management":
-        return None
-    probe = source.hms.model_copy(update={"management_token": token, "retries": 0})
-    try:
-        async with HmsClient(probe) as client:
-            await client.list_rooms(limit=1)
-    except TargetError:
-        return None
-    return f"{source.where} already holds a token 100ms accepts ({expiry.sentence})"
-
-
 async def _rotate_kubernetes(
     item: dict[str, Any], target: HmsTarget, kube: KubernetesTarget
-) -> tuple[str, list[dict[str, Any]]]:
+) -> tuple[RotationStatus, list[dict[str, Any]]]:
     async with KubernetesReader(kube) as reader:
         source = TokenSource(target, kubernetes=reader, secret=item["secret"], key=item["key"])
-        already = await _already_good(source, item["warn_seconds"])
+        already = await source.accepted(item["warn_seconds"])
     steps = []
     async with KubernetesOperator(kube) as op:
         if already:
@@ -309,10 +366,10 @@ async def _rotate_kubernetes(
 
 async def _rotate_docker(
     item: dict[str, Any], target: HmsTarget, docker: DockerTarget
-) -> tuple[str, list[dict[str, Any]]]:
+) -> tuple[RotationStatus, list[dict[str, Any]]]:
     async with DockerReader(docker) as reader:
         source = TokenSource(target, docker=reader, key=item["key"])
-        already = await _already_good(source, item["warn_seconds"])
+        already = await source.accepted(item["warn_seconds"])
     if already:
         return "skipped", [{"step": "set_env", "outcome": already}]
     token, validity = _sign(item, target)
@@ -333,11 +390,11 @@ async def rotate_token(action: Action, *, service: Service) -> ActionResult:
     """
     item = action.items[0]
     try:
-        target: HmsTarget = service.require("hms")
+        target = service.target(HmsTarget)
         if item["kind"] == "kubernetes":
-            status, steps = await _rotate_kubernetes(item, target, service.require("kubernetes"))
+            status, steps = await _rotate_kubernetes(item, target, service.target(KubernetesTarget))
         else:
-            status, steps = await _rotate_docker(item, target, service.require("docker"))
+            status, steps = await _rotate_docker(item, target, service.target(DockerTarget))
     except OncallError as exc:
         return ActionResult(
             action_id=action.id, title=action.title, status="failed", detail=str(exc)
@@ -351,45 +408,61 @@ async def rotate_token(action: Action, *, service: Service) -> ActionResult:
     )
 
 
-EXECUTORS = {"hms.rotate_token": rotate_token, "statuspage.post": post_status}
+def _notes(
+    service: Service, findings: list[Finding], plan: Plan, params: HmsFailuresParams
+) -> list[str]:
+    notes = [f"{item['what']}: {item['reason']}" for item in plan.spared]
+    source = TokenSource(service.target(HmsTarget))
+    if service.kubernetes is None and service.docker is None and source.kind == "self-signed":
+        notes.insert(
+            0,
+            f"the token the app uses is {source.where}: configure the service's kubernetes or"
+            " docker target so oncall can check and rotate it",
+        )
+    return notes
 
 
-async def diagnose(service: Service, params: HmsFailuresParams) -> list[Finding]:
-    """The runbook's read-only checks alone (for verification and health sweeps)."""
-    async with _sources(service, params) as sources:
-        checks = _checks(service, sources, params)
-        batches = await asyncio.gather(*(timed(n, service.name, c) for n, c in checks.items()))
-    return [f for batch in batches for f in batch]
-
-
-@flow(name=NAME, flow_run_name=run_name(NAME), log_prints=False)
-async def hms_failures(
-    service: Service | str,
-    params: HmsFailuresParams | None = None,
-    dry_run: bool = False,
-    approve_as: str | None = None,
-    context: RunContext | None = None,
-) -> RunbookReport:
-    """Finds why 100ms video fails; rolls a new token and tells users after approval."""
-    service = resolve_service(service)
-    params = params or HmsFailuresParams()
-    service.require("hms")
-    run = RunbookRun(
-        NAME, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
-    )
-    async with _sources(service, params) as sources:
-        if sources[0].kind == "self-signed":
-            run.note(
-                f"the token the app uses is {sources[0].where}: configure the service's "
-                "kubernetes or docker target so oncall can check and rotate it"
-            )
-        findings = await run.diagnose(_checks(service, sources, params))
-    plan = plan_remediation(service, findings, params)
-    for item in plan.spared:
-        run.note(f"{item['what']}: {item['reason']}")
-    approval = await run.gate(plan)
-    if approval:
-        await run.act(plan, approval, EXECUTORS, service=service)
-        async with _sources(service, params) as sources:
-            await run.verify(_checks(service, sources, params))
-    return await run.finish()
+RUNBOOK: Runbook[HmsFailuresParams] = Runbook(
+    name=NAME,
+    summary="Finds why 100ms video fails; rolls a new token and tells users after approval.",
+    diagnoses=(
+        "the 100ms status page",
+        "the management token where the app reads it: validity and expiry",
+        "the 100ms REST API's answer codes and latency per call",
+        "concurrent rooms against the limit",
+        "recent deploys of the app",
+    ),
+    changes=(
+        Change(
+            what="regenerate the management token and roll the app to pick it up", risk=Risk.RISKY
+        ),
+        Change(what="fallback message on our status page", risk=Risk.SAFE),
+    ),
+    params=HmsFailuresParams,
+    targets=Targets(
+        needs=(HmsTarget,), uses=(KubernetesTarget, DockerTarget, StatuspageManageTarget)
+    ),
+    checks=_checks,
+    plan=plan_remediation,
+    executors={
+        HmsAction.ROTATE_TOKEN: Remedy(
+            run=rotate_token,
+            undo=NoUndo(
+                reason="nothing worth restoring: the old token was refused or about to expire;"
+                " its value is not kept anywhere"
+            ),
+        ),
+        StatusAction.POST: STATUS_REMEDY,
+    },
+    # Fixed: the token is valid and 100ms answers for the whole hold window. 100ms still
+    # down while our status page tells users: mitigated, and the wait is theirs.
+    verify=InformedWhileDown(
+        provider=("hms_status_page",),
+        holds=Holds(
+            relapse="100ms calls failed again within {hold}s of the fix",
+            next_step="the new token is not the whole story: check the API's answer codes"
+            " (api_calls) and the app's 100ms integration",
+        ),
+    ),
+    notes=_notes,
+)

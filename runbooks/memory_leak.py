@@ -4,7 +4,9 @@ Diagnose the memory curve from Prometheus (leak vs spike vs flat, time to the li
 against the limit, restarts and OOM kills, and the deploy that started the growth → plan a
 rolling restart ("Redeploy to fresh instances: memory resets to baseline"), a Kubernetes memory
 limit where one is missing or a spike outgrows it, and hand a deploy-made leak to the
-``rollback`` runbook → gate → re-validate and act → verify that memory went back down.
+``rollback`` runbook → gate → re-validate and act → verify. A restart resets memory, not the
+leak: fixed means memory went back down *and* stays flat after the restart; a leak that goes
+on is only mitigated, and the next step is rolling back the deploy that started it.
 """
 
 from __future__ import annotations
@@ -13,38 +15,110 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from kubernetes.utils.quantity import parse_quantity
-from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
 
 from checks import memory as mem
-from checks.findings import Finding, Status, timed
+from checks.findings import Finding, Status
 from checks.http_metrics import current_value, metrics_check
 from integrations.commands import describe, run_configured
-from integrations.docker import DockerOperator, DockerReader
+from integrations.docker import DockerOperator, DockerReader, DockerTarget
 from integrations.errors import TargetError
-from integrations.kubernetes import KubernetesOperator, KubernetesReader
-from integrations.prometheus import PrometheusClient
-from integrations.service import Service
+from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
+from integrations.prometheus import PrometheusClient, PrometheusTarget
+from integrations.service import ConfiguredAction, Service
 from runbooks.engine.guard import remediation
-from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
-from runbooks.params import MemoryLeakParams
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
+from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
+from runbooks.engine.targets import Targets
+from runbooks.engine.verify import Holds, Judgement, Sample, Verdict
 
 __all__ = [
-    "EXECUTORS",
-    "diagnose",
-    "memory_leak",
+    "RUNBOOK",
+    "LeakStopped",
+    "MemoryAction",
+    "MemoryLeakParams",
     "plan_remediation",
+    "restore_memory_limit",
     "rolling_restart",
     "set_memory_limit",
 ]
 
 NAME = "memory-leak"
 MiB = 2**20
+AFTER = "memory_after_restart"  # the verification check that measures the slope
+
+
+class MemoryLeakParams(RunbookParams):
+    """Parameters of the memory-leak runbook (seed 000 Part E Incident 4)."""
+
+    lookback_seconds: float = Field(
+        default=3_600.0, ge=10, le=7 * 86_400, description="Memory history to fit (s)"
+    )
+    step_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3_600,
+        description="Resolution of that history (s): the scrape interval",
+    )
+    usage_warn_pct: float = Field(
+        default=80.0,
+        gt=0,
+        le=100,
+        description="Warn above this share of the limit (seed 000: 80 %)",
+    )
+    usage_critical_pct: float = Field(
+        default=95.0, gt=0, le=100, description="Critical (P1) above this share of the memory limit"
+    )
+    leak_horizon_seconds: float = Field(
+        default=3_600.0, gt=0, description="A leak reaching the limit sooner than this is P1 (s)"
+    )
+    min_r2: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="How well a straight line must fit growth (R²) for a leak",
+    )
+    min_growth_pct: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description="Growth over the window, in % of the level, that counts",
+    )
+    deploy_window_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="A deploy this long before the growth began is its suspect (s)",
+    )
+    restart: bool = Field(
+        default=True, description="Propose a rolling restart for a leak, high usage or OOM kills"
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        description="New Kubernetes memory limit (e.g. 1Gi); default: current × limit_raise_factor",
+    )
+    limit_raise_factor: float = Field(
+        default=1.5, gt=1, le=4, description="How much to raise a limit a spike outgrew"
+    )
+    verify_timeout_seconds: float = Field(
+        default=120.0, ge=0, le=3_600, description="How long to wait for memory to go back down (s)"
+    )
+    verify_hold_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=3_600,
+        description="How long memory must stay down and flat after the restart to count as"
+        " fixed (s): long enough for several scrapes, so a leak that goes on shows its slope",
+    )
+
+
+class MemoryAction(ActionKind):
+    RESTART = "memory.restart"
+    MEMORY_LIMIT = "kubernetes.memory_limit"
 
 
 class _Readers(NamedTuple):
@@ -56,7 +130,7 @@ class _Readers(NamedTuple):
 @contextlib.asynccontextmanager
 async def _readers(service: Service) -> AsyncIterator[_Readers]:
     async with contextlib.AsyncExitStack() as stack:
-        prom = await stack.enter_async_context(PrometheusClient(service.require("prometheus")))
+        prom = await stack.enter_async_context(PrometheusClient(service.target(PrometheusTarget)))
         kube = docker = None
         if service.kubernetes:
             kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))
@@ -74,7 +148,18 @@ def _window(params: MemoryLeakParams) -> mem.Window:
     )
 
 
-def _checks(service: Service, r: _Readers, params: MemoryLeakParams) -> dict[str, Check]:
+@contextlib.asynccontextmanager
+async def _checks(
+    service: Service, params: MemoryLeakParams, moment: Moment
+) -> AsyncIterator[Mapping[str, Check]]:
+    async with _readers(service) as r:
+        if moment.verifying and moment.plan is not None and moment.since is not None:
+            yield _verify_checks(service, r, params, moment.plan, moment.since)
+        else:
+            yield _diagnose_checks(service, r, params)
+
+
+def _diagnose_checks(service: Service, r: _Readers, params: MemoryLeakParams) -> dict[str, Check]:
     q, w, name = mem.MemoryQueries.for_service(service), _window(params), service.name
     runtime = {"kube": r.kube, "docker": r.docker}
 
@@ -88,41 +173,37 @@ def _checks(service: Service, r: _Readers, params: MemoryLeakParams) -> dict[str
         "memory_trend": lambda: mem.memory_trend(
             r.prom, q, w, horizon_s=params.leak_horizon_seconds, target=name, **runtime
         ),
-        "memory_usage": lambda: mem.memory_usage(
-            r.prom,
-            q,
-            warn_pct=params.usage_warn_pct,
-            critical_pct=params.usage_critical_pct,
-            target=name,
-            **runtime,
-        ),
+        "memory_usage": _usage(r, q, params, name),
         "deploy_correlation": correlation,
     }
     checks = {key: metrics_check(r.prom, key, name, call) for key, call in checks.items()}
     if r.kube or r.docker or q.restarts:
         checks["restarts"] = lambda: mem.restarts(
-            prom=r.prom, query=q.restarts, target=name, **runtime
+            prom=r.prom, query=q.restarts, target=name, kube=r.kube, docker=r.docker
         )
     return checks
+
+
+def _usage(r: _Readers, q: mem.MemoryQueries, params: MemoryLeakParams, name: str) -> Check:
+    return lambda: mem.memory_usage(
+        r.prom,
+        q,
+        warn_pct=params.usage_warn_pct,
+        critical_pct=params.usage_critical_pct,
+        target=name,
+        kube=r.kube,
+        docker=r.docker,
+    )
 
 
 def _verify_checks(
     service: Service, r: _Readers, params: MemoryLeakParams, plan: Plan, since: float
 ) -> dict[str, Check]:
-    """What a restart promises: memory back towards its baseline, under the limit, no OOM kill."""
+    """What a restart promises, and what it does not: memory back towards its baseline,
+    under the limit, no OOM kill — and whether it grows again (the leak still at work)."""
     q, name = mem.MemoryQueries.for_service(service), service.name
-    runtime = {"kube": r.kube, "docker": r.docker}
-    checks: dict[str, Check] = {
-        "memory_usage": lambda: mem.memory_usage(
-            r.prom,
-            q,
-            warn_pct=params.usage_warn_pct,
-            critical_pct=params.usage_critical_pct,
-            target=name,
-            **runtime,
-        )
-    }
-    restart = next((a for a in plan.actions if a.kind == "memory.restart"), None)
+    checks: dict[str, Check] = {"memory_usage": _usage(r, q, params, name)}
+    restart = next((a for a in plan.actions if a.kind == MemoryAction.RESTART), None)
     if restart:
         checks["memory_reset"] = lambda: mem.memory_reset(
             r.prom,
@@ -133,9 +214,29 @@ def _verify_checks(
             step_s=params.step_seconds,
             target=name,
         )
+        suspect = next(
+            (s.get("deploy") for s in plan.spared if s.get("action") == "rollback"), None
+        )
+
+        async def after_restart() -> list[Finding]:
+            found = await mem.memory_after_restart(
+                r.prom,
+                q,
+                _window(params),
+                since=since,
+                target=name,
+                leak_slope=restart.params.get("leak_slope_bytes_per_s"),
+            )
+            return [
+                f.model_copy(update={"evidence": {**f.evidence, "suspect": suspect}}) for f in found
+            ]
+
+        checks[AFTER] = after_restart
     checks = {key: metrics_check(r.prom, key, name, call) for key, call in checks.items()}
     if r.kube or r.docker:
-        checks["restarts"] = lambda: mem.restarts(since=since, target=name, **runtime)
+        checks["restarts"] = lambda: mem.restarts(
+            since=since, target=name, kube=r.kube, docker=r.docker
+        )
     return checks
 
 
@@ -175,8 +276,14 @@ def _restart_action(
     seen = trend or usage
     before = max((f.evidence["current_bytes"] for f in seen), default=0.0)
     baseline = min((f.evidence.get("baseline_bytes", before) for f in seen), default=before)
+    slopes = [
+        f.evidence.get("slope_bytes_per_s") or 0.0
+        for f in trend
+        if f.evidence.get("kind") == "leak"
+    ]
     common = {
         "planned_at": time.time(),
+        "leak_slope_bytes_per_s": max(slopes) if slopes else None,
         "query": seen[0].evidence["query"] if seen else None,
         "before_bytes": before,
         "baseline_bytes": baseline,
@@ -191,7 +298,7 @@ def _restart_action(
         call = describe(cfg)
         return Action(
             id="restart",
-            kind="memory.restart",
+            kind=MemoryAction.RESTART,
             target=service.name,
             risk=Risk(cfg.risk),
             title=f"Restart {service.name} (configured action 'restart')",
@@ -204,7 +311,7 @@ def _restart_action(
         pods = [p["pod"] for p in (runtime.get("kubernetes") or {}).get("pods", [])]
         return Action(
             id="restart",
-            kind="memory.restart",
+            kind=MemoryAction.RESTART,
             target=k.label,
             risk=Risk.RISKY,
             title=f"Rolling restart of deployment {k.namespace}/{k.deployment}",
@@ -222,7 +329,7 @@ def _restart_action(
         names = [c["name"] for c in runtime.get("docker") or []] or [d.container or ""]
         return Action(
             id="restart",
-            kind="memory.restart",
+            kind=MemoryAction.RESTART,
             target=d.label,
             risk=Risk.RISKY,
             title=f"Restart {len(names)} container(s) of {service.name}",
@@ -251,7 +358,8 @@ def _limit_action(
     pressure: bool,
 ) -> tuple[Action | None, str | None]:
     """Sets a missing limit, or raises one a spike outgrew; never feeds a leak a bigger one."""
-    k, current = service.kubernetes, kube.get("memory_limit")
+    k = service.target(KubernetesTarget)
+    current = kube.get("memory_limit")
     peak = max((f.evidence.get("current_bytes") or 0 for f in findings), default=0)
     if current is None:
         new = params.memory_limit or _round_mi(max(peak, 64 * MiB) * params.limit_raise_factor, 64)
@@ -275,7 +383,7 @@ def _limit_action(
     pods = [p["pod"] for p in kube.get("pods", [])]
     action = Action(
         id="memory-limit",
-        kind="kubernetes.memory_limit",
+        kind=MemoryAction.MEMORY_LIMIT,
         target=k.label,
         risk=Risk.RISKY,
         title=f"Set the memory limit of {container} to {new} (was {current or 'none'})",
@@ -330,9 +438,9 @@ def plan_remediation(service: Service, findings: list[Finding], params: MemoryLe
         if why_not:
             spared.append({"action": "memory-limit", "reason": why_not})
     for f in _problems(findings, "deploy_correlation"):
-        spared.append(
-            {"action": "rollback", "reason": f"handed to the rollback runbook: {f.summary}"}
-        )
+        deploy = (f.evidence.get("deploy") or {}).get("what")
+        why = f"handed to the rollback runbook: {f.summary}"
+        spared.append({"action": "rollback", "reason": why, "deploy": deploy})
     return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
 
 
@@ -372,14 +480,13 @@ async def rolling_restart(action: Action, *, service: Service) -> ActionResult:
             )
         details = [await run_configured(cfg)]
     elif mechanism == "kubernetes":
-        with KubernetesOperator(service.kubernetes) as op:
+        k = service.target(KubernetesTarget)
+        with KubernetesOperator(k) as op:
             details = [
-                await asyncio.to_thread(
-                    op.rollout_restart, service.kubernetes.deployment, not_before=not_before
-                )
+                await asyncio.to_thread(op.rollout_restart, k.deployment, not_before=not_before)
             ]
     else:
-        with DockerOperator(service.docker) as op:
+        with DockerOperator(service.target(DockerTarget)) as op:
             details = [
                 await asyncio.to_thread(op.restart, name, not_before=not_before)
                 for name in action.params["containers"]
@@ -393,30 +500,88 @@ async def rolling_restart(action: Action, *, service: Service) -> ActionResult:
     )
 
 
-@remediation
-async def set_memory_limit(action: Action, *, service: Service) -> ActionResult:
-    """Sets the planned memory limit unless someone changed the limit since the plan."""
-    p = action.params
-    with KubernetesOperator(service.kubernetes) as op:
+async def _limit(action: Action, service: Service, was: str | None, to: str) -> ActionResult:
+    """Sets the memory limit to ``to`` unless it is no longer ``was`` (someone changed it)."""
+    p, kube = action.params, service.target(KubernetesTarget)
+    with KubernetesOperator(kube) as op:
         preview = await asyncio.to_thread(
-            op.preview_memory_limit, p["deployment"], p["container"], p["to"]
+            op.preview_memory_limit, p["deployment"], p["container"], to
         )
         live = preview.before.get("memory_limit")
-        if not preview.noop and live != p["from"]:
-            detail = f"skipped: the limit changed from {p['from']} to {live} since the plan"
+        if not preview.noop and live != was:
+            detail = f"skipped: the limit is {live}, not {was}: someone changed it"
             return ActionResult(
                 action_id=action.id, title=action.title, status="skipped", detail=detail
             )
-        detail = await asyncio.to_thread(
-            op.set_memory_limit, p["deployment"], p["container"], p["to"]
-        )
+        detail = await asyncio.to_thread(op.set_memory_limit, p["deployment"], p["container"], to)
     return ActionResult(action_id=action.id, title=action.title, status="done", detail=detail)
 
 
-EXECUTORS = {"memory.restart": rolling_restart, "kubernetes.memory_limit": set_memory_limit}
+@remediation
+async def set_memory_limit(action: Action, *, service: Service) -> ActionResult:
+    """Sets the planned memory limit unless someone changed the limit since the plan."""
+    return await _limit(action, service, action.params["from"], action.params["to"])
 
 
-def _notes(findings: list[Finding]) -> list[str]:
+@remediation
+async def restore_memory_limit(action: Action, *, service: Service) -> ActionResult:
+    """Undoes :func:`set_memory_limit`: puts the limit it replaced back, if it is still ours."""
+    was = action.params["from"]
+    if was is None:
+        detail = "not undone: the container had no limit, and oncall only sets limits"
+        return ActionResult(
+            action_id=action.id, title=action.title, status="skipped", detail=detail
+        )
+    return await _limit(action, service, action.params["to"], was)
+
+
+class LeakStopped(BaseModel):
+    """Fixed when memory went back down after the restart *and* stays flat for the hold
+    window; a leak that goes on after the restart (the leaking version still deployed) is
+    *mitigated: leak persists*, handed to rollback. Plans without a restart (a limit raised
+    for a spike) are judged by ``holds`` alone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    holds: Holds = Holds()
+
+    def judge(self, samples: Sequence[Sample], params: Any) -> Judgement:
+        last = samples[-1].findings if samples else []
+        slopes = [f for f in last if f.check == AFTER]
+        reset = any(
+            f.check == "memory_reset" and f.status is Status.OK for s in samples for f in s.findings
+        )
+        growing = [
+            f for s in samples for f in s.findings if f.check == AFTER and f.status.is_problem
+        ]
+        suspect = next(
+            (f.evidence.get("suspect") for f in slopes if f.evidence.get("suspect")), None
+        )
+        rollback = "roll back the deploy that started it" + (f" ({suspect})" if suspect else "")
+        rollback += " — `oncall run rollback`"
+        if reset and growing:
+            return Judgement(
+                verdict=Verdict.MITIGATED,
+                reason=f"leak persists: memory went back down after the restart, but"
+                f" {growing[-1].summary.removeprefix('leak persists: ')}",
+                next_step=rollback,
+            )
+        judgement = self.holds.judge(samples, params)
+        if judgement.verdict is Verdict.FIXED and any(f.status is not Status.OK for f in slopes):
+            unclear = next(f for f in slopes if f.status is not Status.OK)
+            return Judgement(
+                verdict=Verdict.MITIGATED,
+                reason=f"memory went back down, but whether the leak stopped is not clear:"
+                f" {unclear.summary}",
+                next_step=f"watch the memory trend (oncall run memory-leak --dry-run); if it"
+                f" grows again, {rollback}",
+            )
+        return judgement
+
+
+def _notes(
+    service: Service, findings: list[Finding], plan: Plan, params: MemoryLeakParams
+) -> list[str]:
     notes = [
         f"{f.summary.split(': roll back')[0]}: hand over to the rollback runbook"
         " (oncall run rollback)"
@@ -432,37 +597,42 @@ def _notes(findings: list[Finding]) -> list[str]:
     return notes
 
 
-async def diagnose(service: Service, params: MemoryLeakParams) -> list[Finding]:
-    """The runbook's read-only checks alone (for verification and health sweeps)."""
-    async with _readers(service) as r:
-        checks = _checks(service, r, params)
-        batches = await asyncio.gather(*(timed(n, service.name, c) for n, c in checks.items()))
-    return [f for batch in batches for f in batch]
-
-
-@flow(name=NAME, flow_run_name=run_name(NAME), log_prints=False)
-async def memory_leak(
-    service: Service | str,
-    params: MemoryLeakParams | None = None,
-    dry_run: bool = False,
-    approve_as: str | None = None,
-    context: RunContext | None = None,
-) -> RunbookReport:
-    """Tells a memory leak from a spike and restarts or resizes the service after approval."""
-    service = resolve_service(service)
-    params = params or MemoryLeakParams()
-    run = RunbookRun(
-        NAME, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
-    )
-    async with _readers(service) as r:
-        findings = await run.diagnose(_checks(service, r, params))
-    plan = plan_remediation(service, findings, params)
-    for note in _notes(findings):
-        run.note(note)
-    approval = await run.gate(plan)
-    if approval:
-        since = time.time()
-        await run.act(plan, approval, EXECUTORS, service=service)
-        async with _readers(service) as r:
-            await run.verify(_verify_checks(service, r, params, plan, since))
-    return await run.finish()
+RUNBOOK: Runbook[MemoryLeakParams] = Runbook(
+    name=NAME,
+    summary="Tells a memory leak from a spike and restarts or resizes the service after approval.",
+    diagnoses=(
+        "memory trend from Prometheus: leak vs spike vs flat (slope, R², time to the limit)",
+        "usage against the limit",
+        "restarts and OOM kills",
+        "the deploy that started the growth",
+    ),
+    changes=(
+        Change(what="rolling restart", risk=Risk.RISKY),
+        Change(what="set or raise the Kubernetes memory limit", risk=Risk.RISKY),
+    ),
+    params=MemoryLeakParams,
+    targets=Targets(
+        needs=(PrometheusTarget,), uses=(KubernetesTarget, DockerTarget, ConfiguredAction)
+    ),
+    checks=_checks,
+    plan=plan_remediation,
+    executors={
+        MemoryAction.RESTART: Remedy(
+            run=rolling_restart,
+            undo=NoUndo(
+                reason="nothing to undo: a restart only drops the memory the processes held"
+            ),
+        ),
+        MemoryAction.MEMORY_LIMIT: Remedy(run=set_memory_limit, undo=restore_memory_limit),
+    },
+    verify=LeakStopped(
+        holds=Holds(
+            relapse="memory climbed back within {hold}s of the restart",
+            next_step="the restart did not last: roll back the deploy that started it"
+            " (oncall run rollback) or fix the leak",
+            unrecovered_step="memory did not go back down: check the restart reached the"
+            " processes, then roll back (oncall run rollback)",
+        )
+    ),
+    notes=_notes,
+)

@@ -6,43 +6,60 @@ whether a deploy or a traffic spike coincides, slow statements (pg_stat_statemen
 external calls the service makes and its replicas → plan: a deploy-made slowdown goes to the
 ``rollback`` runbook; otherwise clear the configured cache ("Clear caches if not updated
 properly"), scale out ("Scale up resources if performance issue") → gate → re-validate and
-act → verify p95 over a short window.
+act → verify: fixed only if p95 is measured under its threshold for the whole hold window; a
+p95 that drops and comes back is mitigated.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-from prefect import flow
+from pydantic import Field
 
 from checks import http_metrics as hm
-from checks.findings import Finding, timed
+from checks.findings import Finding
 from integrations.service import Service
-from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.engine.model import Action, Plan, RunbookReport, RunContext
-from runbooks.high_error_rate import (
-    EXECUTORS,
+from runbooks.diagnosis.http import (
+    HTTP_TARGETS,
+    HttpSymptomParams,
+    Measured,
     Readers,
-    configured_action,
-    context_checks,
+    handed_to_rollback,
+    http_checks,
     notes,
     problems,
-    readers,
-    scale_action,
 )
-from runbooks.params import PerformanceDegradationParams
+from runbooks.engine.model import Plan, Risk
+from runbooks.engine.runbook import Change, Check, Runbook
+from runbooks.engine.verify import Holds
+from runbooks.remedies.configured import CONFIGURED, Configured, Recheck, configured_actions
+from runbooks.remedies.scale import SCALE_EXECUTORS, scale_action
 
-__all__ = ["EXECUTORS", "diagnose", "performance_degradation", "plan_remediation"]
+__all__ = ["RUNBOOK", "PerformanceDegradationParams", "plan_remediation"]
 
 NAME = "performance-degradation"
 
 
-def _symptom_checks(
+class PerformanceDegradationParams(HttpSymptomParams):
+    """Parameters of the performance-degradation runbook (seed 000 Incident 6; seed 003)."""
+
+    p95_warn_seconds: float = Field(
+        default=2.0, gt=0, description="p95 that is a problem (seed 000 Incident 6: P2 above 2 s)"
+    )
+    p95_critical_seconds: float = Field(
+        default=5.0, gt=0, description="p95 that is critical (seed 000 Incident 6: P1 above 5 s)"
+    )
+    clear_cache: bool = Field(
+        default=True, description="Propose the configured 'clear_cache' action (seed 000 quick win)"
+    )
+    disable_feature_flag: bool = Field(
+        default=False, description="Also propose the configured 'disable_feature_flag' action"
+    )
+
+
+def _symptoms(
     service: Service, r: Readers, params: PerformanceDegradationParams, window_s: float
 ) -> dict[str, Check]:
     q, name = hm.PromQL.for_service(service, window_s), service.name
-    checks = {
+    return {
         "latency": lambda: hm.latency(
             r.prom,
             q,
@@ -60,14 +77,6 @@ def _symptom_checks(
             target=name,
         ),
     }
-    return {key: hm.metrics_check(r.prom, key, name, call) for key, call in checks.items()}
-
-
-def _checks(service: Service, r: Readers, params: PerformanceDegradationParams) -> dict[str, Check]:
-    return {
-        **_symptom_checks(service, r, params, params.window_seconds),
-        **context_checks(service, r, params, signal="p95", threshold=params.p95_warn_seconds),
-    }
 
 
 def plan_remediation(
@@ -77,37 +86,32 @@ def plan_remediation(
     slow = problems(findings, "latency") or problems(findings, "slowest_endpoints")
     if not slow:
         return Plan(runbook=NAME, target=service.name)
-    actions: list[Action] = []
-    spared: list[dict[str, Any]] = []
-    q = hm.PromQL.for_service(service, params.verify_window_seconds)
-    recheck = {
-        "query": q.quantile(0.95),
-        "threshold": params.p95_warn_seconds,
-        "what": "p95 latency",
-        "unit": "seconds",
-    }
     why = slow[0].summary
-    deploy = problems(findings, "deploy_coincidence")
-    for f in deploy:
-        spared.append(
-            {"action": "rollback", "reason": f"handed to the rollback runbook: {f.summary}"}
-        )
+    recheck = Recheck(
+        query=hm.PromQL.for_service(service, params.verify_window_seconds).quantile(0.95),
+        threshold=params.p95_warn_seconds,
+        what="p95 latency",
+        unit="seconds",
+    )
     wanted = {
         "clear_cache": params.clear_cache,
         "disable_feature_flag": params.disable_feature_flag,
     }
-    for key, on in wanted.items():
-        if key in service.actions and not on:
-            spared.append({"action": key, "reason": f"configured but not proposed ({key}=false)"})
-        elif on and (a := configured_action(service, key, why=why, recheck=recheck)):
-            actions.append(a)
+    actions, spared = configured_actions(service, wanted, why=why, recheck=recheck)
+    spared = handed_to_rollback(findings) + spared
     spike = problems(findings, "traffic_spike")
-    if deploy and not spike:
+    if problems(findings, "deploy_coincidence") and not spike:
         # More replicas of a regression stay slow and cost connections; roll back instead.
         spared.append({"action": "scale", "reason": "the slowdown follows a deploy, not load"})
     else:
-        reason = spike[0].summary if spike else why
-        scale, why_not = scale_action(service, findings, params, why=reason, recheck=recheck)
+        scale, why_not = scale_action(
+            service,
+            findings,
+            factor=params.scale_factor,
+            max_replicas=params.max_replicas,
+            why=spike[0].summary if spike else why,
+            recheck=recheck,
+        )
         if scale:
             actions.append(scale)
         elif why_not:
@@ -115,7 +119,9 @@ def plan_remediation(
     return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
 
 
-def _advice(findings: list[Finding]) -> list[str]:
+def _notes(
+    service: Service, findings: list[Finding], plan: Plan, params: PerformanceDegradationParams
+) -> list[str]:
     out = notes(findings)
     if problems(findings, "slow_queries") or problems(findings, "top_statements"):
         out.append(
@@ -125,36 +131,37 @@ def _advice(findings: list[Finding]) -> list[str]:
     return out
 
 
-async def diagnose(service: Service, params: PerformanceDegradationParams) -> list[Finding]:
-    """The runbook's read-only checks alone (for verification and health sweeps)."""
-    async with readers(service) as r:
-        checks = _checks(service, r, params)
-        batches = await asyncio.gather(*(timed(n, service.name, c) for n, c in checks.items()))
-    return [f for batch in batches for f in batch]
-
-
-@flow(name=NAME, flow_run_name=run_name(NAME), log_prints=False)
-async def performance_degradation(
-    service: Service | str,
-    params: PerformanceDegradationParams | None = None,
-    dry_run: bool = False,
-    approve_as: str | None = None,
-    context: RunContext | None = None,
-) -> RunbookReport:
-    """Finds why a service got slow and clears caches or scales out after approval."""
-    service = resolve_service(service)
-    params = params or PerformanceDegradationParams()
-    run = RunbookRun(
-        NAME, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
-    )
-    async with readers(service) as r:
-        findings = await run.diagnose(_checks(service, r, params))
-    plan = plan_remediation(service, findings, params)
-    for note in _advice(findings):
-        run.note(note)
-    approval = await run.gate(plan)
-    if approval:
-        await run.act(plan, approval, EXECUTORS, service=service)
-        async with readers(service) as r:
-            await run.verify(_symptom_checks(service, r, params, params.verify_window_seconds))
-    return await run.finish()
+RUNBOOK: Runbook[PerformanceDegradationParams] = Runbook(
+    name=NAME,
+    summary="Finds why a service got slow and clears caches or scales out after approval.",
+    diagnoses=(
+        "p50/p95/p99 latency (seed 000 Incident 6: p95 > 5 s P1, > 2 s P2)",
+        "the slowest endpoints",
+        "when the slowdown began; a deploy or a traffic spike at that time",
+        "slow statements (pg_stat_statements), external calls, replicas",
+    ),
+    changes=(
+        Change(what="clear the configured cache", risk=Risk.RISKY),
+        Change(
+            what="scale out (configured, Kubernetes, compose) unless a deploy explains it",
+            risk=Risk.RISKY,
+        ),
+    ),
+    params=PerformanceDegradationParams,
+    targets=HTTP_TARGETS,
+    checks=http_checks(_symptoms, signal="p95", threshold=lambda p: p.p95_warn_seconds),
+    plan=plan_remediation,
+    executors={Configured.RUN: CONFIGURED, **SCALE_EXECUTORS},
+    # Fixed only if p95 stays measured under p95_warn_seconds for the whole window.
+    verify=Measured(
+        check="latency",
+        what="p95 latency",
+        holds=Holds(
+            relapse="p95 went back over its threshold within {hold}s of the fix",
+            next_step="the cache clear or scale-out only bought time: find the slow path"
+            " (slow statements in pg_stat_statements, a slow dependency, a deploy: oncall run"
+            " rollback) before it slows down again",
+        ),
+    ),
+    notes=_notes,
+)

@@ -4,44 +4,93 @@ seed 001 "OpenAI API Failures"; seed 003 "Payment Processing Down").
 Read the status pages of the providers the service uses (any Statuspage.io page: Supabase,
 Vercel, 100ms, OpenAI, Stripe, Neon …) → plan what the seeds say to do while a provider is
 down: tell users on our status page and turn on graceful degradation → gate → act → verify.
-Nothing is ever done to the provider itself: the runbook waits for its recovery.
+Nothing is ever done to the provider itself: fixed means its page is operational again;
+while it is still down and our users are told, the outcome is mitigated.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from prefect import flow
+from pydantic import Field
 
 from checks import providers
-from checks.findings import Finding, Severity, timed
+from checks.findings import Finding, Severity, Status
 from integrations.commands import describe, run_configured
-from integrations.errors import OncallError, TargetError
-from integrations.service import Service
-from integrations.statuspage import StatuspageManage, StatuspagePage, StatuspagePublic
+from integrations.errors import OncallError
+from integrations.service import ConfiguredAction, Service
+from integrations.statuspage import StatuspageManageTarget, StatuspagePage, StatuspagePublic
 from runbooks.engine.guard import remediation
-from runbooks.engine.kernel import Check, RunbookRun, resolve_service, run_name
-from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookReport, RunContext
-from runbooks.params import ProviderOutageParams
+from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
+from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
+from runbooks.engine.targets import Targets
+from runbooks.engine.verify import Holds
+from runbooks.remedies.statuspage import (
+    STATUS_REMEDY,
+    UPDATE_EVERY,
+    InformedWhileDown,
+    StatusAction,
+    action_result,
+    informed_checks,
+    our_status,
+    provider_items,
+    status_action,
+    still_affected,
+)
 
 __all__ = [
-    "EXECUTORS",
+    "RUNBOOK",
+    "ProviderAction",
+    "ProviderOutageParams",
     "affected",
-    "diagnose",
     "enable_degradation",
     "plan_remediation",
-    "post_status",
-    "provider_outage",
-    "status_action",
-    "still_affected",
 ]
 
 NAME = "provider-outage"
-# Seed 000 Part C "Update Frequency": how often users hear from us, by severity (minutes).
-UPDATE_EVERY = {Severity.P0: 5, Severity.P1: 15, Severity.P2: 30, Severity.P3: 60}
+PREFIX = "provider_status"
+
+
+class ProviderOutageParams(RunbookParams):
+    """Parameters of the provider-outage runbook (seed 000 Path D, Incident 3; seeds 001, 003)."""
+
+    components: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Components we use, by provider name (a provider not listed: every component)",
+    )
+    down_severity: dict[str, Severity] = Field(
+        default_factory=lambda: {
+            "supabase": Severity.P0,
+            "neon": Severity.P0,
+            "stripe": Severity.P0,
+        },
+        description="Severity of a complete outage by provider name (Supabase down is P0, "
+        "payment processing down is SEV1); a partial outage is one level milder",
+    )
+    default_down_severity: Severity = Field(
+        default=Severity.P1, description="Severity of a complete outage of any other provider"
+    )
+    post_status_page: bool = Field(
+        default=True, description="Propose a status-page update for our users"
+    )
+    incident_name: str | None = Field(
+        default=None, description="Title of our status-page incident (default: names the providers)"
+    )
+    our_components: list[str] = Field(
+        default_factory=list, description="Component ids on our status page to mark while affected"
+    )
+    degradation_action: str = Field(
+        default="enable_degradation_flag",
+        description="The service's configured action that turns graceful degradation on",
+    )
+
+
+class ProviderAction(ActionKind):
+    # A configured action: its executor moves to runbooks/remedies/configured.py once that
+    # module exists (it is shared with high-error-rate and performance-degradation).
+    DEGRADATION = "configured.degradation"
 
 
 def _by_name(mapping: dict[str, Any], name: str) -> Any:
@@ -50,35 +99,36 @@ def _by_name(mapping: dict[str, Any], name: str) -> Any:
 
 def _check_name(page: StatuspagePage) -> str:
     slug = "".join(ch if ch.isalnum() else "-" for ch in page.name.lower()).strip("-")
-    return f"provider_status.{slug or 'provider'}"
+    return f"{PREFIX}.{slug or 'provider'}"
 
 
-def _checks(
-    service: Service, pages: list[StatuspagePublic], params: ProviderOutageParams
-) -> dict[str, Check]:
-    def one(page: StatuspagePublic) -> Check:
-        return lambda: providers.provider_status(
-            page,
-            dependents=[service.name],
-            components=_by_name(params.components, page.page.name),
-            down_severity=_by_name(params.down_severity, page.page.name)
-            or params.default_down_severity,
-            check=_check_name(page.page),
-        )
-
-    return {_check_name(p.page): one(p) for p in pages}
+def _provider_check(
+    service: Service, page: StatuspagePublic, params: ProviderOutageParams
+) -> Check:
+    return lambda: providers.provider_status(
+        page,
+        dependents=[service.name],
+        components=_by_name(params.components, page.page.name),
+        down_severity=_by_name(params.down_severity, page.page.name)
+        or params.default_down_severity,
+        check=_check_name(page.page),
+    )
 
 
 @contextlib.asynccontextmanager
-async def _pages(service: Service) -> AsyncIterator[list[StatuspagePublic]]:
+async def _checks(
+    service: Service, params: ProviderOutageParams, moment: Moment
+) -> AsyncIterator[Mapping[str, Check]]:
     async with contextlib.AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(StatuspagePublic(page))
-            for page in service.require("providers")
-        ]
+        checks: dict[str, Check] = {}
+        for page in service.require("providers"):
+            public = await stack.enter_async_context(StatuspagePublic(page))
+            checks[_check_name(page)] = _provider_check(service, public, params)
+        checks.update(await stack.enter_async_context(informed_checks(service, moment)))
+        yield checks
 
 
-def affected(findings: list[Finding], prefix: str = "provider_status") -> list[Finding]:
+def affected(findings: list[Finding], prefix: str = PREFIX) -> list[Finding]:
     """The provider findings that report a problem (down or degraded)."""
     return [f for f in findings if f.check.startswith(prefix) and f.status.is_problem]
 
@@ -88,68 +138,25 @@ def _severity(found: list[Finding]) -> Severity:
     return min(severities, key=lambda s: s.rank) if severities else Severity.P2
 
 
-def _our_status(found: list[Finding]) -> str:
-    # Our cause is identified (the provider); once every provider incident is being
-    # monitored (their fix is out) we monitor too. Resolving is the incident flow's job.
-    incidents = [i for f in found for i in f.evidence.get("incidents", [])]
-    if incidents and all(i.get("status") == "monitoring" for i in incidents):
-        return "monitoring"
-    return "identified"
-
-
-def _provider_items(found: list[Finding]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": f.evidence["provider"],
-            "url": f.evidence["page_url"],
-            "components": f.evidence.get("components_we_use") or [],
-            "state": f.evidence["state"],
-        }
-        for f in found
-    ]
-
-
-def status_action(
-    service: Service,
-    found: list[Finding],
-    *,
-    title: str,
-    body: str,
-    components: list[str],
-) -> Action:
-    """The status-page post for our users while these providers are affected."""
-    page = service.require("statuspage")
-    status = _our_status(found)
-    down = any(f.evidence.get("state") == "down" for f in found)
-    component_status = "major_outage" if down else "degraded_performance"
-    marks = f"; mark components {', '.join(components)} {component_status}" if components else ""
-    preview = (
-        f"statuspage page {page.page_id}: open incident '{title}' as {status} (or post this "
-        f"update on it if it is already open){marks}, message:\n  {body}"
-    )
-    return Action(
-        id="status-page",
-        kind="statuspage.post",
-        target=f"statuspage {page.page_id}",
-        risk=Risk.SAFE,
-        title=f"Post '{title}' ({status}) on our status page",
-        preview=preview,
-        items=[
-            {
-                "name": title,
-                "status": status,
-                "body": body,
-                "component_ids": components,
-                "component_status": component_status,
-                "providers": _provider_items(found),
-            }
-        ],
-        undo="resolve the incident on our status page (the incident flow does once recovered)",
-    )
-
-
 def _names(found: list[Finding]) -> str:
     return " and ".join(str(f.evidence["provider"]) for f in found)
+
+
+def _status_post(service: Service, found: list[Finding], params: ProviderOutageParams) -> Action:
+    names, every = _names(found), UPDATE_EVERY[_severity(found)]
+    title = params.incident_name or f"Degraded service: {names} outage"
+    if our_status(found) == "monitoring":
+        body = (
+            f"{names} report a fix is in place. We are monitoring {service.name} until it "
+            f"has fully recovered and will post an update every {every} minutes."
+        )
+    else:
+        body = (
+            f"We have identified an outage at our provider {names} affecting "
+            f"{service.name}: some features may be unavailable or slow. We are working "
+            f"around it and will post an update every {every} minutes."
+        )
+    return status_action(service, found, title=title, body=body, components=params.our_components)
 
 
 def plan_remediation(
@@ -159,7 +166,6 @@ def plan_remediation(
     found = affected(findings)
     if not found:
         return Plan(runbook=NAME, target=service.name)
-    names = _names(found)
     spared: list[dict[str, Any]] = [
         {
             "what": f"{f.evidence['provider']} itself",
@@ -170,22 +176,7 @@ def plan_remediation(
     ]
     actions = []
     if params.post_status_page and service.statuspage is not None:
-        every = UPDATE_EVERY[_severity(found)]
-        title = params.incident_name or f"Degraded service: {names} outage"
-        if _our_status(found) == "monitoring":
-            body = (
-                f"{names} report a fix is in place. We are monitoring {service.name} until it "
-                f"has fully recovered and will post an update every {every} minutes."
-            )
-        else:
-            body = (
-                f"We have identified an outage at our provider {names} affecting "
-                f"{service.name}: some features may be unavailable or slow. We are working "
-                f"around it and will post an update every {every} minutes."
-            )
-        actions.append(
-            status_action(service, found, title=title, body=body, components=params.our_components)
-        )
+        actions.append(_status_post(service, found, params))
     elif params.post_status_page:
         spared.append(
             {"what": "our status page", "reason": "no statuspage configured for the service"}
@@ -195,12 +186,12 @@ def plan_remediation(
         actions.append(
             Action(
                 id="degradation-flag",
-                kind="configured.degradation",
+                kind=ProviderAction.DEGRADATION,
                 target=service.name,
                 risk=Risk(flag.risk),
                 title=f"Turn on graceful degradation ({params.degradation_action})",
                 preview=f"{flag.description}: {describe(flag)}",
-                items=[{"action": params.degradation_action, "providers": _provider_items(found)}],
+                items=[{"action": params.degradation_action, "providers": provider_items(found)}],
                 undo=flag.undo,
             )
         )
@@ -214,115 +205,73 @@ def plan_remediation(
     return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
 
 
-async def still_affected(items: list[dict[str, Any]]) -> list[str]:
-    """Providers not yet operational again (an unreadable page counts as still affected)."""
-    names = []
-    for item in items:
-        page = StatuspagePage(name=item["name"], url=item["url"], retries=0)
-        try:
-            async with StatuspagePublic(page) as public:
-                status = await public.summary()
-        except TargetError:
-            names.append(item["name"])
-            continue
-        if providers.provider_state(status, item.get("components") or None) != "operational":
-            names.append(item["name"])
-    return names
-
-
-def _result(action: Action, status: str, detail: str, **extra: Any) -> ActionResult:
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status=status,
-        detail=detail,
-        items=[{"outcome": detail, **extra}],
-    )
-
-
-@remediation
-async def post_status(action: Action, *, service: Service) -> ActionResult:
-    """Opens our status-page incident, or posts the update on it when it is already open."""
-    item = action.items[0]
-    try:
-        still = await still_affected(item["providers"])
-        if not still:
-            names = ", ".join(p["name"] for p in item["providers"])
-            return _result(action, "skipped", f"{names} operational again: nothing posted")
-        async with StatuspageManage(service.require("statuspage")) as page:
-            same = [i for i in await page.unresolved() if i.name == item["name"]]
-            if same:
-                detail = await page.update_incident(same[0].id, item["status"], item["body"])
-                incident_id = same[0].id
-            else:
-                incident, detail = await page.create_incident(
-                    item["name"],
-                    item["status"],
-                    item["body"],
-                    component_ids=item["component_ids"] or None,
-                    component_status=item["component_status"],
-                )
-                incident_id = incident.id
-    except OncallError as exc:
-        return _result(action, "failed", str(exc))
-    return _result(action, "done", detail, incident_id=incident_id)
-
-
 @remediation
 async def enable_degradation(action: Action, *, service: Service) -> ActionResult:
     """Runs the service's configured degradation action while a provider is still affected."""
     item = action.items[0]
     configured = service.actions.get(item["action"])
     if configured is None:
-        return _result(action, "failed", f"action '{item['action']}' is no longer configured")
+        return action_result(action, "failed", f"action '{item['action']}' is no longer configured")
     try:
         if not await still_affected(item["providers"]):
-            return _result(action, "skipped", "providers operational again: degradation not needed")
+            return action_result(
+                action, "skipped", "providers operational again: degradation not needed"
+            )
         detail = await run_configured(configured)
     except OncallError as exc:
-        return _result(action, "failed", str(exc))
-    return _result(action, "done", detail)
+        return action_result(action, "failed", str(exc))
+    return action_result(action, "done", detail)
 
 
-EXECUTORS = {"statuspage.post": post_status, "configured.degradation": enable_degradation}
-
-
-async def diagnose(service: Service, params: ProviderOutageParams) -> list[Finding]:
-    """The runbook's read-only checks alone (for verification and health sweeps)."""
-    async with _pages(service) as pages:
-        checks = _checks(service, pages, params)
-        batches = await asyncio.gather(*(timed(n, service.name, c) for n, c in checks.items()))
-    return [f for batch in batches for f in batch]
-
-
-@flow(name=NAME, flow_run_name=run_name(NAME), log_prints=False)
-async def provider_outage(
-    service: Service | str,
-    params: ProviderOutageParams | None = None,
-    dry_run: bool = False,
-    approve_as: str | None = None,
-    context: RunContext | None = None,
-) -> RunbookReport:
-    """Reads the providers' status pages; tells users and degrades gracefully after approval."""
-    service = resolve_service(service)
-    params = params or ProviderOutageParams()
-    service.require("providers")
-    run = RunbookRun(
-        NAME, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
-    )
-    async with _pages(service) as pages:
-        findings = await run.diagnose(_checks(service, pages, params))
-    plan = plan_remediation(service, findings, params)
-    for item in plan.spared:
-        run.note(f"{item['what']}: {item['reason']}")
-    if not affected(findings) and not any(f.status == "error" for f in findings):
-        run.note(
+def _notes(
+    service: Service, findings: list[Finding], plan: Plan, params: ProviderOutageParams
+) -> list[str]:
+    notes = [f"{item['what']}: {item['reason']}" for item in plan.spared]
+    if not affected(findings) and not any(f.status is Status.ERROR for f in findings):
+        notes.append(
             "every provider's page is operational: if calls to one still fail, check our API "
             "key and rate limits (seed 001) and report it to the provider's support (Path D)"
         )
-    approval = await run.gate(plan)
-    if approval:
-        await run.act(plan, approval, EXECUTORS, service=service)
-        async with _pages(service) as pages:
-            await run.verify(_checks(service, pages, params))
-    return await run.finish()
+    return notes
+
+
+RUNBOOK: Runbook[ProviderOutageParams] = Runbook(
+    name=NAME,
+    summary="Reads the providers' status pages; tells users and degrades gracefully after"
+    " approval.",
+    diagnoses=(
+        "the status pages of the providers the service uses (Supabase, Vercel, 100ms, OpenAI,"
+        " Stripe, Neon …): down, degraded or operational, for the components it uses",
+        "which of our services depend on them",
+    ),
+    changes=(
+        Change(what="status-page update for our users", risk=Risk.SAFE),
+        Change(what="the configured degradation flag", risk=Risk.RISKY),
+    ),
+    params=ProviderOutageParams,
+    targets=Targets(needs=(StatuspagePage,), uses=(StatuspageManageTarget, ConfiguredAction)),
+    checks=_checks,
+    plan=plan_remediation,
+    executors={
+        StatusAction.POST: STATUS_REMEDY,
+        ProviderAction.DEGRADATION: Remedy(
+            run=enable_degradation,
+            undo=NoUndo(
+                reason="oncall cannot turn it off by itself: run the configured action that"
+                " reverses it once the provider has recovered"
+            ),
+        ),
+    },
+    # Fixed only when every provider's page is operational again and stays so for the
+    # window; still down while our status page tells users is mitigated.
+    verify=InformedWhileDown(
+        provider=(PREFIX,),
+        holds=Holds(
+            relapse="a provider went down again within {hold}s of recovering",
+            next_step="the provider is unstable: keep users informed and follow its status page",
+            unrecovered_step="the provider is still down and our users were not told by this"
+            " run: post on our status page by hand (seed 000 Part C) and wait for its recovery",
+        ),
+    ),
+    notes=_notes,
+)

@@ -89,9 +89,14 @@ class Faults:
 
     def _background(self, conn: psycopg.Connection, sql: str) -> None:
         def run() -> None:
-            with contextlib.suppress(psycopg.Error):
+            # A well-behaved client: a cancelled statement's transaction is rolled back, not
+            # left "idle in transaction (aborted)" (which the runbook rightly reports again).
+            try:
                 conn.execute(sql)
                 conn.commit()
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

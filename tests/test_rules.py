@@ -44,26 +44,136 @@ def test_dependencies_point_one_way(layer):
     assert offenders == {}
 
 
-def test_every_runbook_module_is_registered():
-    from runbooks.catalog import RUNBOOKS
-
-    support = {"__init__", "catalog", "params"}
-    modules = {p.stem for p in (ROOT / "runbooks").glob("*.py")} - support
-    registered = {spec.module.split(".")[-1] for spec in RUNBOOKS.values()}
-    assert modules == registered
-    for spec in RUNBOOKS.values():
-        flow = spec.load()
-        assert flow.name == spec.name
-        assert (flow.fn.__doc__ or "").strip(), f"{spec.name} needs a one-line docstring"
+def _runbook_modules() -> set[str]:
+    """runbooks/*.py that declare a runbook (the engine, remedies and diagnosis are rooms)."""
+    return {p.stem for p in (ROOT / "runbooks").glob("*.py")} - {"__init__", "catalog", "params"}
 
 
-def test_every_executor_is_a_guarded_remediation():
-    from runbooks.catalog import RUNBOOKS
+def test_every_runbook_module_is_registered_and_declares_its_runbook():
+    from runbooks.catalog import RUNBOOKS, require
+    from runbooks.engine.runbook import Runbook
 
-    for spec in RUNBOOKS.values():
-        module = importlib.import_module(spec.module)
-        for kind, executor in module.EXECUTORS.items():
-            assert getattr(executor, "__oncall_remediation__", False), (spec.name, kind)
+    assert {m.removeprefix("runbooks.") for m in RUNBOOKS.values()} == _runbook_modules()
+    for name in RUNBOOKS:
+        runbook = require(name)
+        assert isinstance(runbook, Runbook) and runbook.name == name
+        assert runbook.summary.strip(), f"{name} needs a one-line summary"
+        assert runbook.flow.name == name and runbook.flow.description == runbook.summary
+
+
+def test_every_executor_is_a_guarded_remediation_keyed_by_a_typed_kind_with_its_undo():
+    from runbooks.catalog import runbooks
+    from runbooks.engine.runbook import ActionKind, NoUndo
+
+    for runbook in runbooks():
+        assert runbook.executors, f"{runbook.name} declares no remediation"
+        for kind, remedy in runbook.executors.items():
+            assert isinstance(kind, ActionKind), (runbook.name, kind)
+            assert getattr(remedy.run, "__oncall_remediation__", False), (runbook.name, kind)
+            undo = remedy.undo
+            assert (isinstance(undo, NoUndo) and undo.reason.strip()) or getattr(
+                undo, "__oncall_remediation__", False
+            ), f"{runbook.name} {kind}: state the undo or why there is none"
+
+
+def test_no_runbook_imports_another_and_runbook_modules_stay_prefect_free():
+    runbook_modules = {f"runbooks.{m}" for m in _runbook_modules()}
+    for stem in _runbook_modules():
+        path = ROOT / "runbooks" / f"{stem}.py"
+        tree = ast.parse(path.read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        others = sorted(m for m in imported if m in runbook_modules and m != f"runbooks.{stem}")
+        assert others == [], f"runbooks/{stem}.py imports runbook(s) {others}: share via remedies/"
+        assert "prefect" not in _imports(path), f"runbooks/{stem}.py imports prefect"
+
+
+def _module_imports(path: Path, package_modules: set[str]) -> set[str]:
+    """Product modules a module imports when it is imported (TYPE_CHECKING blocks and
+    imports inside functions run later, if at all, and are not part of the import graph)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.If | ast.Try | ast.With):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    for child in getattr(node, field, []) or []:
+                        visit(child.body if isinstance(child, ast.ExceptHandler) else [child])
+
+    visit(tree.body)
+    return {m for m in found if m in package_modules}
+
+
+def test_the_import_graph_of_the_product_has_no_cycles():
+    modules: dict[str, Path] = {}
+    for layer in LAYERS:
+        for path in _modules(layer):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    graph = {name: _module_imports(path, set(modules)) - {name} for name, path in modules.items()}
+    for name in list(graph):  # importing a.b imports the package a first
+        graph[name] |= {
+            parent for dep in graph[name] for parent in _parents(dep) if parent in modules
+        } - {name, *_parents(name)}
+    cycles = _cycles(graph)
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def strong(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dep in sorted(graph.get(node, ())):
+            if dep not in index:
+                strong(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            strong(node)
+    return found
 
 
 def test_only_remediations_build_operators():
@@ -110,12 +220,12 @@ def test_every_runbook_flow_takes_a_service_or_its_name():
     """Deployments and the Prefect UI pass a service name; the CLI and incidents a Service."""
     import inspect
 
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import runbooks
 
-    for spec in RUNBOOKS.values():
-        flow = spec.load()
-        params = inspect.signature(flow.fn).parameters
-        assert list(params)[:5] == ["service", "params", "dry_run", "approve_as", "context"]
+    for runbook in runbooks():
+        params = inspect.signature(runbook.flow.fn).parameters
+        assert list(params)[:2] == ["service", "params"]
         annotation = str(params["service"].annotation)
-        assert "Service" in annotation and "str" in annotation, (spec.name, annotation)
-        assert callable(flow.flow_run_name), f"{spec.name} must name runs with run_name()"
+        assert "Service" in annotation and "str" in annotation, (runbook.name, annotation)
+        assert runbook.params.__name__ in str(params["params"].annotation)
+        assert callable(runbook.flow.flow_run_name), f"{runbook.name} names runs with run_name()"

@@ -130,10 +130,12 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Kills a real app's process and lets app-down restart it through its supervisor."""
     from flows.drills.sandbox.apps import SandboxApp
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["app-down"]
-    params = spec.params(approval_timeout_seconds=300, verify_timeout_seconds=30)
+    spec = require("app-down")
+    params = spec.params(
+        approval_timeout_seconds=300, verify_timeout_seconds=30, verify_hold_seconds=5
+    )
     with Supervisor(SandboxApp("faulty", rps=0)) as supervisor:
         app = supervisor.app
         supervisor.crash()

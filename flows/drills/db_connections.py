@@ -24,14 +24,15 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         injected = time.monotonic()
         from integrations.postgres import PostgresTarget
         from integrations.service import Service
-        from runbooks.catalog import RUNBOOKS
+        from runbooks.catalog import require
 
-        spec = RUNBOOKS["db-connections"]
+        spec = require("db-connections")
         params = spec.params(
             idle_in_transaction_seconds=IDLE_S,
             long_query_seconds=60,
             approval_timeout_seconds=300,
             verify_timeout_seconds=10,
+            verify_hold_seconds=3,  # stale sessions must not pile up again (idle after 1 s)
         )
         if show:
             console.print(

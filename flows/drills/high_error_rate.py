@@ -26,9 +26,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Makes a real app fail 30 % of requests and lets high-error-rate switch the flag off."""
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["high-error-rate"]
+    spec = require("high-error-rate")
     params = spec.params(
         window_seconds=5,
         verify_window_seconds=5,
@@ -37,6 +37,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         deploy_window_seconds=5,
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
     began = time.monotonic()
     with scraped_app(

@@ -2,7 +2,8 @@
 
 The sandbox is a ``leaky`` app (real resident memory growth) scraped every second by a real
 Prometheus. The remediation is the service's configured ``restart`` action: an HTTP call to
-the app's ``/control`` that drops the memory it holds, as a fresh instance would.
+the app's ``/control`` that drops the memory it holds, as a fresh instance would. v2 stays
+deployed and leaks on after the restart, so the honest score is *mitigated*: handed to rollback.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Makes a real process leak memory after a deploy and lets memory-leak restart it."""
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["memory-leak"]
+    spec = require("memory-leak")
     params = spec.params(
         lookback_seconds=60,
         step_seconds=1,
         deploy_window_seconds=30,
         approval_timeout_seconds=300,
         verify_timeout_seconds=20,
+        verify_hold_seconds=15,  # the leak shows its slope again within a few seconds
     )
     with scraped_app(
         "leaky",
@@ -71,5 +73,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             console=console,
             interactive=interactive,
             show=show,
+            # The leaking version stays deployed: the restart only buys time.
+            expect="mitigated",
         )
     return card

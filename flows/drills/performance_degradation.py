@@ -29,9 +29,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Makes a real app answer every request in 2.5 s; performance-degradation clears its cache."""
     from integrations.prometheus import PrometheusTarget
     from integrations.service import ConfiguredAction, HttpCall, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["performance-degradation"]
+    spec = require("performance-degradation")
     params = spec.params(
         window_seconds=5,
         verify_window_seconds=5,
@@ -40,6 +40,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         deploy_window_seconds=5,
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
     began = time.monotonic()
     with scraped_app(

@@ -69,10 +69,12 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     """Takes a provider down and lets provider-outage tell users and degrade gracefully."""
     from flows.drills.sandbox.saas import SaasSandbox
     from integrations.service import ConfiguredAction, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["provider-outage"]
-    params = spec.params(approval_timeout_seconds=300, verify_timeout_seconds=30)
+    spec = require("provider-outage")
+    params = spec.params(
+        approval_timeout_seconds=300, verify_timeout_seconds=30, verify_hold_seconds=5
+    )
     with (
         SaasSandbox() as provider,
         SaasSandbox() as ours,
@@ -114,7 +116,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
                 console=console,
                 interactive=interactive,
                 show=show,
-                expect="mitigated",
+                expect="fixed-or-mitigated",
             )
         finally:
             fix.stop()

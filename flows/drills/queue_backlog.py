@@ -140,13 +140,13 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from flows.drills.sandbox.queues import RabbitBacklog
     from integrations.errors import ConfigError
     from integrations.service import Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
     management_url = os.environ.get("ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL)
     if lack := lacking(["rabbitmq"]):
         raise ConfigError(f"the queue-backlog drill {lack[0]}")
     management = management_url if reachable(management_url, 15672) else None
-    spec = RUNBOOKS["queue-backlog"]
+    spec = require("queue-backlog")
     params = spec.params(
         sample_seconds=2,
         depth_warn=100,
@@ -155,6 +155,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         drain_eta_warn_seconds=300,
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
 
     async def inject(stack: contextlib.AsyncExitStack) -> tuple[Any, WorkerControl]:

@@ -85,11 +85,14 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from flows.drills.sandbox.kube_api import KubeApiServer
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
-    spec = RUNBOOKS["rollback"]
+    spec = require("rollback")
     params = spec.params(
-        lookback_minutes=30, approval_timeout_seconds=300, verify_timeout_seconds=30
+        lookback_minutes=30,
+        approval_timeout_seconds=300,
+        verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
     with KubeApiServer(token=TOKEN, namespace="prod") as kube, HealthApp(kube, "api") as health:
         kube.crashing_images.add(IMAGES[-1])

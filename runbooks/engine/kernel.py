@@ -1,8 +1,8 @@
-"""The shared life of a runbook run: diagnose → plan → gate → act → verify → report.
+"""The life of every runbook run: diagnose → plan → gate → act → verify → report.
 
-A runbook module is an async Prefect flow that drives one :class:`RunbookRun`
-top to bottom; this module keeps the bookkeeping (timings, events, the report
-artifact) out of the runbooks so each reads in one screen.
+:func:`execute` is the body of every runbook flow (:meth:`Runbook.as_flow`); it drives
+one :class:`RunbookRun`, which keeps the bookkeeping (timings, events, the report
+artifact) so a runbook module only declares what is its own.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel
 
 from checks.findings import Finding, Severity, Status, timed
+from checks.severity import suggested_severity
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.service import Service
 from runbooks.engine import live
@@ -37,20 +38,17 @@ from runbooks.engine.model import (
     RunContext,
 )
 from runbooks.engine.report import report_markdown
+from runbooks.engine.runbook import Check, Moment, NoUndo, Phase, Remedy, Runbook
+from runbooks.engine.verify import Judgement, Sample, Verdict, healthy, recovered
 
 __all__ = [
-    "Check",
-    "Executor",
     "RunbookRun",
-    "healthy",
+    "execute",
     "resolve_service",
     "run_name",
     "set_service_resolver",
     "suspendable",
 ]
-
-Check = Callable[[], Awaitable[list[Finding]]]
-Executor = Callable[..., Awaitable[ActionResult]]
 
 
 _resolver: Callable[[str], Service] | None = None
@@ -102,11 +100,6 @@ def _persisted(task_: Any, key: str) -> Any:
     )
 
 
-def healthy(findings: list[Finding]) -> bool:
-    """No finding reports a problem (warn or critical)."""
-    return not any(f.status.is_problem for f in findings)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "target"
 
@@ -146,8 +139,8 @@ async def _run_checks(
 
 
 @task(name="act", cache_policy=NO_CACHE)
-async def _act(action: Action, executor: Executor, context: dict[str, Any]) -> ActionResult:
-    return await executor(action, **context)
+async def _act(action: Action, remedy: Remedy, service: Service) -> ActionResult:
+    return await remedy.run(action, service=service)
 
 
 class RunbookRun:
@@ -209,12 +202,7 @@ class RunbookRun:
             self.mark("first_finding")
         self.mark("diagnosis")
         self.report.findings.extend(findings)
-        for finding in findings:
-            self.report.severity = (
-                finding.severity.raise_to(self.report.severity)
-                if finding.severity
-                else self.report.severity
-            )
+        self.report.severity = suggested_severity(self.report.findings)
         return findings
 
     async def gate(self, plan: Plan) -> Approval | None:
@@ -257,16 +245,16 @@ class RunbookRun:
         return approval if approval.approved else None
 
     async def act(
-        self, plan: Plan, approval: Approval, executors: Mapping[str, Executor], **context: Any
+        self, plan: Plan, approval: Approval, remedies: Mapping[Any, Remedy], service: Service
     ) -> list[ActionResult]:
         """Executes each approved action with its remediation; refuses anything unguarded."""
         results = []
         with approved_scope(approval, plan):
             for action in plan.actions:
-                executor = executors.get(action.kind)
-                if executor is None or not getattr(executor, "__oncall_remediation__", False):
+                remedy = remedies.get(action.kind)
+                if remedy is None or not getattr(remedy.run, "__oncall_remediation__", False):
                     raise ApprovalRequired(f"{action.kind} has no guarded remediation")
-                result = await _act.with_options(name=f"act-{action.id}")(action, executor, context)
+                result = await _act.with_options(name=f"act-{action.id}")(action, remedy, service)
                 results.append(result)
                 self.report.results.append(result)
                 live.publish("result", {"result": result, "flow_run_id": _run_id()})
@@ -276,26 +264,58 @@ class RunbookRun:
                     action.title,
                     result.model_dump(mode="json"),
                 )
+                if result.status in ("done", "partial") and remedy.reversible and action.undo:
+                    self.note(f"undo {action.title[:1].lower()}{action.title[1:]}: {action.undo}")
         self.mark("mitigation")
         return results
 
     async def verify(
-        self,
-        checks: Mapping[str, Check],
-        is_healthy: Callable[[list[Finding]], bool] = healthy,
-    ) -> bool:
-        """Re-runs the checks until healthy or the verify timeout passes."""
-        deadline = time.monotonic() + getattr(self.params, "verify_timeout_seconds", 15.0)
-        while True:
-            findings = await _run_checks(self.runbook, self.target, "verification", checks)
-            if is_healthy(findings) or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(1.0)
-        self.report.verification = findings
-        ok = is_healthy(findings)
-        if ok:
-            self.mark("verified")
-        return ok
+        self, runbook: Runbook[Any], service: Service, params: Any, moment: Moment
+    ) -> Judgement:
+        """Samples the checks until healthy, then for the hold window; the runbook judges."""
+        timeout = float(getattr(params, "verify_timeout_seconds", 15.0))
+        hold = float(getattr(params, "verify_hold_seconds", 0.0))
+        samples: list[Sample] = []
+        t0 = time.monotonic()
+        first_ok: float | None = None
+        async with runbook.checks(service, params, moment) as checks:
+            while True:
+                findings = await _run_checks(self.runbook, self.target, "verification", checks)
+                now = time.monotonic() - t0
+                samples.append(Sample(at_s=round(now, 3), findings=findings))
+                ok = recovered(findings)
+                if ok and first_ok is None:
+                    first_ok = now
+                    self.mark("verified")
+                live.publish(
+                    "verifying",
+                    {
+                        "runbook": self.runbook,
+                        "flow_run_id": self.report.flow_run_id,
+                        "healthy": ok,
+                        "elapsed_s": now,
+                        "awaiting": f"healthy for {hold:.0f}s"
+                        if first_ok is not None
+                        else "recovery",
+                        "remaining_s": max(
+                            0.0,
+                            (first_ok + hold - now) if first_ok is not None else timeout - now,
+                        ),
+                    },
+                )
+                if first_ok is None and now >= timeout:
+                    break
+                if first_ok is not None and (not ok or now - first_ok >= hold):
+                    break  # a relapse is judged now; a held fix is done
+                await asyncio.sleep(1.0)
+        judgement = runbook.verify.judge(samples, params)
+        self.report.verification = samples[-1].findings
+        self.report.judgement = judgement
+        if judgement.verdict is not Verdict.FIXED:
+            self.note(f"{judgement.verdict.value.replace('_', ' ')}: {judgement.reason}")
+            if judgement.next_step:
+                self.note(f"next step: {judgement.next_step}")
+        return judgement
 
     def _outcome(self) -> Outcome:
         findings = self.report.findings
@@ -313,8 +333,11 @@ class RunbookRun:
             if self._approval is not None and self._approval.channel == "timeout":
                 return Outcome.TIMED_OUT
             return Outcome.REJECTED
-        if self.report.verification and healthy(self.report.verification):
+        judgement = self.report.judgement
+        if judgement is not None and judgement.verdict is Verdict.FIXED:
             return Outcome.FIXED
+        if judgement is not None and judgement.verdict is Verdict.MITIGATED:
+            return Outcome.MITIGATED
         return Outcome.PROBLEM_REMAINS
 
     async def finish(self, severity: Severity | None = None) -> RunbookReport:
@@ -337,3 +360,51 @@ class RunbookRun:
         )
         self.logger.info("%s on %s: %s", self.runbook, self.target, report.outcome)
         return report
+
+
+def _undo_stated(runbook: Runbook[Any], plan: Plan) -> Plan:
+    """Every action tells the approver how to undo it: its own words, or its remedy's."""
+    actions = []
+    for action in plan.actions:
+        remedy = runbook.remedy(action)
+        if action.undo is None and remedy is not None and isinstance(remedy.undo, NoUndo):
+            action = action.model_copy(update={"undo": remedy.undo.reason})
+        actions.append(action)
+    return plan.model_copy(update={"actions": actions})
+
+
+async def execute(
+    runbook: Runbook[Any],
+    service: Service | str,
+    params: Any = None,
+    *,
+    dry_run: bool = False,
+    approve_as: str | None = None,
+    context: RunContext | None = None,
+) -> RunbookReport:
+    """One runbook run, whatever the runbook: the body of every runbook flow."""
+    service = resolve_service(service)
+    if params is None:
+        params = runbook.params()
+    elif not isinstance(params, runbook.params):
+        params = runbook.params.model_validate(
+            params.model_dump() if isinstance(params, BaseModel) else params
+        )
+    runbook.targets.require(runbook.name, service)
+    run = RunbookRun(
+        runbook.name, service.name, params, dry_run=dry_run, approve_as=approve_as, context=context
+    )
+    async with runbook.checks(service, params, Moment(phase=Phase.DIAGNOSE)) as checks:
+        findings = await run.diagnose(checks)
+    plan = _undo_stated(runbook, runbook.plan(service, findings, params))
+    if runbook.notes is not None:
+        for text in runbook.notes(service, findings, plan, params):
+            run.note(text)
+    approval = await run.gate(plan)
+    if approval:
+        since = time.time()
+        await run.act(plan, approval, runbook.executors, service)
+        await run.verify(
+            runbook, service, params, Moment(phase=Phase.VERIFY, since=since, plan=plan)
+        )
+    return await run.finish()

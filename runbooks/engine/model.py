@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from checks.findings import Finding, Severity, Status, worst
+from runbooks.engine.verify import Judgement
 
 __all__ = [
     "APPROVER_RE",
@@ -271,6 +272,7 @@ class Outcome(StrEnum):
 
     HEALTHY = "healthy"
     FIXED = "fixed"
+    MITIGATED = "mitigated"
     PROBLEM_REMAINS = "problem_remains"
     DRY_RUN = "dry_run"
     REJECTED = "rejected"
@@ -297,6 +299,13 @@ class RunbookParams(BaseModel):
     verify_timeout_seconds: float = Field(
         default=15.0, ge=0, le=3_600, description="How long to re-check for recovery after acting"
     )
+    verify_hold_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3_600,
+        description="How long the checks must stay healthy after recovering to count as fixed"
+        " (a relapse inside it is only mitigated)",
+    )
 
 
 class RunbookReport(BaseModel):
@@ -313,6 +322,9 @@ class RunbookReport(BaseModel):
     approvals: list[Approval] = Field(default_factory=list)
     results: list[ActionResult] = Field(default_factory=list)
     verification: list[Finding] = Field(default_factory=list)
+    judgement: Judgement | None = Field(
+        default=None, description="Fixed, mitigated or not recovered, why, and the next step"
+    )
     outcome: Outcome = Outcome.PROBLEM_REMAINS
     severity: Severity | None = Field(default=None, description="Most severe finding suggests")
     timings: dict[str, float] = Field(

@@ -1,9 +1,10 @@
 """checks/memory against a real Prometheus scraping leaky sandbox apps (real RSS growth).
 
-Five apps start with the module: ``leak`` leaks 5 MiB/s from the start, ``spike`` jumps by
-80 MiB once, ``flat`` holds still, ``deployleak`` starts leaking with the deploy of v2, and
-``reset`` leaks until a test restarts it. Faults are injected once Prometheus holds a few flat
-samples, so every series has a "before".
+Six apps start with the module: ``leak`` leaks 5 MiB/s from the start, ``spike`` jumps by
+80 MiB once, ``flat`` holds still, ``deployleak`` starts leaking with the deploy of v2,
+``reset`` leaks until a test restarts it, and ``relapse`` leaks on after its restart.
+Faults are injected once Prometheus holds a few flat samples, so every series has a
+"before".
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def stack() -> Iterator[dict[str, Any]]:
         "flat": SandboxApp("leaky", paused=True),
         "deployleak": SandboxApp("leaky", paused=True, limit_mb=1024),
         "reset": SandboxApp("leaky", leak_mb_per_s=10, limit_mb=1024),
+        "relapse": SandboxApp("leaky", leak_mb_per_s=LEAK, limit_mb=1024),
     }
     try:
         for app in apps.values():
@@ -238,6 +240,29 @@ async def test_memory_reset_sees_a_restart(stack):
     assert not_yet.status is Status.WARN and "has not gone back" in not_yet.summary
     assert after.status is Status.OK, after.summary
     assert after.evidence["lowest_bytes"] < baseline + 0.5 * (before - baseline)
+
+
+async def test_memory_after_restart_tells_a_leak_that_goes_on_from_a_flat_line(stack):
+    app = stack["apps"]["relapse"]
+    async with _client(stack) as prom:
+        [flat] = await mem.memory_after_restart(
+            prom, _q("flat"), WINDOW, since=time.time() - 10, target="flat"
+        )
+        since = time.time()
+        app.control(restart=True)  # memory drops; the leak goes on
+        [early] = await mem.memory_after_restart(
+            prom, _q("relapse"), WINDOW, since=since, target="r"
+        )
+        await asyncio.sleep(6)
+        [leak] = await mem.memory_after_restart(
+            prom, _q("relapse"), WINDOW, since=since, target="r"
+        )
+    assert flat.status is Status.OK and flat.evidence["kind"] == "flat", flat.summary
+    assert early.status is Status.UNKNOWN and "samples" in early.summary
+    assert leak.status is Status.WARN and leak.summary.startswith("leak persists: memory grows")
+    # Only the points after the restart's drop are fitted: the slope is the leak's own.
+    assert leak.evidence["slope_bytes_per_s"] == pytest.approx(LEAK * MiB, rel=0.3)
+    assert leak.evidence["points"] >= 4
 
 
 async def test_prometheus_down_is_an_unreachable_error():

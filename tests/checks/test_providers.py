@@ -9,9 +9,14 @@ import httpx
 import pytest
 
 from checks.findings import Severity, Status, timed
-from checks.providers import provider_state, provider_status
+from checks.providers import our_incident, provider_state, provider_status
 from flows.drills.sandbox.saas import SaasSandbox
-from integrations.statuspage import StatuspagePage, StatuspagePublic
+from integrations.statuspage import (
+    StatuspageIncidents,
+    StatuspageManage,
+    StatuspagePage,
+    StatuspagePublic,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "statuspage"
 
@@ -127,3 +132,24 @@ def test_state_rules():
     assert provider_state(status("minor", ("Auth", "major_outage")), ["Database"]) == "operational"
     assert provider_state(status("major", ("Auth", "partial_outage")), ["auth"]) == "degraded"
     assert provider_state(status("none")) == "operational"
+
+
+async def test_our_incident_says_whether_our_users_see_the_message(sandbox: SaasSandbox):
+    target = sandbox.statuspage_target()
+    name = "Degraded service: Supabase outage"
+    async with StatuspageIncidents(target) as page:
+        [before] = await our_incident(page, [name])
+    async with StatuspageManage(target) as manage:
+        await manage.create_incident(name, "identified", "We are working around it.")
+    async with StatuspageIncidents(target) as page:
+        [after] = await our_incident(page, [name.upper(), "another"])
+    assert before.status is Status.UNKNOWN and not before.status.is_problem
+    assert after.status is Status.OK and f"'{name}' (identified)" in after.summary
+    assert sandbox.statuspage_api_key not in after.model_dump_json()
+    assert [r.method for r in sandbox.received("statuspage")].count("POST") == 1
+
+
+def test_the_incident_reader_has_no_write_method():
+    writes = {"create_incident", "update_incident", "resolve_incident"}
+    assert writes <= set(dir(StatuspageManage))
+    assert not writes & {m for m in dir(StatuspageIncidents) if not m.startswith("_")}

@@ -54,6 +54,13 @@ def test_help_and_runbooks_list():
         (["run", "db-connections", "--dsn", "host=x", "-p", "justaword"], "NAME=VALUE"),
         (["run", "db-connections", "--dsn", "host=x", "--approve-as", "a;rm -rf"], "approve-as"),
         (["drill", "volcano"], "unknown drill"),
+        # A runbook whose targets a DSN does not give: one line before any flow starts
+        # (it used to print 21 lines of Prefect ERROR and a traceback first).
+        (
+            ["run", "memory-leak", "--dsn", "postgresql://app@127.0.0.1:1/db"],
+            "memory-leak needs prometheus",
+        ),
+        (["run", "rollback", "--dsn", "postgresql://app@127.0.0.1:1/db"], "none of kubernetes"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -252,7 +259,8 @@ def test_run_by_service_name_from_oncall_yaml(pgdb, faults, tmp_path):
         stdin=subprocess.DEVNULL,
         env=env,
     )
-    assert wrong.returncode == 2 and "needs a prometheus target" in wrong.stderr
+    assert wrong.returncode == 2 and "memory-leak needs prometheus" in wrong.stderr
+    assert "service 'billing' has no prometheus target" in wrong.stderr
     missing = subprocess.run(
         [
             sys.executable,

@@ -945,10 +945,10 @@ async def _paused_at_gate(coro: Awaitable[Any], prefect_api: str) -> tuple[async
 async def test_slack_approval_resumes_the_paused_run_with_the_verified_identity(
     make_receiver, prefect_api, pgdb, faults
 ):
+    from flows.runbook_flows import db_connections
     from integrations.postgres import PostgresTarget
     from integrations.service import Service
-    from runbooks.db_connections import db_connections
-    from runbooks.params import DbConnectionsParams
+    from runbooks.db_connections import DbConnectionsParams
 
     idle = faults.idle_in_transaction(2)
     time.sleep(1.1)

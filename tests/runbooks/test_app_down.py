@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,9 +24,9 @@ from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.postgres import PostgresTarget
 from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Service
+from runbooks.app_down import AppDownParams
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
-from runbooks.params import AppDownParams
 from tests.approvals import sealed_resume
 from tests.support.docker_api import DockerApiServer
 
@@ -35,7 +36,12 @@ DEPLOYMENT = "/apis/apps/v1/namespaces/prod/deployments/api"
 
 
 def _params(**overrides: Any) -> AppDownParams:
-    values = dict(lookback_minutes=30, approval_timeout_seconds=60, verify_timeout_seconds=10)
+    values = dict(
+        lookback_minutes=30,
+        approval_timeout_seconds=60,
+        verify_timeout_seconds=10,
+        verify_hold_seconds=1,
+    )
     return AppDownParams(**{**values, **overrides})
 
 
@@ -52,7 +58,7 @@ def _kube_service(kube: KubeApiServer, health: HealthApp | None = None, **extra:
 
 
 async def test_crash_after_a_recent_deploy_is_rolled_back_with_the_rollback_plan(kube):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     kube.crashing_images.add(IMAGES[2])
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(minutes=5))
@@ -76,7 +82,7 @@ async def test_crash_after_a_recent_deploy_is_rolled_back_with_the_rollback_plan
 
 
 async def test_a_deployment_scaled_to_zero_is_scaled_back_up(kube):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
     with KubernetesOperator(_kube_service(kube).kubernetes) as op:
@@ -96,7 +102,7 @@ async def test_a_deployment_scaled_to_zero_is_scaled_back_up(kube):
 
 
 async def test_oom_killed_pods_get_a_rolling_restart_and_a_memory_leak_note(kube):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
     kube.seed_oom_kills("api", restarts=4)
@@ -111,6 +117,71 @@ async def test_oom_killed_pods_get_a_rolling_restart_and_a_memory_leak_note(kube
     assert list(annotations) == ["kubectl.kubernetes.io/restartedAt"]
     assert report.outcome is Outcome.FIXED
     assert any("memory-leak" in note for note in report.notes)
+
+
+@contextmanager
+def _on_first_recovery(relapse: Callable[[], object]) -> Iterator[None]:
+    """Runs ``relapse`` once, when verification first sees the app healthy: the next sample
+    is the first to see the relapse, whatever the machine's speed."""
+    done: list[bool] = []
+
+    def listener(kind: str, data: dict) -> None:
+        if kind == "verifying" and data["healthy"] and not done:
+            done.append(True)
+            relapse()
+
+    live.subscribe(listener)
+    try:
+        yield
+    finally:
+        live.unsubscribe(listener)
+    assert done, "verification never saw the app healthy"
+
+
+async def test_a_crash_loop_back_after_the_restart_is_mitigated_with_roll_back_next(kube):
+    """The restart brought the pods back, then the version it runs broke again: the restart
+    only bought time, the report says so and names the next step, a rollback."""
+    from flows.runbook_flows import app_down
+
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
+    kube.seed_oom_kills("api", restarts=4)
+
+    # the new pods are OOM-killed in their turn
+    with _on_first_recovery(lambda: kube.seed_oom_kills("api", restarts=4)):
+        report = await app_down(
+            service=_kube_service(kube), params=_params(verify_hold_seconds=30), approve_as="alice"
+        )
+    [action] = report.plan.actions
+    assert action.kind == "kubernetes.restart" and report.results[0].status == "done"
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict == "mitigated"
+    assert judgement.reason.startswith("pods relapsed within 30s of the fix: pods of")
+    assert "OOMKilled" in judgement.reason
+    assert (judgement.next_step or "").startswith("roll back: the version still running")
+    assert any(n.startswith("next step: roll back: the version still") for n in report.notes)
+
+
+async def test_a_rollback_whose_older_version_fails_too_hands_over_to_escalation(kube):
+    """Rolled back, healthy, then the older version crash-loops too: the deploy was not the
+    (only) cause, the rollback stays, and the next step says where to look."""
+    from flows.runbook_flows import app_down
+
+    kube.crashing_images.add(IMAGES[2])
+    kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(minutes=5))
+
+    with _on_first_recovery(lambda: kube.seed_oom_kills("api", restarts=4)):
+        report = await app_down(
+            service=_kube_service(kube), params=_params(verify_hold_seconds=30), approve_as="alice"
+        )
+    assert [a.kind for a in report.plan.actions] == ["rollback.kubernetes"]
+    assert report.outcome is Outcome.MITIGATED
+    judgement = report.judgement
+    assert judgement is not None and judgement.reason.startswith("pods relapsed within 30s of")
+    assert "the rollback" in judgement.reason
+    assert "the older version fails too" in (judgement.next_step or "")
+    rolled = [f for f in report.verification if f.check == "rolled_back"]
+    assert [f.status for f in rolled] == ["ok"], "the good version is still the live one"
 
 
 async def _paused_at_gate(prefect_api: str) -> str:
@@ -137,7 +208,7 @@ async def _paused_at_gate(prefect_api: str) -> str:
 
 
 async def test_dry_run_and_rejection_send_no_write(kube, prefect_api):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
     kube.seed_oom_kills("api", restarts=4)
@@ -147,13 +218,14 @@ async def test_dry_run_and_rejection_send_no_write(kube, prefect_api):
 
     task = asyncio.create_task(app_down(service=_kube_service(kube), params=_params()))
     run_id = await _paused_at_gate(prefect_api)
-    assert sealed_resume(prefect_api, run_id, False, reason="no")["status"] == "ACCEPT"
+    answer = await asyncio.to_thread(sealed_resume, prefect_api, run_id, False, reason="no")
+    assert answer["status"] == "ACCEPT"
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and kube.writes() == []
 
 
 async def test_a_database_outage_restarts_nothing(kube):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(days=1))
     kube.seed_oom_kills("api", restarts=4)
@@ -169,7 +241,7 @@ async def test_a_database_outage_restarts_nothing(kube):
 
 
 async def test_a_healthy_app_needs_nothing(kube, pgdb):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     kube.seed_deployment("api", IMAGES, deployed_ago=timedelta(minutes=5))
     service = _kube_service(
@@ -185,7 +257,7 @@ async def test_a_healthy_app_needs_nothing(kube, pgdb):
 
 
 async def test_kubernetes_api_down_is_unreachable_exit_3():
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     target = KubernetesTarget(api_url=f"http://127.0.0.1:{free_port()}", deployment="api")
     report = await app_down(service=Service(name="gone", kubernetes=target), params=_params())
@@ -206,7 +278,7 @@ def engine() -> Iterator[DockerApiServer]:
 
 
 async def test_an_exited_container_is_restarted(engine):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     engine.oom_kill("shop-web-2", exited=True)
     target = DockerTarget(base_url=engine.base_url, container="shop-web-2")
@@ -224,7 +296,7 @@ async def test_an_exited_container_is_restarted(engine):
 
 
 async def test_a_compose_service_with_nothing_running_is_started(engine):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     for name in ("shop-web-1", "shop-web-2"):
         engine.oom_kill(name, exited=True)
@@ -284,7 +356,7 @@ def stuck() -> Iterator[str]:
 
 
 async def test_without_a_platform_the_configured_restart_action_runs(stuck):
-    from runbooks.app_down import app_down
+    from flows.runbook_flows import app_down
 
     restart = ConfiguredAction(
         description="restart via the ops API",
@@ -303,16 +375,17 @@ async def test_without_a_platform_the_configured_restart_action_runs(stuck):
     assert report.outcome is Outcome.FIXED
 
 
-async def test_remediations_refuse_to_run_without_an_approval_record(kube):
-    from runbooks.app_down import EXECUTORS
+async def test_remediations_and_their_undo_refuse_to_run_without_an_approval_record(kube):
+    from runbooks.app_down import RUNBOOK
 
     kube.seed_deployment("api", IMAGES)
     action = Action(
         id="x", kind="k", target="t", title="t", risk=Risk.RISKY, preview="", items=[{}]
     )
-    for executor in EXECUTORS.values():
-        with pytest.raises(ApprovalRequired):
-            await executor(action, service=_kube_service(kube))
+    for remedy in RUNBOOK.executors.values():
+        for executor in (remedy.run, remedy.undo) if remedy.reversible else (remedy.run,):
+            with pytest.raises(ApprovalRequired):
+                await executor(action, service=_kube_service(kube))
     assert kube.writes() == []
 
 

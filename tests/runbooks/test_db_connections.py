@@ -13,9 +13,9 @@ from flows.server import auth_headers
 from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
+from runbooks.db_connections import DbConnectionsParams
 from runbooks.engine import live
 from runbooks.engine.model import Action, Approval, Outcome, Risk
-from runbooks.params import DbConnectionsParams
 from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -28,6 +28,7 @@ def _params(pgdb, **overrides) -> DbConnectionsParams:
         long_query_seconds=1,
         approval_timeout_seconds=60,
         verify_timeout_seconds=5,
+        verify_hold_seconds=1,
     )
     return DbConnectionsParams(**{**values, **overrides})
 
@@ -42,7 +43,7 @@ def _service(pgdb) -> Service:
 
 async def _until_gate(coro, prefect_api: str):
     """Starts the flow and returns (task, gate) once the run is Paused at its gate."""
-    from runbooks.db_connections import db_connections  # noqa: F401  (imports Prefect)
+    from flows.runbook_flows import db_connections  # noqa: F401  (imports Prefect)
 
     seen: dict = {}
     event = asyncio.Event()
@@ -71,7 +72,7 @@ def _decide(prefect_api: str, run_id: str, approved: bool, approver: str = "bob"
 
 
 async def test_dry_run_diagnoses_and_touches_nothing(pgdb, faults):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(3)
     blocker, waiters = faults.lock_chain(2)
@@ -85,7 +86,7 @@ async def test_dry_run_diagnoses_and_touches_nothing(pgdb, faults):
 
 
 async def test_approved_plan_ends_exactly_the_previewed_backends(pgdb, faults):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(3)
     guarded = faults.idle_in_transaction(1, superuser=True)
@@ -113,7 +114,7 @@ async def test_approved_plan_ends_exactly_the_previewed_backends(pgdb, faults):
 
 
 async def test_lock_chain_and_stale_sessions_are_fixed_and_verified(pgdb, faults):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(2)
     blocker, waiters = faults.lock_chain(2)
@@ -127,8 +128,49 @@ async def test_lock_chain_and_stale_sessions_are_fixed_and_verified(pgdb, faults
     )
 
 
+async def test_sessions_that_pile_up_again_are_mitigated_not_fixed(pgdb, faults):
+    """The leak goes on after the terminations: the symptom went away, the cause did not."""
+    import threading
+
+    from flows.runbook_flows import db_connections
+
+    idle = faults.idle_in_transaction(2)
+    time.sleep(2.1)
+    stop = threading.Event()
+
+    def leaky_app() -> None:  # leaves a transaction open every 0.4 s, as the faulty code does
+        while not stop.wait(0.4):
+            faults.idle_in_transaction(1)
+
+    leaking = threading.Thread(target=leaky_app, daemon=True)
+
+    def on_result(kind: str, data: dict) -> None:
+        if kind == "result" and not leaking.is_alive():
+            leaking.start()  # only after the terminations: the relapse is in the window
+
+    live.subscribe(on_result)
+    try:
+        report = await db_connections(
+            service=_service(pgdb),
+            params=_params(
+                pgdb, idle_in_transaction_seconds=2, max_terminations=3, verify_hold_seconds=6
+            ),
+            approve_as="alice",
+        )
+    finally:
+        live.unsubscribe(on_result)
+        stop.set()
+        if leaking.is_alive():
+            leaking.join()
+    assert pgdb.alive(idle) == set()  # the planned sessions were terminated
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    assert report.judgement is not None and report.judgement.verdict == "mitigated"
+    assert "piled up again" in report.judgement.reason
+    assert "idle_in_transaction_session_timeout" in (report.judgement.next_step or "")
+
+
 async def test_long_query_is_cancelled_but_its_session_stays(pgdb, faults):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     pid = faults.long_query(60)
     time.sleep(1.2)
@@ -140,7 +182,7 @@ async def test_long_query_is_cancelled_but_its_session_stays(pgdb, faults):
 
 
 async def test_rejected_plan_touches_nothing(pgdb, faults, prefect_api):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(2)
     time.sleep(1.1)
@@ -155,7 +197,7 @@ async def test_rejected_plan_touches_nothing(pgdb, faults, prefect_api):
 
 
 async def test_timed_out_gate_rejects_and_touches_nothing(pgdb, faults):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(2)
     time.sleep(1.1)
@@ -168,7 +210,7 @@ async def test_timed_out_gate_rejects_and_touches_nothing(pgdb, faults):
 
 
 async def test_gate_rejects_input_that_breaks_its_schema(pgdb, faults, prefect_api):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(1)
     time.sleep(1.1)
@@ -187,7 +229,7 @@ async def test_gate_rejects_input_that_breaks_its_schema(pgdb, faults, prefect_a
 async def test_backend_whose_transaction_changed_after_planning_is_spared(
     pgdb, faults, prefect_api
 ):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     faults.idle_in_transaction(2)
     time.sleep(1.1)
@@ -208,7 +250,7 @@ async def test_backend_whose_transaction_changed_after_planning_is_spared(
 
 
 async def test_cap_limits_how_many_backends_one_run_touches(pgdb, faults):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     idle = faults.idle_in_transaction(4)
     time.sleep(1.1)
@@ -224,7 +266,7 @@ async def test_cap_limits_how_many_backends_one_run_touches(pgdb, faults):
 
 
 async def test_healthy_database_needs_no_plan(pgdb):
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     report = await db_connections(service=_service(pgdb), params=_params(pgdb))
     assert report.outcome is Outcome.HEALTHY and report.exit_code == 0
@@ -232,7 +274,7 @@ async def test_healthy_database_needs_no_plan(pgdb):
 
 
 async def test_unreachable_database_is_an_error_finding_and_exit_3():
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     target = PostgresTarget(name="gone", dsn="postgresql://x:pw@127.0.0.1:1/db", connect_timeout=2)
     report = await db_connections(
@@ -244,7 +286,7 @@ async def test_unreachable_database_is_an_error_finding_and_exit_3():
 
 
 async def test_remediation_is_refused_without_an_approval_record(pgdb, faults):
-    from runbooks.db_connections import terminate_sessions
+    from runbooks.remedies.postgres import terminate_sessions
 
     [pid] = faults.idle_in_transaction(1)
     action = Action(
@@ -257,13 +299,13 @@ async def test_remediation_is_refused_without_an_approval_record(pgdb, faults):
         items=[{"pid": pid}],
     )
     with pytest.raises(ApprovalRequired):
-        await terminate_sessions(action, target=_target(pgdb))
+        await terminate_sessions(action, service=_service(pgdb))
     assert pgdb.alive([pid]) == {pid}
 
 
 async def test_a_hand_made_approval_is_refused(pgdb, faults):
-    from runbooks.db_connections import terminate_sessions
     from runbooks.engine.guard import approved_scope
+    from runbooks.remedies.postgres import terminate_sessions
 
     [pid] = faults.idle_in_transaction(1)
     forged = Approval(
@@ -284,14 +326,14 @@ async def test_a_hand_made_approval_is_refused(pgdb, faults):
         items=[{"pid": pid}],
     )
     with pytest.raises(ApprovalRequired), approved_scope(forged):
-        await terminate_sessions(action, target=_target(pgdb))
+        await terminate_sessions(action, service=_service(pgdb))
     assert pgdb.alive([pid]) == {pid}
 
 
 async def test_report_is_a_prefect_artifact_and_findings_are_events(pgdb, faults, prefect_api):
     import httpx
 
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     faults.idle_in_transaction(1)
     time.sleep(1.1)

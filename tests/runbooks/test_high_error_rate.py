@@ -9,6 +9,7 @@ Kubernetes API server that can scale it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +25,9 @@ from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Service
 from runbooks.engine.model import Action, Outcome, Risk
-from runbooks.params import HighErrorRateParams
+from runbooks.high_error_rate import HighErrorRateParams
+from tests.oncall_proc import oncall
+from tests.runbooks.test_app_down import _on_first_recovery
 from tests.runbooks.test_db_connections import _decide, _until_gate
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -83,6 +86,7 @@ def _params(**overrides: Any) -> HighErrorRateParams:
         deploy_window_seconds=6,
         approval_timeout_seconds=60,
         verify_timeout_seconds=20,
+        verify_hold_seconds=3,
     )
     return HighErrorRateParams(**{**values, **overrides})
 
@@ -117,7 +121,7 @@ def _by_check(findings) -> dict[str, Any]:
 
 
 async def test_dry_run_diagnoses_a_p0_and_switches_nothing_off(sandbox, pgdb):
-    from runbooks.high_error_rate import high_error_rate
+    from flows.runbook_flows import high_error_rate
 
     app = sandbox["apps"]["flaky"]
     report = await high_error_rate(service=_flaky(sandbox, pgdb), params=_params(), dry_run=True)
@@ -137,13 +141,13 @@ async def test_dry_run_diagnoses_a_p0_and_switches_nothing_off(sandbox, pgdb):
 
 
 async def test_rejected_and_timed_out_plans_switch_nothing_off(sandbox, prefect_api):
-    from runbooks.high_error_rate import high_error_rate
+    from flows.runbook_flows import high_error_rate
 
     app = sandbox["apps"]["flaky"]
     task, gate = await _until_gate(
         high_error_rate(service=_flaky(sandbox), params=_params()), prefect_api
     )
-    _decide(prefect_api, gate["flow_run_id"], approved=False)
+    await asyncio.to_thread(_decide, prefect_api, gate["flow_run_id"], approved=False)
     rejected = await asyncio.wait_for(task, 60)
     timed_out = await high_error_rate(
         service=_flaky(sandbox), params=_params(approval_timeout_seconds=5)
@@ -154,7 +158,8 @@ async def test_rejected_and_timed_out_plans_switch_nothing_off(sandbox, prefect_
 
 
 async def test_remediations_are_refused_without_an_approval_record(sandbox):
-    from runbooks.high_error_rate import run_configured_action, scale_out
+    from runbooks.remedies.configured import run_configured_action
+    from runbooks.remedies.scale import scale_out
 
     flag = Action(
         id="disable-feature-flag",
@@ -184,7 +189,7 @@ async def test_remediations_are_refused_without_an_approval_record(sandbox):
 
 
 async def test_a_deploy_made_rise_is_handed_to_rollback(sandbox):
-    from runbooks.high_error_rate import high_error_rate
+    from flows.runbook_flows import high_error_rate
 
     service = Service(name="regressed", prometheus=_prom(sandbox))
     report = await high_error_rate(service=service, params=_params())
@@ -198,7 +203,7 @@ async def test_a_deploy_made_rise_is_handed_to_rollback(sandbox):
 
 
 async def test_a_traffic_surge_gets_a_scale_out_of_exactly_the_preview(sandbox):
-    from runbooks.high_error_rate import high_error_rate
+    from flows.runbook_flows import high_error_rate
 
     kube = sandbox["kube"]
     service = Service(
@@ -220,10 +225,12 @@ async def test_a_traffic_surge_gets_a_scale_out_of_exactly_the_preview(sandbox):
     assert write.method == "PATCH" and write.path.endswith("/deployments/surged/scale")
     # more fake replicas do not help the real app: honestly not fixed
     assert report.outcome is Outcome.PROBLEM_REMAINS
+    assert report.judgement is not None and report.judgement.verdict == "not_recovered"
+    assert report.judgement.reason.startswith("still unhealthy: ")
 
 
 async def test_prometheus_down_or_failing_is_unreachable_exit_3(sandbox):
-    from runbooks.high_error_rate import high_error_rate
+    from flows.runbook_flows import high_error_rate
 
     down = Service(
         name="gone", prometheus=PrometheusTarget(url=f"http://127.0.0.1:{free_port()}", retries=0)
@@ -236,12 +243,55 @@ async def test_prometheus_down_or_failing_is_unreachable_exit_3(sandbox):
     assert "bad_data" in report.findings[0].summary
 
 
+async def test_errors_that_come_back_within_the_hold_are_mitigated_not_fixed(sandbox):
+    """The flag goes off and the error rate drops under 1 %, then a config push turns the
+    feature back on inside the hold window: the symptom went away, the cause did not."""
+    from flows.runbook_flows import high_error_rate
+
+    app = sandbox["apps"]["flaky"]
+    app.control(error_rate=0.3)  # whatever an earlier test left, the fault is on
+    with _on_first_recovery(lambda: app.control(error_rate=0.3)):  # the config push
+        report = await high_error_rate(
+            service=_flaky(sandbox), params=_params(verify_hold_seconds=15), approve_as="alice"
+        )
+    assert [r.status for r in report.results] == ["done"]
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict == "mitigated"
+    assert judgement.reason.startswith("the error rate came back within 15s of the fix: ")
+    assert "of requests fail (5xx)" in judgement.reason
+    assert "oncall run rollback" in (judgement.next_step or "")
+    assert f"next step: {judgement.next_step}" in report.notes
+    assert "verified" in report.timings  # it was healthy once: the relapse came after
+    assert _error_rates(app) == {0.3}
+
+
+def test_runs_by_service_name_from_oncall_yaml(sandbox, tmp_path):
+    config = tmp_path / "oncall.yaml"
+    config.write_text(
+        "services:\n"
+        f"  flaky:\n    prometheus:\n      url: {sandbox['prom'].url}\n"
+        "  bare:\n    http:\n      - {name: health, url: http://127.0.0.1:1/health}\n"
+    )
+    window = ["-p", "window_seconds=5", "-p", "lookback_seconds=60", "-p", "step_seconds=1"]
+    args = ["run", "high-error-rate", "--config", str(config), "--dry-run", "--json", *window]
+    result = oncall(*args, "--service", "flaky")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["target"], report["outcome"]) == ("flaky", "dry_run")
+    [rate] = [f for f in report["findings"] if f["check"] == "error_rate"]
+    assert rate["status"] == "critical"
+    bare = oncall(*args, "--service", "bare")
+    assert bare.returncode == 2 and "high-error-rate needs prometheus" in bare.stderr
+
+
 async def test_approved_flag_switch_off_fixes_it_and_is_verified(sandbox):
-    from runbooks.high_error_rate import high_error_rate
+    from flows.runbook_flows import high_error_rate
 
     app = sandbox["apps"]["flaky"]
     report = await high_error_rate(service=_flaky(sandbox), params=_params(), approve_as="alice")
     assert report.outcome is Outcome.FIXED and report.exit_code == 0, report.verification
+    assert report.judgement is not None and report.judgement.verdict == "fixed"
     [result] = report.results
     assert result.detail == f"POST {app.url}/control answered 200"
     assert _error_rates(app) == {0.0}
@@ -256,7 +306,7 @@ def test_drill_runs_end_to_end_and_passes():
     from rich.console import Console
 
     from flows.drills.registry import load
-    from runbooks.catalog import RUNBOOKS
+    from runbooks.catalog import require
 
     shown = io.StringIO()
     card = load("high-error-rate")(
@@ -266,5 +316,6 @@ def test_drill_runs_end_to_end_and_passes():
     assert card.verdicts["first_finding"] == "met" and len(card.actions) == 1
     assert card.approvals == ["approved by ci via cli-preapproved"]
     # The drill proposes the flag at the risk the README and `oncall runbooks` state.
-    declared = dict(RUNBOOKS["high-error-rate"].changes)["disable the configured feature flag"]
+    changes = {c.what: c.risk for c in require("high-error-rate").changes}
+    declared = changes["disable the configured feature flag"]
     assert f"risk: {declared}" in shown.getvalue() and declared == "risky", shown.getvalue()

@@ -14,7 +14,6 @@ import pytest
 from checks.findings import Severity, Status
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.saas import SaasSandbox
-from flows.prefect_api import PrefectAPI
 from flows.server import auth_headers
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
@@ -22,8 +21,9 @@ from integrations.kubernetes import KubernetesTarget
 from integrations.service import Service
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
-from runbooks.params import HmsFailuresParams
-from tests.approvals import sealed_resume
+from runbooks.engine.verify import Verdict
+from runbooks.hms_failures import HmsFailuresParams
+from tests.runbooks.test_rollback import _decide, _until_gate
 from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -61,7 +61,12 @@ def _service(sandbox: SaasSandbox, kube: KubeApiServer | None, **extra) -> Servi
 
 
 def _params(**overrides) -> HmsFailuresParams:
-    values = dict(probe_calls=3, approval_timeout_seconds=60, verify_timeout_seconds=5)
+    values = dict(
+        probe_calls=3,
+        approval_timeout_seconds=60,
+        verify_timeout_seconds=5,
+        verify_hold_seconds=1,
+    )
     return HmsFailuresParams(**{**values, **overrides})
 
 
@@ -69,35 +74,8 @@ def _stored(kube: KubeApiServer) -> str:
     return base64.b64decode(kube.get("secrets", SECRET)["data"][KEY]).decode()
 
 
-async def _until_gate(coro, prefect_api: str):
-    seen: dict = {}
-    event = asyncio.Event()
-
-    def listener(kind: str, data: dict) -> None:
-        if kind == "gate":
-            seen.update(data)
-            event.set()
-
-    live.subscribe(listener)
-    task = asyncio.create_task(coro)
-    try:
-        await asyncio.wait_for(event.wait(), 60)
-    finally:
-        live.unsubscribe(listener)
-    with PrefectAPI(prefect_api) as api:
-        for _ in range(100):
-            if api.flow_run(seen["flow_run_id"])["state"]["type"] == "PAUSED":
-                break
-            await asyncio.sleep(0.1)
-    return task, seen
-
-
-def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    return sealed_resume(prefect_api, run_id, approved)
-
-
 async def test_dry_run_diagnoses_the_expired_token_and_touches_nothing(sandbox, kube):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     before = _stored(kube)
     report = await hms_failures(service=_service(sandbox, kube), params=_params(), dry_run=True)
@@ -123,8 +101,8 @@ async def test_dry_run_diagnoses_the_expired_token_and_touches_nothing(sandbox, 
 async def test_approved_rotation_is_exactly_the_preview_and_its_token_never_shows(
     sandbox, kube, prefect_api
 ):
+    from flows.runbook_flows import hms_failures
     from runbooks.engine.report import report_markdown
-    from runbooks.hms_failures import hms_failures
 
     old = _stored(kube)
     pods_before = {p["metadata"]["name"] for p in kube.objects("pods")}
@@ -182,11 +160,11 @@ async def test_approved_rotation_is_exactly_the_preview_and_its_token_never_show
 
 
 async def test_rejected_and_timed_out_plans_touch_nothing(sandbox, kube, prefect_api):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     service = _service(sandbox, kube)
     task, gate = await _until_gate(hms_failures(service=service, params=_params()), prefect_api)
-    _decide(prefect_api, gate["flow_run_id"], approved=False)
+    await _decide(prefect_api, gate["flow_run_id"], approved=False)
     rejected = await asyncio.wait_for(task, 60)
     timed_out = await hms_failures(service=service, params=_params(approval_timeout_seconds=5))
     assert rejected.outcome is Outcome.REJECTED and timed_out.outcome is Outcome.TIMED_OUT
@@ -194,14 +172,14 @@ async def test_rejected_and_timed_out_plans_touch_nothing(sandbox, kube, prefect
 
 
 async def test_a_token_rotated_by_someone_else_meanwhile_is_kept(sandbox, kube, prefect_api):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     task, gate = await _until_gate(
         hms_failures(service=_service(sandbox, kube), params=_params()), prefect_api
     )
     theirs = sandbox.management_token()
     kube.seed_secret(SECRET, {KEY: theirs})
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     [only] = kube.writes()
     assert only.path == DEPLOYMENT_PATH, "their token stays; the app is still restarted"
@@ -228,7 +206,7 @@ async def test_remediation_refuses_without_an_approval_record(sandbox, kube):
 
 
 async def test_100ms_down_gets_fallback_messaging_only_after_approval(sandbox, kube, prefect_api):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     kube.seed_secret(SECRET, {KEY: sandbox.management_token()})
     sandbox.set_provider("down")
@@ -236,7 +214,7 @@ async def test_100ms_down_gets_fallback_messaging_only_after_approval(sandbox, k
     params = _params(verify_timeout_seconds=1)
     task, gate = await _until_gate(hms_failures(service=service, params=params), prefect_api)
     assert [r for r in sandbox.received("statuspage") if r.method != "GET"] == []
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     [post] = [r for r in sandbox.received("statuspage") if r.method != "GET"]
     assert post.path == f"/v1/pages/{sandbox.page_id}/incidents"
@@ -244,12 +222,21 @@ async def test_100ms_down_gets_fallback_messaging_only_after_approval(sandbox, k
     assert incident["name"] == "Video sessions unavailable"
     assert incident["status"] == "identified" and "100ms reports an outage" in incident["body"]
     assert kube.writes() == [], "a provider outage is not fixed by rotating our token"
-    assert report.severity is Severity.P1 and report.outcome is Outcome.PROBLEM_REMAINS
+    # 100ms is still down and our users are told: mitigated, with the wait named.
+    assert report.severity is Severity.P1 and report.outcome is Outcome.MITIGATED
+    after = {f.check: f for f in report.verification}
+    assert after["hms_status_page"].status is Status.CRITICAL
+    assert "'Video sessions unavailable' (identified)" in after["users_informed"].summary
+    assert after["management_token"].status is Status.OK and "room_usage" not in after
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict is Verdict.MITIGATED
+    assert "users are informed" in judgement.reason and "100ms down" in judgement.reason
+    assert (judgement.next_step or "").startswith(f"wait for 100ms to recover ({sandbox.url})")
     assert any(n.startswith("100ms itself: an outage on 100ms's side") for n in report.notes)
 
 
 async def test_room_limit_reached_is_advice_not_action(sandbox, kube):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     kube.seed_secret(SECRET, {KEY: sandbox.management_token()})
     sandbox.hms_activate(3)
@@ -263,7 +250,7 @@ async def test_room_limit_reached_is_advice_not_action(sandbox, kube):
 
 
 async def test_server_errors_after_a_recent_deploy_point_to_the_rollback_runbook(sandbox, kube):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     kube.seed_secret(SECRET, {KEY: sandbox.management_token()})
     sandbox.fault("hms", status=500)
@@ -276,7 +263,7 @@ async def test_server_errors_after_a_recent_deploy_point_to_the_rollback_runbook
 
 
 async def test_rate_limits_get_backoff_advice(sandbox, kube):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     kube.seed_secret(SECRET, {KEY: sandbox.management_token()})
     sandbox.fault("hms", status=429, retry_after=20)
@@ -287,7 +274,7 @@ async def test_rate_limits_get_backoff_advice(sandbox, kube):
 
 
 async def test_docker_app_gets_the_new_token_in_its_environment(sandbox):
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     with DockerApiServer() as engine:
         engine.add_image("video-api:1.4.2")
@@ -307,8 +294,74 @@ async def test_docker_app_gets_the_new_token_in_its_environment(sandbox):
     assert env[KEY] not in report.model_dump_json()
 
 
+async def test_runs_by_service_name_on_kubernetes_and_on_docker(
+    sandbox, kube, tmp_path, monkeypatch
+):
+    """What a deployment run or the Prefect UI does: the service is a name in oncall.yaml."""
+    from flows.runbook_flows import hms_failures
+
+    with DockerApiServer() as engine:
+        engine.add_image("video-api:1.4.2")
+        expired = sandbox.management_token(ttl=-60)
+        engine.add_container("video-api", "video-api:1.4.2", env=[f"{KEY}={expired}"])
+        hms = (
+            f"    hms: {{access_key: {sandbox.hms_access_key}, app_secret: '${{HMS_SECRET}}',"
+            f" api_base: '{sandbox.url}/v2', status_page: '{sandbox.url}'}}\n"
+        )
+        config = tmp_path / "oncall.yaml"
+        config.write_text(
+            "services:\n"
+            "  video-kube:\n"
+            + hms
+            + f"    kubernetes: {{deployment: video-api, api_url: '{kube.url}'}}\n"
+            "  video-docker:\n"
+            + hms
+            + f"    docker: {{base_url: '{engine.base_url}', container: video-api}}\n"
+        )
+        monkeypatch.setenv("HMS_SECRET", sandbox.hms_app_secret)
+        monkeypatch.setenv("ONCALL_CONFIG", str(config))
+        on_kube = await hms_failures(service="video-kube", params=_params(), dry_run=True)
+        on_docker = await hms_failures(service="video-docker", params=_params(), dry_run=True)
+        assert engine.writes() == []
+    assert kube.writes() == []
+    for report, where in ((on_kube, "secret hms-credentials"), (on_docker, "environment")):
+        assert report.outcome is Outcome.DRY_RUN
+        [action] = report.plan.actions
+        assert action.id == "rotate-token" and action.preview.startswith(where)
+        assert sandbox.hms_app_secret not in report.model_dump_json()
+
+
+async def test_calls_failing_again_after_the_rotation_are_mitigated(sandbox, kube):
+    from flows.runbook_flows import hms_failures
+
+    seen: list[bool] = []
+
+    def breaks_again(kind: str, data: dict) -> None:  # 100ms answers, then fails again
+        if kind == "verifying":
+            seen.append(data["healthy"])
+            if data["healthy"] and len(seen) == 1:
+                sandbox.fault("hms", status=500)
+
+    live.subscribe(breaks_again)
+    try:
+        report = await hms_failures(
+            service=_service(sandbox, kube),
+            params=_params(verify_hold_seconds=3),
+            approve_as="al",
+        )
+    finally:
+        live.unsubscribe(breaks_again)
+    assert [r.status for r in report.results] == ["done"]
+    assert seen[0] is True and seen[-1] is False
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict is Verdict.MITIGATED
+    assert judgement.reason.startswith("100ms calls failed again within 3s of the fix")
+    assert "api_calls" in (judgement.next_step or "")
+
+
 async def test_unreachable_100ms_exits_3():
-    from runbooks.hms_failures import hms_failures
+    from flows.runbook_flows import hms_failures
 
     with SaasSandbox() as gone:
         target = gone.hms_target()

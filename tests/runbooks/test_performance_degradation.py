@@ -8,6 +8,7 @@ the deploy of v2.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,9 @@ from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, HttpCall, Service
 from runbooks.engine.model import Action, Outcome, Risk
-from runbooks.params import PerformanceDegradationParams
+from runbooks.performance_degradation import PerformanceDegradationParams
+from tests.oncall_proc import oncall
+from tests.runbooks.test_app_down import _on_first_recovery
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SLOW = 2.6
@@ -85,6 +88,7 @@ def _params(**overrides: Any) -> PerformanceDegradationParams:
         deploy_window_seconds=8,  # the rise lags a deploy by the 2.6 s requests
         approval_timeout_seconds=60,
         verify_timeout_seconds=25,
+        verify_hold_seconds=3,
     )
     return PerformanceDegradationParams(**{**values, **overrides})
 
@@ -117,7 +121,7 @@ def _by_check(findings) -> dict[str, Any]:
 
 
 async def test_dry_run_diagnoses_the_slowdown_and_clears_nothing(sandbox, pgdb):
-    from runbooks.performance_degradation import performance_degradation
+    from flows.runbook_flows import performance_degradation
 
     app = sandbox["apps"]["sluggish"]
     report = await performance_degradation(
@@ -138,7 +142,7 @@ async def test_dry_run_diagnoses_the_slowdown_and_clears_nothing(sandbox, pgdb):
 
 
 async def test_timed_out_gate_clears_nothing(sandbox):
-    from runbooks.performance_degradation import performance_degradation
+    from flows.runbook_flows import performance_degradation
 
     report = await performance_degradation(
         service=_sluggish(sandbox), params=_params(approval_timeout_seconds=5)
@@ -148,7 +152,8 @@ async def test_timed_out_gate_clears_nothing(sandbox):
 
 
 async def test_the_cache_clear_is_refused_without_an_approval_record(sandbox):
-    from runbooks.performance_degradation import EXECUTORS
+    from runbooks.performance_degradation import RUNBOOK
+    from runbooks.remedies.configured import Configured
 
     action = Action(
         id="clear-cache",
@@ -160,12 +165,12 @@ async def test_the_cache_clear_is_refused_without_an_approval_record(sandbox):
         params={"name": "clear_cache"},
     )
     with pytest.raises(ApprovalRequired):
-        await EXECUTORS["configured"](action, service=_sluggish(sandbox))
+        await RUNBOOK.executors[Configured.RUN].run(action, service=_sluggish(sandbox))
     assert _latencies(sandbox["apps"]["sluggish"]) == {SLOW}
 
 
 async def test_a_deploy_made_slowdown_is_handed_to_rollback_not_scaled(sandbox):
-    from runbooks.performance_degradation import performance_degradation
+    from flows.runbook_flows import performance_degradation
 
     service = Service(name="regressed", prometheus=_prom(sandbox))
     report = await performance_degradation(service=service, params=_params())
@@ -178,7 +183,7 @@ async def test_a_deploy_made_slowdown_is_handed_to_rollback_not_scaled(sandbox):
 
 
 async def test_prometheus_down_is_unreachable_exit_3():
-    from runbooks.performance_degradation import performance_degradation
+    from flows.runbook_flows import performance_degradation
 
     down = Service(
         name="gone", prometheus=PrometheusTarget(url=f"http://127.0.0.1:{free_port()}", retries=0)
@@ -188,8 +193,50 @@ async def test_prometheus_down_is_unreachable_exit_3():
     assert report.findings and all(f.status == "error" for f in report.findings)
 
 
+async def test_a_slowdown_that_comes_back_within_the_hold_is_mitigated_not_fixed(sandbox):
+    """The cache clear brings p95 under 2 s, then the cache goes stale again inside the hold
+    window (whatever made it stale is still at work): mitigated, with the next step."""
+    from flows.runbook_flows import performance_degradation
+
+    app, url = sandbox["apps"]["sluggish"], sandbox["prom"].url
+    try:
+        with _on_first_recovery(lambda: app.control(latency_s=SLOW)):  # the cache goes stale
+            report = await performance_degradation(
+                service=_sluggish(sandbox),
+                params=_params(verify_hold_seconds=20),
+                approve_as="alice",
+            )
+    finally:
+        app.control(latency_s=SLOW)
+        await asyncio.to_thread(_until, url, _p95("sluggish"), 2.8)  # the next test's fault
+    assert [r.status for r in report.results] == ["done"]
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict == "mitigated"
+    assert judgement.reason.startswith("p95 went back over its threshold within 20s of the fix")
+    assert "pg_stat_statements" in (judgement.next_step or "")
+    assert f"next step: {judgement.next_step}" in report.notes
+
+
+def test_runs_by_service_name_from_oncall_yaml(sandbox, tmp_path):
+    config = tmp_path / "oncall.yaml"
+    config.write_text(
+        f"services:\n  sluggish:\n    prometheus:\n      url: {sandbox['prom'].url}\n"
+    )
+    result = oncall(
+        *("run", "performance-degradation", "--service", "sluggish", "--config", str(config)),
+        *("--dry-run", "--json", "-p", "window_seconds=5", "-p", "lookback_seconds=60"),
+        *("-p", "step_seconds=1", "-p", "deploy_window_seconds=8"),
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["target"], report["outcome"]) == ("sluggish", "dry_run")
+    [latency] = [f for f in report["findings"] if f["check"] == "latency"]
+    assert latency["status"] == "warn" and latency["evidence"]["p95_s"] > 2.0
+
+
 async def test_approved_cache_clear_fixes_it_and_is_verified(sandbox):
-    from runbooks.performance_degradation import performance_degradation
+    from flows.runbook_flows import performance_degradation
 
     app = sandbox["apps"]["sluggish"]
     report = await performance_degradation(

@@ -26,7 +26,8 @@ from integrations.rabbitmq import RabbitReader, RabbitTarget
 from integrations.redis_queue import RedisQueueTarget
 from integrations.service import Service
 from runbooks.engine.model import Action, Outcome, Risk
-from runbooks.params import QueueBacklogParams
+from runbooks.queue_backlog import RUNBOOK, QueueBacklogParams
+from tests.oncall_proc import oncall
 from tests.runbooks.test_db_connections import _decide, _until_gate
 
 
@@ -62,12 +63,16 @@ def _params(**overrides: Any) -> QueueBacklogParams:
         scale_factor=4,
         approval_timeout_seconds=60,
         verify_timeout_seconds=15,
+        verify_hold_seconds=3,
     )
     return QueueBacklogParams(**(values | overrides))
 
 
-def _service(backlog: Any, control: WorkerControl, **extra: Any) -> Service:
+def _service(
+    backlog: Any, control: WorkerControl, actions_extra: dict | None = None, **extra: Any
+) -> Service:
     actions = {"scale": control.scale_action(), "pause_consumers": control.pause_action()}
+    actions |= actions_extra or {}
     return Service(name="mailer", rabbitmq=backlog.target(), actions=actions, **extra)
 
 
@@ -82,7 +87,7 @@ def _by_check(findings) -> dict[str, Any]:
 
 
 async def test_no_consumers_dry_run_previews_scaling_and_changes_nothing():
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     async with RabbitBacklog(management_url=MANAGEMENT) as backlog, WorkerControl(backlog) as ctl:
         await backlog.publish(50)
@@ -107,7 +112,7 @@ async def test_no_consumers_dry_run_previews_scaling_and_changes_nothing():
 
 
 async def test_rejected_and_timed_out_plans_change_nothing(prefect_api):
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     async with RabbitBacklog() as backlog, WorkerControl(backlog) as ctl:
         await backlog.publish(40)
@@ -116,7 +121,7 @@ async def test_rejected_and_timed_out_plans_change_nothing(prefect_api):
             queue_backlog(service=_service(backlog, ctl), params=_params()), prefect_api
         )
         assert "Scale workers" in gate["summary"]
-        _decide(prefect_api, gate["flow_run_id"], approved=False)
+        await asyncio.to_thread(_decide, prefect_api, gate["flow_run_id"], approved=False)
         rejected = await asyncio.wait_for(task, 60)
         timed_out = await queue_backlog(
             service=_service(backlog, ctl), params=_params(approval_timeout_seconds=5)
@@ -129,7 +134,7 @@ async def test_rejected_and_timed_out_plans_change_nothing(prefect_api):
 
 
 async def test_slow_consumers_are_scaled_as_previewed_after_approval_and_drain():
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     async with RabbitBacklog(management_url=MANAGEMENT) as backlog, WorkerControl(backlog) as ctl:
         await backlog.publish(60)
@@ -154,6 +159,8 @@ async def test_slow_consumers_are_scaled_as_previewed_after_approval_and_drain()
     [result] = report.results
     assert result.status == "done" and result.detail.startswith(f"2 → {to} workers: POST")
     assert report.outcome is Outcome.FIXED and report.exit_code == 0
+    assert report.judgement is not None and report.judgement.reason.startswith("drains: depth ")
+    assert report.judgement.reason.endswith("the consumers keep up with arrivals")
     after = _by_check(report.verification)["drain_rate"]
     assert after.evidence["cause"] in ("draining", "empty")
     assert after.evidence["drain_eta_s"] is not None
@@ -161,13 +168,13 @@ async def test_slow_consumers_are_scaled_as_previewed_after_approval_and_drain()
 
 
 async def test_failing_consumers_are_diagnosed_and_not_scaled():
-    from runbooks.queue_backlog import diagnose, plan_remediation
+    from runbooks.queue_backlog import plan_remediation
 
     async with RabbitBacklog(management_url=MANAGEMENT) as backlog, WorkerControl(backlog) as ctl:
         await backlog.publish(150)
         await backlog.consumers(2, "failing", fail_mode="dead_letter", fail_delay=0.02)
         service = _service(backlog, ctl)
-        findings = await diagnose(service, _params())
+        findings = await RUNBOOK.diagnose(service, _params())
     found = _by_check(findings)
     failures = found["consumer_failures"]
     assert (failures.status, failures.severity) == ("critical", "P1")
@@ -182,7 +189,7 @@ async def test_failing_consumers_are_diagnosed_and_not_scaled():
 
 
 async def test_provider_down_pauses_consumers_and_nothing_else(saas):
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     saas.set_provider("down")
     try:
@@ -207,11 +214,15 @@ async def test_provider_down_pauses_consumers_and_nothing_else(saas):
     assert ctl.calls == [0] and workers == 0
     # Paused, but the provider is still down: honestly not fixed.
     assert report.outcome is Outcome.PROBLEM_REMAINS
+    assert report.judgement is not None and report.judgement.verdict == "not_recovered"
+    assert report.judgement.next_step == (
+        "wait for mailer; resume the consumers once it is back (seed 004)"
+    )
     assert any("mailer down" in note for note in report.notes)
 
 
 async def test_poison_entries_move_exactly_as_previewed_and_the_stream_verifies():
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     async with RedisBacklog(kind="stream") as backlog:
         await backlog.publish(6)
@@ -241,8 +252,73 @@ async def test_poison_entries_move_exactly_as_previewed_and_the_stream_verifies(
     assert report.outcome is Outcome.FIXED
 
 
+async def test_poison_moved_but_arrivals_outpacing_the_consumer_is_mitigated_not_fixed():
+    """Dead-lettering the poison entries clears the backlog, but the one consumer takes 2/s
+    of the 4/s arriving: the depth grows again within the hold window (under its threshold
+    still), so the report says mitigated and names the next step: scale the workers."""
+    from flows.runbook_flows import queue_backlog
+
+    async with RedisBacklog(kind="stream") as backlog:
+        await backlog.publish(6)
+        await backlog.consumers(1, "failing", fail_mode="requeue", fail_delay=0.01)
+        await asyncio.sleep(0.6)
+        await backlog.consumers(1, "slow", rate=2)  # its poison stays pending, unclaimed
+        backlog.start_publishing(rate=4)
+        report = await queue_backlog(
+            service=Service(name="mailer", redis_queue=backlog.target()),
+            params=_params(depth_warn=60, verify_hold_seconds=6, verify_growth_tolerance=3),
+            approve_as="alice",
+        )
+        dead = await backlog.redis.xlen(backlog.dlq)
+    [action] = report.plan.actions
+    assert action.kind == "queue.dead_letter"
+    assert report.results[0].status == "done" and dead == len(report.results[0].items) > 0
+    assert all(f.status in ("ok", "unknown") for f in report.verification), "healthy now..."
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict == "mitigated"
+    assert judgement.reason.startswith("the queue grows again after the fix: ")
+    assert "arrivals outpace the consumers, and at this pace it passes 60 in" in judgement.reason
+    assert (judgement.next_step or "").startswith("scale the workers")
+    assert f"next step: {judgement.next_step}" in report.notes
+
+
+async def test_runs_by_service_name_for_rabbitmq_and_redis(tmp_path, monkeypatch):
+    async with RabbitBacklog() as rabbit, RedisBacklog(kind="list") as redis:
+        await rabbit.publish(30)
+        await redis.publish(30)
+        monkeypatch.setenv("MAILER_AMQP_URL", rabbit.amqp_url)
+        monkeypatch.setenv("MAILER_REDIS_URL", redis.url)
+        monkeypatch.setenv("DB_ONLY_DSN", "postgresql://x@127.0.0.1:1/db")
+        config = tmp_path / "oncall.yaml"
+        config.write_text(
+            "services:\n"
+            "  mailer-rabbit:\n    rabbitmq:\n      amqp_url: ${MAILER_AMQP_URL}\n"
+            f"      queue: {rabbit.queue}\n      dead_letter_queue: {rabbit.dlq}\n"
+            "  mailer-redis:\n    redis_queue:\n      url: ${MAILER_REDIS_URL}\n"
+            f"      key: {redis.key}\n      kind: list\n"
+            "  db-only:\n    postgres:\n      dsn: ${DB_ONLY_DSN}\n"
+        )
+        args = ("run", "queue-backlog", "--config", str(config), "--dry-run", "--json")
+        args += ("-p", "sample_seconds=0.5", "-p", "depth_warn=20")
+        reports = {}
+        for name in ("mailer-rabbit", "mailer-redis"):
+            result = await asyncio.to_thread(oncall, *args, "--service", name)
+            assert result.returncode == 1, (name, result.stderr)
+            reports[name] = json.loads(result.stdout)
+        bare = await asyncio.to_thread(oncall, *args, "--service", "db-only")
+        depths = (await _depths(rabbit))[0], await redis.redis.llen(redis.key)
+    for name, report in reports.items():
+        assert (report["target"], report["outcome"]) == (name, "dry_run")
+        [depth] = [f for f in report["findings"] if f["check"] == "queue_depth"]
+        assert depth["evidence"]["depth"] == 30 and depth["status"] == "warn", name
+    assert depths == (30, 30), "a dry run takes nothing"
+    assert bare.returncode == 2
+    assert "queue-backlog needs rabbitmq | redis queue" in bare.stderr
+
+
 async def test_dead_letters_are_requeued_after_recovery_and_the_drained_queue_verifies(saas):
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     saas.set_provider("operational")
     async with RedisBacklog(kind="list") as backlog:
@@ -267,7 +343,7 @@ async def test_dead_letters_are_requeued_after_recovery_and_the_drained_queue_ve
 
 
 async def test_kubernetes_workers_are_scaled_by_replicas():
-    from runbooks.queue_backlog import queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     kube = KubeApiServer().start()
     try:
@@ -293,31 +369,37 @@ async def test_kubernetes_workers_are_scaled_by_replicas():
     assert replicas == to and report.results[0].status == "done"
 
 
-async def test_every_remediation_refuses_without_an_approval_record():
-    from runbooks.queue_backlog import EXECUTORS
-
+async def test_every_remediation_and_undo_refuses_without_an_approval_record():
     params = {
-        "queue.scale": {"mechanism": "configured", "from": 0, "to": 3, "depth_floor": 0},
+        "queue.scale": {"mechanism": "configured", "from": 0, "to": 3, "depth_floor": 0,
+                        "call": ""},
         "queue.pause": {"name": "pause_consumers", "call": "", "providers": []},
         "queue.dead_letter": {"count": 10, "min_deliveries": 0},
         "queue.requeue": {"count": 10, "providers": []},
-    }
+    }  # fmt: skip
     async with RabbitBacklog() as backlog, WorkerControl(backlog) as ctl:
         await backlog.publish(10)
-        for kind, executor in EXECUTORS.items():
+        service = _service(backlog, ctl, actions_extra={"resume_consumers": ctl.scale_action()})
+        for kind, remedy in RUNBOOK.executors.items():
             action = Action(
                 id=kind, kind=kind, target="t", title=kind, risk=Risk.RISKY, preview="",
                 params=params[kind],
             )  # fmt: skip
-            with pytest.raises(ApprovalRequired):
-                await executor(action, service=_service(backlog, ctl))
+            for call in (remedy.run, remedy.undo):
+                if callable(call):
+                    with pytest.raises(ApprovalRequired):
+                        await call(action, service=service)
         after = await _depths(backlog)
-    assert set(EXECUTORS) == set(params)
+    assert set(RUNBOOK.executors) == set(params)
+    assert [k for k, r in RUNBOOK.executors.items() if r.reversible] == [
+        "queue.scale",
+        "queue.pause",
+    ]
     assert after == (10, 0) and ctl.calls == [] and backlog.workers == 0
 
 
 async def test_broker_down_is_unreachable_exit_3(saas):
-    from runbooks.queue_backlog import diagnose, queue_backlog
+    from flows.runbook_flows import queue_backlog
 
     rabbit = RabbitTarget(
         amqp_url="amqp://guest:guest@127.0.0.1:1/", queue="emails", dead_letter_queue="e.dlq"
@@ -328,7 +410,7 @@ async def test_broker_down_is_unreachable_exit_3(saas):
     [finding] = report.findings
     assert finding.status == "error" and finding.unreachable and report.plan.actions == []
     redis = RedisQueueTarget(url="redis://127.0.0.1:1/0", key="emails", timeout=1)
-    [down] = await diagnose(Service(name="mailer", redis_queue=redis), _params())
+    [down] = await RUNBOOK.diagnose(Service(name="mailer", redis_queue=redis), _params())
     assert down.status == "error" and down.unreachable
 
 

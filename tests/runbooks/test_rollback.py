@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -20,11 +21,13 @@ from flows.drills.sandbox.saas import SaasSandbox
 from flows.prefect_api import PrefectAPI
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired, ConfigError
-from integrations.kubernetes import KubernetesTarget
+from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.service import HttpEndpoint, Service
 from runbooks.engine import live
-from runbooks.engine.model import Action, Outcome, Risk
-from runbooks.params import RollbackParams
+from runbooks.engine.guard import _mint, approved_scope
+from runbooks.engine.model import Action, Outcome, Plan, Risk
+from runbooks.remedies.rollback import RollbackAction
+from runbooks.rollback import RollbackParams
 from tests.approvals import sealed_resume
 from tests.support.docker_api import DockerApiServer
 
@@ -35,7 +38,12 @@ DEPLOYMENT = "/apis/apps/v1/namespaces/prod/deployments/api"
 
 
 def _params(**overrides: Any) -> RollbackParams:
-    values = dict(lookback_minutes=30, approval_timeout_seconds=60, verify_timeout_seconds=10)
+    values = dict(
+        lookback_minutes=30,
+        approval_timeout_seconds=60,
+        verify_timeout_seconds=10,
+        verify_hold_seconds=1,
+    )
     return RollbackParams(**{**values, **overrides})
 
 
@@ -90,15 +98,17 @@ async def _until_gate(coro: Any, prefect_api: str) -> tuple[asyncio.Task, dict]:
     return task, seen
 
 
-def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    return sealed_resume(prefect_api, run_id, approved)
+async def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
+    """Resumes the run with a sealed decision, off the event loop: the paused flow runs on
+    this loop and must store its input schema while the resume waits for it."""
+    return await asyncio.to_thread(sealed_resume, prefect_api, run_id, approved)
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
 
 
 async def test_dry_run_previews_the_exact_rollback_and_sends_no_write(kube, health):
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     report = await rollback(service=_kube_service(kube, health), params=_params(), dry_run=True)
     assert report.outcome is Outcome.DRY_RUN and report.exit_code == 1
@@ -115,7 +125,7 @@ async def test_dry_run_previews_the_exact_rollback_and_sends_no_write(kube, heal
 
 
 async def test_approved_rollback_sends_exactly_the_previewed_patch_and_verifies(kube, health):
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     report = await rollback(
         service=_kube_service(kube, health), params=_params(), approve_as="alice"
@@ -139,19 +149,19 @@ async def test_approved_rollback_sends_exactly_the_previewed_patch_and_verifies(
 
 
 async def test_rejected_rollback_sends_no_write(kube, health, prefect_api):
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     task, gate = await _until_gate(
         rollback(service=_kube_service(kube, health), params=_params()), prefect_api
     )
-    assert _decide(prefect_api, gate["flow_run_id"], approved=False)["status"] == "ACCEPT"
+    assert (await _decide(prefect_api, gate["flow_run_id"], approved=False))["status"] == "ACCEPT"
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and report.exit_code == 1
     assert kube.writes() == [] and _image(kube) == IMAGES[2]
 
 
 async def test_timed_out_gate_sends_no_write(kube):
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     report = await rollback(service=_kube_service(kube), params=_params(approval_timeout_seconds=5))
     assert report.outcome is Outcome.TIMED_OUT and report.approvals[0].channel == "timeout"
@@ -159,8 +169,7 @@ async def test_timed_out_gate_sends_no_write(kube):
 
 
 async def test_a_deploy_landing_after_the_plan_is_not_overwritten(kube, prefect_api):
-    from integrations.kubernetes import KubernetesOperator
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     task, gate = await _until_gate(
         rollback(service=_kube_service(kube), params=_params(verify_timeout_seconds=0)),
@@ -169,7 +178,7 @@ async def test_a_deploy_landing_after_the_plan_is_not_overwritten(kube, prefect_
     with KubernetesOperator(_kube_service(kube).kubernetes) as op:
         op.set_memory_limit("api", "app", "300Mi")  # someone else changes the deployment
     before = len(kube.writes())
-    _decide(prefect_api, gate["flow_run_id"], approved=True)
+    await _decide(prefect_api, gate["flow_run_id"], approved=True)
     report = await asyncio.wait_for(task, 60)
     assert kube.writes()[before:] == [], "nothing is written over the newer change"
     assert report.results[0].status == "skipped" and "changed since the plan" in (
@@ -179,7 +188,7 @@ async def test_a_deploy_landing_after_the_plan_is_not_overwritten(kube, prefect_
 
 
 async def test_no_known_good_revision_says_so_and_changes_nothing():
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     with KubeApiServer(token=TOKEN, namespace="prod") as kube:
         kube.crashing_images.add(IMAGES[0])
@@ -195,7 +204,7 @@ async def test_no_known_good_revision_says_so_and_changes_nothing():
 
 
 async def test_an_old_deploy_is_not_rolled_back(kube):
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     report = await rollback(
         service=_kube_service(kube), params=_params(lookback_minutes=5, grace_minutes=0)
@@ -205,7 +214,7 @@ async def test_an_old_deploy_is_not_rolled_back(kube):
 
 
 async def test_kubernetes_api_down_is_unreachable_exit_3():
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     target = KubernetesTarget(api_url=f"http://127.0.0.1:{free_port()}", deployment="api")
     report = await rollback(service=Service(name="gone", kubernetes=target), params=_params())
@@ -214,7 +223,7 @@ async def test_kubernetes_api_down_is_unreachable_exit_3():
 
 
 async def test_refused_token_and_server_errors_are_error_findings(kube):
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
     service = _kube_service(kube)
     service.kubernetes = service.kubernetes.model_copy(update={"token": SecretStr("stale")})
@@ -228,28 +237,91 @@ async def test_refused_token_and_server_errors_are_error_findings(kube):
 
 
 async def test_a_service_without_a_platform_is_a_config_error():
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
 
-    with pytest.raises(ConfigError, match="no kubernetes, docker or vercel target"):
+    with pytest.raises(ConfigError, match="none of kubernetes, docker, vercel configured"):
         await rollback(service=Service(name="bare"), params=_params())
 
 
-async def test_remediations_refuse_to_run_without_an_approval_record(kube):
-    from runbooks.rollback import EXECUTORS
+async def test_remediations_and_their_undo_refuse_to_run_without_an_approval_record(kube):
+    from runbooks.rollback import RUNBOOK
 
     action = Action(
         id="rollback-kubernetes",
-        kind="rollback.kubernetes",
+        kind=RollbackAction.KUBERNETES,
         target="t",
         title="t",
         risk=Risk.RISKY,
         preview="",
         items=[{"deployment": "api", "to_revision": 2}],
     )
-    for executor in EXECUTORS.values():
-        with pytest.raises(ApprovalRequired):
-            await executor(action, service=_kube_service(kube))
+    for remedy in RUNBOOK.executors.values():
+        for executor in (remedy.run, remedy.undo):
+            with pytest.raises(ApprovalRequired):
+                await executor(action, service=_kube_service(kube))
     assert kube.writes() == []
+
+
+async def test_a_bad_version_redeployed_within_the_hold_window_is_mitigated(kube, health):
+    """The rollback worked, then something put 1.4.2 back: not fixed, and it says why."""
+    from flows.runbook_flows import rollback
+
+    def redeploy_on_first_recovery(kind: str, data: dict) -> None:
+        if kind == "verifying" and data["healthy"] and _image(kube) == IMAGES[1]:
+            with KubernetesOperator(_kube_service(kube).target(KubernetesTarget)) as op:
+                op.rollout_undo("api", 3)  # a CD pipeline re-applies the bad revision
+
+    live.subscribe(redeploy_on_first_recovery)
+    try:
+        report = await rollback(
+            service=_kube_service(kube, health),
+            params=_params(verify_hold_seconds=30),
+            approve_as="alice",
+        )
+    finally:
+        live.unsubscribe(redeploy_on_first_recovery)
+    assert report.results[0].status == "done" and _image(kube) == IMAGES[2]
+    assert report.outcome is Outcome.MITIGATED and report.exit_code == 1
+    judgement = report.judgement
+    assert judgement is not None and judgement.verdict == "mitigated"
+    assert judgement.reason.startswith("the rollback was undone within 30s: the rolled-back")
+    assert IMAGES[2] in judgement.reason
+    assert "pause it, roll back again" in (judgement.next_step or "")
+    assert any(n.startswith("next step: something put the bad version back") for n in report.notes)
+
+
+async def test_the_roll_forward_undoes_the_rollback_and_only_that(kube, health):
+    from runbooks.rollback import RUNBOOK
+
+    report = await _approved_rollback(kube, health)
+    [action] = report.plan.actions
+    undo = RUNBOOK.executors[RollbackAction.KUBERNETES].undo
+    before = len(kube.writes())
+    with _approved(action):
+        result = await undo(action, service=_kube_service(kube))
+    assert result.status == "done" and _image(kube) == IMAGES[2]
+    assert "to the template of revision 3" in result.detail
+    with _approved(action):  # idempotent: already rolled forward
+        again = await undo(action, service=_kube_service(kube))
+    assert again.status == "done" and len(kube.writes()) == before + 1
+
+
+async def _approved_rollback(kube: KubeApiServer, health: HealthApp) -> Any:
+    from flows.runbook_flows import rollback
+
+    report = await rollback(
+        service=_kube_service(kube, health), params=_params(), approve_as="alice"
+    )
+    assert report.outcome is Outcome.FIXED and _image(kube) == IMAGES[1]
+    return report
+
+
+@contextmanager
+def _approved(action: Action) -> Iterator[None]:
+    """What the gate hands a remediation after an approval of a plan with this one action."""
+    plan = Plan(runbook="rollback", target="t", actions=[action])
+    with approved_scope(_mint(plan, approved=True, approver="alice", channel="cli")):
+        yield
 
 
 # -- Docker ----------------------------------------------------------------------------------
@@ -258,7 +330,8 @@ WEB = ["ghcr.io/acme/web:1.1", "ghcr.io/acme/web:1.2", "ghcr.io/acme/web:1.3"]
 
 
 async def test_docker_rollback_recreates_each_container_with_the_previous_image():
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
+    from runbooks.rollback import RUNBOOK
 
     with DockerApiServer() as engine:
         engine.crashing_images.add(WEB[2])
@@ -279,7 +352,12 @@ async def test_docker_rollback_recreates_each_container_with_the_previous_image(
         )
         creates = [w for w in engine.writes() if w.path == "/containers/create"]
         images = {c["Name"].lstrip("/"): c["Config"]["Image"] for c in engine.containers()}
+        [action] = report.plan.actions
+        with _approved(action):  # the undo: the roll-forward to the rolled-back image
+            forward = await RUNBOOK.executors[RollbackAction.DOCKER].undo(action, service=service)
+        after_undo = {c["Name"].lstrip("/"): c["Config"]["Image"] for c in engine.containers()}
     assert report.outcome is Outcome.FIXED and report.results[0].status == "done"
+    assert forward.status == "done" and after_undo == {"shop-web-1": WEB[2], "shop-web-2": WEB[2]}
     assert [(w.query["name"], w.body["Image"]) for w in creates] == [
         ("shop-web-1", WEB[1]),
         ("shop-web-2", WEB[1]),
@@ -293,7 +371,8 @@ async def test_docker_rollback_recreates_each_container_with_the_previous_image(
 
 
 async def test_vercel_rollback_promotes_exactly_the_previous_deployment():
-    from runbooks.rollback import rollback
+    from flows.runbook_flows import rollback
+    from runbooks.rollback import RUNBOOK
 
     with SaasSandbox() as saas:
         service = Service(name="web", vercel=saas.vercel_target())
@@ -302,7 +381,11 @@ async def test_vercel_rollback_promotes_exactly_the_previous_deployment():
         )
         writes = [r for r in saas.received("vercel") if r.method != "GET"]
         live_now = saas.production_id
-    [action] = report.plan.actions
+        [action] = report.plan.actions
+        with _approved(action):  # the undo: the roll-forward to the rolled-back deployment
+            forward = await RUNBOOK.executors[RollbackAction.VERCEL].undo(action, service=service)
+        after_undo = saas.production_id
+    assert forward.status == "done" and after_undo == "dpl_sandbox2"
     assert action.preview.startswith("Vercel production: dpl_sandbox2 (created ")
     assert "→ dpl_sandbox1 (created " in action.preview.splitlines()[0]
     assert [(w.method, w.path) for w in writes] == [

@@ -1,0 +1,15 @@
+"""Shared read-only parts of runbooks: readers, check bundles, parameter bases and the rules
+that judge a symptom after a fix.
+
+What runbooks diagnose the same way lives here, once, and only reads. A runbook never
+imports another runbook; changes they share live in :mod:`runbooks.remedies`.
+
+- :mod:`runbooks.diagnosis.deploys`: recent deploys and the error rate around them
+  (rollback, app-down);
+- :mod:`runbooks.diagnosis.http`: an HTTP service's symptom from Prometheus (error rate,
+  latency) and what explains it — deploys, traffic, slow statements, dependencies,
+  replicas (high-error-rate, performance-degradation);
+- :mod:`runbooks.diagnosis.queues`: a work queue's backlog from its broker (RabbitMQ,
+  Redis), the quick reads its remediations re-validate with, and ``Drains``: what
+  "drained" means after acting (queue-backlog).
+"""

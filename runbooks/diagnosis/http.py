@@ -1,0 +1,256 @@
+"""An HTTP service's symptom and its context, read from Prometheus and the service's targets.
+
+high-error-rate and performance-degradation diagnose the same way and differ only in the
+symptom (the 5xx share, or p95): each declares its symptom checks, and :func:`http_checks`
+adds what explains a symptom (:func:`context_checks`: when it began and whether a deploy or a
+traffic spike coincides, slow statements, the external calls, the replicas). Verifying, only
+the symptom is sampled, over the shorter ``verify_window_seconds``; :class:`Measured` judges
+it: fixed only when it is *measured* under its threshold for the whole hold window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from checks import http_metrics as hm
+from checks.findings import Finding, Status
+from integrations.docker import DockerReader, DockerTarget
+from integrations.kubernetes import KubernetesReader, KubernetesTarget
+from integrations.postgres import PostgresReader, PostgresTarget
+from integrations.prometheus import PrometheusClient, PrometheusTarget
+from integrations.service import HttpEndpoint, Service
+from runbooks.engine.model import RunbookParams
+from runbooks.engine.runbook import Check, Checks, Moment
+from runbooks.engine.targets import Targets
+from runbooks.engine.verify import Holds, Judgement, Sample
+
+__all__ = [
+    "HTTP_TARGETS",
+    "HttpSymptomParams",
+    "Measured",
+    "Readers",
+    "context_checks",
+    "handed_to_rollback",
+    "http_checks",
+    "notes",
+    "problems",
+    "readers",
+]
+
+
+class HttpSymptomParams(RunbookParams):
+    """What high-error-rate and performance-degradation share: windows, deploys, scaling."""
+
+    window_seconds: float = Field(
+        default=300.0, ge=2, le=86_400, description="rate() window of the diagnosis (s)"
+    )
+    verify_window_seconds: float = Field(
+        default=60.0, ge=2, le=3_600, description="rate() window when verifying recovery (s)"
+    )
+    lookback_seconds: float = Field(
+        default=3_600.0, ge=10, le=7 * 86_400, description="History searched for when it began (s)"
+    )
+    step_seconds: float = Field(
+        default=15.0, gt=0, le=3_600, description="Resolution of that history (s)"
+    )
+    endpoint_label: str = Field(
+        default="endpoint", description="Label naming the endpoint (handler, route, path …)"
+    )
+    top_endpoints: int = Field(default=5, ge=1, le=50, description="Endpoints to list")
+    deploy_window_seconds: float = Field(
+        default=900.0, ge=0, description="A deploy this long before the rise coincides with it (s)"
+    )
+    traffic_spike_ratio: float = Field(
+        default=2.0,
+        gt=1,
+        description="Traffic this many times its level before the rise is a spike",
+    )
+    slow_query_mean_ms: float = Field(
+        default=500.0, gt=0, description="pg_stat_statements mean time that makes a statement slow"
+    )
+    scale_factor: float = Field(
+        default=2.0, gt=1, le=10, description="Scale out to this many times the current replicas"
+    )
+    max_replicas: int = Field(default=20, ge=1, le=1_000, description="Never scale beyond this")
+    verify_timeout_seconds: float = Field(
+        default=180.0, ge=0, le=3_600, description="How long to wait for recovery (s)"
+    )
+
+
+P = TypeVar("P", bound=HttpSymptomParams)
+
+# Prometheus is the symptom; replicas, statements and the calls it makes explain it.
+HTTP_TARGETS = Targets(
+    needs=(PrometheusTarget,),
+    uses=(KubernetesTarget, DockerTarget, PostgresTarget, HttpEndpoint),
+)
+
+
+class Readers(NamedTuple):
+    """The read-only clients a run needs; absent targets are None."""
+
+    prom: PrometheusClient
+    kube: KubernetesReader | None
+    docker: DockerReader | None
+    db: PostgresReader | None
+
+
+@contextlib.asynccontextmanager
+async def readers(service: Service) -> AsyncIterator[Readers]:
+    """Opens the service's readers (no I/O until a check uses them) and closes them."""
+    async with contextlib.AsyncExitStack() as stack:
+        prom = await stack.enter_async_context(PrometheusClient(service.target(PrometheusTarget)))
+        kube = docker = db = None
+        if service.kubernetes:
+            kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))
+        if service.docker and service.docker.compose_service:
+            docker = await stack.enter_async_context(DockerReader(service.docker))
+        if service.postgres:
+            db = await stack.enter_async_context(PostgresReader(service.postgres))
+        yield Readers(prom, kube, docker, db)
+
+
+def context_checks(
+    service: Service,
+    r: Readers,
+    params: HttpSymptomParams,
+    *,
+    signal: hm.Signal,
+    threshold: float,
+) -> dict[str, Check]:
+    """What explains a symptom: deploys, traffic, slow statements, dependencies, replicas."""
+    q, name = hm.PromQL.for_service(service, params.window_seconds), service.name
+    db, kube, docker = r.db, r.kube, r.docker
+
+    async def timeline() -> list[Finding]:
+        revisions = await asyncio.to_thread(kube.revisions) if kube else None
+        return await hm.change_timeline(
+            r.prom,
+            q,
+            signal=signal,
+            threshold=threshold,
+            lookback_s=params.lookback_seconds,
+            step_s=params.step_seconds,
+            deploy_window_s=params.deploy_window_seconds,
+            traffic_ratio=params.traffic_spike_ratio,
+            target=name,
+            revisions=revisions,
+        )
+
+    checks: dict[str, Check] = {
+        "change_timeline": hm.metrics_check(r.prom, "change_timeline", name, timeline)
+    }
+    if db is not None:
+        checks["slow_queries"] = lambda: hm.slow_queries(
+            db,
+            r.prom,
+            q,
+            slow_mean_ms=params.slow_query_mean_ms,
+            signal=signal,
+            threshold=threshold,
+        )
+    if service.http:
+        checks["external_calls"] = lambda: hm.external_calls(service.http)
+    if kube or docker:
+        checks["capacity"] = lambda: hm.capacity(kube=kube, docker=docker, target=name)
+    return checks
+
+
+# (service, readers, params, rate window) -> the symptom's checks, by name
+Symptoms = Callable[[Service, Readers, Any, float], Mapping[str, Check]]
+
+
+def http_checks(
+    symptoms: Symptoms, *, signal: hm.Signal, threshold: Callable[[Any], float]
+) -> Checks:
+    """A runbook's checks: its symptom (guarded against a failing Prometheus) and, when
+    diagnosing, its context; verifying, the symptom alone over the verification window."""
+
+    @contextlib.asynccontextmanager
+    async def checks(
+        service: Service, params: HttpSymptomParams, moment: Moment
+    ) -> AsyncIterator[Mapping[str, Check]]:
+        window = params.verify_window_seconds if moment.verifying else params.window_seconds
+        async with readers(service) as r:
+            found = {
+                key: hm.metrics_check(r.prom, key, service.name, call)
+                for key, call in symptoms(service, r, params, window).items()
+            }
+            if not moment.verifying:
+                found |= context_checks(
+                    service, r, params, signal=signal, threshold=threshold(params)
+                )
+            yield found
+
+    return checks
+
+
+def problems(findings: Sequence[Finding], check: str) -> list[Finding]:
+    """The findings of one check that report a problem."""
+    return [f for f in findings if f.check == check and f.status.is_problem]
+
+
+def handed_to_rollback(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """The plan's ``spared`` entries for a deploy that coincides: rollback's job, not ours."""
+    return [
+        {"action": "rollback", "reason": f"handed to the rollback runbook: {f.summary}"}
+        for f in problems(findings, "deploy_coincidence")
+    ]
+
+
+def notes(findings: Sequence[Finding]) -> list[str]:
+    """Hand-overs and advice the plan cannot act on: a deploy to roll back, failing calls."""
+    out = [
+        f"{f.summary.split(': roll back')[0]}: hand over to the rollback runbook"
+        " (oncall run rollback)"
+        for f in problems(findings, "deploy_coincidence")
+    ]
+    failing = [f.target for f in problems(findings, "external_call")]
+    if failing:
+        out.append(
+            f"external calls fail or are slow ({', '.join(failing)}): check the provider's"
+            " status page; retry, fall back or wait (seed 000 Incident 5)"
+        )
+    return out
+
+
+class Measured(BaseModel):
+    """:class:`Holds`, where the symptom must be *measured* under its threshold.
+
+    A sample in which the symptom check could not measure (Prometheus failing, no requests
+    in the window) is not healthy: "fixed" is a measurement, never the absence of one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    check: str = Field(description="The symptom check that must measure OK")
+    what: str = Field(description="The symptom, as the report names it")
+    holds: Holds
+
+    def _strict(self, sample: Sample) -> Sample:
+        findings = [
+            f.model_copy(
+                update={"status": Status.WARN, "summary": f"{self.what} not measured: {f.summary}"}
+            )
+            if f.check == self.check and f.status in (Status.UNKNOWN, Status.ERROR)
+            else f
+            for f in sample.findings
+        ]
+        if not any(f.check == self.check for f in findings):
+            findings.append(
+                Finding(
+                    check=self.check,
+                    target=next((f.target for f in findings), "?"),
+                    status=Status.WARN,
+                    summary=f"{self.what} not measured in this sample",
+                )
+            )
+        return sample.model_copy(update={"findings": findings})
+
+    def judge(self, samples: Sequence[Sample], params: Any) -> Judgement:
+        return self.holds.judge([self._strict(s) for s in samples], params)

@@ -1,0 +1,125 @@
+"""Scale out: more replicas of a service, through its configured ``scale`` action, its
+Kubernetes deployment or its compose service.
+
+:func:`scale_action` sizes the change from the ``capacity`` finding (the replicas running
+now) and previews the exact command and its undo; :func:`scale_out` re-reads the live count
+and the symptom before it scales, and :func:`scale_back` returns to the planned ``from``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from checks.findings import Finding
+from integrations.docker import DockerOperator, DockerTarget
+from integrations.kubernetes import KubernetesOperator, KubernetesTarget
+from integrations.service import Service
+from runbooks.engine.guard import remediation
+from runbooks.engine.model import Action, ActionResult, Risk
+from runbooks.engine.runbook import ActionKind, Remedy
+from runbooks.remedies.configured import Recheck, configured_action, skipped, still_needed
+
+__all__ = ["SCALE", "SCALE_EXECUTORS", "Scale", "scale_action", "scale_back", "scale_out"]
+
+
+class Scale(ActionKind):
+    KUBERNETES = "kubernetes.scale"
+    DOCKER = "docker.scale"
+
+
+def scale_action(
+    service: Service,
+    findings: list[Finding],
+    *,
+    factor: float,
+    max_replicas: int,
+    why: str,
+    recheck: Recheck | None,
+) -> tuple[Action | None, str | None]:
+    """Scales out through the configured 'scale' action, Kubernetes or compose; or why not.
+
+    The target is ``factor`` times the replicas running now (at least one more), capped at
+    ``max_replicas``.
+    """
+    if configured := configured_action(service, "scale", why=why, recheck=recheck):
+        return configured, None
+    cap = next(
+        (f.evidence for f in findings if f.check == "capacity" and "replicas" in f.evidence), None
+    )
+    if cap is None:
+        return None, "no way to scale is configured (actions.scale, kubernetes or compose)"
+    now = cap["replicas"]
+    to = min(max_replicas, max(now + 1, math.ceil(now * factor)))
+    if to <= now:
+        return None, f"already at {now} replicas, the max_replicas cap"
+    if cap["mechanism"] == "kubernetes":
+        where = f"deployment/{cap['name']} -n {cap['namespace']}"
+        preview = f"kubectl scale {where} --replicas={to} (from {now})"
+        undo = f"kubectl scale {where} --replicas={now}"
+        target, kind = f"kubernetes {cap['namespace']}/{cap['name']}", Scale.KUBERNETES
+    else:
+        where = f"-p {cap['project']} up -d --scale {cap['service']}"
+        preview = f"docker compose {where}={to} (from {now} running containers)"
+        undo = f"docker compose {where}={now}"
+        target, kind = f"docker {cap['project']}/{cap['service']}", Scale.DOCKER
+    action = Action(
+        id="scale-out",
+        kind=kind,
+        target=target,
+        risk=Risk.RISKY,
+        title=f"Scale {service.name} from {now} to {to} replicas",
+        # More replicas also means more database connections (seed 000 Incident 1).
+        preview=f"{preview}\nEach new replica opens its own database connections.\nWhy: {why}",
+        items=[{"from": now, "to": to}],
+        undo=undo,
+        params={
+            **cap,
+            "from": now,
+            "to": to,
+            "recheck": recheck.model_dump() if recheck is not None else None,
+        },
+    )
+    return action, None
+
+
+async def _scale_to(action: Action, service: Service, to: int, *, up: bool) -> ActionResult:
+    """Sets the replicas to ``to`` unless the live count already got there (either way)."""
+    p: dict[str, Any] = action.params
+    if p["mechanism"] == "kubernetes":
+        with KubernetesOperator(service.target(KubernetesTarget)) as kube:
+            live = (await asyncio.to_thread(kube.preview_scale, p["name"], to)).before["replicas"]
+            if (live >= to) if up else (live <= to):
+                return skipped(action, f"already at {live} replicas")
+            detail = await asyncio.to_thread(kube.scale, p["name"], to)
+    else:
+        with DockerOperator(service.target(DockerTarget)) as docker:
+            preview = await asyncio.to_thread(docker.preview_scale, p["project"], p["service"], to)
+            live = preview.before["running"]
+            if (live >= to) if up else (live <= to):
+                return skipped(action, f"already at {live} containers")
+            detail = await asyncio.to_thread(docker.scale_service, p["project"], p["service"], to)
+    return ActionResult(action_id=action.id, title=action.title, status="done", detail=detail)
+
+
+@remediation
+async def scale_out(action: Action, *, service: Service) -> ActionResult:
+    """Scales to the planned replicas unless already there or the symptom is gone."""
+    if why := await still_needed(service, action.params.get("recheck")):
+        return skipped(action, why)
+    return await _scale_to(action, service, action.params["to"], up=True)
+
+
+@remediation
+async def scale_back(action: Action, *, service: Service) -> ActionResult:
+    """Undoes a scale-out: back to the replicas the plan started from.
+
+    Blast radius: the surplus replicas stop with their in-flight work.
+    """
+    return await _scale_to(action, service, action.params["from"], up=False)
+
+
+SCALE = Remedy(run=scale_out, undo=scale_back)
+# A runbook's executors for every kind scale_action proposes (``**SCALE_EXECUTORS``).
+SCALE_EXECUTORS: dict[ActionKind, Remedy] = {Scale.KUBERNETES: SCALE, Scale.DOCKER: SCALE}
