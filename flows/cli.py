@@ -561,6 +561,22 @@ def doctor_cmd(
     raise typer.Exit(code)
 
 
+@app.command("audit")
+def audit_cmd(
+    incident: Annotated[
+        str | None, typer.Option("--incident", help="Only this incident's decisions (INC-7).")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the hash chain; exit 1 when it is broken.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Lists every approval, rejection, refused decision and timeout (tamper-evident)."""
+    from flows.cli_audit import audit
+
+    audit(incident, verify, json_out)
+
+
 @server_app.command("status")
 def server_status(json_out: JsonOpt = False) -> None:
     """Shows whether the Prefect server answers, where, and its version."""
@@ -661,5 +677,4 @@ if __name__ == "__main__":
     _main()
 
 
-# Each registers its commands on `app`: the incident commands, and `oncall audit`.
-from flows import cli_audit, cli_incident  # noqa: E402,F401
+from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)

@@ -1,6 +1,7 @@
 """``oncall audit [--incident ID] [--verify]``: the decisions log, and whether it is intact.
 
-Registered on the ``oncall`` app by ``flows.cli``. Reads this machine's audit log
+The command is declared in ``flows.cli`` and runs :func:`audit` (this module imports
+nothing of the CLI at import: no cycle). Reads this machine's audit log
 (``runbooks.engine.audit``); ``--verify`` checks its hash chain and seals, then compares
 it with the ``oncall.audit.*`` events the gates sent to Prefect (a tail cut off the file
 is still in Prefect). No Prefect import.
@@ -9,14 +10,13 @@ is still in Prefect). No Prefect import.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from flows.cli import JsonOpt, _console, _errors, _print_json, app
 from integrations.errors import OncallError
 
-__all__ = ["audit_cmd", "missing_from_log"]
+__all__ = ["audit", "missing_from_log"]
 
 
 def missing_from_log(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[str]:
@@ -56,17 +56,9 @@ def _prefect_events() -> list[dict[str, Any]] | None:
         return None
 
 
-@app.command("audit")
-def audit_cmd(
-    incident: Annotated[
-        str | None, typer.Option("--incident", help="Only this incident's decisions (INC-7).")
-    ] = None,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="Check the hash chain; exit 1 when it is broken.")
-    ] = False,
-    json_out: JsonOpt = False,
-) -> None:
+def audit(incident: str | None, verify: bool, json_out: bool) -> None:
     """Lists every approval, rejection, refused decision and timeout (tamper-evident)."""
+    from flows.cli import _errors, _print_json
     from runbooks.engine.audit import audit_path, read
     from runbooks.engine.audit import verify as verify_chain
 
@@ -100,6 +92,8 @@ def audit_cmd(
 def _table(entries: list[dict[str, Any]], path: str) -> None:
     from rich.table import Table
 
+    from flows.cli import _console
+
     console = _console()
     if not entries:
         console.print(f"No decisions recorded in {path}.")
@@ -126,6 +120,8 @@ def _table(entries: list[dict[str, Any]], path: str) -> None:
 
 
 def _verdict(problems: list[str], count: int, events: int | None) -> None:
+    from flows.cli import _console
+
     console = _console()
     against = (
         f"; compared with {events} audit event(s) in Prefect"

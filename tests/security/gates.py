@@ -16,8 +16,8 @@ from typing import Any
 from flows.prefect_api import PrefectAPI
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
+from runbooks.db_connections import DbConnectionsParams
 from runbooks.engine import audit, live
-from runbooks.params import DbConnectionsParams
 
 __all__ = ["Paused", "audit_of", "paused_runbook", "service_of"]
 
@@ -61,7 +61,7 @@ async def paused_runbook(
     pgdb, prefect_api: str, timeout_s: int = 60, **call: Any
 ) -> AsyncIterator[Paused]:
     """Runs db-connections in this process (no pre-approval held) until its gate waits."""
-    from runbooks.db_connections import db_connections
+    from flows.runbook_flows import db_connections
 
     gates: asyncio.Queue = asyncio.Queue()
 

@@ -14,6 +14,7 @@ import pytest
 
 from integrations.errors import ApprovalRequired, ConfigError
 from integrations.postgres import PostgresTarget
+from integrations.service import Service
 from runbooks.engine import guard
 from runbooks.engine.guard import (
     approved_scope,
@@ -39,11 +40,11 @@ def _plan(pids: list[int], target: str = "db") -> Plan:
 
 
 async def _terminate(plan: Plan, approval: Approval, pgdb, scope_plan: Plan | None = None):
-    from runbooks.db_connections import terminate_sessions
+    from runbooks.remedies.postgres import terminate_sessions
 
-    target = PostgresTarget(name="db", dsn=pgdb.dsn)
+    service = Service(name="db", postgres=PostgresTarget(name="db", dsn=pgdb.dsn))
     with approved_scope(approval, scope_plan or plan):
-        return await terminate_sessions(plan.actions[0], target=target)
+        return await terminate_sessions(plan.actions[0], service=service)
 
 
 def _live(faults, n=2):
