@@ -175,6 +175,7 @@ class LiveView:
         elif kind == "report":
             report = data["report"]
             self._end_wait(f"verify {data.get('flow_run_id')}")
+            self._end_wait(f"wait verify {data.get('flow_run_id')}")
             for finding in report.verification:
                 self._finding(finding, "after: ")
         elif kind == "wait":
@@ -193,8 +194,10 @@ class LiveView:
 
     def _verifying(self, data: dict[str, Any]) -> None:
         """A round of a runbook's verification: one live line, not a line per round."""
-        key = f"verify {data.get('flow_run_id')}"
-        self._start_wait(key, f"{data.get('runbook')} to verify its fix", self.verify_timeout_s)
+        key = f"wait verify {data.get('flow_run_id')}"  # the kernel's own wait line
+        if key not in self._waits:
+            key = f"verify {data.get('flow_run_id')}"
+            self._start_wait(key, f"{data.get('runbook')} to verify its fix", self.verify_timeout_s)
         finding = data["finding"]
         with self._out:
             if key in self._waits and finding.status.is_problem:
