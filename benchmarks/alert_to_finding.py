@@ -37,6 +37,7 @@ import httpx
 
 from benchmarks._common import Figure, free_port, print_figures, private_prefect, save, summary
 from benchmarks.runbook_overhead import postgres
+from flows.server import auth_headers
 
 TOKEN = "bench-receiver-token-0123456789"
 
@@ -284,7 +285,7 @@ def main() -> None:
         )
         with (
             served(config, env, work / "serve.log") as proc,
-            httpx.Client(base_url=api_url, timeout=10) as api,
+            httpx.Client(base_url=api_url, timeout=10, headers=auth_headers(api_url)) as api,
         ):
             began = time.monotonic()
             while True:

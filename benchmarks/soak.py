@@ -98,13 +98,19 @@ def check_retention() -> str:
 
     import httpx
 
+    from flows.server import auth_headers
+
     os.environ["PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS"] = "5"
     try:
         with private_prefect() as api:
-            flow = httpx.post(f"{api}/flows/", json={"name": "retention-check"}).json()
+            flow = httpx.post(
+                f"{api}/flows/", json={"name": "retention-check"}, headers=auth_headers(api)
+            ).json()
             for name in ("old", "new"):
                 body = {"flow_id": flow["id"], "name": name, "state": {"type": "COMPLETED"}}
-                httpx.post(f"{api}/flow_runs/", json=body).raise_for_status()
+                httpx.post(
+                    f"{api}/flow_runs/", json=body, headers=auth_headers(api)
+                ).raise_for_status()
             old = datetime.now(UTC) - timedelta(days=_retention_days() or 90, hours=1)
             with sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db", timeout=30) as db:
                 db.execute(
@@ -113,7 +119,8 @@ def check_retention() -> str:
                 )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                names = {r["name"] for r in httpx.post(f"{api}/flow_runs/filter", json={}).json()}
+                runs = httpx.post(f"{api}/flow_runs/filter", json={}, headers=auth_headers(api))
+                names = {r["name"] for r in runs.json()}
                 if "old" not in names:
                     return f"the vacuum deleted the expired run and kept {sorted(names)}"
                 time.sleep(1)

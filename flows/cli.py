@@ -160,7 +160,10 @@ def run_cmd(
         bool, typer.Option("--dry-run", help="Diagnose and plan; change nothing.")
     ] = False,
     approve_as: Annotated[
-        str | None, typer.Option("--approve-as", help="Pre-approve every gate as NAME.")
+        str | None,
+        typer.Option(
+            "--approve-as", help="Pre-approve this run as NAME (your OS user is recorded)."
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -169,20 +172,22 @@ def run_cmd(
         spec = _spec(name)
         params = _params(spec, param or [])
         approve_as = _approver(approve_as, "--approve-as")
-        if service_name:
-            from flows.config import find_config, load_config
+        from flows.config import find_config, load_config
 
-            path = find_config(config)
-            if path is None:
+        path = find_config(config)
+        loaded = load_config(path) if path is not None else None  # errors: exit 2, up front
+        if path is not None:  # its approvals: apply to this run (--dsn too), and to its gate
+            os.environ["ONCALL_CONFIG"] = str(path.resolve())
+        if service_name:
+            if loaded is None:
                 raise ConfigError("--service needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
-            service = load_config(path).service(service_name)
+            service = loaded.service(service_name)
         else:
             service = _dsn_service(dsn)
         spec.targets.require(spec.name, service)  # one line now, not a flow that fails later
         console = _console(json_out)
         _ensure_server(console, wait=False)
         from flows.execute import run_runbook
-        from runbooks.engine.model import RunContext, os_identity
 
         report = run_runbook(
             spec,
@@ -190,7 +195,6 @@ def run_cmd(
             params=params,
             dry_run=dry_run,
             approve_as=approve_as,
-            context=RunContext(requested_by=os_identity()),
             console=console,
             interactive=sys.stdin.isatty() and not json_out,
             show=not json_out,
@@ -253,11 +257,16 @@ def pending_cmd(json_out: JsonOpt = False) -> None:
 @app.command("approve")
 def approve_cmd(
     run_id: Annotated[str, typer.Argument(help="Flow run id (or a unique prefix).")],
-    as_: Annotated[str, typer.Option("--as", help="Your name, recorded as the approver.")],
+    as_: Annotated[
+        str, typer.Option("--as", help="Your name as shown (your OS user is what is verified).")
+    ],
     reject: Annotated[bool, typer.Option("--reject", help="Reject the plan instead.")] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the report.")] = "",
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for what the gate made of it.")
+    ] = 15.0,
 ) -> None:
-    """Decides a waiting approval gate (approve, or --reject)."""
+    """Decides a waiting approval gate (approve, or --reject), sealed as your OS user."""
     from flows.prefect_api import PrefectAPI
     from flows.server import DEFAULT_API_URL
 
@@ -277,28 +286,33 @@ def approve_cmd(
             raise ConfigError(
                 f"run {full_id} is not waiting for approval (state: {state.get('name')})"
             )
-        from runbooks.engine.model import os_identity
+        gate = api.gate(run)
+        if gate is None:
+            raise ConfigError(f"run {full_id} is paused but has no oncall approval gate")
+        from flows.decisions import describe_verdict, sealed_input, wait_verdict
+        from runbooks.engine.guard import verified_os_identity
 
-        who = os_identity()
-        result = api.resume(
-            full_id,
-            {
-                "approved": not reject,
-                "approver": approver,
-                "reason": reason,
-                "channel": "cli",
-                "identity": who,
-            },
+        who = verified_os_identity()
+        run_input = sealed_input(
+            gate,
+            run_id=full_id,
+            approved=not reject,
+            reason=reason,
+            approver=approver or who,
+            identity=who,
+            channel="cli",
         )
+        result = api.resume(full_id, run_input)
         if result.get("status") != "ACCEPT":
             detail = (result.get("details") or {}).get("reason") or result
             raise ConfigError(f"Prefect refused the decision: {detail}")
-        verdict = "rejected" if reject else "approved"
-        gate = api.gate(run) or {}
+        verdict = wait_verdict(api, full_id, gate["pause_key"], wait)
         sys.stdout.write(
-            f"{verdict} {gate.get('summary', 'the plan')} of run {full_id} as {approver}"
-            f" (identity {who})\n"
+            f"{'rejection' if reject else 'approval'} of {gate.get('summary', 'the plan')}"
+            f" (run {full_id}) sent as {approver}, identity {who}: {describe_verdict(verdict)}\n"
         )
+        if verdict is not None and verdict.get("verdict") in ("refused", "not-counted"):
+            raise typer.Exit(1)
 
 
 def _preload(module: str) -> None:
@@ -443,6 +457,22 @@ def doctor_cmd(
     raise typer.Exit(code)
 
 
+@app.command("audit")
+def audit_cmd(
+    incident: Annotated[
+        str | None, typer.Option("--incident", help="Only this incident's decisions (INC-7).")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the hash chain; exit 1 when it is broken.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Lists every approval, rejection, refused decision and timeout (tamper-evident)."""
+    from flows.cli_audit import audit
+
+    audit(incident, verify, json_out)
+
+
 @server_app.command("status")
 def server_status(json_out: JsonOpt = False) -> None:
     """Shows whether the Prefect server answers, where, and its version."""
@@ -459,6 +489,13 @@ def server_status(json_out: JsonOpt = False) -> None:
         )
         if info["healthy"]:
             _console().print(f"UI: {info['ui_url']}")
+            _console().print(
+                "API protected: basic auth (the UI asks for the secret in"
+                f" {server.prefect_home() / server.AUTH_FILE})"
+                if info.get("protected")
+                else "[red]API NOT protected: anyone who reaches it can approve and run"
+                " anything[/red]"
+            )
     raise typer.Exit(0 if info["healthy"] else 3)
 
 

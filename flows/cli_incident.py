@@ -76,7 +76,10 @@ def _open(
     from flows.intake import Intake, group, served
     from flows.spool import Spool, store_url
 
-    cfg = load_config(find_config(config_path))
+    path = find_config(config_path)
+    cfg = load_config(path)
+    if path is not None:  # its approvals: are the policy of the gates this process runs
+        os.environ["ONCALL_CONFIG"] = str(path.resolve())
     console = _console(json_out)
     api_url = _ensure_server(console)
     store = Spool(store_url(cfg), dedup_window_s=cfg.receiver.dedup_window)
@@ -191,6 +194,7 @@ def _create_run(api: Any, alert: Any, intake: dict[str, str]) -> str:
 def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: bool) -> list[dict]:
     """Executes the incidents opened here in this process, with the live view."""
     import asyncio
+    import contextlib
 
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow_async
@@ -198,7 +202,7 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
     from flows.execute import LiveView, quiet_prefect_console
     from flows.incident import incident
     from runbooks.engine import live
-    from runbooks.engine.model import os_identity
+    from runbooks.engine.guard import preapproval, verified_os_identity
 
     quiet_prefect_console()
     view = LiveView(
@@ -217,7 +221,7 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
             "alert": alert,
             "config": cfg,
             "approve_as": approve_as,
-            "requested_by": os_identity(),
+            "requested_by": verified_os_identity(),
             "intake": intake,
         }
         state: Any = await run_flow_async(
@@ -228,8 +232,11 @@ def _run_here(runs: list, cfg: Any, approve_as: Any, console: Any, json_out: boo
     async def main() -> list[dict]:
         return list(await asyncio.gather(*(one(*r) for r in runs)))
 
+    # --approve-as lives in this process, which runs the incident and its runbooks.
+    pre = preapproval(approve_as) if approve_as else contextlib.nullcontext()
     try:
-        return asyncio.run(main())
+        with pre:
+            return asyncio.run(main())
     finally:
         live.unsubscribe(view)
         view.close()

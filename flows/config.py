@@ -308,3 +308,13 @@ def load_config(path: str | Path | None = None, *, text: str | None = None) -> O
     from flows.config_load import load_config as load
 
     return load(path, text=text)
+
+
+def configured_policy() -> ApprovalPolicy:
+    """``approvals:`` of the oncall.yaml this process uses; the defaults when there is none.
+
+    The approval gate reads the policy here, where the run acts, on every path (CLI,
+    incidents, deployment runs on a worker): never from a flow parameter.
+    """
+    path = find_config()
+    return load_config(path).approvals if path is not None else ApprovalPolicy()

@@ -9,6 +9,7 @@ wins and the decision is recorded the same way. The view itself is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -16,10 +17,16 @@ from prefect import tags
 from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 
+from flows.config import configured_policy
 from flows.live_view import LiveView
 from runbooks.engine import live
-from runbooks.engine.model import RunbookReport
+from runbooks.engine.gate import set_policy_source
+from runbooks.engine.guard import preapproval, seal_context, verified_os_identity
+from runbooks.engine.model import RunbookReport, RunContext
 from runbooks.engine.runbook import Runbook
+
+# approvals: from the oncall.yaml this process uses (--config, $ONCALL_CONFIG, ./)
+set_policy_source(configured_policy)
 
 __all__ = ["LiveView", "quiet_prefect_console", "run_runbook"]
 
@@ -66,16 +73,15 @@ def run_runbook(
         verify_timeout_s=getattr(params, "verify_timeout_seconds", None),
     )
     live.subscribe(view)
+    if context is None:  # who started it: the OS user of this process, sealed for this run
+        context = RunContext(requested_by=verified_os_identity())
+    context = seal_context(context, runbook=spec.name, target=service.name)
+    # --approve-as lives in this process (the one running the flow), never in a parameter.
+    pre = preapproval(approve_as) if approve_as else contextlib.nullcontext()
     try:
-        with tags("oncall", f"runbook:{spec.name}", *extra_tags):
+        with tags("oncall", f"runbook:{spec.name}", *extra_tags), pre:
             return asyncio.run(
-                flow(
-                    service=service,
-                    params=params,
-                    dry_run=dry_run,
-                    approve_as=approve_as,
-                    context=context,
-                )
+                flow(service=service, params=params, dry_run=dry_run, context=context)
             )
     finally:
         live.unsubscribe(view)

@@ -61,6 +61,9 @@ def _find(api: PrefectAPI, fingerprints: list[str], since: str) -> list[dict[str
 
 def _ask(console: Console, api: PrefectAPI, run: dict[str, Any], gate: dict[str, Any]) -> None:
     """One gate at the terminal; the loop (and so every other line) waits for the answer."""
+    from flows.decisions import describe_verdict, sealed_input, wait_verdict
+    from integrations.errors import ConfigError
+    from runbooks.engine.guard import verified_os_identity
     from runbooks.engine.model import os_identity
 
     question = Text(f"Approve {gate.get('runbook')}: {gate.get('summary')}? [y/N] ", style="bold")
@@ -72,20 +75,26 @@ def _ask(console: Console, api: PrefectAPI, run: dict[str, Any], gate: dict[str,
         elif (api.flow_run(run["id"]).get("state") or {}).get("type") != "PAUSED":
             console.print("\n(decided elsewhere)")
             return
-    who = os_identity()
     approved = answer in ("y", "yes")
-    result = api.resume(
-        run["id"],
-        {
-            "approved": approved,
-            "approver": who,
-            "reason": "approved at the terminal" if approved else "rejected at the terminal",
-            "channel": "cli",
-            "identity": who,
-        },
-    )
+    try:  # sealed as the OS user behind this terminal, for this gate (docs/security.md)
+        run_input = sealed_input(
+            gate,
+            run_id=run["id"],
+            approved=approved,
+            reason="approved at the terminal" if approved else "rejected at the terminal",
+            approver=os_identity(),
+            identity=verified_os_identity(),
+            channel="cli",
+        )
+    except ConfigError as exc:  # no gate record, or one oncall did not seal: say so
+        console.print(Text(f"not decided: {exc}", style="red"))
+        return
+    result = api.resume(run["id"], run_input)
     if result.get("status") != "ACCEPT":
         console.print(Text(f"Prefect refused the decision: {result}", style="red"))
+        return
+    verdict = wait_verdict(api, run["id"], gate["pause_key"], 15.0)
+    console.print(Text(describe_verdict(verdict), style="dim"))
 
 
 def follow(

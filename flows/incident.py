@@ -30,7 +30,7 @@ from prefect.client.schemas.filters import (
 from prefect.context import FlowRunContext
 
 from checks.severity import DEFAULT_RULES, SeverityRule, classify
-from flows.config import OncallConfig, find_config, load_config
+from flows.config import OncallConfig, configured_policy, find_config, load_config
 from flows.incident_launch import route
 from flows.incident_model import Incident
 from flows.incident_outage import Outage
@@ -38,7 +38,11 @@ from flows.incident_run import IncidentRun
 from flows.intake import CONTROL_PREFIX
 from integrations.alerts import Alert
 from runbooks.engine import live
+from runbooks.engine.gate import set_policy_source
 from runbooks.engine.model import RunContext
+
+# approvals: from the oncall.yaml this process uses, never from the incident's parameters
+set_policy_source(configured_policy)
 
 __all__ = ["CONTROL_PREFIX", "IncidentRun", "incident", "route"]
 
@@ -73,6 +77,10 @@ async def incident(
     if ctx is None or ctx.flow_run is None:
         raise RuntimeError("the incident flow runs only as a Prefect flow run")
     run = ctx.flow_run
+    if run.deployment_id:
+        # Parameters of a deployment run come from whoever reached the Prefect API: a
+        # requester named there is not verified (approve_as is refused by the gates).
+        requested_by = None
     my_tags = list(run.tags or [])
     number = await _number(run.expected_start_time or datetime.now(UTC), my_tags)
     rules = [SeverityRule.model_validate(r) for r in cfg.severity_rules]
@@ -123,12 +131,7 @@ async def incident(
     outage = Outage(state.logger, on_away=lambda: setattr(state, "resync", True))
     ended = "the incident run stopped"
     try:
-        context = RunContext(
-            incident_id=inc.id,
-            severity=inc.severity,
-            policy=cfg.approvals,
-            requested_by=requested_by,
-        )
+        context = RunContext(incident_id=inc.id, severity=inc.severity, requested_by=requested_by)
         await state.launcher.start(alert, context)
         await declared
         while not inc.resolved_at:

@@ -27,11 +27,13 @@ from prefect.context import TagsContext
 
 from checks.findings import Finding
 from flows.config import OncallConfig
+from flows.decisions import sealed_input
 from flows.incident_model import Incident
 from flows.incident_timeline import Timeline
 from flows.intake import served
 from flows.prefect_api import PrefectAPI
 from integrations.alerts import Alert
+from runbooks.engine.guard import seal_context
 from runbooks.engine.model import ActionResult, Approval, Plan, RunbookReport, RunContext
 
 __all__ = ["Launcher", "RunbookUse", "route", "runbook"]
@@ -123,6 +125,8 @@ class Launcher:
                 continue
             if await self._held_back(name, service.name):
                 continue
+            # Sealed for this runbook and target: its gate trusts the severity and requester.
+            sealed = seal_context(context, runbook=name, target=service.name)
             self.routes.append((name, service, typed))
             self.inc.runbooks.append(name)
             # Children get their own tags, not the parent's (they are not incidents).
@@ -133,7 +137,7 @@ class Launcher:
                 f"incident:{self.inc.id}",
                 *self.extra_tags,
             }
-            if self.remote and await self._deployed(name, service, typed, context, tags):
+            if self.remote and await self._deployed(name, service, typed, sealed, tags):
                 continue
             self.timeline.record(
                 "runbook", f"started runbook {name} on {service.name}", runbook=name
@@ -141,7 +145,7 @@ class Launcher:
             with TagsContext(current_tags=tags):
                 self.tasks[name] = asyncio.create_task(
                     use.flow(
-                        service=service, params=typed, approve_as=self.approve_as, context=context
+                        service=service, params=typed, approve_as=self.approve_as, context=sealed
                     )
                 )
         if not routes:
@@ -311,16 +315,19 @@ class Launcher:
         """Rejects every plan still waiting for approval: nothing unapproved will run."""
         from prefect.flow_runs import aresume_flow_run
 
-        for run_id in list(self.waiting):
+        for run_id, gate in list(self.waiting.items()):
             with contextlib.suppress(Exception):  # already decided elsewhere: fine
                 await aresume_flow_run(
                     UUID(run_id),
-                    run_input={
-                        "approved": False,
-                        "approver": "oncall",
-                        "reason": reason,
-                        "channel": "incident",
-                    },
+                    run_input=sealed_input(
+                        gate["record"],
+                        run_id=run_id,
+                        approved=False,
+                        reason=reason,
+                        approver="oncall",
+                        identity=f"oncall:incident:{self.inc.id}",
+                        channel="incident",
+                    ),
                 )
                 self.timeline.record(
                     "cancel", f"{self.children.get(run_id)}: plan cancelled: {reason}"

@@ -116,12 +116,12 @@ class IncidentRun:
         elif kind == "approval":
             waiting.pop(data["flow_run_id"], None)
             a = data["approval"]
-            verdict = "approved" if a.approved else "rejected"
+            verdict = a.verdict
             self.record(
                 "approval",
                 f"{name} plan {verdict} by {a.approver} via {a.channel}"
                 + (f" ({a.identity})" if a.identity else "")
-                + f": {a.reason}",
+                + f": {a.why or a.reason}",
                 runbook=name,
                 approver=a.approver,
                 channel=a.channel,

@@ -292,24 +292,29 @@ class LiveView:
                     self.console.print(renderable)
             self._sync_live()
         if line is not None:
-            _answer(self, run_id, line.strip().lower() in ("y", "yes"))
+            _answer(self, gate, line.strip().lower() in ("y", "yes"))
 
 
-def _answer(view: LiveView, run_id: str, approved: bool) -> None:
-    """Resumes the paused run with the terminal's decision (the gate may not be paused yet)."""
+def _answer(view: LiveView, gate: dict[str, Any], approved: bool) -> None:
+    """Resumes the paused run with the terminal's decision (the gate may not be paused yet),
+    sealed as the OS user behind this terminal for this gate (docs/security.md)."""
     from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
 
+    from flows.decisions import sealed_input
+    from runbooks.engine.guard import verified_os_identity
     from runbooks.engine.model import os_identity
 
-    who = os_identity()
-    run_input = {
-        "approved": approved,
-        "approver": who,
-        "reason": "approved at the terminal" if approved else "rejected at the terminal",
-        "channel": "cli",
-        "identity": who,
-    }
+    run_id = gate["flow_run_id"]
+    run_input = sealed_input(
+        gate["record"],
+        run_id=run_id,
+        approved=approved,
+        reason="approved at the terminal" if approved else "rejected at the terminal",
+        approver=os_identity(),
+        identity=verified_os_identity(),
+        channel="cli",
+    )
     deadline = time.monotonic() + 30
     while not view._is_decided(run_id):
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from checks.sla import Sla, SlaVerdict
 from flows.incident_model import Incident, sla_assessment
+from runbooks.engine.model import Approval
 
 __all__ = ["PREVENTION", "postmortem_markdown", "root_cause"]
 
@@ -78,6 +79,11 @@ def root_cause(incident: Incident) -> str:
     return f"{finding['summary']} (found by {runbook}/{finding['check']})"
 
 
+def _verdict(approval: dict[str, Any]) -> str:
+    """approved / rejected / refused / not-counted / timed-out, as the gate recorded it."""
+    return Approval.model_validate(approval).verdict
+
+
 def _approvals(incident: Incident) -> list[dict[str, Any]]:
     return [a | {"runbook": r["runbook"]} for r in incident.reports for a in r.get("approvals", [])]
 
@@ -137,9 +143,10 @@ def postmortem_markdown(incident: Incident, sla: Sla, now: datetime | None = Non
         ]
         for a in approvals:
             out.append(
-                f"| {a['runbook']} | {'approved' if a['approved'] else 'rejected'} "
+                f"| {a['runbook']} | {_verdict(a)} "
                 f"| {a['approver']} | {a['channel']} | {a.get('identity') or ''} "
-                f"| {a.get('reason', '').replace('|', '/')} | {str(a['decided_at'])[11:19]} |"
+                f"| {(a.get('why') or a.get('reason', '')).replace('|', '/')}"
+                f" | {str(a['decided_at'])[11:19]} |"
             )
     else:
         out.append("_No change was proposed or decided._")
@@ -183,10 +190,13 @@ def postmortem_markdown(incident: Incident, sla: Sla, now: datetime | None = Non
         better.append(f"{len(failures)} notification(s) failed: {failures[0].text}")
     if incident.escalated_to:
         better.append(f"Escalated to {', '.join(incident.escalated_to)} before a response")
-    rejected = [a for a in approvals if not a["approved"]]
+    rejected = [a for a in approvals if not a["approved"] and a.get("counted", True)]
     if rejected:
         better.append(f"{len(rejected)} plan(s) rejected or timed out at the gate")
     better += [s["reason"] for s in incident.skipped]
+    refused = [a for a in approvals if not a.get("counted", True)]
+    if refused:
+        better.append(f"{len(refused)} decision(s) refused or not counted at the gate (audit)")
     out += ["", "## What Went Well", ""] + [f"- {w}" for w in well or ["_to be filled in_"]]
     out += ["", "## What Didn't Go Well", ""] + [f"- {b}" for b in better or ["_to be filled in_"]]
     due = (incident.resolved_at or incident.opened_at) + timedelta(days=7)

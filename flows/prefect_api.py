@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from integrations.errors import ConfigError, NotFound, ProviderError, Unreachable
+from integrations.errors import AuthError, ConfigError, NotFound, ProviderError, Unreachable
 
 __all__ = ["PrefectAPI"]
 
@@ -22,8 +22,14 @@ class PrefectAPI:
     """A thin, synchronous view of the Prefect server's REST API."""
 
     def __init__(self, api_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        from flows.server import auth_headers
+
         self.api_url = api_url.rstrip("/")
-        self._client = httpx.Client(base_url=self.api_url, timeout=10.0, transport=transport)
+        # PREFECT_API_AUTH_STRING, or the local server's own secret (loopback only).
+        headers = auth_headers(self.api_url)
+        self._client = httpx.Client(
+            base_url=self.api_url, timeout=10.0, transport=transport, headers=headers
+        )
 
     def __enter__(self) -> PrefectAPI:
         return self
@@ -43,6 +49,13 @@ class PrefectAPI:
             if response.status_code != 503 or attempt == 3:
                 break
             time.sleep(0.25 * 2**attempt)
+        if response.status_code == 401:
+            raise AuthError(
+                f"Prefect API at {self.api_url} wants credentials: set PREFECT_API_AUTH_STRING"
+                " (oncall's local server keeps its own in PREFECT_HOME/oncall-api-auth)",
+                target="prefect",
+                status=401,
+            )
         if response.status_code == 404:
             raise NotFound(f"not found: {path}", target="prefect", status=404)
         if response.status_code >= 400:
@@ -166,6 +179,16 @@ class PrefectAPI:
             "limit": limit,
         }
         return self._call("POST", "/events/filter", json=body).json().get("events", [])
+
+    def events_named(self, prefix: str, limit: int = 5000) -> list[dict[str, Any]]:
+        """Every stored event whose name starts with ``prefix``, oldest first."""
+        body = {"filter": {"event": {"prefix": [prefix]}, "order": "ASC"}, "limit": 50}
+        page = self._call("POST", "/events/filter", json=body).json()
+        events = list(page.get("events", []))
+        while page.get("next_page") and len(events) < limit:
+            page = self._call("GET", page["next_page"]).json()
+            events += page.get("events", [])
+        return events
 
     def deployment(self, name: str) -> dict[str, Any] | None:
         """A deployment by ``flow/deployment`` name, or None."""

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from flows.config import OncallConfig
+from flows.decisions import sealed_input, wait_verdict
 from flows.intake import Intake, Opener, Submission
 from flows.prefect_api import PrefectAPI
 from flows.spool import Entry, Spool
@@ -320,7 +321,9 @@ def create_app(
         approver = re.sub(r"[^A-Za-z0-9 ._@+-]", "", click.user_name)[:64] or click.user_id
         if not approver[:1].isalnum():
             approver = click.user_id
-        run_input = {
+        # Identity and channel come from the signature check above, never from the payload's
+        # text: the decision is sealed for the gate with them (see _resume).
+        verified = {
             "approved": decision == "approve",
             "approver": approver,
             "reason": f"decided in Slack by @{click.user_name}",
@@ -329,13 +332,16 @@ def create_app(
         }
         try:
             result = await asyncio.to_thread(
-                resume or _resume(dispatcher.api_url), run_id, run_input
+                resume or _resume(dispatcher.api_url), run_id, verified
             )
         except OncallError as exc:
             return JSONResponse({"text": f"Could not record the decision: {exc}"})
         if result.get("status") != "ACCEPT":
             reason = (result.get("details") or {}).get("reason", "not waiting for approval")
             return JSONResponse({"text": f"Not recorded: {reason}"})
+        verdict = result.get("verdict") or {}
+        if verdict.get("verdict") in ("refused", "not-counted"):
+            return JSONResponse({"text": f"Not counted: {verdict.get('why', '')}"})
         return JSONResponse(slack.approval_decided(run_id, decision=decision, approver=approver))
 
     @app.get("/healthz", tags=["ops"])
@@ -368,8 +374,21 @@ def _slack_payload(body: bytes) -> bytes:
 
 
 def _resume(api_url: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
-    def resume(run_id: str, run_input: dict[str, Any]) -> dict[str, Any]:
+    """Seals the verified decision for the run's waiting gate and resumes it.
+
+    Answers with Prefect's orchestration result plus ``verdict``: what the gate made of
+    it, when it says so within 2 s (Slack wants an answer within 3).
+    """
+
+    def resume(run_id: str, verified: dict[str, Any]) -> dict[str, Any]:
         with PrefectAPI(api_url) as api:
-            return api.resume(run_id, run_input)
+            run = api.flow_run(run_id)
+            gate = api.gate(run) if (run.get("state") or {}).get("type") == "PAUSED" else None
+            if gate is None:
+                return {"status": "ABORT", "details": {"reason": "not waiting for approval"}}
+            result = api.resume(run_id, sealed_input(gate, run_id=run_id, **verified))
+            if result.get("status") == "ACCEPT":
+                result["verdict"] = wait_verdict(api, run_id, gate["pause_key"], 2.0)
+            return result
 
     return resume

@@ -69,14 +69,16 @@ def _spared_lines(plan: Plan) -> list[Text]:
 
 
 def approval_line(approval: Approval) -> Text:
-    verdict = "approved" if approval.approved else "rejected"
-    style = "green" if approval.approved else "red"
+    verdict = approval.verdict
+    style = "green" if verdict == "approved" else "red" if approval.counted else "yellow"
     line = Text(f"Plan {verdict}", style=f"bold {style}")
+    if not approval.counted:  # a refused or uncounted decision: say whose, and why
+        line = Text(f"Decision {verdict}", style=f"bold {style}")
     line.append(f" by {approval.approver} via {approval.channel}")
     if approval.identity:
         line.append(f" (identity {approval.identity})", style="dim")
-    if approval.reason:
-        line.append(f": {approval.reason}")
+    if approval.why or approval.reason:
+        line.append(f": {approval.why or approval.reason}")
     return line
 
 

@@ -2,21 +2,24 @@
 
 Every runbook deployment (``oncall serve`` and prefect.yaml) has its entrypoint here, so a
 run in a worker process resolves a service given by name from oncall.yaml, the same way the
-CLI and incidents do. The flows come from the catalog (:meth:`Runbook.flow`): adding a
-runbook adds its flow here without a line of its own.
+CLI and incidents do, and its approval gate reads ``approvals:`` from that oncall.yaml. The
+flows come from the catalog (:meth:`Runbook.flow`): adding a runbook adds its flow here
+without a line of its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flows.config import configured_service
+from flows.config import configured_policy, configured_service
 from runbooks.catalog import RUNBOOKS, require
+from runbooks.engine.gate import set_policy_source
 from runbooks.engine.kernel import set_service_resolver
 
 __all__ = ["flow_of"]
 
 set_service_resolver(configured_service)
+set_policy_source(configured_policy)  # approvals: from this machine's oncall.yaml
 
 
 def flow_of(name: str) -> Any:

@@ -24,10 +24,12 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -36,13 +38,13 @@ from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
 from flows.serve_log import ServeLog, announce, stopper
-from flows.server import ensure
+from flows.server import api_protected, ensure, is_loopback
 from flows.spool import Spool, store_url
 from integrations.alerts import Alert
 from runbooks.catalog import runbooks
 from runbooks.engine import live
 
-__all__ = ["LocalIncidents", "build_deployments", "serve"]
+__all__ = ["LocalIncidents", "build_deployments", "exposure_warnings", "serve"]
 
 log = logging.getLogger("oncall.serve")
 
@@ -204,6 +206,25 @@ def _crash(api: PrefectAPI, run: dict[str, Any], why: str, more: str) -> list[st
     return crashed
 
 
+def exposure_warnings(api_url: str) -> list[str]:
+    """What is unsafe about the Prefect API this serve uses (docs/security.md)."""
+    if is_loopback(api_url):
+        return []
+    out = []
+    if api_protected(api_url) is False:
+        out.append(
+            f"WARNING: the Prefect API {api_url} answers WITHOUT authentication beyond this"
+            " machine: anyone who reaches it can start runs and decide approvals as the"
+            " Prefect UI. Set PREFECT_SERVER_API_AUTH_STRING on the server (docs/security.md)."
+        )
+    if urlsplit(api_url).scheme != "https":
+        out.append(
+            f"WARNING: the Prefect API {api_url} is reached over plain HTTP beyond this"
+            " machine: its basic-auth secret and every decision cross the network in clear."
+        )
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -326,6 +347,9 @@ async def serve(
     config = load_config(path)
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
     api_url = ensure()
+    for line in exposure_warnings(api_url):  # on stderr whatever logging is set up
+        log.warning(line)
+        sys.stderr.write(f"oncall serve: {line}\n")
     spool = await asyncio.to_thread(
         Spool, store_url(config), dedup_window_s=config.receiver.dedup_window
     )

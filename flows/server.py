@@ -23,7 +23,13 @@ import httpx
 from integrations.errors import ConfigError, Unreachable
 
 __all__ = [
+    "AUTH_FILE",
     "DEFAULT_API_URL",
+    "api_auth_string",
+    "api_protected",
+    "auth_headers",
+    "client_auth_env",
+    "is_loopback",
     "SERVER_DEFAULTS",
     "build_seed",
     "ensure",
@@ -42,6 +48,83 @@ DEFAULT_API_URL = "http://127.0.0.1:4200/api"
 
 def prefect_home() -> Path:
     return Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+
+
+AUTH_FILE = "oncall-api-auth"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def api_auth_string(create: bool = False) -> str | None:
+    """The basic-auth secret of the local server (``user:password``), made on first start.
+
+    Kept in PREFECT_HOME with mode 0600; every oncall process on this machine reads it.
+    """
+    import secrets
+
+    path = prefect_home() / AUTH_FILE
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another oncall process made it first
+        return path.read_text().strip() or None
+    secret = f"oncall:{secrets.token_urlsafe(24)}"
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
+
+
+def is_loopback(api_url: str) -> bool:
+    """The API is on this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = urlsplit(api_url).hostname or ""
+    if host in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_auth_env(api_url: str | None = None) -> str | None:
+    """Sets PREFECT_API_AUTH_STRING from the local server's secret, unless already set.
+
+    Call it before importing Prefect (its settings are read once). Only for a loopback
+    API: the local secret is never sent to another server.
+    """
+    url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        return os.environ["PREFECT_API_AUTH_STRING"]
+    if not is_loopback(url):
+        return None
+    secret = api_auth_string()
+    if secret:
+        os.environ["PREFECT_API_AUTH_STRING"] = secret
+    return secret
+
+
+def auth_headers(api_url: str | None = None) -> dict[str, str]:
+    """The Authorization header Prefect's basic auth expects, for oncall's own httpx calls."""
+    import base64
+
+    secret = client_auth_env(api_url)
+    if not secret:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
+
+
+def api_protected(api_url: str) -> bool | None:
+    """True when the API refuses a request without credentials; None when it is not answering."""
+    try:
+        answer = httpx.get(f"{api_url.rstrip('/')}/admin/version", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return answer.status_code == 401
 
 
 def _pidfile() -> Path:
@@ -73,8 +156,11 @@ def status(api_url: str | None = None) -> dict[str, object]:
     info: dict[str, object] = {"api_url": url, "healthy": healthy(url), "pid": _pid()}
     if info["healthy"]:
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            info["version"] = httpx.get(f"{url.rstrip('/')}/admin/version", timeout=2).json()
+            info["version"] = httpx.get(
+                f"{url.rstrip('/')}/admin/version", timeout=2, headers=auth_headers(url)
+            ).json()
         info["ui_url"] = url.rstrip("/").removesuffix("/api")
+        info["protected"] = api_protected(url)
     info["home"] = str(prefect_home())
     info["log"] = str(logfile())
     return info
@@ -104,6 +190,12 @@ def _server_env(database_url: str | None, api_url: str | None = None) -> dict[st
     if api_url:  # the UI must call this server's API, not the default port's
         env["PREFECT_UI_API_URL"] = api_url
     env.setdefault("PREFECT_HOME", str(prefect_home()))
+    # Basic auth: the API and the UI ask for this secret (the UI shows a login page).
+    # A secret this process's clients already use (PREFECT_API_AUTH_STRING) is the server's.
+    env.setdefault(
+        "PREFECT_SERVER_API_AUTH_STRING",
+        env.get("PREFECT_API_AUTH_STRING") or api_auth_string(create=True) or "",
+    )
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     return env
@@ -337,11 +429,13 @@ def ensure(wait: bool = True) -> str:
         if not healthy(url, timeout=3.0):
             raise Unreachable(f"the Prefect API at {url} is not answering (PREFECT_API_URL)")
         plain_http_client_env(url)
+        client_auth_env(url)
         return url
     if not healthy(DEFAULT_API_URL):
         start(DEFAULT_API_URL, wait=wait)
     os.environ["PREFECT_API_URL"] = DEFAULT_API_URL
     plain_http_client_env(DEFAULT_API_URL)
+    client_auth_env(DEFAULT_API_URL)
     return DEFAULT_API_URL
 
 

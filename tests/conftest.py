@@ -31,12 +31,24 @@ os.environ["PREFECT_API_URL"] = _REUSE or f"http://127.0.0.1:{_free_port()}/api"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# The seal key and the audit log of every oncall process the tests start (servers and
+# `oncall serve` under their own PREFECT_HOME too) live here: one key for the session.
+os.environ["ONCALL_STATE_DIR"] = _HOME
+
 
 # What `oncall` does at start: bytecode cached outside the tree, for the test process and
 # every process it starts (Prefect servers, `oncall` subprocesses, served flow runs).
 from flows.bytecode import cache_bytecode  # noqa: E402
 
 cache_bytecode()
+
+# The session's server runs with basic auth, like every server oncall starts: clients
+# (this process, and every process it starts) send the secret. Set before Prefect is
+# imported: Prefect reads its settings once.
+from flows.server import api_auth_string, auth_headers  # noqa: E402
+
+if not _REUSE:
+    os.environ["PREFECT_API_AUTH_STRING"] = api_auth_string(create=True) or ""
 
 # Property tests draw the same examples every run, so CI is reproducible;
 # HYPOTHESIS_PROFILE=explore draws new ones (how the Slack payload bugs were found).
@@ -98,11 +110,13 @@ def cancel_waiting_runs(api_url: str) -> int:
             "limit": 200,
         },
         timeout=30,
+        headers=auth_headers(api_url),
     ).json()
     for run in runs:
         httpx.post(
             f"{api_url}/flow_runs/{run['id']}/set_state",
             timeout=30,
+            headers=auth_headers(api_url),
             json={
                 "state": {
                     "type": "CANCELLED",

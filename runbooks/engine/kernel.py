@@ -27,7 +27,7 @@ from integrations.errors import ApprovalRequired, ConfigError
 from integrations.service import Service
 from runbooks.engine import live
 from runbooks.engine.gate import decide, emit_run_event
-from runbooks.engine.guard import approved_scope
+from runbooks.engine.guard import approved_scope, trusted_context
 from runbooks.engine.model import (
     Action,
     ActionResult,
@@ -161,7 +161,9 @@ class RunbookRun:
         self.params = params
         self.dry_run = dry_run
         self.approve_as = approve_as
-        self.context = context or RunContext()
+        # Incident, severity and requester count only when oncall sealed them for this run.
+        self.context, refused = trusted_context(context, runbook=runbook, target=target)
+        self.refusals = [refused] if refused else []
         self.suspend = suspendable()
         self.logger = get_run_logger()
         self.report = RunbookReport(
@@ -228,12 +230,13 @@ class RunbookRun:
             self.runbook,
             self.report.findings,
             plan,
-            policy=self.context.policy,
             severity=self.context.severity or self.report.severity,
             requested_by=self.context.requested_by,
             approve_as=self.approve_as,
             timeout_s=getattr(self.params, "approval_timeout_seconds", 900),
             suspend=self.suspend,
+            incident_id=self.context.incident_id,
+            refusals=self.refusals,
         )
         self.mark("decision")
         self.report.approvals.extend(decisions)
@@ -246,7 +249,7 @@ class RunbookRun:
     ) -> list[ActionResult]:
         """Executes each approved action with its remediation; refuses anything unguarded."""
         results = []
-        with approved_scope(approval):
+        with approved_scope(approval, plan):
             for action in plan.actions:
                 remedy = remedies.get(action.kind)
                 if remedy is None or not getattr(remedy.run, "__oncall_remediation__", False):

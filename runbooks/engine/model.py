@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,11 +22,14 @@ __all__ = [
     "ApprovalPolicy",
     "AutoApprove",
     "RunContext",
+    "UNVERIFIED",
+    "Verdict",
     "Outcome",
     "Plan",
     "Risk",
     "RunbookParams",
     "RunbookReport",
+    "normalise_identity",
     "os_identity",
 ]
 
@@ -36,11 +39,16 @@ APPROVER_RE = r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}$"
 
 
 def os_identity() -> str:
-    """The OS user running this process: the identity a terminal decision carries."""
+    """The OS user running this process, from the kernel's uid (not $USER, which anyone sets)."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         return f"uid:{os.getuid()}"
+
+
+def normalise_identity(identity: str) -> str:
+    """One spelling per person: case, surrounding and repeated spaces do not make a new one."""
+    return " ".join(identity.split()).casefold()
 
 
 class Risk(StrEnum):
@@ -94,11 +102,29 @@ class Plan(BaseModel):
         return "; ".join(f"{a.title} ({a.risk})" for a in self.actions)
 
 
-Channel = Literal["cli", "cli-preapproved", "ui", "slack", "policy", "timeout", "incident"]
+Channel = Literal[
+    "cli",
+    "cli-preapproved",
+    "prefect-ui",
+    "slack",
+    "policy",
+    "timeout",
+    "incident",
+    "oncall",
+]
+# What happened to a decision: counted towards the policy, or why not.
+Verdict = Literal["approved", "rejected", "refused", "not-counted", "timed-out"]
+UNVERIFIED = "unverified"
 
 
 class Approval(BaseModel):
-    """A decision on a plan. Minted only by the approval gate (see ``runbooks.engine.gate``)."""
+    """A decision on a plan, sealed by the gate (``runbooks.engine.guard``) for that plan.
+
+    ``identity`` is what the channel verified (``os:alice`` from the uid behind ``oncall
+    approve``, ``slack:T…:U…`` from a signed Slack request, ``unverified`` from the Prefect
+    UI/API); ``approver`` is display text. ``plan_digest`` and ``action_digests`` bind it to
+    exactly the actions, targets and previews that were shown.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -108,11 +134,26 @@ class Approval(BaseModel):
     reason: str = ""
     channel: Channel
     identity: str | None = Field(
-        default=None, description="The identity we could verify (OS user, Slack user id)"
+        default=None, description="The identity the channel verified (OS user, Slack user id)"
     )
     action_ids: list[str] = Field(default_factory=list)
     decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    plan_digest: str = Field(default="", description="sha256 of the plan it decides")
+    action_digests: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each action, by id"
+    )
+    run_id: str | None = Field(default=None, description="The flow run whose gate decided")
+    counted: bool = Field(default=True, description="False: refused or not counted (see why)")
+    why: str = Field(default="", description="Why it was refused or not counted")
     seal: str = Field(default="", exclude=True, repr=False)
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.channel == "timeout":
+            return "timed-out"
+        if not self.counted:
+            return "refused" if self.why.startswith("refused") else "not-counted"
+        return "approved" if self.approved else "rejected"
 
 
 class AutoApprove(BaseModel):
@@ -123,7 +164,12 @@ class AutoApprove(BaseModel):
 
 
 class ApprovalPolicy(BaseModel):
-    """Who must approve what (SPEC §4). A timeout always rejects; nothing is approved by it."""
+    """Who must approve what (SPEC §4). A timeout always rejects; nothing is approved by it.
+
+    People are compared by verified identity, normalised: ``people`` says which identities
+    are one person (an OS user and a Slack user), so none of them can count twice or
+    approve a run that person started where self-approval is forbidden.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -141,6 +187,15 @@ class ApprovalPolicy(BaseModel):
         default_factory=list,
         description="Risks the person who started the run may not approve (e.g. [destructive])",
     )
+    unverified_approvals: bool = Field(
+        default=True,
+        description="Prefect UI/API approvals (identity unverified) may count as one approval;"
+        " false: there they can only reject",
+    )
+    people: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Identities that are one person, e.g. {alice: [os:alice, slack:T1:U1]}",
+    )
     escalate_on_timeout: bool = Field(default=True, description="Escalate when a gate times out")
 
     def auto_approves(self, plan: Plan, severity: Severity | None) -> bool:
@@ -157,24 +212,48 @@ class ApprovalPolicy(BaseModel):
             count = max(count, self.approvers_by_severity.get(severity, 0))
         return max(1, count)
 
-    def refuses(self, plan: Plan, approver: str, requested_by: str | None) -> str | None:
-        """Why this person may not approve this plan, or None."""
-        if (
-            requested_by
-            and approver.strip().lower() == requested_by.strip().lower()
-            and any(a.risk in self.forbid_self_approval for a in plan.actions)
-        ):
-            return f"{approver} started this run: self-approval of {plan.risk} actions is forbidden"
+    def person(self, identity: str) -> str:
+        """The person behind a verified identity (normalised; ``people`` joins identities)."""
+        ident = normalise_identity(identity)
+        for name, identities in self.people.items():
+            if ident in {normalise_identity(i) for i in identities}:
+                return f"person:{normalise_identity(name)}"
+        return ident
+
+    def self_approval_forbidden(self, plan: Plan) -> bool:
+        return any(a.risk in self.forbid_self_approval for a in plan.actions)
+
+    def refuses(self, plan: Plan, identity: str, requested_by: str | None) -> str | None:
+        """Why this verified identity may not approve this plan, or None."""
+        if not self.self_approval_forbidden(plan):
+            return None
+        if normalise_identity(identity) == UNVERIFIED:
+            return (
+                f"self-approval of {plan.risk} actions is forbidden and a Prefect UI decision"
+                " has no verified identity: approve with `oncall approve` or in Slack"
+            )
+        if requested_by and self.person(identity) == self.person(requested_by):
+            return f"{identity} started this run: self-approval of {plan.risk} actions is forbidden"
         return None
 
 
 class RunContext(BaseModel):
-    """Where a runbook run comes from: the incident, its severity, policy and requester."""
+    """Where a runbook run comes from: the incident, its severity and who started it.
+
+    It counts only when sealed by oncall (``guard.seal_context``) for this runbook and
+    target: a context typed into a deployment run's parameters is ignored and recorded.
+    The approval policy is never part of it: it comes from oncall.yaml where the run acts.
+    """
 
     incident_id: str | None = None
     severity: Severity | None = None
-    policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
-    requested_by: str | None = Field(default=None, description="Who started it (person/alert)")
+    requested_by: str | None = Field(
+        default=None, description="Verified identity of who started it (os:alice, alert:…)"
+    )
+    runbook: str | None = Field(default=None, description="The runbook it was sealed for")
+    target: str | None = Field(default=None, description="The service it was sealed for")
+    issued_at: datetime | None = None
+    seal: str = Field(default="", repr=False)
 
 
 class ActionResult(BaseModel):

@@ -28,13 +28,15 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def findings_table(findings: list[Finding]) -> str:
+def findings_table(findings: list[Finding], *, icons: bool = True) -> str:
     if not findings:
         return "_no findings_\n"
     lines = ["| | check | summary | severity | ms |", "|---|---|---|---|---|"]
     for f in findings:
+        # Without icons: browsers with no emoji font draw them as empty boxes.
+        status = f"{_ICON[f.status]} {f.status}" if icons else f"**{str(f.status).upper()}**"
         lines.append(
-            f"| {_ICON[f.status]} {f.status} | {f.check} | {_cell(f.summary)} "
+            f"| {status} | {f.check} | {_cell(f.summary)} "
             f"| {f.severity or ''} | {f.duration_ms:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -47,8 +49,36 @@ def spared_label(spared: dict[str, Any]) -> str:
     return str(spared.get("what") or spared.get("action") or spared.get("target") or "item")
 
 
+PREVIEW_WIDTH = 76  # characters: fits both Prefect UIs' artifact column at 1400 px
+
+
+def wrap_preview(preview: str, width: int = PREVIEW_WIDTH) -> str:
+    """The preview with long lines folded (continuations indented), nothing cut off."""
+    out = []
+    for line in preview.splitlines() or [""]:
+        while len(line) > width:
+            cut = line.rfind(" ", width // 2, width)  # at a space where there is one
+            cut = cut if cut > 0 else width
+            out.append(line[:cut].rstrip())
+            line = "        " + line[cut:].lstrip()
+        out.append(line)
+    return "\n".join(out)
+
+
+def evidence_list(findings: list[Finding]) -> str:
+    """Findings as a list: it wraps at any width (a table's last columns get cut off)."""
+    if not findings:
+        return "_no findings_\n"
+    lines = []
+    for f in findings:
+        severity = f" (suggests {f.severity})" if f.severity else ""
+        lines.append(f"- **{str(f.status).upper()}** `{f.check}`: {f.summary}{severity}")
+    return "\n".join(lines) + "\n"
+
+
 def action_markdown(action: Action) -> str:
-    out = [f"#### {action.title} — risk: **{action.risk}**", "", "```", action.preview, "```"]
+    preview = wrap_preview(action.preview)
+    out = [f"#### {action.title} — risk: **{action.risk}**", "", "```", preview, "```"]
     if action.undo:
         out += ["", f"Undo: {action.undo}"]
     return "\n".join(out) + "\n"
@@ -74,11 +104,12 @@ def approval_request_markdown(runbook: str, findings: list[Finding], plan: Plan)
             f"### Approval needed: {runbook} wants to change {plan.target}",
             "",
             "#### Evidence",
-            findings_table([f for f in findings if f.status is not Status.OK] or findings),
+            evidence_list([f for f in findings if f.status is not Status.OK] or findings),
             "#### Exact changes",
             plan_markdown(plan),
-            "Approve by setting **approved** and your name in **approver** "
-            "(or `oncall approve <run-id> --as NAME`). Leaving it unapproved rejects the plan.",
+            "Decide with `oncall approve <run-id> --as NAME [--reject]` (your OS user is"
+            " recorded), the Slack buttons (your Slack user), or the run's **Resume** form in"
+            " the Prefect UI (recorded as *identity unverified*). Nobody deciding rejects.",
         ]
     )
 
@@ -106,10 +137,9 @@ def report_markdown(report: RunbookReport) -> str:
         out += ["## Approvals", "", "| decision | approver | channel | identity | reason | at |"]
         out.append("|---|---|---|---|---|---|")
         for a in report.approvals:
-            decision = "approved" if a.approved else "rejected"
             out.append(
-                f"| {decision} | {_cell(a.approver)} | {a.channel} | {_cell(a.identity or '')} "
-                f"| {_cell(a.reason)} | {a.decided_at:%H:%M:%S} |"
+                f"| {a.verdict} | {_cell(a.approver)} | {a.channel} | {_cell(a.identity or '')} "
+                f"| {_cell(a.why or a.reason)} | {a.decided_at:%H:%M:%S} |"
             )
         out.append("")
     if report.results:

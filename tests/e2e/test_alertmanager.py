@@ -34,6 +34,7 @@ from flows.drills.sandbox.prometheus import (
     free_port,
 )
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from tests.oncall_proc import start_serve, stop
 
 
@@ -199,10 +200,12 @@ def _events(api_url: str, run_id: str, prefix: str, since: str) -> list[dict[str
         },
         "limit": 50,
     }
-    page = httpx.post(f"{api_url}/events/filter", json=body, timeout=10).json()
+    page = httpx.post(
+        f"{api_url}/events/filter", json=body, timeout=10, headers=auth_headers(api_url)
+    ).json()
     events = list(page["events"])
     while page.get("next_page"):
-        page = httpx.get(page["next_page"], timeout=10).json()
+        page = httpx.get(page["next_page"], timeout=10, headers=auth_headers(api_url)).json()
         events += page["events"]
     return events
 

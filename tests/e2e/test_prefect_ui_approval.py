@@ -1,12 +1,16 @@
 """The Prefect UI path: an engineer approves a waiting runbook in the browser.
 
-Everything is real: the session's Prefect server (``prefect_api``), PostgreSQL with
-idle-in-transaction sessions (``faults``), ``oncall run db-connections`` in a
-subprocess without a terminal (so it waits at its gate), and Debian's Chromium,
-headless, driven by Playwright through both UIs that Prefect 3.9.1 serves: the
-classic Vue UI that the link printed by ``oncall`` opens (``/runs/flow-run/<id>``)
-and the React UI that the dashboard defaults to (``/v2/runs/flow-run/<id>``).
-The classic run saves its filled form to ``docs/approval-form.png``.
+Everything is real: the session's Prefect server (``prefect_api``) with oncall's basic
+auth, PostgreSQL with idle-in-transaction sessions (``faults``), ``oncall run
+db-connections`` in a subprocess without a terminal (so it waits at its gate), and
+Debian's Chromium, headless, driven by Playwright through both UIs that Prefect 3.9.1
+serves: the classic Vue UI that the link printed by ``oncall`` opens
+(``/runs/flow-run/<id>``) and the React UI that the dashboard defaults to
+(``/v2/runs/flow-run/<id>``). The engineer logs in with the server's secret, reads the
+evidence and the exact plan in the approval artifact while the run is paused, and
+decides in a form that asks only for the decision and a reason. The classic run saves
+the artifact to ``docs/approval-artifact.png`` and the filled form to
+``docs/approval-form.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.errors import OncallError
 
 sync_api = pytest.importorskip(
@@ -57,12 +62,17 @@ pytestmark = [
     pytest.mark.usefixtures("prefect_api"),
 ]
 # Tall enough that the whole resume form (evidence, plan and fields) fits on screen.
-VIEWPORT = {"width": 1280, "height": 1600}
+# 1400 px wide: the artifact with the evidence and the plan must read there without cuts.
+VIEWPORT = {"width": 1400, "height": 1600}
 STEP_MS = 15_000  # the longest any single browser step may take
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "approval-form.png"
-APPROVER = "ui-tester"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS_SCREENSHOT = DOCS / "approval-form.png"
+ARTIFACT_SCREENSHOT = DOCS / "approval-artifact.png"
 REASON = "PIDs match the evidence; ending the stale sessions"
 REPORT_CARD = re.compile(r"^db-connections-")  # the report artifact's key, as shown on its card
+REQUEST_CARD = re.compile(r"^approval-db-connections")  # the approval request's key
+# Emoji and pictographs: Chromium without an emoji font draws them as empty boxes.
+BOXES = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f]")
 
 
 # --- Selectors: every DOM detail of Prefect 3.9.1's two UIs lives below. -------------
@@ -105,9 +115,9 @@ class ClassicUI:
         form.get_by_role("button", name="Submit", exact=True).click()
 
     @staticmethod
-    def open_report(page: Any) -> None:
+    def open_report(page: Any, card: re.Pattern = REPORT_CARD) -> None:
         page.get_by_role("tablist").get_by_text("Artifacts", exact=True).click()
-        page.get_by_text(REPORT_CARD).first.click()
+        page.get_by_text(card).first.click()
 
 
 class ReactUI:
@@ -136,9 +146,9 @@ class ReactUI:
         form.get_by_role("button", name="Resume", exact=True).click()
 
     @staticmethod
-    def open_report(page: Any) -> None:
+    def open_report(page: Any, card: re.Pattern = REPORT_CARD) -> None:
         page.get_by_role("tab", name="Artifacts").click()
-        page.get_by_text(REPORT_CARD).first.click()  # 3.9.1: opens the newest version
+        page.get_by_text(card).first.click()  # 3.9.1: opens the newest version
 
 
 # --- Plumbing ---------------------------------------------------------------------
@@ -167,6 +177,16 @@ def _point_ui_at(context: Any, api_url: str) -> None:
         route.fulfill(response=response, json=settings)
 
     context.route(re.compile(r"/ui-settings(\?.*)?$"), handle)
+
+
+def _log_in(page: Any, base: str) -> None:
+    """The UI asks for the server's basic-auth secret (Prefect's login page) once."""
+    page.goto(f"{base}/login")
+    password = page.locator("input[type=password]")
+    expect(password).to_be_visible()
+    password.fill(os.environ["PREFECT_API_AUTH_STRING"])
+    page.get_by_role("button", name="Login").click()
+    expect(password).to_be_hidden()
 
 
 @pytest.fixture
@@ -264,6 +284,7 @@ def _cancel_if_paused(prefect_api: str, run_id: str) -> None:
                 f"{prefect_api}/flow_runs/{run_id}/set_state",
                 json={"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True},
                 timeout=5,
+                headers=auth_headers(prefect_api),
             ).raise_for_status()
 
 
@@ -281,7 +302,7 @@ def screenshot_on_failure(page: Any, path: Path) -> Iterator[None]:
 # --- The test ---------------------------------------------------------------------
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("ui", [ClassicUI, ReactUI], ids=["classic-ui", "v2-ui"])
 def test_engineer_approves_the_plan_in_the_prefect_ui(
     ui, page, pgdb, faults, prefect_api, tmp_path
@@ -293,26 +314,45 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         waiting_runbook(pgdb, prefect_api, tmp_path) as run,
         screenshot_on_failure(page, tmp_path / "failure.png"),
     ):
+        _log_in(page, base)
+
+        # While the run is paused, its Artifacts tab holds the evidence and the exact plan.
+        page.goto(ui.run_url(base, run.run_id))
+        ui.open_report(page, REQUEST_CARD)
+        request = page.locator("body")
+        expect(request).to_contain_text("Approval needed: db-connections")
+        expect(request).to_contain_text("idle_in_transaction")
+        expect(request).to_contain_text("Terminate 2 session(s)")
+        expect(request).to_contain_text("pg_terminate_backend() on 2 backend(s)")
+        for pid in idle:
+            expect(request).to_contain_text(re.compile(rf"\b{pid}\s+oncall_app\s+leaky-api\b"))
+        expect(request).to_contain_text("Blast radius")
+        assert not BOXES.search(request.inner_text()), "a glyph that renders as a box"
+        widths = page.evaluate(
+            "() => [...document.querySelectorAll('pre, table')]"
+            ".map(e => [e.scrollWidth, Math.min(e.clientWidth, e.parentElement.clientWidth)])"
+        )
+        assert widths and all(scroll <= client + 1 for scroll, client in widths), widths
+        if ui is ClassicUI:
+            page.screenshot(path=str(ARTIFACT_SCREENSHOT), full_page=True)
+
         page.goto(ui.run_url(base, run.run_id))
         form = ui.open_resume_form(page)
-
-        # The approver sees the evidence and the exact preview before deciding.
+        # The form: a short request with a link to that artifact, the decision and a reason.
         expect(form).to_be_visible()
         expect(form).to_contain_text("Approval needed: db-connections")
-        expect(form).to_contain_text("idle_in_transaction")
         expect(form).to_contain_text("Terminate 2 session(s)")
-        expect(form).to_contain_text("pg_terminate_backend() on 2 backend(s)")
-        for pid in idle:
-            expect(form).to_contain_text(re.compile(rf"\b{pid}\s+oncall_app\s+leaky-api\b"))
-        expect(form).to_contain_text("Blast radius")
+        link = form.get_by_role("link", name="the evidence and the exact plan")
+        expect(link).to_have_attribute("href", re.compile(r"/artifacts/artifact/[0-9a-f-]{36}$"))
+        for absent in ("Approver", "Channel", "Identity"):
+            expect(form.get_by_text(absent, exact=True)).to_have_count(0)
 
         approved = ui.switch(form, "Approved")
         expect(approved).to_have_attribute("aria-checked", "false")  # nothing pre-approved
         approved.click()
         expect(approved).to_have_attribute("aria-checked", "true")
-        ui.text_field(form, "Approver").fill(APPROVER)
         ui.text_field(form, "Reason").fill(REASON)
-        expect(ui.text_field(form, "Approver")).to_have_value(APPROVER)
+        expect(ui.text_field(form, "Reason")).to_have_value(REASON)
         shot = DOCS_SCREENSHOT if ui is ClassicUI else tmp_path / "approval-form-v2.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot))
@@ -325,10 +365,7 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         assert sent.value.ok
         assert sent.value.request.post_data_json["run_input"] == {
             "approved": True,
-            "approver": APPROVER,
             "reason": REASON,
-            "channel": "ui",
-            "identity": None,
         }
         assert sent.value.json()["status"] == "ACCEPT"
 
@@ -336,9 +373,9 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         assert code == 0, stderr[-2000:]
         assert report["outcome"] == "fixed"
         [approval] = report["approvals"]
-        assert approval["approved"] is True
-        assert (approval["approver"], approval["channel"]) == (APPROVER, "ui")
-        assert approval["reason"] == REASON and approval["identity"] is None
+        assert approval["approved"] is True and approval["counted"] is True
+        assert (approval["approver"], approval["channel"]) == ("prefect-ui", "prefect-ui")
+        assert approval["reason"] == REASON and approval["identity"] == "unverified"
         [action] = report["plan"]["actions"]
         assert {i["pid"] for i in action["items"]} == set(idle)
         assert pgdb.alive(idle) == set(), "the previewed backends are gone"
@@ -349,8 +386,9 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         page.goto(ui.run_url(base, run.run_id))
         ui.open_report(page)
         expect(page.get_by_text(re.compile(r"db-connections on .+: fixed")).first).to_be_visible()
-        row = page.get_by_role("row").filter(has_text=APPROVER)
+        row = page.get_by_role("row").filter(has_text=REASON)
         # decision | approver | channel | identity | reason | at  (runbooks/engine/report.py)
         expect(row.get_by_role("cell")).to_have_text(
-            ["approved", APPROVER, "ui", "", REASON, re.compile(r"^\d\d:\d\d:\d\d$")]
-        )
+            ["approved", "prefect-ui", "prefect-ui", "unverified", REASON,
+             re.compile(r"^\d\d:\d\d:\d\d$")]
+        )  # fmt: skip

@@ -39,8 +39,10 @@ import pytest
 
 from flows import server
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.errors import Unreachable
 from runbooks.catalog import RUNBOOKS
+from runbooks.engine.guard import seal_key
 from tests.pg import MACHINE_DSN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +87,9 @@ def _mark(label: str) -> None:
 
 def _rest(api: str, method: str, path: str, body: dict[str, Any]) -> Any:
     """One Prefect REST call that PrefectAPI has no method for."""
-    response = httpx.request(method, f"{api}{path}", json=body, timeout=10)
+    response = httpx.request(
+        method, f"{api}{path}", json=body, timeout=10, headers=auth_headers(api)
+    )
     response.raise_for_status()
     return response.json() if response.content else None
 
@@ -161,6 +165,10 @@ def _env(api: str, home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ONCALL_"))}
     env.update(
         PREFECT_API_URL=api,
+        # What every machine of a scale-out is given (docs/scale-out.md): the server's
+        # basic-auth secret, and the seal key shared by the machines that approve and act.
+        PREFECT_API_AUTH_STRING=os.environ["PREFECT_API_AUTH_STRING"],
+        ONCALL_SEAL_KEY=seal_key().hex(),
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_CLI_PROMPT="false",
@@ -448,6 +456,10 @@ def test_worker_runs_incident_and_a_suspended_runbook_survives_a_server_restart(
     assert len(executed) == 1, [e["event"] for e in executed]
     approvals = [e for e in events if e["event"] == "oncall.approval.approved"]
     assert [e["payload"]["approver"] for e in approvals] == ["bob"]
+    assert approvals[0]["payload"]["identity"].startswith("os:")  # verified, sealed, restarted
+    # The worker starts the resumed run after `oncall approve` stopped waiting (15 s): it says
+    # so rather than guess; the event above is the gate's verdict.
+    assert "sent as bob, identity os:" in approve.stdout
     findings = [e for e in events if e["event"].startswith("oncall.finding.")]
     assert len(findings) == findings_before, "the re-run took its diagnosis from the cache"
     task_runs = _rest(

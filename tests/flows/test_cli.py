@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from runbooks.engine.model import os_identity
 from tests.oncall_proc import oncall
 
@@ -102,7 +103,7 @@ def test_the_dsn_password_appears_nowhere(pgdb, faults, prefect_api):
     pretty = oncall("run", "db-connections", "--dsn", dsn, "--dry-run", *_params(pgdb))
     assert "idle_in_transaction" in pretty.stdout
     run_id = report["flow_run_id"]
-    api = httpx.Client(base_url=prefect_api)
+    api = httpx.Client(base_url=prefect_api, headers=auth_headers(prefect_api))
     time.sleep(2.5)  # logs reach the API in batches
     stored = [
         result.stdout,
@@ -133,7 +134,7 @@ def test_a_run_s_last_logs_and_events_reach_prefect_although_the_cli_skips_its_t
     )
     assert result.returncode in (0, 1), result.stderr
     run_id = json.loads(result.stdout)["flow_run_id"]
-    api = httpx.Client(base_url=prefect_api)
+    api = httpx.Client(base_url=prefect_api, headers=auth_headers(prefect_api))
     deadline = time.monotonic() + 15
     while True:  # the process is gone: anything still missing would never arrive
         logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}})
@@ -184,7 +185,8 @@ def test_approve_from_a_second_process_resumes_the_waiting_run(pgdb, faults):
         assert row["runbook"] == "db-connections" and "Terminate 2 session(s)" in row["plan"]
         decided = oncall("approve", row["run_id"][:8], "--as", "bob", "--reason", "looks right")
         assert decided.returncode == 0, decided.stderr
-        assert "approved" in decided.stdout
+        assert "identity os:" in decided.stdout
+        assert "approved and counted (1 of 1 approvals)" in decided.stdout
         out, err = first.communicate(timeout=120)
     finally:
         first.kill()
@@ -192,7 +194,7 @@ def test_approve_from_a_second_process_resumes_the_waiting_run(pgdb, faults):
     report = json.loads(out)
     [approval] = report["approvals"]
     assert (approval["approver"], approval["channel"]) == ("bob", "cli")
-    assert approval["identity"] == os_identity() and approval["reason"] == "looks right"
+    assert approval["identity"] == f"os:{os_identity()}" and approval["reason"] == "looks right"
     assert pgdb.alive(idle) == set()
     again = oncall("approve", report["flow_run_id"], "--as", "bob")
     assert again.returncode == 2 and "not waiting for approval" in again.stderr

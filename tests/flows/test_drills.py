@@ -17,6 +17,7 @@ import httpx
 from rich.console import Console
 
 from flows.drills.registry import DRILLS, help_text
+from flows.server import auth_headers
 from runbooks.catalog import RUNBOOKS
 from tests.oncall_proc import oncall
 
@@ -72,7 +73,9 @@ def _drill_events(api: str, scenarios: list[str], since: str) -> list[dict]:
         },
         "limit": 50,
     }
-    return httpx.post(f"{api}/events/filter", json=body, timeout=30).json()["events"]
+    return httpx.post(
+        f"{api}/events/filter", json=body, timeout=30, headers=auth_headers(api)
+    ).json()["events"]
 
 
 def _latest_artifact(api: str, key: str) -> dict | None:
@@ -80,6 +83,7 @@ def _latest_artifact(api: str, key: str) -> dict | None:
         f"{api}/artifacts/latest/filter",
         json={"artifacts": {"key": {"any_": [key]}}, "limit": 1},
         timeout=30,
+        headers=auth_headers(api),
     ).json()
     return found[0] if found else None
 

@@ -16,6 +16,7 @@ from flows.config import HealthConfig, OncallConfig
 from flows.health import alert_for, alert_groups, health_sweep, set_opener
 from flows.intake import CONTROL_PREFIX, creation_tags
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
 from tests.support.http_targets import HttpTargets
@@ -55,7 +56,9 @@ def opened(prefect_api):
         return (await api.post(path, json=body)).raise_for_status().json()
 
     async def opener(alert):
-        async with httpx.AsyncClient(base_url=prefect_api) as api:
+        async with httpx.AsyncClient(
+            base_url=prefect_api, headers=auth_headers(prefect_api)
+        ) as api:
             flow = await post(api, "/flows/", {"name": "incident"})
             run = await post(
                 api,
@@ -77,11 +80,14 @@ def opened(prefect_api):
         httpx.post(
             f"{prefect_api}/flow_runs/{run_id}/set_state",
             json={"state": {"type": "CANCELLED"}, "force": True},
+            headers=auth_headers(prefect_api),
         )
 
 
 def _post(prefect_api: str, path: str, body: dict) -> list[dict]:
-    response = httpx.post(f"{prefect_api}{path}", json=body, timeout=10)
+    response = httpx.post(
+        f"{prefect_api}{path}", json=body, timeout=10, headers=auth_headers(prefect_api)
+    )
     response.raise_for_status()
     return response.json()
 

@@ -25,10 +25,12 @@ from flows.config import (
 from flows.drills.sandbox.saas import SaasSandbox
 from flows.intake import creation_tags, send_control
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.alerts import parse_alerts
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
 from runbooks.engine import live
+from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -161,15 +163,13 @@ async def test_alert_opens_incident_runs_runbook_and_resolves_after_approval(
     with PrefectAPI(prefect_api) as api:
         await _paused(api, gate["flow_run_id"])
         decided = await asyncio.to_thread(
-            api.resume,
+            sealed_resume,
+            prefect_api,
             gate["flow_run_id"],
-            {
-                "approved": True,
-                "approver": "carol",
-                "reason": "matches the alert",
-                "channel": "cli",
-                "identity": "carol-os",
-            },
+            True,
+            approver="carol",
+            identity="os:carol",
+            reason="matches the alert",
         )
         assert decided["status"] == "ACCEPT", decided
         # Fixed and healthy, but Alertmanager still says firing: the incident waits for it.
@@ -400,7 +400,9 @@ async def test_a_slow_chat_holds_up_neither_the_diagnosis_nor_the_page(pgdb, saa
 def test_bad_alert_payloads_exit_2_and_start_nothing(payload, message, tmp_path, prefect_api):
     path = tmp_path / "alert.json"
     path.write_text(payload)
-    before = httpx.post(f"{prefect_api}/flow_runs/count", json={}).json()
+    before = httpx.post(
+        f"{prefect_api}/flow_runs/count", json={}, headers=auth_headers(prefect_api)
+    ).json()
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "incident", "open", "--alert", str(path)],
         capture_output=True,
@@ -411,7 +413,12 @@ def test_bad_alert_payloads_exit_2_and_start_nothing(payload, message, tmp_path,
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
-    assert httpx.post(f"{prefect_api}/flow_runs/count", json={}).json() == before
+    assert (
+        httpx.post(
+            f"{prefect_api}/flow_runs/count", json={}, headers=auth_headers(prefect_api)
+        ).json()
+        == before
+    )
 
 
 def test_broken_config_exits_2_naming_the_line_and_starts_nothing(tmp_path, prefect_api):
@@ -422,7 +429,9 @@ def test_broken_config_exits_2_naming_the_line_and_starts_nothing(tmp_path, pref
     )
     alert = tmp_path / "alert.json"
     alert.write_text('{"service": "api", "title": "down"}')
-    before = httpx.post(f"{prefect_api}/flow_runs/count", json={}).json()
+    before = httpx.post(
+        f"{prefect_api}/flow_runs/count", json={}, headers=auth_headers(prefect_api)
+    ).json()
     result = subprocess.run(
         [
             sys.executable,
@@ -443,7 +452,12 @@ def test_broken_config_exits_2_naming_the_line_and_starts_nothing(tmp_path, pref
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "oncall.yaml:6: services.api.http.0.max_latency_ms" in line
-    assert httpx.post(f"{prefect_api}/flow_runs/count", json={}).json() == before
+    assert (
+        httpx.post(
+            f"{prefect_api}/flow_runs/count", json={}, headers=auth_headers(prefect_api)
+        ).json()
+        == before
+    )
 
 
 async def test_a_resolved_alert_resolves_only_its_fingerprint(pgdb, saas, prefect_api):

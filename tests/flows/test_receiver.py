@@ -46,6 +46,7 @@ from flows.incident_model import fingerprint_tag
 from flows.intake import CONTROL_PREFIX, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
+from flows.server import auth_headers
 from flows.spool import Spool
 from integrations.alerts import Alert
 from integrations.errors import Unreachable
@@ -176,7 +177,7 @@ def incident_deployment_id(prefect_api):
     deployment_id = asyncio.run(apply())
     yield deployment_id
     # Later tests (``oncall serve``) register the same name with a runner: leave nothing to run.
-    with httpx.Client(base_url=prefect_api, timeout=30) as http:
+    with httpx.Client(base_url=prefect_api, timeout=30, headers=auth_headers(prefect_api)) as http:
         for _ in range(20):
             filter_body = {"deployments": {"id": {"any_": [deployment_id]}}, "limit": 200}
             runs = http.post("/flow_runs/filter", json=filter_body).json()

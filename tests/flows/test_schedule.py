@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from flows.server import auth_headers
 from tests.oncall_proc import start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -55,6 +56,7 @@ def _sweep_runs(api: str) -> list[dict]:
             "limit": 50,
         },
         timeout=30,
+        headers=auth_headers(api),
     )
     answer.raise_for_status()
     return answer.json()
@@ -118,6 +120,7 @@ def _runs(api: str, flow: str, tags: list[str]) -> list[dict]:
             "limit": 50,
         },
         timeout=30,
+        headers=auth_headers(api),
     )
     answer.raise_for_status()
     return answer.json()
@@ -130,6 +133,7 @@ def _end(api: str, runs: list[dict]) -> None:
                 f"{api}/flow_runs/{run['id']}/set_state",
                 json={"state": {"type": "CANCELLED", "message": "test over"}, "force": True},
                 timeout=30,
+                headers=auth_headers(api),
             )
 
 
@@ -182,6 +186,7 @@ drills:
             f"{prefect_api}/artifacts/filter",
             json={"artifacts": {"flow_run_id": {"any_": [done["id"]]}}},
             timeout=30,
+            headers=auth_headers(prefect_api),
         ).json()
         by_key = {a["key"]: a for a in artifacts}
         assert {"drill-game-day", "drill-app-down", "drill-queue-backlog"} <= set(by_key)
@@ -198,7 +203,9 @@ drills:
             },
             "limit": 20,
         }
-        events = httpx.post(f"{prefect_api}/events/filter", json=body, timeout=30).json()
+        events = httpx.post(
+            f"{prefect_api}/events/filter", json=body, timeout=30, headers=auth_headers(prefect_api)
+        ).json()
         named = {e["resource"]["prefect.resource.name"]: e for e in events["events"]}
         assert named["app-down"]["event"] == "oncall.drill.passed"
         assert named["app-down"]["payload"]["trigger"] == "schedule"

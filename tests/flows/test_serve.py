@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from tests.oncall_proc import oncall, start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -135,7 +136,9 @@ def _wait(predicate, timeout: float, what: str):
 
 def test_unauthenticated_alerts_get_401_and_start_nothing(served, prefect_api):
     url, _ = served
-    before = httpx.post(f"{prefect_api}/flow_runs/count", json={}).json()
+    before = httpx.post(
+        f"{prefect_api}/flow_runs/count", json={}, headers=auth_headers(prefect_api)
+    ).json()
     assert httpx.post(f"{url}/alerts/alertmanager", json=_payload("x1")).status_code == 401
     wrong = {"Authorization": "Bearer nope"}
     assert (
@@ -159,7 +162,12 @@ def test_unauthenticated_alerts_get_401_and_start_nothing(served, prefect_api):
     assert huge.status_code == 413
     assert httpx.get(f"{url}/openapi.json").json()["paths"]["/alerts/alertmanager"]
     time.sleep(1)
-    assert httpx.post(f"{prefect_api}/flow_runs/count", json={}).json() == before
+    assert (
+        httpx.post(
+            f"{prefect_api}/flow_runs/count", json={}, headers=auth_headers(prefect_api)
+        ).json()
+        == before
+    )
 
 
 def _paused_runbook(api: PrefectAPI, timeout: float = 120):

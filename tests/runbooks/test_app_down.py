@@ -27,6 +27,7 @@ from integrations.service import ConfiguredAction, HttpCall, HttpEndpoint, Servi
 from runbooks.app_down import AppDownParams
 from runbooks.engine import live
 from runbooks.engine.model import Action, Outcome, Risk
+from tests.approvals import sealed_resume
 from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -217,9 +218,7 @@ async def test_dry_run_and_rejection_send_no_write(kube, prefect_api):
 
     task = asyncio.create_task(app_down(service=_kube_service(kube), params=_params()))
     run_id = await _paused_at_gate(prefect_api)
-    decision = {"approved": False, "approver": "bob", "reason": "no", "channel": "cli"}
-    with PrefectAPI(prefect_api) as api:  # off the loop: the paused flow runs on it
-        answer = await asyncio.to_thread(api.resume, run_id, {**decision, "identity": "tester"})
+    answer = await asyncio.to_thread(sealed_resume, prefect_api, run_id, False, reason="no")
     assert answer["status"] == "ACCEPT"
     report = await asyncio.wait_for(task, 60)
     assert report.outcome is Outcome.REJECTED and kube.writes() == []

@@ -9,12 +9,14 @@ import psycopg
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.errors import ApprovalRequired
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
 from runbooks.db_connections import DbConnectionsParams
 from runbooks.engine import live
 from runbooks.engine.model import Action, Approval, Outcome, Risk
+from tests.approvals import sealed_resume
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -66,17 +68,7 @@ async def _until_gate(coro, prefect_api: str):
 
 
 def _decide(prefect_api: str, run_id: str, approved: bool, approver: str = "bob") -> dict:
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(
-            run_id,
-            {
-                "approved": approved,
-                "approver": approver,
-                "reason": "test",
-                "channel": "cli",
-                "identity": "tester",
-            },
-        )
+    return sealed_resume(prefect_api, run_id, approved, approver=approver)
 
 
 async def test_dry_run_diagnoses_and_touches_nothing(pgdb, faults):
@@ -226,7 +218,7 @@ async def test_gate_rejects_input_that_breaks_its_schema(pgdb, faults, prefect_a
         db_connections(service=_service(pgdb), params=_params(pgdb)), prefect_api
     )
     with PrefectAPI(prefect_api) as api:
-        bad = api.resume(gate["flow_run_id"], {"approved": True, "approver": ""})
+        bad = api.resume(gate["flow_run_id"], {"approved": "yes", "reason": "x" * 501})
         assert bad["status"] == "REJECT"
         assert api.flow_run(gate["flow_run_id"])["state"]["type"] == "PAUSED"
     _decide(prefect_api, gate["flow_run_id"], approved=False)
@@ -347,7 +339,9 @@ async def test_report_is_a_prefect_artifact_and_findings_are_events(pgdb, faults
     time.sleep(1.1)
     report = await db_connections(service=_service(pgdb), params=_params(pgdb), dry_run=True)
     body = {"artifacts": {"flow_run_id": {"any_": [report.flow_run_id]}}}
-    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json=body).json()
+    artifacts = httpx.post(
+        f"{prefect_api}/artifacts/filter", json=body, headers=auth_headers(prefect_api)
+    ).json()
     assert any("idle_in_transaction" in (a.get("data") or "") for a in artifacts)
     for _ in range(50):
         events = httpx.post(
@@ -359,6 +353,7 @@ async def test_report_is_a_prefect_artifact_and_findings_are_events(pgdb, faults
                 },
                 "limit": 50,
             },
+            headers=auth_headers(prefect_api),
         ).json()
         names = {e["resource"]["prefect.resource.id"] for e in events.get("events", [])}
         if "oncall.check.db-connections.idle_in_transaction" in names:

@@ -14,6 +14,7 @@ import pytest
 from checks.findings import Severity, Status
 from flows.drills.sandbox.kube_api import KubeApiServer
 from flows.drills.sandbox.saas import SaasSandbox
+from flows.server import auth_headers
 from integrations.docker import DockerTarget
 from integrations.errors import ApprovalRequired
 from integrations.kubernetes import KubernetesTarget
@@ -129,7 +130,7 @@ async def test_approved_rotation_is_exactly_the_preview_and_its_token_never_show
 
     # The tokens and the app secret are nowhere: report, artifact, logs, events, parameters.
     run_id = report.flow_run_id
-    api = httpx.Client(base_url=prefect_api, timeout=10)
+    api = httpx.Client(base_url=prefect_api, timeout=10, headers=auth_headers(prefect_api))
     texts = [report.model_dump_json(), report_markdown(report)]
     texts.append(api.get(f"/flow_runs/{run_id}").text)
     texts.append(

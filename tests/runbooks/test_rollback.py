@@ -28,6 +28,7 @@ from runbooks.engine.guard import _mint, approved_scope
 from runbooks.engine.model import Action, Outcome, Plan, Risk
 from runbooks.remedies.rollback import RollbackAction
 from runbooks.rollback import RollbackParams
+from tests.approvals import sealed_resume
 from tests.support.docker_api import DockerApiServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -98,15 +99,9 @@ async def _until_gate(coro: Any, prefect_api: str) -> tuple[asyncio.Task, dict]:
 
 
 async def _decide(prefect_api: str, run_id: str, approved: bool) -> dict:
-    """Resumes the run with a decision, off the event loop: the paused flow runs on this loop
-    and must store its input schema while the resume waits for it."""
-    return await asyncio.to_thread(_resume, prefect_api, run_id, approved)
-
-
-def _resume(prefect_api: str, run_id: str, approved: bool) -> dict:
-    decision = {"approved": approved, "approver": "bob", "reason": "test", "channel": "cli"}
-    with PrefectAPI(prefect_api) as api:
-        return api.resume(run_id, {**decision, "identity": "tester"})
+    """Resumes the run with a sealed decision, off the event loop: the paused flow runs on
+    this loop and must store its input schema while the resume waits for it."""
+    return await asyncio.to_thread(sealed_resume, prefect_api, run_id, approved)
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
