@@ -593,4 +593,7 @@ if __name__ == "__main__":
     _main()
 
 
-from flows import cli_incident, cli_kpi  # noqa: E402,F401  (they register commands on `app`)
+from flows import cli_incident  # noqa: E402,F401  (registers the incident commands on `app`)
+from flows.cli_kpi import register as _register_kpi  # noqa: E402
+
+_register_kpi(app)  # report, handoff

@@ -1,7 +1,8 @@
 """``oncall report`` and ``oncall handoff``: the KPIs and the on-call handoff, read from Prefect.
 
-Registered on the ``oncall`` app by ``flows.cli``. Both read the Prefect REST API directly
-(no ``import prefect``), like ``oncall incidents``.
+Registered on the ``oncall`` app by ``flows.cli`` (:func:`register`; the shared helpers are
+imported when a command runs, so this module and ``flows.cli`` do not import each other).
+Both read the Prefect REST API directly (no ``import prefect``), like ``oncall incidents``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli import JsonOpt, _approver, _errors, _print_json, app
 from integrations.errors import ConfigError
+
+__all__ = ["handoff_cmd", "register", "report_cmd"]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 ConfigOpt = Annotated[
     str | None,
@@ -59,7 +63,6 @@ def _write(output: str, text: str) -> None:
     sys.stdout.write(f"wrote {output}\n")
 
 
-@app.command("report")
 def report_cmd(
     since: Annotated[str, typer.Option(help="The period: 30d, 7d, 12h …")] = "30d",
     service: Annotated[str | None, typer.Option(help="Only this service's incidents")] = None,
@@ -71,6 +74,8 @@ def report_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Prints the on-call KPIs: MTTA/MTTR vs SLA, updates, recurrence, post-mortems, drills."""
+    from flows.cli import _errors, _print_json
+
     with _errors():
         seconds = _since(since)
         cfg = _config(config)
@@ -100,7 +105,6 @@ def report_cmd(
             sys.stdout.write(text)
 
 
-@app.command("handoff")
 def handoff_cmd(
     since: Annotated[str, typer.Option(help="How far back recent incidents go")] = "7d",
     output: OutputOpt = None,
@@ -112,6 +116,8 @@ def handoff_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Shows the on-call handoff: open issues, recent incidents, stale drills, alerting health."""
+    from flows.cli import _approver, _errors, _print_json
+
     with _errors():
         seconds = _since(since)
         who = _approver(as_, "--as")
@@ -148,3 +154,9 @@ def handoff_cmd(
             )
         elif not output:
             sys.stdout.write(text)
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``report`` and ``handoff`` to the ``oncall`` app."""
+    app.command("report")(report_cmd)
+    app.command("handoff")(handoff_cmd)
