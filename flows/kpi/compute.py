@@ -175,12 +175,16 @@ def _approvals(snap: Snapshot, runs: set[str] | None) -> ApprovalKpis:
         if g.waiting_since >= snap.since and (runs is None or g.run_id in runs)
     ]
     decided = [g for g in gates if g.decision is not None]
+    immediate: dict[str, int] = {}
+    for g in snap.immediate:
+        if g.waiting_since >= snap.since and (runs is None or g.run_id in runs):
+            immediate[str(g.channel)] = immediate.get(str(g.channel), 0) + 1
     out = ApprovalKpis(
         gates=len(gates),
         decided=len(decided),
         waiting=len(gates) - len(decided),
         wait=Stat.of(g.waited_s(snap.now) for g in decided),
-        immediate=dict(snap.immediate) if runs is None else {},
+        immediate=immediate,
     )
     for g in decided:
         if g.decision == "approved":

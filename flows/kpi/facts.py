@@ -114,10 +114,11 @@ class Gate(BaseModel):
     plan_id: str
     runbook: str
     run_id: str | None = None
-    waiting_since: datetime
+    waiting_since: datetime = Field(description="When it paused (decided_at: never waited)")
     decided_at: datetime | None = None
     decision: Decision | None = None
     approver: str | None = None
+    channel: str | None = Field(default=None, description="Where the decision came from")
 
     def waited_s(self, now: datetime) -> float:
         return ((self.decided_at or now) - self.waiting_since).total_seconds()
@@ -158,9 +159,9 @@ class Snapshot(BaseModel):
     )
     runbook_runs: list[RunbookRun] = Field(default_factory=list)
     gates: list[Gate] = Field(default_factory=list)
-    immediate: dict[str, int] = Field(
-        default_factory=dict,
-        description="Decisions made without waiting, by channel (cli-preapproved, policy)",
+    immediate: list[Gate] = Field(
+        default_factory=list,
+        description="Decisions made without a pause (cli-preapproved, policy)",
     )
     runbooks: list[str] = Field(default_factory=list, description="Every runbook in the catalog")
     drill_scenarios: list[str] = Field(default_factory=list)

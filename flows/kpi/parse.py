@@ -173,50 +173,64 @@ def notifications_from(
     return found
 
 
-def gates_from(events: Iterable[dict[str, Any]]) -> tuple[list[Gate], dict[str, int]]:
-    """Gates paired with their decisions; decisions that never waited, by channel."""
+def gates_from(events: Iterable[dict[str, Any]]) -> tuple[list[Gate], list[Gate]]:
+    """Gates paired with the decisions that ended them; decisions that never waited."""
     gates: list[Gate] = []
-    immediate: dict[str, int] = {}
-    ordered = sorted(events, key=lambda e: str(e.get("occurred")))
-    for event in ordered:
+    immediate: list[Gate] = []
+    for event in sorted(events, key=lambda e: str(e.get("occurred"))):
         payload = event.get("payload") or {}
-        name = str(event.get("event"))
-        if name == "oncall.gate.waiting":
+        plan_id = str(payload.get("plan_id") or "")
+        if str(event.get("event")) == "oncall.gate.waiting":
             since = when(payload.get("waiting_since"))
-            if since is not None and payload.get("plan_id"):
+            if since is not None and plan_id:
                 gates.append(
                     Gate(
-                        plan_id=str(payload["plan_id"]),
+                        plan_id=plan_id,
                         runbook=str(payload.get("runbook") or "?"),
                         run_id=_run_of(event),
                         waiting_since=since,
                     )
                 )
             continue
-        decided = when(payload.get("decided_at"))
+        decided = when(payload.get("decided_at")) or when(event.get("occurred"))
         channel = str(payload.get("channel") or "")
-        open_gate = next(
+        if decided is None:
+            continue
+        # The newest undecided pause of this plan: each approval round has its own.
+        waiting = next(
             (
                 i
                 for i in range(len(gates) - 1, -1, -1)
-                if gates[i].plan_id == payload.get("plan_id") and gates[i].decided_at is None
+                if gates[i].plan_id == plan_id and gates[i].decided_at is None
             ),
             None,
         )
-        if open_gate is None:
+        if waiting is None:
             if channel in ("cli-preapproved", "policy"):
-                immediate[channel] = immediate.get(channel, 0) + 1
-            continue
+                immediate.append(
+                    Gate(
+                        plan_id=plan_id,
+                        runbook="?",
+                        run_id=_run_of(event),
+                        waiting_since=decided,
+                        decided_at=decided,
+                        decision="approved" if payload.get("approved") else "rejected",
+                        approver=payload.get("approver"),
+                        channel=channel,
+                    )
+                )
+            continue  # else its pause is older than the events kept
         decision = (
             "approved"
             if payload.get("approved")
             else {"timeout": "timeout", "incident": "cancelled"}.get(channel, "rejected")
         )
-        gates[open_gate] = gates[open_gate].model_copy(
+        gates[waiting] = gates[waiting].model_copy(
             update={
-                "decided_at": decided or when(event.get("occurred")),
+                "decided_at": decided,
                 "decision": decision,
                 "approver": payload.get("approver"),
+                "channel": channel,
             }
         )
     return gates, immediate

@@ -237,11 +237,15 @@ def test_gates_pair_with_their_decisions_round_by_round():
         ("p3", "rejected", 10),
         ("p4", None, 300),
     ]
-    assert immediate == {"cli-preapproved": 1, "policy": 1}
+    assert [(g.channel, g.decision) for g in immediate] == [
+        ("cli-preapproved", "approved"),
+        ("policy", "approved"),
+    ]
     ap = _report(_snap([], gates=gates, immediate=immediate, now=_at(1000))).approvals
     assert (ap.gates, ap.decided, ap.waiting) == (5, 4, 1)
     assert (ap.approved, ap.rejected, ap.timed_out, ap.cancelled) == (1, 1, 1, 1)
     assert ap.wait.median == statistics.median([60, 300, 30, 10])
+    assert ap.immediate == {"cli-preapproved": 1, "policy": 1}
 
 
 def test_remediations_by_verdict_and_drill_freshness():
