@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from integrations.alerts import parse_alerts
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
 from runbooks.engine import live
+from tests.oncall_proc import oncall, start_serve, stop
 from tests.support.kpi_expect import Truth, quantiles
 from tests.support.kpi_incidents import make_plan, write_plan
 
@@ -42,13 +42,7 @@ def saas():
 
 
 def _oncall(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=120,
-    )
+    return oncall(*args)
 
 
 def _event_retention(api_url: str) -> timedelta:
@@ -431,6 +425,99 @@ async def test_kpis_of_incidents_through_the_real_flow_match_their_own_timestamp
     text = _oncall("handoff", "--since", "1h").stdout
     assert text.rstrip().endswith("`oncall handoff --ack --as NAME`")
     assert "Last handoff acknowledged by erin" in text
+
+
+# --- drills and the schedule ---------------------------------------------------------------
+
+
+def test_a_drill_that_could_not_run_is_failing_in_the_report_and_the_handoff(api):
+    from flows.drills.record import record_error
+
+    record_error("hms-failures", "needs nothing here: recorded by the KPI test", trigger="cli")
+    now = datetime.now(UTC)
+    report = build_report(api, OncallConfig(), since=now - timedelta(days=1), now=now)
+    [row] = [r for r in report.runbooks if r.runbook == "hms-failures"]
+    assert (row.drill.result, row.drill.failing, row.drill.stale) == ("error", True, False)
+    assert row.drill.age_s is not None and 0 <= row.drill.age_s < 120
+    assert row.runs == 0  # a drill is not a remediation
+    handoff = build_handoff(api, OncallConfig(), since=now - timedelta(days=1), now=now)
+    assert "hms-failures" in handoff.attention
+    assert [r for r in report.runbooks if r.runbook == "database-down"][0].drill.scenario is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_cron_kpi_report_runs_through_prefects_scheduler_and_publishes_its_artifact(
+    tmp_path, prefect_api
+):
+    from tests.conftest import cancel_waiting_runs
+
+    cancel_waiting_runs(prefect_api)
+    config = tmp_path / "oncall.yaml"
+    config.write_text(f"""
+receiver:
+  port: {_free_port()}
+  token: ${{RECEIVER_TOKEN}}
+health:
+  enabled: false
+drills:
+  enabled: false
+report:
+  cron: "* * * * *"
+  since: 7d
+""")
+    env = {
+        **os.environ,
+        "RECEIVER_TOKEN": "kpi-report-test-token-0123",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    log = tmp_path / "serve.log"
+    proc = start_serve(config, env, log)
+    body = {
+        "flows": {"name": {"any_": ["kpi-report"]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+        "limit": 50,
+    }
+    try:
+        deadline = time.monotonic() + 150  # the next minute boundary, then the runner's poll
+        done, seen = None, []
+        while time.monotonic() < deadline and done is None:
+            seen = httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=30).json()
+            done = next(
+                (r for r in seen if r["auto_scheduled"] and r["state_type"] == "COMPLETED"), None
+            )
+            if proc.poll() is not None:
+                pytest.fail(f"oncall serve exited: {log.read_text()[-3000:]}")
+            time.sleep(2)
+        states = [(r["name"], r["auto_scheduled"], r["state_type"]) for r in seen]
+        assert done is not None, f"no scheduler-created kpi-report completed: {states}"
+        assert done["created_by"]["type"] == "SCHEDULE"
+        assert done["parameters"]["config_path"] == str(config)
+        artifacts = httpx.post(
+            f"{prefect_api}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [done["id"]]}}},
+            timeout=30,
+        ).json()
+        [report] = [a for a in artifacts if a["key"] == "oncall-report"]
+        assert report["data"].startswith("# On-call report — last 7 days")
+        assert "## Runbooks: remediations and drills" in report["data"]
+        assert report["description"].startswith("7 days: ")
+    finally:
+        stop(proc)
+        for run in httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=30).json():
+            if run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING"):
+                httpx.post(
+                    f"{prefect_api}/flow_runs/{run['id']}/set_state",
+                    json={"state": {"type": "CANCELLED", "message": "test over"}, "force": True},
+                    timeout=30,
+                )
+    assert "Traceback" not in log.read_text()
 
 
 # --- bad input ----------------------------------------------------------------------------------
