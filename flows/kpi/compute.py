@@ -25,6 +25,7 @@ Drill runs (tagged ``drill``) are left out of the response figures: they are gam
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -122,32 +123,36 @@ def _severity(
     return row
 
 
+def _keys(inc: IncidentFacts) -> list[tuple[str, ...]]:
+    """What makes another incident the same one: its fingerprint, or service and a runbook."""
+    keys: list[tuple[str, ...]] = [("fp", inc.fingerprint)] if inc.fingerprint else []
+    return keys + [("runbook", inc.service, runbook) for runbook in inc.runbooks]
+
+
 def recurrence(subjects: list[IncidentFacts], history: list[IncidentFacts]) -> Recurrence:
-    """Which of ``subjects`` repeat an incident of ``history`` from the 30 days before them."""
+    """Which of ``subjects`` repeat an incident of ``history`` from the 30 days before them:
+    for each, the latest earlier one sharing a key (looked up by key, not pair by pair)."""
+    index: dict[tuple[str, ...], list[IncidentFacts]] = {}
+    for other in sorted(history, key=lambda i: i.opened_at):
+        for key in _keys(other):
+            index.setdefault(key, []).append(other)
+    opened = {key: [i.opened_at for i in found] for key, found in index.items()}
     repeats = []
     for inc in subjects:
-        earlier = sorted(
-            (
-                other
-                for other in history
-                if other.run_id != inc.run_id
-                and inc.opened_at - RECURRENCE_WINDOW <= other.opened_at < inc.opened_at
-            ),
-            key=lambda other: other.opened_at,
-            reverse=True,
-        )
-        for other in earlier:
-            if inc.fingerprint and other.fingerprint == inc.fingerprint:
-                why = "same fingerprint"
-            elif other.service == inc.service and (
-                shared := set(inc.runbooks) & set(other.runbooks)
-            ):
-                why = f"same service and runbook {', '.join(sorted(shared))}"
-            else:
-                continue
-            days = (inc.opened_at - other.opened_at).total_seconds() / 86400
-            repeats.append(Repeat(incident=inc.id, earlier=other.id, why=why, days_apart=days))
-            break
+        latest: IncidentFacts | None = None
+        for key in _keys(inc):
+            at = bisect_left(opened[key], inc.opened_at) - 1  # the last one opened before it
+            if at >= 0 and (latest is None or index[key][at].opened_at > latest.opened_at):
+                latest = index[key][at]
+        if latest is None or latest.opened_at < inc.opened_at - RECURRENCE_WINDOW:
+            continue
+        if inc.fingerprint and latest.fingerprint == inc.fingerprint:
+            why = "same fingerprint"
+        else:
+            shared = sorted(set(inc.runbooks) & set(latest.runbooks))
+            why = f"same service and runbook {', '.join(shared)}"
+        days = (inc.opened_at - latest.opened_at).total_seconds() / 86400
+        repeats.append(Repeat(incident=inc.id, earlier=latest.id, why=why, days_apart=days))
     rate = len(repeats) / len(subjects) if subjects else None
     return Recurrence(incidents=len(subjects), recurrent=len(repeats), rate=rate, repeats=repeats)
 

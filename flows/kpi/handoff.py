@@ -29,7 +29,7 @@ from flows.kpi.parse import (
     postmortem_from,
     when,
 )
-from flows.kpi.reader import events_since, latest_artifacts, runbook_runs
+from flows.kpi.reader import events_since, latest_artifacts, runbook_runs, server_settings
 from flows.prefect_api import PrefectAPI
 
 __all__ = ["ACK_EVENT", "RECEIVER_SOURCES", "Handoff", "ack_event", "read_handoff"]
@@ -188,10 +188,7 @@ def read_handoff(
     drill_scenarios: list[str],
 ) -> Handoff:
     """The handoff from live state: ``since`` bounds the recent incidents and failures."""
-    try:
-        coverage = coverage_from(api.server_settings(), now)
-    except Exception:  # an API that hides /admin: Prefect's defaults
-        coverage = coverage_from(None, now)
+    coverage = coverage_from(server_settings(api), now)
     open_runs = api.incident_runs(open_only=True)
     recent_runs = api.all_flow_runs(
         {

@@ -18,6 +18,7 @@ Where each fact comes from (nothing outside Prefect):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -35,8 +36,16 @@ from flows.kpi.parse import (
     runbook_run_from,
 )
 from flows.prefect_api import PrefectAPI
+from integrations.errors import NotFound, ProviderError
 
-__all__ = ["events_since", "latest_artifacts", "read_runs", "read_snapshot", "runbook_runs"]
+__all__ = [
+    "events_since",
+    "latest_artifacts",
+    "read_runs",
+    "read_snapshot",
+    "runbook_runs",
+    "server_settings",
+]
 
 _BATCH = 200  # the most ids or keys one filter call carries (Prefect's page size)
 
@@ -95,6 +104,13 @@ def events_since(api: PrefectAPI, prefixes: list[str], since: datetime, until: d
     )
 
 
+def server_settings(api: PrefectAPI) -> dict[str, Any] | None:
+    try:
+        return api.server_settings()
+    except (NotFound, ProviderError):  # an API behind a proxy that hides /admin: defaults
+        return None
+
+
 def read_snapshot(
     api: PrefectAPI,
     *,
@@ -103,30 +119,39 @@ def read_snapshot(
     runbooks: list[str],
     drill_scenarios: list[str],
 ) -> Snapshot:
-    """Everything ``oncall report`` computes from, read from the server at ``api``."""
-    try:
-        settings = api.server_settings()
-    except Exception:  # an API behind a proxy that hides /admin: Prefect's defaults
-        settings = None
-    coverage = coverage_from(settings, now)
+    """Everything ``oncall report`` computes from, read from the server at ``api``.
+
+    The independent reads go out side by side (the server answers them concurrently); the
+    post-mortems wait for the incidents that name them.
+    """
     first = since - RECURRENCE_WINDOW
-    incidents = [i for r in read_runs(api, ["incident"], first) if (i := incident_from_run(r))]
-    runs = runbook_runs(api, runbooks, first)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        settings = pool.submit(server_settings, api)
+        incident_runs = pool.submit(read_runs, api, ["incident"], first)
+        runbook_reads = pool.submit(runbook_runs, api, runbooks, first)
+        drill_keys = [f"drill-{s}" for s in drill_scenarios]
+        drill_reads = pool.submit(latest_artifacts, api, drill_keys)
+        coverage = coverage_from(settings.result(), now)
+        from_events = max(since, coverage.events_since)
+        notify = pool.submit(events_since, api, ["oncall.incident.notify"], from_events, now)
+        gate_prefixes = ["oncall.gate.waiting", "oncall.approval."]
+        gate_events = pool.submit(events_since, api, gate_prefixes, from_events, now)
+        incidents = [i for r in incident_runs.result() if (i := incident_from_run(r))]
+        due = [
+            f"{i.id.lower()}-postmortem"
+            for i in incidents
+            if i.opened_at >= since and i.severity in (Severity.P0, Severity.P1)
+        ]
+        postmortem_reads = pool.submit(latest_artifacts, api, due)
+        runs = runbook_reads.result()
+        told = notifications_from(notify.result())
+        gates, immediate = gates_from(gate_events.result())
+        postmortems = {str(a.get("key")): a for a in postmortem_reads.result()}
+        drills = drills_from(drill_reads.result())
     by_incident: dict[str, list[str]] = {}
     for run in runs:
         if run.incident:
             by_incident.setdefault(run.incident, []).append(run.runbook)
-    from_events = max(since, coverage.events_since)
-    told = notifications_from(events_since(api, ["oncall.incident.notify"], from_events, now))
-    gates, immediate = gates_from(
-        events_since(api, ["oncall.gate.waiting", "oncall.approval."], from_events, now)
-    )
-    due = [
-        f"{i.id.lower()}-postmortem"
-        for i in incidents
-        if i.opened_at >= since and i.severity in (Severity.P0, Severity.P1)
-    ]
-    postmortems = {str(a.get("key")): a for a in latest_artifacts(api, due)}
     enriched = []
     for inc in incidents:
         updates, failures = told.get(inc.run_id, ([], []))
@@ -143,7 +168,6 @@ def read_snapshot(
                 }
             )
         )
-    drills = drills_from(latest_artifacts(api, [f"drill-{s}" for s in drill_scenarios]))
     return Snapshot(
         now=now,
         since=since,

@@ -21,7 +21,8 @@ from checks.sla import Sla
 from flows.config import Notifications, OncallConfig, ReceiverConfig, Route, Verification
 from flows.drills.sandbox.saas import SaasSandbox
 from flows.intake import creation_tags, send_control
-from flows.kpi.build import build_handoff, build_report
+from flows.kpi.build import build_handoff, build_report, catalog
+from flows.kpi.reader import read_snapshot
 from flows.prefect_api import PrefectAPI
 from integrations.alerts import parse_alerts
 from integrations.postgres import PostgresTarget
@@ -63,8 +64,31 @@ def test_the_report_stays_correct_across_hundreds_of_incidents(prefect_api):
     since = now - timedelta(days=30)
     with PrefectAPI(prefect_api) as api:
         report = build_report(api, OncallConfig(), since=since, now=now, service=service)
+        runbooks, scenarios = catalog()
+        snap = read_snapshot(
+            api, since=since, now=now, runbooks=runbooks, drill_scenarios=scenarios
+        )
     got = report.model_dump(mode="json")
     from_events = max(since, now - _event_retention(prefect_api))
+
+    # Incident by incident first: what was read back is what was written.
+    read = {i.id: i for i in snap.incidents if i.service == service}
+    assert set(read) == {i.id for i in plan.incidents}
+    for inc in plan.incidents:
+        back = read[inc.id]
+        assert (back.severity, back.acked_at, back.resolved_at) == (
+            inc.severity,
+            inc.acked_at,
+            inc.resolved_at,
+        ), inc.id
+        if inc.opened_at < from_events:
+            assert back.updates is None, inc.id
+        else:
+            assert sorted(back.updates or []) == sorted(inc.updates), (
+                inc.id,
+                inc.opened_at,
+                from_events,
+            )
 
     truth = Truth(now, from_events)
     for inc in plan.incidents:
@@ -233,6 +257,25 @@ class Incidents:
         send_control(self.api, run_id, message)
 
 
+def _stored(api: PrefectAPI, runs: list[str], expected: dict[str, int]) -> None:
+    """Waits until the server holds ``expected`` events (by name prefix) about these runs."""
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for prefix in expected:
+            events = api.all_events(
+                {
+                    "event": {"prefix": [prefix]},
+                    "related": {"id": [f"prefect.flow-run.{r}" for r in runs]},
+                }
+            )
+            found[prefix] = len(events)
+        if all(found[p] >= n for p, n in expected.items()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"events stored {found}, expected {expected}")
+
+
 def _updates(result: dict) -> list[datetime]:
     return [
         datetime.fromisoformat(e["at"])
@@ -334,6 +377,16 @@ async def test_kpis_of_incidents_through_the_real_flow_match_their_own_timestamp
             "type": "markdown",
             "data": "# Done\n\n1. [x] Cache TTL\n",
         }
+    )
+
+    # The flows send their events in the background: read once every one is stored.
+    notified = sum(1 for r in results for e in r["timeline"] if e["kind"] == "notify")
+    runs = [r["flow_run_id"] for r in results] + [d_gate["flow_run_id"], e_gate["flow_run_id"]]
+    await asyncio.to_thread(
+        _stored,
+        api,
+        runs,
+        {"oncall.incident.notify": notified, "oncall.gate.waiting": 2, "oncall.approval.": 2},
     )
 
     now = datetime.now(UTC)

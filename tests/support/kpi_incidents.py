@@ -402,8 +402,11 @@ def write_plan(api: str, plan: Plan, *, threads: int = 6) -> int:
     while time.monotonic() < deadline:
         stored = 0
         for start in range(0, len(runs), 200):
+            # Only ours: Prefect's own state-change events name these runs too, and
+            # counting them would end the wait before the last of ours is stored.
             body = {
                 "filter": {
+                    "event": {"prefix": ["oncall."]},
                     "related": {"id": runs[start : start + 200]},
                     "occurred": {
                         "since": _iso(plan.now - timedelta(days=60)),
