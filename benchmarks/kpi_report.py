@@ -147,16 +147,10 @@ def _markdown(api: Any, cfg: Any, since: datetime, now: datetime) -> str:
 
 
 def _figures(snap: Any, cfg: Any) -> str:
-    from flows.kpi.compute import compute
+    from flows.kpi.build import figures
     from flows.kpi.render import report_markdown
 
-    report = compute(
-        snap,
-        sla_for=cfg.sla_for,
-        update_every=cfg.notifications.update_every.get,
-        freshness_s=cfg.drills.freshness,
-    )
-    return report_markdown(report)
+    return report_markdown(figures(snap, cfg))
 
 
 def main() -> None:

@@ -6,12 +6,20 @@ from datetime import datetime
 
 from flows.config import OncallConfig
 from flows.kpi.compute import compute
+from flows.kpi.facts import Snapshot
 from flows.kpi.figures import Report
 from flows.kpi.handoff import Handoff, read_handoff
 from flows.kpi.reader import read_snapshot
 from flows.prefect_api import PrefectAPI
 
-__all__ = ["REPORT_KEY", "build_handoff", "build_report", "catalog", "summary_line"]
+__all__ = [
+    "REPORT_KEY",
+    "build_handoff",
+    "build_report",
+    "catalog",
+    "figures",
+    "summary_line",
+]
 
 REPORT_KEY = "oncall-report"  # the artifact key: its history is the weekly reports
 
@@ -36,6 +44,11 @@ def build_report(
     snapshot = read_snapshot(
         api, since=since, now=now, runbooks=runbooks, drill_scenarios=scenarios
     )
+    return figures(snapshot, config, service)
+
+
+def figures(snapshot: Snapshot, config: OncallConfig, service: str | None = None) -> Report:
+    """The report of a snapshot against this configuration's targets and freshness."""
     return compute(
         snapshot,
         sla_for=config.sla_for,

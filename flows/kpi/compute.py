@@ -26,11 +26,12 @@ Drill runs (tagged ``drill``) are left out of the response figures: they are gam
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from checks.findings import Severity
-from checks.sla import Sla, assess_incident, assess_updates
+from checks.sla import Sla, assess_updates
 from flows.kpi.facts import IncidentFacts, RunbookRun, Snapshot
 from flows.kpi.figures import (
     RECURRENCE_WINDOW,
@@ -85,14 +86,7 @@ def _severity(
             row.per_day[index] += 1
         row.open += inc.open
         row.resolved += inc.resolved_at is not None
-        judged = assess_incident(
-            inc.sla,
-            opened=inc.opened_at,
-            acked=inc.acked_at,
-            mitigated=inc.mitigated_at,
-            resolved=inc.resolved_at,
-            now=now,
-        )
+        judged = inc.assess(now)
         ack, resolve = judged.row("acknowledge"), judged.row("resolve")
         if ack.took_s is not None:
             acks.append(ack.took_s)
@@ -180,26 +174,21 @@ def _approvals(snap: Snapshot, runs: set[str] | None) -> ApprovalKpis:
         if g.waiting_since >= snap.since and (runs is None or g.run_id in runs)
     ]
     decided = [g for g in gates if g.decision is not None]
-    immediate: dict[str, int] = {}
-    for g in snap.immediate:
-        if g.waiting_since >= snap.since and (runs is None or g.run_id in runs):
-            immediate[str(g.channel)] = immediate.get(str(g.channel), 0) + 1
+    immediate = Counter(
+        str(g.channel)
+        for g in snap.immediate
+        if g.waiting_since >= snap.since and (runs is None or g.run_id in runs)
+    )
     out = ApprovalKpis(
         gates=len(gates),
         decided=len(decided),
         waiting=len(gates) - len(decided),
         wait=Stat.of(g.waited_s(snap.now) for g in decided),
-        immediate=immediate,
+        immediate=dict(immediate),
     )
-    for g in decided:
-        if g.decision == "approved":
-            out.approved += 1
-        elif g.decision == "rejected":
-            out.rejected += 1
-        elif g.decision == "timeout":
-            out.timed_out += 1
-        else:
-            out.cancelled += 1
+    decisions = Counter(g.decision for g in decided)
+    out.approved, out.rejected = decisions["approved"], decisions["rejected"]
+    out.timed_out, out.cancelled = decisions["timeout"], decisions["cancelled"]
     return out
 
 
@@ -221,6 +210,17 @@ def drill_status(runbook: str, snap: Snapshot, freshness_s: float) -> DrillStatu
     )
 
 
+# A runbook run's outcome → its column; "problem_remains" counts only after a remediation.
+_BUCKETS = {
+    "fixed": "fixed",
+    "mitigated": "mitigated",
+    "problem_remains": "not_recovered",
+    "rejected": "rejected",
+    "timed_out": "timed_out",
+    "healthy": "healthy",
+}
+
+
 def _runbooks(snap: Snapshot, runs: list[RunbookRun], freshness_s: float) -> list[RunbookKpis]:
     names = list(dict.fromkeys([*snap.runbooks, *(r.runbook for r in runs)]))
     rows = {
@@ -231,18 +231,10 @@ def _runbooks(snap: Snapshot, runs: list[RunbookRun], freshness_s: float) -> lis
         row = rows[run.runbook]
         row.runs += 1
         row.remediations += run.remediated
-        if run.outcome == "fixed":
-            row.fixed += 1
-        elif run.outcome == "mitigated":
-            row.mitigated += 1
-        elif run.outcome == "problem_remains" and run.remediated:
-            row.not_recovered += 1
-        elif run.outcome == "rejected":
-            row.rejected += 1
-        elif run.outcome == "timed_out":
-            row.timed_out += 1
-        elif run.outcome == "healthy":
-            row.healthy += 1
+        bucket = _BUCKETS.get(run.outcome or "")
+        # "not recovered" is a remediation that did not work: a run that acted.
+        if bucket is not None and (bucket != "not_recovered" or run.remediated):
+            setattr(row, bucket, getattr(row, bucket) + 1)
     return list(rows.values())
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from checks.findings import Severity
-from checks.sla import Sla
+from checks.sla import Sla, SlaAssessment, assess_incident
 
 __all__ = [
     "Coverage",
@@ -85,6 +85,17 @@ class IncidentFacts(BaseModel):
     )
     failures: list[NotifyFailure] = Field(default_factory=list)
     postmortem: Postmortem | None = None
+
+    def assess(self, now: datetime) -> SlaAssessment:
+        """Acknowledge, mitigate and resolve against its own targets (checks/sla.py)."""
+        return assess_incident(
+            self.sla,
+            opened=self.opened_at,
+            acked=self.acked_at,
+            mitigated=self.mitigated_at,
+            resolved=self.resolved_at,
+            now=now,
+        )
 
 
 class RunbookRun(BaseModel):

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from checks.sla import assess_incident
 from flows.kpi.compute import drill_status
 from flows.kpi.facts import IncidentFacts, NotifyFailure, RunbookRun, Snapshot
 from flows.kpi.figures import DrillStatus
@@ -93,14 +92,7 @@ class Handoff(BaseModel):
 
 
 def _line(inc: IncidentFacts, runs: list[RunbookRun], now: datetime) -> IncidentLine:
-    judged = assess_incident(
-        inc.sla,
-        opened=inc.opened_at,
-        acked=inc.acked_at,
-        mitigated=inc.mitigated_at,
-        resolved=inc.resolved_at,
-        now=now,
-    )
+    judged = inc.assess(now)
     end = inc.resolved_at or now
     return IncidentLine(
         id=inc.id,

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from checks.findings import Severity
 from checks.sla import DEFAULT_SLA, Sla
 from flows.config import OncallConfig
-from flows.kpi.compute import compute, recurrence
+from flows.kpi.build import figures
+from flows.kpi.compute import recurrence
 from flows.kpi.facts import (
     Coverage,
     DrillRecord,
@@ -69,14 +70,7 @@ def _snap(incidents, **kw) -> Snapshot:
 
 
 def _report(snap: Snapshot, service: str | None = None):
-    cfg = OncallConfig()
-    return compute(
-        snap,
-        sla_for=cfg.sla_for,
-        update_every=cfg.notifications.update_every.get,
-        freshness_s=cfg.drills.freshness,
-        service=service,
-    )
+    return figures(snap, OncallConfig(), service)
 
 
 @given(st.lists(st.floats(0, 1e6, allow_nan=False), min_size=2, max_size=60))

@@ -107,7 +107,9 @@ def make_plan(
             if resolved > now - timedelta(seconds=60):
                 resolved = None  # it would end in the future: still open now
         end = resolved or now
-        updates, pages, failures = [], [], []
+        updates: list[datetime] = []
+        pages: list[datetime] = []
+        failures: list[datetime] = []
         if _maybe(rng, 0.9):  # some incidents never told anyone (no channel answered)
             at = opened + timedelta(seconds=rng.uniform(0.2, 1200))
             while at < end and len(updates) < 6:  # then silence: some cadences break
@@ -276,36 +278,12 @@ def _write_one(w: _Writer, plan: Plan, inc: GenIncident) -> list[dict]:
     )
     events = []
     resource = f"oncall.incident.{inc.id}"
-    for at in inc.updates:
-        events.append(
-            _event(
-                "oncall.incident.notify",
-                at,
-                resource,
-                inc.run_id,
-                {"channel": "slack", "ok": True, "text": "posted"},
-            )
-        )
-    for at in inc.pages:
-        events.append(
-            _event(
-                "oncall.incident.notify",
-                at,
-                resource,
-                inc.run_id,
-                {"channel": "pagerduty", "ok": True, "text": "paged"},
-            )
-        )
-    for at in inc.failures:
-        events.append(
-            _event(
-                "oncall.incident.notify",
-                at,
-                resource,
-                inc.run_id,
-                {"channel": "statuspage", "ok": False, "text": "statuspage failed after retries"},
-            )
-        )
+    told = [(at, "slack", True, "posted") for at in inc.updates]
+    told += [(at, "pagerduty", True, "paged") for at in inc.pages]
+    told += [(at, "statuspage", False, "statuspage failed after retries") for at in inc.failures]
+    for at, channel, ok, text in told:
+        payload = {"channel": channel, "ok": ok, "text": text}
+        events.append(_event("oncall.incident.notify", at, resource, inc.run_id, payload))
     rb = inc.runbook
     if rb is not None:
         rb.run_id = w.run(
