@@ -74,7 +74,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    sys.stderr.write(f"oncall: {scrub(message, _secrets)}\n")
+    """One line on stderr per line of the message (a configuration can have many problems)."""
+    for line in scrub(message, _secrets).splitlines() or [""]:
+        sys.stderr.write(f"oncall: {line}\n")
     raise typer.Exit(code)
 
 
@@ -86,7 +88,7 @@ def _errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except ConfigError as exc:
-        _fail(2, f"error: {exc}")
+        _fail(2, "\n".join(f"error: {line}" for line in str(exc).splitlines()))
     except AuthError as exc:
         _fail(2, f"credentials refused: {exc}")
     except (Unreachable, Timeout) as exc:
@@ -108,11 +110,16 @@ def _errors() -> Iterator[None]:
         _fail(1, f"internal error: {type(exc).__name__}: {exc} (traceback in {path})")
 
 
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
 def _console(json_mode: bool = False):
     from rich.console import Console
 
-    # With --json, stdout carries only JSON: the live view goes to stderr.
-    return Console(stderr=json_mode, highlight=False)
+    # With --json, stdout carries only JSON: the live view goes to stderr. No emoji codes:
+    # rich would turn "oncall.yaml:100:" into a 💯.
+    return Console(stderr=json_mode, highlight=False, emoji=False)
 
 
 def _print_json(data: Any) -> None:
@@ -163,13 +170,18 @@ def _dsn_service(dsn: str | None):
     from pydantic import ValidationError
 
     from integrations.postgres import PostgresTarget, malformed
+    from integrations.redact import password_fragments
     from integrations.service import Service
 
     if not dsn:
         raise ConfigError("give --service NAME (from oncall.yaml) or --dsn DSN")
-    _secrets.append(dsn)
+    # Only the password is a secret: the rest of the DSN is what a person needs to see.
+    _secrets.extend(password_fragments(dsn))
     if error := malformed(dsn):
-        raise error
+        raise ConfigError(
+            f"--dsn: {error} (e.g. postgresql://app@db.internal:5432/app"
+            " or 'host=db.internal dbname=app user=app')"
+        )
     info = conninfo_to_dict(dsn)
     if info.get("password"):
         _secrets.append(str(info["password"]))
@@ -480,24 +492,59 @@ def serve_cmd(
         # polls: every 10 s by default (with incidents: deployment, twice on the way from an
         # alert to a finding).
         os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+        # Flow runs the runner starts in child processes keep their INFO lines for the
+        # Prefect UI; the terminal gets one line per event from oncall serve itself.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
         from flows.config import find_config, load_config
 
         path = find_config(config)
         if path is None:
             raise ConfigError("oncall serve needs oncall.yaml (--config, ONCALL_CONFIG or ./)")
-        load_config(str(path))  # a broken file is one line and exit 2, before anything starts
+        load_config(str(path))  # every problem, one per line, exit 2, before anything starts
+        from flows.serve_log import Outlet, exit_within
+
+        outlet = Outlet.install()  # a full or closed stdout must never hold up a stop
         console = _console()
         _ensure_server(console)
         from flows.execute import quiet_prefect_console
         from flows.serve import serve
 
         quiet_prefect_console()
-        console.print(
-            f"oncall serve: config {path}; receiver and deployments starting (Ctrl-C stops)"
+
+        def stopping() -> None:  # runs in the signal handler: it starts a thread, no more
+            exit_within(4.5, outlet, _say)
+
+        asyncio.run(
+            serve(
+                str(path),
+                host=host,
+                port=port,
+                limit=limit,
+                runner=runner,
+                on_stopping=stopping,
+            )
         )
-        asyncio.run(serve(str(path), host=host, port=port, limit=limit, runner=runner))
         console.print("oncall serve: stopped")
+        outlet.drain(0.5)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="oncall.yaml (default: ./oncall.yaml)")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", "-s", help="Check only this service's targets")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Checks oncall.yaml and every target: reachable, authenticated, allowed to remediate."""
+    with _errors():
+        from flows.doctor import doctor
+
+        code = doctor(config, service, json_out, _console(json_out))
+    raise typer.Exit(code)
 
 
 @server_app.command("status")

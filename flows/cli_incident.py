@@ -57,7 +57,15 @@ def _read_payload(source: str) -> bytes:
         raise ConfigError(f"cannot read alert file {source}: {exc.strerror}") from None
 
 
-def _open(alerts: list, config_path: str | None, approve_as: str | None, json_out: bool) -> None:
+def _open(
+    alerts: list,
+    config_path: str | None,
+    approve_as: str | None,
+    json_out: bool,
+    detach_as: list[str] | None = None,
+) -> None:
+    """Joins or opens incidents for the alerts. ``detach_as``: the command that opens them
+    in a detached process, followed from here (a person at a terminal, not ``--json``)."""
     from flows.config import find_config, load_config
     from flows.intake import find_open, group, send_control
 
@@ -92,10 +100,34 @@ def _open(alerts: list, config_path: str | None, approve_as: str | None, json_ou
                 results.append(_hand_over(api, firing, config_path, console))
                 continue
             to_open.append(firing)
+    if to_open and detach_as is not None and not json_out and not results:
+        _follow_detached(detach_as, [g[0].fingerprint for g in to_open], console)
     if to_open:
         results += _run_incidents(to_open, cfg, approve_as, console, json_out)
     if json_out:
         _print_json(results)
+
+
+def _follow_detached(argv: list[str], fingerprints: list[str], console) -> None:
+    """Opens the incident in its own process and follows it here; exits with its outcome."""
+    from datetime import UTC, datetime, timedelta
+
+    from flows.follow import follow, start_detached
+    from flows.server import DEFAULT_API_URL
+
+    since = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
+    proc, log = start_detached(argv)
+    console.print(f"Opening the incident in a process of its own (pid {proc.pid}, log {log}).")
+    code = follow(
+        os.environ.get("PREFECT_API_URL", DEFAULT_API_URL),
+        fingerprints,
+        proc,
+        log,
+        console,
+        interactive=sys.stdin.isatty(),
+        since=since,
+    )
+    raise typer.Exit(code)
 
 
 def _served(api) -> bool:
@@ -133,7 +165,13 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
     from runbooks.engine.model import os_identity
 
     quiet_prefect_console()
-    view = LiveView(console, interactive=sys.stdin.isatty() and not json_out, show=not json_out)
+    view = LiveView(
+        console,
+        interactive=sys.stdin.isatty() and not json_out,
+        show=not json_out,
+        recovery_window_s=cfg.verification.healthy_for,
+        recovery_timeout_s=cfg.verification.timeout,
+    )
     live.subscribe(view)
 
     async def main() -> list[dict]:
@@ -155,6 +193,7 @@ def _run_incidents(groups: list[list], cfg, approve_as, console, json_out) -> li
         return asyncio.run(main())
     finally:
         live.unsubscribe(view)
+        view.close()
 
 
 @incident_app.command("open")
@@ -196,7 +235,12 @@ def incident_declare(
         approve_as = _approver(approve_as, "--approve-as")
         body = {"service": service, "title": title, "severity": severity}
         [declared] = parse_alerts(json.dumps(body))
-        _open([declared.model_copy(update={"source": "person"})], config, approve_as, json_out)
+        argv = ["incident", "declare", "--service", service, "--title", title]
+        argv += ["--severity", severity] if severity else []
+        argv += ["--config", str(Path(config).resolve())] if config else []
+        argv += ["--approve-as", approve_as] if approve_as else []
+        declared = declared.model_copy(update={"source": "person"})
+        _open([declared], config, approve_as, json_out, detach_as=argv)
 
 
 def _summary(run: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:

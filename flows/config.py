@@ -1,7 +1,8 @@
 """``oncall.yaml``: services and their targets, routing, escalation, notifications, SLAs.
 
 Found at ``--config``, ``$ONCALL_CONFIG`` or ``./oncall.yaml``. Validated by
-pydantic; every error is one line naming the file, the line and the field.
+pydantic (:mod:`flows.config_load`); every problem is reported at once, each on a
+line naming the file, the line and the field.
 Secrets are references — ``${ENV_VAR}`` or ``prefect-secret:NAME`` — resolved
 at load time and held as ``SecretStr``; a literal token, key or password is
 refused, so configuration files can be committed and shown.
@@ -13,22 +14,12 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from checks.findings import Severity
 from checks.sla import DEFAULT_SLA, Sla
-from integrations.errors import ConfigError, SecretError
+from integrations.errors import ConfigError
 from integrations.pagerduty import PagerDutyTarget
 from integrations.service import Service
 from integrations.slack import SlackWebhookTarget
@@ -288,102 +279,7 @@ class OncallConfig(BaseModel):
         return self.sla.get(severity) or DEFAULT_SLA[severity]
 
 
-# --- loading -------------------------------------------------------------------------
-
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_PREFECT_SECRET = "prefect-secret:"
-
-
-def _resolve_secret_block(name: str) -> str:
-    try:
-        from prefect.blocks.system import Secret
-
-        return str(Secret.load(name).get())
-    except Exception as exc:  # Prefect raises ValueError/ObjectNotFound/HTTP errors here
-        raise SecretError(f"prefect-secret:{name} cannot be loaded ({type(exc).__name__})") from exc
-
-
-def _substitute(value: Any, path: tuple, refs: set[tuple]) -> Any:
-    """Resolves references in every string; records where they were."""
-    if isinstance(value, dict):
-        return {k: _substitute(v, (*path, k), refs) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, (*path, i), refs) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-    if value.startswith(_PREFECT_SECRET):
-        refs.add(path)
-        return _resolve_secret_block(value[len(_PREFECT_SECRET) :].strip())
-
-    def env(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        error = SecretError(f"environment variable {name} is not set")
-        error.path = path  # type: ignore[attr-defined]
-        raise error
-
-    if _REF.search(value):
-        refs.add(path)
-        return _REF.sub(env, value)
-    return value
-
-
-def _node_line(node: yaml.Node | None, loc: tuple) -> int | None:
-    """The line of the deepest YAML node on the path ``loc``."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == str(key):
-                    node, line = v, k.start_mark.line + 1
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-# Secret fields that may be written literally when they carry no password (a DSN with
-# trust auth); tokens, keys and webhook URLs are always references.
-_CONNECTION_FIELDS = {"dsn", "url", "amqp_url", "redis_url"}
-
-
-def _credential_free(text: str) -> bool:
-    """A URL or DSN with no password, token or key in it (safe to write literally)."""
-    if "://" in text:
-        parts = urlsplit(text)
-        return parts.password is None and "password=" not in parts.query.lower()
-    return "password" not in text.lower() and "://" not in text and "=" in text
-
-
-def _literal_secrets(model: Any, raw: Any, path: tuple, refs: set[tuple]) -> list[tuple]:
-    """Paths of SecretStr fields written as literals in the file."""
-    found: list[tuple] = []
-    if isinstance(model, SecretStr):
-        connection_string = bool(path) and path[-1] in _CONNECTION_FIELDS
-        if path not in refs and not (connection_string and _credential_free(str(raw))):
-            found.append(path)
-    elif isinstance(model, BaseModel) and isinstance(raw, dict):
-        for name, field in type(model).model_fields.items():
-            key = field.alias or name
-            if key in raw:
-                found += _literal_secrets(getattr(model, name), raw[key], (*path, key), refs)
-    elif isinstance(model, dict) and isinstance(raw, dict):
-        for key, value in model.items():
-            raw_key = key.value if hasattr(key, "value") else key
-            if raw_key in raw:
-                found += _literal_secrets(value, raw[raw_key], (*path, raw_key), refs)
-    elif isinstance(model, list) and isinstance(raw, list):
-        for i, (value, raw_value) in enumerate(zip(model, raw, strict=False)):
-            found += _literal_secrets(value, raw_value, (*path, i), refs)
-    return found
+# --- finding and loading -----------------------------------------------------------------
 
 
 def find_config(explicit: str | None = None) -> Path | None:
@@ -402,77 +298,6 @@ def find_config(explicit: str | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
-# libyaml when PyYAML has it: the pure-Python loader takes ~1 s for 5,000 endpoints.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_config(path: str | Path | None = None, *, text: str | None = None) -> OncallConfig:
-    """Reads, resolves and validates a configuration; ConfigError names file, line and field."""
-    where = str(path) if path else "<config>"
-    if text is None:
-        if path is None:
-            return OncallConfig()
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read: {exc.strerror}") from exc
-    try:
-        raw = yaml.load(text, Loader=_LOADER) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from None
-
-    def line_of(loc: tuple) -> int | None:  # only on errors: composing again costs a parse
-        return _node_line(yaml.compose(text, Loader=_LOADER), loc)
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}:1: the top level must be a mapping (services:, routing: …)")
-    for name, service in (raw.get("services") or {}).items():
-        if isinstance(service, dict):
-            service.setdefault("name", name)
-    refs: set[tuple] = set()
-    try:
-        resolved = _substitute(raw, (), refs)
-    except SecretError as exc:
-        loc = getattr(exc, "path", ())
-        field = ".".join(str(p) for p in loc)
-        line = line_of(loc) if loc else None
-        raise ConfigError(f"{where}:{line or '?'}: {field}: {exc}") from None
-    try:
-        config = OncallConfig.model_validate(resolved)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        line = line_of(loc)
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        raise ConfigError(f"{where}:{line or '?'}: {field}: {err['msg']}") from None
-    literals = _literal_secrets(config, raw, (), refs)
-    if literals:
-        loc = literals[0]
-        field = ".".join(str(p) for p in loc)
-        raise ConfigError(
-            f"{where}:{line_of(loc) or '?'}: {field}: secrets must be references"
-            " (${ENV_VAR} or prefect-secret:NAME), not literals"
-        )
-    from runbooks.catalog import RUNBOOKS
-
-    for i, route in enumerate(config.routing):
-        for name in route.runbooks:
-            if name not in RUNBOOKS:
-                line = line_of(("routing", i, "runbooks"))
-                raise ConfigError(
-                    f"{where}:{line}: routing.{i}.runbooks: unknown runbook {name!r}"
-                    f" (known: {', '.join(RUNBOOKS)})"
-                )
-        if route.service and route.service not in config.services:
-            line = line_of(("routing", i, "service"))
-            raise ConfigError(f"{where}:{line}: routing.{i}.service: no service {route.service!r}")
-    config.path = where
-    return config
-
-
 def configured_service(name: str) -> Service:
     """The service of that name in the oncall.yaml this process uses (``find_config``)."""
     path = find_config()
@@ -482,3 +307,12 @@ def configured_service(name: str) -> Service:
             " (set ONCALL_CONFIG, as `oncall serve` and prefect.yaml do)"
         )
     return load_config(path).service(name)
+
+
+def load_config(path: str | Path | None = None, *, text: str | None = None) -> OncallConfig:
+    """Reads, resolves and validates a configuration; one ConfigError naming file, line and
+    field for every problem, one per line (:mod:`flows.config_load`, which needs this
+    schema, does the work)."""
+    from flows.config_load import load_config as load
+
+    return load(path, text=text)

@@ -26,11 +26,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from flows.config import OncallConfig
-from flows.intake import Opener, submit
+from flows.intake import Opener, Submission, submit
 from flows.prefect_api import PrefectAPI
 from flows.spool import Spool
 from integrations import slack
-from integrations.alerts import parse_alerts
+from integrations.alerts import Alert, parse_alerts
 from integrations.errors import ConfigError, OncallError, TargetError
 from integrations.pagerduty import verify_pagerduty_signature
 from integrations.sentry import verify_sentry_signature
@@ -53,10 +53,17 @@ def _header(request: Request, name: str) -> str:
 class Dispatcher:
     """Moves spooled alerts into incidents; retries with backoff while Prefect is away."""
 
-    def __init__(self, spool: Spool, api_url: str, opener: Opener) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        api_url: str,
+        opener: Opener,
+        on_result: Callable[[Alert, Submission], None] | None = None,
+    ) -> None:
         self.spool = spool
         self.api_url = api_url
         self.opener = opener
+        self.on_result = on_result  # told what became of each alert (oncall serve's log)
         self.wake = asyncio.Event()
         self.handled = 0
         self.prefect_ok = True
@@ -79,6 +86,8 @@ class Dispatcher:
                     self.last_error = str(exc)[:300]
                     raise
                 self.spool.finish(path, result.model_dump())
+                if self.on_result is not None:
+                    self.on_result(alert, result)
                 done += 1
         self.prefect_ok = True
         self.handled += done

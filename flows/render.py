@@ -42,8 +42,11 @@ def finding_line(finding: Finding, prefix: str = "") -> Text:
 
 
 def plan_panel(plan: Plan) -> Panel:
+    """The plan: each action with its exact preview and undo, then what it spares and why."""
     if not plan.actions:
-        return Panel("Nothing to change.", title="Plan", border_style="green")
+        spared = [Text("Nothing to change.")] + _spared_lines(plan)
+        title = f"Plan on {plan.target}" if plan.spared else "Plan"
+        return Panel(Text("\n").join(spared), title=title, border_style="green")
     parts: list[Text] = []
     for action in plan.actions:
         style = {"safe": "green", "risky": "yellow", "destructive": "bold red"}[action.risk]
@@ -52,13 +55,17 @@ def plan_panel(plan: Plan) -> Panel:
         parts += [head, Text(action.preview + "\n")]
         if action.undo:
             parts.append(Text(f"undo: {action.undo}\n", style="dim"))
-    for spared in plan.spared:
-        parts.append(
-            Text(f"left alone: {spared_label(spared)}: {spared.get('reason')}", style="dim")
-        )
+    parts += _spared_lines(plan)
     return Panel(
         Text("\n").join(parts), title=f"Plan {plan.id} on {plan.target}", border_style="yellow"
     )
+
+
+def _spared_lines(plan: Plan) -> list[Text]:
+    return [
+        Text(f"left alone: {spared_label(spared)}: {spared.get('reason')}", style="dim")
+        for spared in plan.spared
+    ]
 
 
 def approval_line(approval: Approval) -> Text:
@@ -91,6 +98,9 @@ def report_summary(console: Console, report: RunbookReport) -> None:
         table.add_row("severity", str(report.severity))
     if report.flow_run_id:
         table.add_row("flow run", report.flow_run_id)
+    unreachable = [f.check for f in report.findings if f.unreachable]
+    if unreachable:  # said once above; here, what it cost
+        table.add_row("not run", f"{len(unreachable)} check(s): the target did not answer")
     for name, seconds in report.timings.items():
         table.add_row(name.replace("_", " "), f"{seconds:.2f} s")
     for note in report.notes:

@@ -36,10 +36,12 @@ from flows.config import OncallConfig, load_config
 from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
+from flows.serve_log import ServeLog, announce, stopper
 from flows.server import ensure, prefect_home
 from flows.spool import Spool
 from integrations.alerts import Alert
 from runbooks.catalog import runbooks
+from runbooks.engine import live
 
 __all__ = ["LocalIncidents", "build_deployments", "serve"]
 
@@ -264,18 +266,42 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
     return deployments
 
 
-async def _runner(deployments: list[Any], limit: int | None, on_sigterm: Callable[[], Any]) -> Any:
+async def _runner(
+    deployments: list[Any], limit: int | None, on_sigterm: Callable[..., Any], scheduled: list[Any]
+) -> Any:
     """Prefect's runner for the deployments, as ``prefect.aserve`` makes it, except for
     SIGTERM: ``Runner.start`` puts its ``handle_sigterm`` on the main thread, and Prefect's
     raises SystemExit wherever the process is (serve's clean stop would not run, and the
-    incidents here would stay Running with nobody to end them). Ours calls ``on_sigterm``."""
+    incidents here would stay Running with nobody to end them). Ours calls ``on_sigterm``.
+    Schedules are paused by ``serve`` (``scheduled`` collects the ids), not by the runner."""
     from prefect.runner import Runner
 
-    runner = Runner(limit=limit, pause_on_shutdown=True)
+    runner = Runner(limit=limit, pause_on_shutdown=False)
     runner.handle_sigterm = lambda *_: on_sigterm()
     for deployment in deployments:
-        await runner.add_deployment(deployment)
+        deployment_id = await runner.add_deployment(deployment)
+        if deployment.schedules:
+            scheduled.append(deployment_id)
     return runner
+
+
+async def _run_deployments(
+    deployments: list[Any], limit: int | None, on_sigterm: Callable[..., Any], scheduled: list[Any]
+) -> None:
+    """Registers the deployments with a runner, then runs it until cancelled."""
+    runner = await _runner(deployments, limit, on_sigterm, scheduled)
+    await runner.start()
+
+
+async def _pause_schedules(deployment_ids: list[Any]) -> None:
+    """What ``pause_on_shutdown`` does, for the deployments that have a schedule only:
+    Prefect's pauses every deployment (12 calls, ~2 s of a stop); these are one or two.
+    One after the other: concurrent writes only make SQLite wait."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for deployment_id in deployment_ids:
+            await client.pause_deployment(deployment_id)
 
 
 async def serve(
@@ -286,12 +312,14 @@ async def serve(
     limit: int | None = None,
     ready: asyncio.Event | None = None,
     runner: bool = True,
+    on_stopping: Callable[[], None] | None = None,
 ) -> None:
     """Runs the receiver, the spool dispatcher and the deployments until SIGINT/SIGTERM.
 
     ``runner=False`` runs the receiver alone, for a Prefect server whose deployments
     live in a work pool (prefect.yaml): incidents open there and workers, reading
-    their own ONCALL_CONFIG, run them.
+    their own ONCALL_CONFIG, run them. ``on_stopping`` is called as soon as a stop is
+    asked for (the CLI bounds how long stopping may take).
     """
     path = str(Path(config_path).resolve())
     config = load_config(path)
@@ -309,7 +337,8 @@ async def serve(
         opener = local.open
     else:  # pool workers read their own ONCALL_CONFIG
         opener = functools.partial(open_by_deployment, config_path=path if runner else None)
-    dispatcher = Dispatcher(spool, api_url, opener)
+    say = ServeLog()
+    dispatcher = Dispatcher(spool, api_url, opener, on_result=say.alert)
     app = create_app(config, spool, dispatcher)
     receiver = _Receiver(
         uvicorn.Config(
@@ -322,36 +351,43 @@ async def serve(
     )
     deployments = await build_deployments(config, path) if runner else []
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    request_stop = stopper(asyncio.get_running_loop(), stop, on_stopping)
+    # Plain handlers, not the loop's: Python runs them in the main thread as soon as the
+    # signal arrives, even while the loop is busy (an incident's first imports), so the
+    # stop (and the CLI's deadline) starts at the signal, not when the loop gets to it.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    receiver_url = f"http://{receiver.config.host}:{receiver.config.port}"
+    await announce(say, config, path, api_url, receiver_url, deployments, local is not None)
+    live.subscribe(say)  # gates, decisions and incidents running in this process
+    # The stop is awaited from the first moment: registering the deployments takes seconds
+    # on a busy Prefect, and a SIGTERM then must not wait for it to finish.
+    waiter = asyncio.create_task(stop.wait())
     tasks = [
         asyncio.create_task(receiver.serve(), name="receiver"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
+    scheduled: list[Any] = []  # ids of deployments with a schedule, paused on the way out
     if deployments:
-        prefect_runner = await _runner(
-            deployments, limit, on_sigterm=lambda: loop.call_soon_threadsafe(stop.set)
-        )
-        tasks.append(asyncio.create_task(prefect_runner.start(), name="runner"))
-    log.info(
-        "oncall serve: receiver on http://%s:%s, %d deployments",
-        receiver.config.host,
-        receiver.config.port,
-        len(deployments),
-    )
+        started = _run_deployments(deployments, limit, request_stop, scheduled)
+        tasks.append(asyncio.create_task(started, name="runner"))
     if ready is not None:
         ready.set()
-    waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    request_stop()  # a task that ended by itself stops the rest, within the same bounds
+    live.unsubscribe(say)
     receiver.should_exit = True
     if local is not None:
         await local.stop(api_url)
+    if scheduled:
+        with contextlib.suppress(Exception):  # Prefect away: the schedule keeps, as on a crash
+            await asyncio.wait_for(_pause_schedules(scheduled), 2)
     for task in tasks[1:]:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=15)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     for task in done:
         if task is not waiter and task.exception() is not None:
             raise task.exception()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.utils.quantity import parse_quantity
@@ -360,39 +358,11 @@ class KubernetesOperator(KubeSession):
 
     async def preflight(self) -> dict[str, bool | str]:
         """Asks the API server (SelfSubjectAccessReview) whether each write is allowed."""
-
-        def allowed(verb: str, resource: str, subresource: str = "") -> Callable[[], Any]:
-            review = k8s.V1SelfSubjectAccessReview(
-                spec=k8s.V1SelfSubjectAccessReviewSpec(
-                    resource_attributes=k8s.V1ResourceAttributes(
-                        namespace=self.target.namespace,
-                        verb=verb,
-                        group="" if resource == "secrets" else "apps",
-                        resource=resource,
-                        subresource=subresource or None,
-                    )
-                )
-            )
-
-            def probe() -> bool | str:
-                answer = self._call(
-                    "review access",
-                    k8s.AuthorizationV1Api(self._client()).create_self_subject_access_review,
-                    review,
-                )
-                return (
-                    True
-                    if answer.status.allowed
-                    else f"{verb} {resource} denied: {answer.status.reason}"
-                )
-
-            return probe
-
         return await run_probes(
             {
-                "patch_deployments": allowed("patch", "deployments"),
-                "scale_deployments": allowed("patch", "deployments", "scale"),
-                "patch_secrets": allowed("patch", "secrets"),
+                "patch_deployments": lambda: self.may("patch", "deployments"),
+                "scale_deployments": lambda: self.may("patch", "deployments", "scale"),
+                "patch_secrets": lambda: self.may("patch", "secrets"),
             }
         )
 

@@ -23,6 +23,7 @@ from integrations.errors import (
     Unreachable,
     error_for_status,
 )
+from integrations.preflight import Shortfall
 
 __all__ = [
     "KubeSession",
@@ -118,6 +119,41 @@ class KubeSession(SyncSession[k8s.ApiClient]):
             return fn(*args, _request_timeout=self.target.timeout, **kwargs)
         except (ApiException, urllib3.exceptions.HTTPError, ValueError) as exc:
             raise translate_error(exc, self.target.label, what) from exc
+
+    def may(self, verb: str, resource: str, subresource: str = "", name: str = "") -> bool | str:
+        """Asks the API server whether we may ``verb`` the resource (SelfSubjectAccessReview).
+
+        The same question as ``kubectl auth can-i``; it changes nothing, and any
+        authenticated user may ask it. True, or a Shortfall saying what is not allowed.
+        """
+        group = "" if resource in ("secrets", "pods", "events") else "apps"
+        review = k8s.V1SelfSubjectAccessReview(
+            spec=k8s.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=k8s.V1ResourceAttributes(
+                    namespace=self.target.namespace,
+                    verb=verb,
+                    group=group,
+                    resource=resource,
+                    subresource=subresource or None,
+                    name=name or None,
+                )
+            )
+        )
+        answer = self._call(
+            "review access",
+            k8s.AuthorizationV1Api(self._client()).create_self_subject_access_review,
+            review,
+        )
+        if answer.status.allowed:
+            return True
+        what = "/".join(filter(None, (resource, subresource)))
+        # RBAC never denies, it only fails to allow: the reason is usually empty then.
+        why = answer.status.reason or answer.status.evaluation_error or "no RBAC rule allows it"
+        return Shortfall(
+            f"{self.target.label}: not allowed to {verb} {what}"
+            f"{f' {name}' if name else ''} in namespace {self.target.namespace} ({why})",
+            "denied",
+        )
 
     def _apps(self) -> k8s.AppsV1Api:
         return k8s.AppsV1Api(self._client())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 import aiormq.exceptions as amqp_errors
@@ -21,6 +22,7 @@ from integrations.errors import (
     Unreachable,
 )
 from integrations.http import async_client, request
+from integrations.preflight import BLOCKING, Shortfall, kind_of, shortfall
 from integrations.redact import redact_dsn, scrub
 
 __all__ = ["Broker", "ConnectionFactory", "translate_amqp_error"]
@@ -148,18 +150,92 @@ class Broker:
             await coro
             return True
         except OncallError as exc:
-            return str(exc)
+            return shortfall(exc)
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Per capability: True, or the error text (management says when it is off)."""
+        """Per capability: True, or the error text (management says when it is off).
+
+        ``management``: the management API answers this user (it needs one of the
+        management, monitoring, policymaker or administrator tags). ``may_move_messages``:
+        the AMQP user's permissions allow what dead-letter moves do (read the queues,
+        write to the default exchange); only an administrator may read permissions, so
+        otherwise this stays unverified.
+        """
         result: dict[str, bool | str] = {"amqp": await self._check(self._connect())}
         if result["amqp"] is True:
             result["queue"] = await self._check(self.queue_counts(self.target.queue))
             if self.target.dead_letter_queue:
                 dlq = self.queue_counts(self.target.dead_letter_queue)
                 result["dead_letter_queue"] = await self._check(dlq)
-        if self.target.management_url:
-            result["management"] = await self._check(self._management("GET", "/api/overview"))
-        else:
-            result["management"] = "not configured: no rates, unacked or oldest-message age"
+        elif kind_of(result["amqp"]) in BLOCKING:
+            return result
+        if not self.target.management_url:
+            result["management"] = Shortfall(
+                "not configured: no rates, unacked or oldest-message age", "off"
+            )
+            return result
+        try:
+            whoami = await self._management("GET", "/api/whoami")
+        except OncallError as exc:
+            result["management"] = self._management_refusal(exc)
+            return result
+        result["management"] = True
+        result["may_move_messages"] = await self._move_rights(_tags(whoami))
         return result
+
+    def _management_refusal(self, exc: OncallError) -> Shortfall:
+        user = self.target.management_auth()[0]
+        if isinstance(exc, AuthError) and "Not management user" in str(exc):
+            return Shortfall(
+                f"{self.target.label}: the management API refuses user {user}: it has none of"
+                f" the tags {', '.join(MANAGEMENT_TAGS)} (rabbitmqctl set_user_tags {user}"
+                " monitoring)",
+                "denied",
+            )
+        return shortfall(exc)
+
+    async def _move_rights(self, tags: list[str]) -> bool | str:
+        target = self.target
+        user = unquote(urlsplit(target.amqp_url.get_secret_value()).username or "guest")
+        queues = [q for q in (target.queue, target.dead_letter_queue) if q]
+        needs = f"read on {', '.join(queues)} and write on amq.default"
+        if "administrator" not in tags:
+            return Shortfall(
+                f"only an administrator may read permissions (tags: {', '.join(tags) or 'none'})"
+                f": moving messages needs {needs}, checked when a move runs",
+                "unverified",
+            )
+        path = f"/api/permissions/{quote(target.effective_vhost, safe='')}/{quote(user, safe='')}"
+        try:
+            granted = await self._management("GET", path)
+        except OncallError as exc:
+            return shortfall(exc)
+        missing = [f"read on {q}" for q in queues if not _permits(granted.get("read"), q)]
+        if not _permits(granted.get("write"), "amq.default"):
+            missing.append("write on amq.default")
+        if missing:
+            return Shortfall(
+                f"{target.label}: user {user} lacks {' and '.join(missing)}"
+                f" (read {granted.get('read')!r}, write {granted.get('write')!r})",
+                "denied",
+            )
+        return True
+
+
+MANAGEMENT_TAGS = ("management", "monitoring", "policymaker", "administrator")
+
+
+def _tags(whoami: Any) -> list[str]:
+    tags = whoami.get("tags", []) if isinstance(whoami, dict) else []
+    # RabbitMQ before 3.9 answered a comma-separated string.
+    return [t for t in (tags.split(",") if isinstance(tags, str) else tags) if t]
+
+
+def _permits(pattern: Any, name: str) -> bool:
+    """RabbitMQ's permission check: an unanchored regular expression; "" matches nothing."""
+    if not isinstance(pattern, str) or pattern == "":
+        return False
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:  # an Erlang-only construct: we cannot tell, so we do not claim it
+        return False

@@ -21,6 +21,7 @@ from integrations.errors import (
     Timeout,
     Unreachable,
 )
+from integrations.preflight import shortfall
 from integrations.redact import scrub
 
 __all__ = ["RedisClient", "id_ms", "translate_redis_error", "translated"]
@@ -226,7 +227,7 @@ class RedisClient:
                 await check()
                 result[name] = True
             except OncallError as exc:
-                result[name] = str(exc)
+                result[name] = shortfall(exc)
                 break
         if result.get("queue") is True and self.target.kind == "stream" and self.target.group:
             try:
@@ -234,7 +235,7 @@ class RedisClient:
                 ok = self.target.group in names
                 result["group"] = True if ok else f"no group {self.target.group!r} on the stream"
             except OncallError as exc:
-                result["group"] = str(exc)
+                result["group"] = shortfall(exc)
         return result
 
     @translated

@@ -16,6 +16,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 from pydantic import BaseModel, Field
 
 from integrations.errors import OncallError
+from integrations.preflight import BLOCKING, shortfall
 
 __all__ = ["Preview", "SyncSession", "run_probes"]
 
@@ -83,12 +84,18 @@ class SyncSession(ABC, Generic[H]):
 
 
 async def run_probes(probes: dict[str, Callable[[], Any]]) -> dict[str, bool | str]:
-    """Runs each probe in a thread: True, the text a probe returns, or the error's text."""
+    """Runs each probe in a thread: True, the text a probe returns, or the error's text.
+
+    Once a probe finds the target unreachable or the credentials refused, the later
+    probes would only repeat that: they are skipped.
+    """
     result: dict[str, bool | str] = {}
     for name, probe in probes.items():
         try:
             outcome = await asyncio.to_thread(probe)
             result[name] = outcome if isinstance(outcome, str) else True
         except OncallError as exc:
-            result[name] = str(exc)
+            result[name] = shortfall(exc)
+            if result[name].kind in BLOCKING:
+                break
     return result

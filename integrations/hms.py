@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from integrations.errors import AuthError, ConfigError, TargetError
 from integrations.http import HttpClient, async_client, request
+from integrations.preflight import Shortfall, shortfall
 from integrations.redact import scrub
 
 __all__ = [
@@ -279,9 +280,9 @@ class HmsClient(HttpClient):
         result: dict[str, bool | str] = {}
         try:
             expiry = self.token_status()
-            result["token"] = expiry.sentence if expiry.expired else True
+            result["token"] = Shortfall(expiry.sentence, "auth") if expiry.expired else True
         except ConfigError as exc:
-            result["token"] = str(exc)
+            result["token"] = shortfall(exc)
         for capability, call in (
             ("rooms", lambda: self.list_rooms(limit=1)),
             ("sessions", lambda: self._get("/sessions", {"active": "true", "limit": 1})),
@@ -290,7 +291,7 @@ class HmsClient(HttpClient):
                 await call()
                 result[capability] = True
             except (TargetError, ConfigError) as exc:
-                result[capability] = str(exc)
+                result[capability] = shortfall(exc)
         return result
 
 

@@ -215,7 +215,12 @@ class KubernetesReader(KubeSession):
         )
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Checks each read capability; True or the error text."""
+        """Checks each read capability, then whether the runbooks' writes are allowed.
+
+        ``may_patch_deployment`` covers rollout restart, rollout undo and memory limits;
+        ``may_scale_deployment`` the scale subresource. Both are SelfSubjectAccessReviews:
+        questions, never writes. True or the error text for each.
+        """
         dep = self.target.deployment
         probes: dict[str, Callable[[], Any]] = {
             "api": lambda: self._call("get version", k8s.VersionApi(self._client()).get_code),
@@ -226,5 +231,7 @@ class KubernetesReader(KubeSession):
             "list_events": lambda: self._call(
                 "list events", self._core().list_namespaced_event, self.target.namespace, limit=1
             ),
+            "may_patch_deployment": lambda: self.may("patch", "deployments", name=dep),
+            "may_scale_deployment": lambda: self.may("patch", "deployments", "scale", name=dep),
         }
         return await run_probes(probes)

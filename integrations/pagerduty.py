@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from integrations.errors import ConfigError, ProviderError, TargetError
 from integrations.http import HttpClient, async_client, request
+from integrations.preflight import Shortfall, shortfall
 from integrations.redact import scrub
 
 __all__ = [
@@ -161,10 +162,22 @@ class PagerDutyEvents(HttpClient):
         return f"resolved PagerDuty alert {dedup_key}"
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Checks the key's shape and that the Events API answers, without raising an alert."""
+        """Checks the key's shape and that the Events API answers, without raising an alert.
+
+        The Events API v2 has no read call: nothing proves a well-formed routing key is
+        accepted short of sending an event, so ``accepted`` stays unverified.
+        """
         key = self.target.routing_key.get_secret_value()
+        shape_ok = len(key) == 32 and key.isascii() and key.isalnum()
         result: dict[str, bool | str] = {
-            "routing_key": True if len(key) == 32 else f"routing key has {len(key)} chars, not 32"
+            "routing_key": True
+            if shape_ok
+            else Shortfall(
+                f"routing key has {len(key)} chars, not 32"
+                if len(key) != 32
+                else "routing key must be letters and digits only",
+                "error",
+            )
         }
         client = self._http()
         # An empty event (no key sent) must come back 400 "invalid event": reachable, nothing made.
@@ -172,7 +185,16 @@ class PagerDutyEvents(HttpClient):
             await request(client, "POST", "/v2/enqueue", target=self.target.name, json={})
             result["events_api"] = True
         except TargetError as exc:
-            result["events_api"] = True if exc.status == 400 else scrub(str(exc), [key])
+            if exc.status == 400:
+                result["events_api"] = True
+            else:
+                failed = shortfall(exc)
+                result["events_api"] = Shortfall(scrub(str(failed), [key]), failed.kind)
+        result["accepted"] = Shortfall(
+            "the Events API has no call that checks a key without sending an event:"
+            " the first notification proves it",
+            "unverified",
+        )
         return result
 
 

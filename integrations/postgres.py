@@ -9,6 +9,7 @@ remediations only.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, LiteralString
 
 import psycopg
@@ -18,8 +19,17 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from integrations.errors import AuthError, ConfigError, ProviderError, Timeout, Unreachable
-from integrations.redact import redact_dsn, scrub
+from integrations.errors import (
+    AuthError,
+    ConfigError,
+    NotFound,
+    OncallError,
+    ProviderError,
+    Timeout,
+    Unreachable,
+)
+from integrations.preflight import Shortfall, shortfall
+from integrations.redact import password_fragments, redact_dsn, redact_unparsed_dsn, scrub
 
 __all__ = ["PostgresOperator", "PostgresReader", "PostgresTarget"]
 
@@ -39,10 +49,9 @@ class PostgresTarget(BaseModel):
     @field_validator("dsn")
     @classmethod
     def _parseable(cls, value: SecretStr) -> SecretStr:
-        try:
-            conninfo_to_dict(value.get_secret_value())
-        except psycopg.ProgrammingError as exc:
-            raise ValueError(f"malformed DSN {redact_dsn(value.get_secret_value())!r}") from exc
+        error = malformed(value.get_secret_value())
+        if error is not None:
+            raise ValueError(str(error))
         return value
 
     @property
@@ -53,6 +62,13 @@ class PostgresTarget(BaseModel):
     def _password(self) -> str:
         params = conninfo_to_dict(self.dsn.get_secret_value())
         return str(params.get("password") or "")
+
+
+# The server's words for "who you are is not accepted" (libpq passes them through).
+_REFUSED = re.compile(
+    r"password authentication failed|no password supplied|authentication failed"
+    r'|no pg_hba\.conf entry|role "[^"]*" (?:does not exist|is not permitted to log in)'
+)
 
 
 def _translate(exc: Exception, target: PostgresTarget) -> Exception:
@@ -68,10 +84,14 @@ def _translate(exc: Exception, target: PostgresTarget) -> Exception:
     if isinstance(exc, pg_errors.QueryCanceled):
         return Timeout(f"{where}: query timed out: {text}", target=where)
     if isinstance(exc, psycopg.OperationalError):
-        if "password authentication failed" in text or "no password supplied" in text:
+        if _REFUSED.search(text):
             return AuthError(f"{where}: {text}", target=where)
         if "too many clients" in text or "remaining connection slots" in text:
             return ProviderError(f"{where}: {text}", target=where, status=53300)
+        if "database" in text and "does not exist" in text:
+            return NotFound(f"{where}: {text}", target=where, status=404)
+        if "FATAL:" in text:  # the server answered: reachable, and refusing for its reason
+            return ProviderError(f"{where}: {text}", target=where)
         return Unreachable(f"{where}: {text}", target=where)
     if isinstance(exc, TimeoutError):
         return Unreachable(f"{where}: connection timed out", target=where)
@@ -149,13 +169,63 @@ class PostgresReader:
         return rows[0] if rows else {}
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Connect and ``SELECT 1``: True, or the error text."""
+        """Connects, then asks whether this role may signal the backends runbooks end.
+
+        ``may_signal_backends``: pg_cancel_backend / pg_terminate_backend work on a
+        superuser, a member of ``pg_signal_backend``, or a role with the privileges of
+        the session's role (PostgreSQL's rule; superuser sessions need a superuser, and
+        runbooks never touch those). Without either, it is ``limited`` to such sessions,
+        or ``denied`` when sessions of other roles are connected to its database now.
+        """
         try:
             async with PostgresReader(self.target) as db:
                 await db.fetch("SELECT 1 AS ok")
-            return {"connect": True}
-        except (AuthError, ProviderError, Timeout, Unreachable) as exc:
-            return {"connect": str(exc)}
+                result: dict[str, bool | str] = {"connect": True}
+                try:
+                    result["may_signal_backends"] = _signal_rights(await db.fetch_one(_RIGHTS))
+                except OncallError as exc:
+                    result["may_signal_backends"] = shortfall(exc)
+                return result
+        except OncallError as exc:
+            return {"connect": shortfall(exc)}
+
+
+# Who this role may signal. ``USAGE`` is "has the privileges of" (membership with
+# INHERIT), which is what PostgreSQL checks before it signals another role's backend.
+_RIGHTS = """
+SELECT current_user AS role,
+       r.rolsuper AS superuser,
+       pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS signal_backend,
+       coalesce((
+           SELECT array_agg(DISTINCT a.usename::text ORDER BY a.usename::text)
+           FROM pg_stat_activity a JOIN pg_roles o ON o.oid = a.usesysid
+           -- backend_type is hidden (NULL) on other roles' sessions without pg_read_all_stats
+           WHERE coalesce(a.backend_type, 'client backend') = 'client backend'
+             AND a.usesysid IS NOT NULL AND a.pid <> pg_backend_pid()
+             AND a.datname = current_database()
+             AND NOT o.rolsuper AND NOT pg_has_role(current_user, a.usesysid, 'USAGE')
+       ), '{}') AS others
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+def _signal_rights(row: dict[str, Any]) -> bool | str:
+    role = row.get("role")
+    if row.get("superuser") or row.get("signal_backend"):
+        return True
+    grant = f"GRANT pg_signal_backend TO {role}"
+    others = list(row.get("others") or [])
+    if others:
+        return Shortfall(
+            f"role {role} cannot cancel or terminate the sessions of {', '.join(others)}"
+            f" (not superuser, not in pg_signal_backend): {grant}",
+            "denied",
+        )
+    return Shortfall(
+        f"role {role} can signal only sessions of roles it has the privileges of"
+        f" (not superuser, not in pg_signal_backend); for others: {grant}",
+        "limited",
+    )
 
 
 class PostgresOperator:
@@ -229,9 +299,15 @@ class PostgresOperator:
 
 
 def malformed(dsn: str) -> ConfigError | None:
-    """A ConfigError for a DSN that cannot be parsed, else None."""
+    """A ConfigError saying what is wrong with a DSN that cannot be parsed, else None.
+
+    The DSN is shown with only its password masked, and libpq's reason with any piece
+    of the password it quotes masked too.
+    """
     try:
         conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return ConfigError(f"malformed DSN {redact_dsn(dsn)!r}")
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be parsed"
+        reason = scrub(reason, password_fragments(dsn))
+        return ConfigError(f"malformed DSN {redact_unparsed_dsn(dsn)!r}: {reason}")
     return None

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from integrations.errors import ConfigError, NotFound, ProviderError, TargetError, Timeout
 from integrations.http import async_client, request
+from integrations.preflight import shortfall
 from integrations.redact import scrub
 
 __all__ = [
@@ -417,7 +418,7 @@ class PrometheusClient:
             try:
                 await call()
             except TargetError as exc:
-                return str(exc)
+                return shortfall(exc)
             return True
 
         results = await asyncio.gather(*(one(call) for call in checks.values()))

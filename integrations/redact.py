@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["MASK", "redact_dsn", "scrub"]
+__all__ = ["MASK", "password_fragments", "redact_dsn", "redact_unparsed_dsn", "scrub"]
 
 MASK = "***"
 
@@ -35,3 +35,22 @@ def scrub(text: str, secrets: list[str]) -> str:
         if secret and len(secret) >= 3:
             text = text.replace(secret, MASK)
     return _URL_USERINFO.sub(rf"\1{MASK}\3", text)
+
+
+_KV_PASSWORD_TAIL = re.compile(r"(password\s*=\s*).*$", re.IGNORECASE | re.DOTALL)
+
+
+def redact_unparsed_dsn(dsn: str) -> str:
+    """A DSN that does not parse, for an error message: its URL password masked, and in
+    key=value form everything after ``password=`` (where the password ends is unknown)."""
+    return _KV_PASSWORD_TAIL.sub(rf"\1{MASK}", _URL_USERINFO.sub(rf"\1{MASK}\3", dsn))
+
+
+def password_fragments(dsn: str) -> list[str]:
+    """Every piece of a DSN that may be (part of) its password, parseable or not: the URL
+    password, and each word after ``password=`` — to scrub from messages that quote it."""
+    found = [m.group(2) for m in _URL_USERINFO.finditer(dsn)]
+    tail = _KV_PASSWORD_TAIL.search(dsn)
+    if tail:
+        found += [w.strip("'\"") for w in dsn[tail.end(1) :].split()]
+    return [f for f in found if f]

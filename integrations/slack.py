@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -39,6 +40,7 @@ from integrations._slack_blocks import (
 )
 from integrations.errors import ConfigError, OncallError, TargetError
 from integrations.http import HttpClient, async_client
+from integrations.preflight import Shortfall, shortfall
 
 __all__ = [
     "SlackInteraction",
@@ -116,16 +118,40 @@ class SlackWebhook(HttpClient):
         return "updated the Slack message" if replace_original else "replied in Slack"
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Checks the webhook is live without posting: an empty body must answer 400."""
-        # Slack answers a live webhook's empty payload with 400 no_text/invalid_payload and a
-        # revoked one with 403/404, so this probe never shows anything in the channel.
+        """Checks the webhook URL's shape, then that it is live without posting anything.
+
+        Slack answers a live webhook's empty payload with 400 no_text/invalid_payload, a
+        revoked one with 403 invalid_token or 404 no_service, an archived channel with
+        410: the probe never shows anything in the channel.
+        """
+        url = self.target.webhook_url.get_secret_value()
+        path = urlsplit(url).path
+        result: dict[str, bool | str] = {
+            "webhook_url": True
+            if _WEBHOOK_PATH.fullmatch(path)
+            else Shortfall(
+                f"{self.target.name}: not an incoming-webhook URL (expected"
+                " https://hooks.slack.com/services/T…/B…/…)",
+                "error",
+            )
+        }
         try:
-            await self._post(self.target.webhook_url.get_secret_value(), {})
+            await self._post(url, {})
         except TargetError as exc:
             if exc.status == 400:
-                return {"webhook": True}
-            return {"webhook": str(exc)}
-        return {"webhook": True}
+                result["webhook"] = True
+            elif exc.status in (401, 403, 404):
+                result["webhook"] = Shortfall(str(exc), "auth")
+            else:
+                result["webhook"] = shortfall(exc)
+            return result
+        result["webhook"] = True
+        return result
+
+
+# https://api.slack.com/messaging/webhooks: /services/T<team>/B<bot>/<secret>; workflow
+# webhooks (/triggers/…, /workflows/…) take the same POST.
+_WEBHOOK_PATH = re.compile(r"/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+|/(triggers|workflows)/.+")
 
 
 def _check_message(message: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, TargetError
 from integrations.http import HttpClient, async_client
+from integrations.preflight import BLOCKING, Shortfall, shortfall
 
 __all__ = [
     "INCIDENT_STATUSES",
@@ -180,9 +181,9 @@ class StatuspagePublic(HttpClient):
             await self.status()
             return {"status_page": True}
         except TargetError as exc:
-            return {"status_page": str(exc)}
-        except (KeyError, ValueError) as exc:
-            return {"status_page": f"not a Statuspage API answer ({exc})"}
+            return {"status_page": shortfall(exc)}
+        except (KeyError, ValueError, TypeError) as exc:
+            return {"status_page": Shortfall(f"not a Statuspage API answer ({exc})", "error")}
 
 
 class StatuspageManageTarget(BaseModel):
@@ -284,14 +285,16 @@ class StatuspageManage(StatuspageIncidents):
         return await self.update_incident(incident_id, "resolved", body)
 
     async def preflight(self) -> dict[str, bool | str]:
-        """Checks the key can read the page and its incidents."""
+        """Checks the key can read the page and its incidents (safe reads of the manage API)."""
         result: dict[str, bool | str] = {}
         for capability, path in (("page", ""), ("incidents", "/incidents/unresolved")):
             try:
                 await self._call("GET", path)
                 result[capability] = True
             except TargetError as exc:
-                result[capability] = str(exc)
+                result[capability] = shortfall(exc)
+                if result[capability].kind in BLOCKING:
+                    break
         return result
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, NotFound, TargetError
 from integrations.http import HttpClient, async_client
+from integrations.preflight import BLOCKING, shortfall
 
 __all__ = ["Deployment", "PromotePlan", "VercelClient", "VercelOperator", "VercelTarget"]
 
@@ -181,7 +182,9 @@ class VercelClient(HttpClient):
                 await call()
                 result[capability] = True
             except TargetError as exc:
-                result[capability] = str(exc)
+                result[capability] = shortfall(exc)
+                if result[capability].kind in BLOCKING:
+                    break
         return result
 
 

@@ -168,9 +168,16 @@ def _notes(
 ) -> list[str]:
     if plan.actions or not any(f.status.is_problem for f in findings):
         return []
+    spared = (
+        f"{len(plan.spared)} left alone ("
+        + "; ".join(sorted({str(s["reason"]).split(":")[0] for s in plan.spared}))
+        + "; see the plan)"
+        if plan.spared
+        else "none is idle in a transaction, running too long or blocking others"
+    )
     return [
-        "no session qualifies for cancel/terminate; if idle connections fill the pool,"
-        " restart the application's pool (seed 000: 'Restart API connections')"
+        f"no session qualifies for cancel/terminate: {spared}; if idle connections fill the"
+        " pool, restart the application's pool (seed 000: 'Restart API connections')"
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -43,3 +44,17 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe (read end, write end) already full: a small one, filled, that nobody reads."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"." * 512)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    return read_end, write_end

@@ -32,6 +32,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             long_query_seconds=60,
             approval_timeout_seconds=300,
             verify_timeout_seconds=10,
+            verify_hold_seconds=3,  # stale sessions must not pile up again (idle after 1 s)
         )
         if show:
             console.print(

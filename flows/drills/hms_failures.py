@@ -22,7 +22,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from runbooks.catalog import require
 
     spec = require("hms-failures")
-    params = spec.params(approval_timeout_seconds=300, verify_timeout_seconds=10)
+    params = spec.params(
+        approval_timeout_seconds=300, verify_timeout_seconds=10, verify_hold_seconds=5
+    )
     with SaasSandbox() as saas, KubeApiServer(namespace="video") as kube:
         image = "ghcr.io/acme/video-api:2.3.0"
         kube.seed_deployment("video-api", [image], replicas=2, deployed_ago=timedelta(days=2))

@@ -40,6 +40,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         deploy_window_seconds=5,
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
     began = time.monotonic()
     with scraped_app(

@@ -72,7 +72,9 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     from runbooks.catalog import require
 
     spec = require("provider-outage")
-    params = spec.params(approval_timeout_seconds=300, verify_timeout_seconds=30)
+    params = spec.params(
+        approval_timeout_seconds=300, verify_timeout_seconds=30, verify_hold_seconds=5
+    )
     with (
         SaasSandbox() as provider,
         SaasSandbox() as ours,

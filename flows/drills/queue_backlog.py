@@ -155,6 +155,7 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
         drain_eta_warn_seconds=300,
         approval_timeout_seconds=300,
         verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
 
     async def inject(stack: contextlib.AsyncExitStack) -> tuple[Any, WorkerControl]:

@@ -37,6 +37,7 @@ DRILLS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("db-connections", "embedded PostgreSQL exhausted by idle transactions + locks"),
+        Scenario("database-down", "a migration locks a table the API reads; embedded PostgreSQL"),
         Scenario("memory-leak", "a real process leaks after a deploy; Prometheus", ("prometheus",)),
         Scenario(
             "high-error-rate", "a feature fails 30 % of real requests; Prometheus", ("prometheus",)

@@ -89,7 +89,10 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
 
     spec = require("rollback")
     params = spec.params(
-        lookback_minutes=30, approval_timeout_seconds=300, verify_timeout_seconds=30
+        lookback_minutes=30,
+        approval_timeout_seconds=300,
+        verify_timeout_seconds=30,
+        verify_hold_seconds=5,
     )
     with KubeApiServer(token=TOKEN, namespace="prod") as kube, HealthApp(kube, "api") as health:
         kube.crashing_images.add(IMAGES[-1])

@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -275,6 +275,7 @@ class RunbookRun:
         samples: list[Sample] = []
         t0 = time.monotonic()
         first_ok: float | None = None
+        self._waiting(f"{self.runbook} to verify its fix", timeout)
         async with runbook.checks(service, params, moment) as checks:
             while True:
                 findings = await _run_checks(self.runbook, self.target, "verification", checks)
@@ -284,27 +285,14 @@ class RunbookRun:
                 if ok and first_ok is None:
                     first_ok = now
                     self.mark("verified")
-                live.publish(
-                    "verifying",
-                    {
-                        "runbook": self.runbook,
-                        "flow_run_id": self.report.flow_run_id,
-                        "healthy": ok,
-                        "elapsed_s": now,
-                        "awaiting": f"healthy for {hold:.0f}s"
-                        if first_ok is not None
-                        else "recovery",
-                        "remaining_s": max(
-                            0.0,
-                            (first_ok + hold - now) if first_ok is not None else timeout - now,
-                        ),
-                    },
-                )
+                if ok and now == first_ok:  # recovered: now the fix must hold
+                    self._waiting(f"{self.runbook}'s fix to hold for {hold:.0f}s", hold)
                 if first_ok is None and now >= timeout:
                     break
                 if first_ok is not None and (not ok or now - first_ok >= hold):
                     break  # a relapse is judged now; a held fix is done
                 await asyncio.sleep(1.0)
+        live.publish("wait", {"key": f"verify {self.report.flow_run_id}", "done": True})
         judgement = runbook.verify.judge(samples, params)
         self.report.verification = samples[-1].findings
         self.report.judgement = judgement
@@ -313,6 +301,19 @@ class RunbookRun:
             if judgement.next_step:
                 self.note(f"next step: {judgement.next_step}")
         return judgement
+
+    def _waiting(self, what: str, seconds: float) -> None:
+        """Tells a terminal what the run waits for and until when (one live line)."""
+        live.publish("wait", {"key": f"verify {self.report.flow_run_id}", "done": True})
+        live.publish(
+            "wait",
+            {
+                "key": f"verify {self.report.flow_run_id}",
+                "what": what,
+                "until": datetime.now(UTC) + timedelta(seconds=seconds),
+                "flow_run_id": self.report.flow_run_id,
+            },
+        )
 
     def _outcome(self) -> Outcome:
         findings = self.report.findings

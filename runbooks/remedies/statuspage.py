@@ -230,7 +230,13 @@ class InformedWhileDown(BaseModel):
         down = [f for f in pages if f.status.is_problem]
         if told is not None and down and len(down) == len(problems):
             return self._mitigated(down, told)
-        if judgement.verdict is Verdict.FIXED:  # healthy, but a provider page went unread
+        others = [
+            f
+            for f in last
+            if not f.check.startswith(self.provider)
+            and (f.status.is_problem or f.status == "error")
+        ]
+        if blind and not down and not others:  # healthy, but a provider page went unread
             return Judgement(
                 verdict=Verdict.MITIGATED if told else Verdict.NOT_RECOVERED,
                 reason=f"recovery not confirmed: {blind[0].summary}",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import urllib3
 import yaml
@@ -31,6 +32,7 @@ from integrations.kubernetes import (
     KubernetesTarget,
     translate_error,
 )
+from integrations.preflight import Shortfall
 
 TOKEN = "kube-token-7f3a9c"  # a bearer token that must never show up anywhere
 IMAGES = ["ghcr.io/acme/web:1.1", "ghcr.io/acme/web:1.2", "ghcr.io/acme/web:1.3"]
@@ -448,10 +450,83 @@ async def test_preflight_reports_each_capability(
     with KubernetesOperator(target()) as operator:
         writes = await operator.preflight()
 
-    assert ok == {"api": True, "read_deployment": True, "list_pods": True, "list_events": True}
-    assert all(isinstance(v, str) and "HTTP 401" in v for v in refused.values())
+    assert ok == {
+        "api": True,
+        "read_deployment": True,
+        "list_pods": True,
+        "list_events": True,
+        "may_patch_deployment": True,
+        "may_scale_deployment": True,
+    }
+    # Refused credentials are said once, not once per capability.
+    assert list(refused) == ["api"] and "HTTP 401" in refused["api"]
+    assert isinstance(refused["api"], Shortfall) and refused["api"].kind == "auth"
     assert writes["patch_deployments"] is True and writes["scale_deployments"] is True
-    assert writes["patch_secrets"] == "patch secrets denied: RBAC: denied"
+    denied = writes["patch_secrets"]
+    assert isinstance(denied, Shortfall) and denied.kind == "denied"
+    assert denied == (
+        "kubernetes prod/web: not allowed to patch secrets in namespace prod"
+        " (no RBAC rule allows it)"
+    )
+
+
+async def test_preflight_asks_whether_the_runbooks_may_patch_and_scale_the_deployment(
+    target: Callable[..., KubernetesTarget], kube: KubeApiServer
+) -> None:
+    kube.forbid("patch", "deployments/scale", namespace="prod")
+    kube.forbid("patch", "deployments", namespace="elsewhere")  # another namespace: no effect
+
+    with KubernetesReader(target()) as reader:
+        found = await reader.preflight()
+
+    assert found["may_patch_deployment"] is True
+    assert found["may_scale_deployment"].kind == "denied"
+    assert "not allowed to patch deployments/scale web" in found["may_scale_deployment"]
+    reviews = [r for r in kube.requests if r.path.endswith("/selfsubjectaccessreviews")]
+    assert [r.body["spec"]["resourceAttributes"] for r in reviews] == [
+        {
+            "namespace": "prod",
+            "verb": "patch",
+            "group": "apps",
+            "resource": "deployments",
+            "name": "web",
+        },
+        {
+            "namespace": "prod",
+            "verb": "patch",
+            "group": "apps",
+            "resource": "deployments",
+            "subresource": "scale",
+            "name": "web",
+        },
+    ]
+    assert kube.writes() == reviews  # questions only: nothing was patched
+    # What the review said is what the API then does.
+    with KubernetesOperator(target()) as operator, pytest.raises(AuthError):
+        operator.scale("web", 5)
+
+
+def test_access_reviews_answer_as_kube_apiserver_does(kube: KubeApiServer) -> None:
+    kube.forbid("patch", "secrets")
+    url = f"{kube.url}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def review(spec: dict) -> httpx.Response:
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview"}
+        return httpx.post(url, json={**body, "spec": spec}, headers=headers)
+
+    allowed = review({"resourceAttributes": {"verb": "get", "resource": "pods"}})
+    assert allowed.status_code == 201
+    assert allowed.json()["kind"] == "SelfSubjectAccessReview"
+    assert allowed.json()["status"]["reason"].startswith("RBAC: allowed by ClusterRoleBinding")
+    refused = review({"resourceAttributes": {"verb": "patch", "resource": "secrets"}})
+    assert refused.json()["status"] == {"allowed": False}  # RBAC only fails to allow
+    empty = review({})
+    assert empty.status_code == 422 and "exactly one of" in empty.json()["message"]
+    discovery = review({"nonResourceAttributes": {"verb": "get", "path": "/version"}})
+    assert discovery.json()["status"]["allowed"] is True
+    stranger = httpx.post(url, json={"spec": {}}, headers={"Authorization": "Bearer nope"})
+    assert stranger.status_code == 401
 
 
 def test_a_kubeconfig_context_is_used_when_no_api_url_is_given(

@@ -165,7 +165,10 @@ async def test_slow_answers_become_timeouts(sandbox: SaasSandbox) -> None:
 
 async def test_preflight_checks_key_shape_and_reachability(sandbox: SaasSandbox) -> None:
     async with PagerDutyEvents(sandbox.pagerduty_target()) as pd:
-        assert await pd.preflight() == {"routing_key": True, "events_api": True}
+        found = await pd.preflight()
+    assert found["routing_key"] is True and found["events_api"] is True
+    # No Events API call checks a key without sending an event: said, not guessed.
+    assert found["accepted"].kind == "unverified"
     (probe,) = sandbox.received("pagerduty")
     assert probe.body == {}  # the probe never carries the key, so it opens nothing
     assert sandbox.pd_alerts == {}
@@ -173,7 +176,12 @@ async def test_preflight_checks_key_shape_and_reachability(sandbox: SaasSandbox)
     async with PagerDutyEvents(bad) as pd:
         result = await pd.preflight()
     assert result["routing_key"] == "routing key has 5 chars, not 32"
-    assert "cannot connect" in str(result["events_api"])
+    assert "cannot connect" in result["events_api"] and result["events_api"].kind == "unreachable"
+    dashed = PagerDutyTarget(routing_key=SecretStr("R0-" + "a" * 29), base_url=sandbox.url)
+    async with PagerDutyEvents(dashed) as pd:
+        assert (await pd.preflight())[
+            "routing_key"
+        ] == "routing key must be letters and digits only"
 
 
 def test_secrets_stay_out_of_repr() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 import aiormq.exceptions as amqp_errors
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -323,3 +324,59 @@ async def test_wrong_management_password_is_reported_not_leaked() -> None:
     assert any("HTTP 401" in note for note in stats.notes)
     assert "HTTP 401" in str(preflight["management"])
     assert "wrong-mgmt-pw-3" not in str(stats) + str(preflight)
+
+
+# -- preflight: management tags and the rights a dead-letter move needs -------------------
+
+
+@pytest.fixture
+def rabbit_user():
+    """Makes broker users (through the management API, as guest) and deletes them after."""
+    made: list[str] = []
+
+    def make(tags: str, read: str = ".*", write: str = ".*") -> str:
+        name = f"oncall-preflight-{len(made)}-{int(time.time() * 1000) % 100000}"
+        api = httpx.Client(base_url=MANAGEMENT_URL, auth=("guest", "guest"))
+        api.put(f"/api/users/{name}", json={"password": "pw-4711", "tags": tags}).raise_for_status()
+        body = {"configure": "", "write": write, "read": read}
+        api.put(f"/api/permissions/%2F/{name}", json=body).raise_for_status()
+        made.append(name)
+        return name
+
+    yield make
+
+    for name in made:
+        httpx.delete(f"{MANAGEMENT_URL}/api/users/{name}", auth=("guest", "guest"))
+
+
+@needs_management
+async def test_preflight_reads_the_management_tags_and_the_move_rights(rabbit_user) -> None:
+    untagged, monitor = rabbit_user(""), rabbit_user("monitoring")
+    admin_no_write = rabbit_user("administrator", write="^nothing$")
+    async with RabbitBacklog(management_url=MANAGEMENT_URL) as backlog:
+
+        async def preflight(user: str | None) -> dict:
+            url = f"amqp://{user}:pw-4711@127.0.0.1:5672/" if user else AMQP_URL
+            async with RabbitReader(backlog.target(amqp_url=SecretStr(url))) as reader:
+                return await reader.preflight()
+
+        guest, none, mon, limited = (
+            await preflight(None),
+            await preflight(untagged),
+            await preflight(monitor),
+            await preflight(admin_no_write),
+        )
+    assert guest == {
+        "amqp": True,
+        "queue": True,
+        "dead_letter_queue": True,
+        "management": True,
+        "may_move_messages": True,
+    }
+    assert none["amqp"] is True and none["management"].kind == "denied"
+    assert f"rabbitmqctl set_user_tags {untagged} monitoring" in none["management"]
+    assert mon["management"] is True and mon["may_move_messages"].kind == "unverified"
+    assert "(tags: monitoring)" in mon["may_move_messages"]
+    assert limited["may_move_messages"].kind == "denied"
+    assert "lacks write on amq.default" in limited["may_move_messages"]
+    assert "pw-4711" not in str([guest, none, mon, limited])

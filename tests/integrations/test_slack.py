@@ -206,12 +206,22 @@ async def test_post_refuses_empty_messages_without_sending(sandbox: SaasSandbox)
 
 async def test_preflight_probes_without_posting(sandbox: SaasSandbox) -> None:
     async with SlackWebhook(sandbox.slack_target()) as slack:
-        assert await slack.preflight() == {"webhook": True}
-    revoked = SlackWebhookTarget(webhook_url=SecretStr(sandbox.url + "/services/T/B/revoked"))
-    async with SlackWebhook(revoked) as slack:
+        assert await slack.preflight() == {"webhook_url": True, "webhook": True}
+    url = sandbox.url + "/services/T0AAA/B0BBB/revokedtoken"
+    async with SlackWebhook(SlackWebhookTarget(webhook_url=SecretStr(url))) as slack:
         result = await slack.preflight()
-    assert "404" in str(result["webhook"]) and "revoked" not in str(result["webhook"])
+    assert result["webhook_url"] is True
+    assert "404" in result["webhook"] and "revokedtoken" not in result["webhook"]
+    assert result["webhook"].kind == "auth"  # 404 no_service: the webhook is gone
     assert sandbox.slack_messages == []
+
+
+async def test_preflight_says_when_the_url_is_not_a_webhook(sandbox: SaasSandbox) -> None:
+    target = SlackWebhookTarget(webhook_url=SecretStr(sandbox.url + "/hooks/abc"))
+    async with SlackWebhook(target) as slack:
+        result = await slack.preflight()
+    assert result["webhook_url"].kind == "error"
+    assert "not an incoming-webhook URL" in result["webhook_url"] and "abc" not in str(result)
 
 
 async def test_429_with_retry_after_is_retried(mocked) -> None:

@@ -123,3 +123,18 @@ async def test_replication_lag_and_migration_checks_read_the_real_server(pgdb):
         [locks] = await dbc.migration_locks(db, pgdb.name)
     assert lag.status == "ok" and "replica" in lag.summary
     assert locks.status == "ok"
+
+
+def test_the_drill_ends_the_migration_and_passes():
+    import io
+
+    from rich.console import Console
+
+    from flows.drills.registry import load
+
+    card = load("database-down")(
+        approve_as="ci", console=Console(file=io.StringIO()), interactive=False, show=False
+    )
+    assert card.passed and card.outcome == "fixed" and card.severity == "P0", card
+    assert card.verdicts["first_finding"] == "met" and len(card.actions) == 1
+    assert card.approvals == ["approved by ci via cli-preapproved"]

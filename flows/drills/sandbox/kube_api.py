@@ -42,6 +42,8 @@ from flows.drills.sandbox.kube_objects import (
 
 __all__ = ["KubeApiServer", "RecordedRequest", "json_patch", "merge_patch", "strategic_merge"]
 
+_SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
 _ROUTE = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[\w.]+)/v1)/namespaces/(?P<ns>[^/]+)/(?P<resource>[a-z]+)"
     r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>scale|log))?$"
@@ -63,7 +65,8 @@ class KubeApiServer(KubeCluster):
     """An in-memory Kubernetes API on 127.0.0.1 and a free port; use as a context manager.
 
     ``token`` makes every request need ``Authorization: Bearer <token>`` (else 401);
-    ``forbid(verb, resource)`` makes RBAC refuse a verb (403); ``crashing_images`` lists
+    ``forbid(verb, resource[, namespace])`` makes RBAC refuse a verb (403), and
+    SelfSubjectAccessReviews answer the same question the same way; ``crashing_images`` lists
     images whose pods crash-loop; ``fail_next`` makes the next matching request fail.
     """
 
@@ -72,7 +75,7 @@ class KubeApiServer(KubeCluster):
         self.token = token
         self.url = ""
         self.requests: list[RecordedRequest] = []
-        self._forbidden: set[tuple[str, str]] = set()
+        self._forbidden: set[tuple[str, str, str | None]] = set()
         self._failures: list[list[Any]] = []
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -102,9 +105,13 @@ class KubeApiServer(KubeCluster):
         """The recorded requests that could change state (anything but GET)."""
         return [r for r in self.requests if r.method != "GET"]
 
-    def forbid(self, verb: str, resource: str) -> None:
-        """Makes RBAC refuse ``verb`` (get, list, patch, update, create) on ``resource``."""
-        self._forbidden.add((verb, resource))
+    def forbid(self, verb: str, resource: str, namespace: str | None = None) -> None:
+        """Makes RBAC refuse ``verb`` (get, list, patch, update, create) on ``resource``
+        (``deployments``, ``deployments/scale`` …), in ``namespace`` or in every one."""
+        self._forbidden.add((verb, resource, namespace))
+
+    def _allowed(self, verb: str, resource: str, namespace: str | None) -> bool:
+        return not {(verb, resource, None), (verb, resource, namespace)} & self._forbidden
 
     def fail_next(self, method: str, path_part: str, code: int = 500, times: int = 1) -> None:
         """Makes the next ``times`` requests whose path contains ``path_part`` answer ``code``."""
@@ -144,6 +151,14 @@ class KubeApiServer(KubeCluster):
                         raise ApiFailure(
                             failure[2], "InternalError", "Internal error occurred: injected failure"
                         )
+                if parts.path == _SSAR:
+                    if method != "POST":
+                        raise ApiFailure(
+                            405,
+                            "MethodNotAllowed",
+                            "the server does not allow this method on the requested resource",
+                        )
+                    return 201, self._access_review(body)  # a create answers 201 Created
                 return 200, self._route(method, parts.path, query, ctype, body)
             except ApiFailure as fail:
                 return fail.code, {
@@ -161,14 +176,6 @@ class KubeApiServer(KubeCluster):
     ) -> Any:
         if path.rstrip("/") == "/version":
             return VERSION
-        if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" and method == "POST":
-            attrs = body["spec"]["resourceAttributes"]
-            resource = "/".join(filter(None, (attrs["resource"], attrs.get("subresource"))))
-            allowed = (attrs["verb"], resource) not in self._forbidden
-            return {
-                **body,
-                "status": {"allowed": allowed, **({} if allowed else {"reason": "RBAC: denied"})},
-            }
         m = _ROUTE.match(path)
         if not m or m["resource"] not in KINDS or (m["group"] or "") != KINDS[m["resource"]][0]:
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
@@ -179,7 +186,7 @@ class KubeApiServer(KubeCluster):
             method, "create"
         )
         rbac = "/".join(filter(None, (resource, sub)))
-        if (verb, rbac) in self._forbidden:
+        if not self._allowed(verb, rbac, ns):
             raise ApiFailure(
                 403,
                 "Forbidden",
@@ -222,6 +229,52 @@ class KubeApiServer(KubeCluster):
         return self._store(
             resource, obj, self._apply(obj, method, ctype, body, f'{qualified} "{name}"')
         )
+
+    def _access_review(self, body: Any) -> dict[str, Any]:
+        """Answers a SelfSubjectAccessReview as kube-apiserver does with RBAC.
+
+        The spec is validated like ValidateSelfSubjectAccessReviewSpec (exactly one of
+        resourceAttributes or nonResourceAttributes, else 422). An allowed request says
+        which binding allows it; RBAC never denies, it only fails to allow, so a refusal
+        is ``allowed: false`` with no reason and no ``denied``.
+        """
+        spec = (body or {}).get("spec") if isinstance(body, dict) else None
+        spec = spec if isinstance(spec, dict) else {}
+        attrs, non_resource = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+        if (attrs is None) == (non_resource is None):
+            raise ApiFailure(
+                422,
+                "Invalid",
+                'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: spec: Invalid'
+                " value: null: exactly one of nonResourceAttributes or resourceAttributes"
+                " must be specified",
+            )
+        if attrs is not None:
+            resource = "/".join(filter(None, (attrs.get("resource"), attrs.get("subresource"))))
+            allowed = self._allowed(attrs.get("verb", ""), resource, attrs.get("namespace"))
+        else:  # system:discovery lets everyone read the discovery paths, nothing else
+            allowed = non_resource.get("verb") == "get" and non_resource.get("path") in (
+                "/version",
+                "/healthz",
+                "/livez",
+                "/readyz",
+                "/api",
+                "/apis",
+            )
+        service_account = USER.removeprefix("system:serviceaccount:").split(":")
+        status: dict[str, Any] = {"allowed": allowed}
+        if allowed:
+            status["reason"] = (
+                'RBAC: allowed by ClusterRoleBinding "oncall-runbooks" of ClusterRole'
+                f' "oncall-runbooks" to ServiceAccount "{service_account[1]}/{service_account[0]}"'
+            )
+        return {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": status,
+        }
 
     def _apply(
         self, obj: dict[str, Any], method: str, ctype: str | None, body: Any, what: str

@@ -195,3 +195,45 @@ class ConnectionExhaustion:
                 conn.close()
         for thread in self._threads:
             thread.join(timeout=2)
+
+
+class MigrationLock:
+    """Injects seed 000 Incident 3's "migrations causing locks": a schema migration (a
+    session named ``alembic``) holds ACCESS EXCLUSIVE on ``accounts`` in an open
+    transaction, and ``readers`` API sessions queue behind it: to the app, the database
+    is down."""
+
+    def __init__(self, app_dsn: str, readers: int = 4) -> None:
+        self.app_dsn = app_dsn
+        self.readers = readers
+        self._conns: list[psycopg.Connection] = []
+        self._threads: list[threading.Thread] = []
+        self.migration_pid: int | None = None
+        self.reader_pids: list[int] = []
+
+    def __enter__(self) -> MigrationLock:
+        migration = psycopg.connect(self.app_dsn, application_name="alembic")
+        self._conns.append(migration)
+        migration.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        self.migration_pid = migration.info.backend_pid
+        for _ in range(self.readers):
+            conn = psycopg.connect(self.app_dsn, application_name="api", autocommit=True)
+            self._conns.append(conn)
+            self.reader_pids.append(conn.info.backend_pid)
+            thread = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        time.sleep(0.2)
+        return self
+
+    @staticmethod
+    def _read(conn: psycopg.Connection) -> None:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT count(*) FROM accounts")
+
+    def __exit__(self, *exc_info: object) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
