@@ -31,7 +31,14 @@ from flows.kpi.parse import (
 from flows.kpi.reader import events_since, latest_artifacts, runbook_runs, server_settings
 from flows.prefect_api import PrefectAPI
 
-__all__ = ["ACK_EVENT", "RECEIVER_SOURCES", "Handoff", "ack_event", "read_handoff"]
+__all__ = [
+    "ACK_EVENT",
+    "RECEIVER_SOURCES",
+    "Handoff",
+    "ack_event",
+    "read_handoff",
+    "receiver_health",
+]
 
 ACK_EVENT = "oncall.handoff.acknowledged"
 RECEIVER_SOURCES = ("alertmanager", "sentry", "pagerduty", "generic")
@@ -110,7 +117,7 @@ def _line(inc: IncidentFacts, runs: list[RunbookRun], now: datetime) -> Incident
     )
 
 
-def _probe(config: Any) -> str:
+def receiver_health(config: Any) -> str:
     """The receiver's own word on itself, from its /healthz (where oncall.yaml says it is)."""
     rc = config.receiver
     host = "127.0.0.1" if rc.host in ("0.0.0.0", "::") else rc.host
@@ -245,7 +252,7 @@ def read_handoff(
         alerting=Alerting(
             last_alert=last_alert,
             last_joined=max((t for e in joined if (t := when(e.get("occurred")))), default=None),
-            receiver=_probe(config),
+            receiver=receiver_health(config),
             sweep_last_run=when((last or {}).get("start_time")),
             sweep_last_state=((last or {}).get("state") or {}).get("type"),
             sweep_last_completed=when((done or {}).get("end_time")),

@@ -64,10 +64,16 @@ def _sla(labels: dict[str, Any], severity: Severity, acked: bool) -> Sla:
     if "oncall.opened_at" not in labels:  # a run from before the labels: today's table
         default = DEFAULT_SLA[severity]
         return default.model_copy(update={"acknowledge": None}) if acked else default
-    values = {}
+    values: dict[str, float | None] = {}
     for name in _TARGETS:
         raw = str(labels.get(f"oncall.sla.{name}_s", "none"))
-        values[name] = None if raw in ("none", "") else float(raw)
+        try:
+            target = None if raw in ("none", "") else float(raw)
+        except ValueError:  # anyone who reaches the API can write labels: not a number
+            target = getattr(DEFAULT_SLA[severity], name)
+        if target is not None and not 0 <= target < float("inf"):
+            target = getattr(DEFAULT_SLA[severity], name)
+        values[name] = target
     return Sla(**values)
 
 
@@ -194,7 +200,7 @@ def gates_from(events: Iterable[dict[str, Any]]) -> tuple[list[Gate], list[Gate]
             continue
         decided = when(payload.get("decided_at")) or when(event.get("occurred"))
         channel = str(payload.get("channel") or "")
-        if decided is None:
+        if decided is None or not str(event.get("event")).startswith("oncall.approval."):
             continue
         # The newest undecided pause of this plan: each approval round has its own.
         waiting = next(

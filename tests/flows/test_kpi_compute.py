@@ -31,7 +31,7 @@ from flows.kpi.parse import (
     notifications_from,
     postmortem_from,
 )
-from flows.kpi.render import duration, report_markdown
+from flows.kpi.render import duration, report_markdown, table
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(days=7)
@@ -412,3 +412,66 @@ def test_the_markdown_has_every_section_and_readable_durations():
         "2h 05m",
         "1d 01h",
     ]
+
+
+def test_hostile_labels_events_and_titles_neither_crash_the_report_nor_break_its_tables():
+    """Anyone who reaches the Prefect API can write labels, events and run names."""
+    labels = {
+        "oncall.opened_at": "yesterday",
+        "oncall.acked_at": "2026-12-01T10:02:00",  # no zone: read as UTC
+        "oncall.sla.acknowledge_s": "soon",
+        "oncall.sla.resolve_s": "-5",
+        "oncall.sla.status_update_s": "nan",
+    }
+    inc = incident_from_run(_run(labels=labels, name="INC-7 P1 a | b\n# heading"))
+    assert inc.opened_at == datetime(2026, 12, 1, 9, 59, 59, tzinfo=UTC)  # the run's start
+    assert inc.acked_at == datetime(2026, 12, 1, 10, 2, tzinfo=UTC)
+    assert inc.sla.acknowledge == DEFAULT_SLA[Severity.P1].acknowledge
+    assert inc.sla.resolve == DEFAULT_SLA[Severity.P1].resolve
+    assert inc.sla.status_update == DEFAULT_SLA[Severity.P1].status_update
+    events = [
+        _event("oncall.incident.notify", _at(1), "r1", channel=None, ok="yes"),
+        _event("oncall.gate.waiting", _at(2), "r1", plan_id="p", waiting_since="never"),
+        _event("oncall.approval.approved", _at(3), "r1", plan_id=None, decided_at=42),
+        {"event": "oncall.incident.notify", "occurred": "not a time", "payload": {}},
+    ]
+    notifications_from(events)
+    gates, immediate = gates_from(events)
+    assert gates == [] and immediate == []
+    lines = table(["title"], [["a | b\n# heading"]])
+    assert len(lines) == 3 and all(line.count("|") == 2 for line in lines)
+
+
+def test_the_handoff_asks_the_receiver_itself_whether_it_answers():
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flows.config import ReceiverConfig
+    from flows.kpi.handoff import receiver_health
+
+    class Healthz(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ok", "prefect_reachable": True, "pending": 2}).encode()
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_port
+        said = receiver_health(OncallConfig(receiver=ReceiverConfig(host="0.0.0.0", port=port)))
+        assert (
+            said
+            == f"answering at http://127.0.0.1:{port}/healthz (prefect_reachable True, pending 2)"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    gone = receiver_health(OncallConfig(receiver=ReceiverConfig(port=port)))
+    assert gone.startswith(f"not answering at http://127.0.0.1:{port}/healthz")
