@@ -10,6 +10,7 @@ from flows.kpi.facts import Snapshot
 from flows.kpi.figures import Report
 from flows.kpi.handoff import Handoff, read_handoff
 from flows.kpi.reader import read_snapshot
+from flows.kpi.render import period
 from flows.prefect_api import PrefectAPI
 
 __all__ = [
@@ -70,8 +71,8 @@ def build_handoff(
 def summary_line(report: Report) -> str:
     """One line for the artifact's description: volume, P0/P1 response, recurrence, drills."""
     incidents = sum(s.incidents for s in report.severities)
-    days = (report.generated_at - report.since).total_seconds() / 86400
-    parts = [f"{days:.0f} days: {incidents} incidents"]
+    back = period((report.generated_at - report.since).total_seconds())
+    parts = [f"{back}: {incidents} incidents"]
     for s in report.severities[:2]:
         if s.incidents:
             parts.append(

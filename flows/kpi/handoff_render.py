@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from flows.kpi.handoff import RECEIVER_SOURCES, Handoff
-from flows.kpi.render import duration, table
+from flows.kpi.render import duration, period, table
 
 __all__ = ["handoff_markdown"]
 
@@ -20,7 +20,7 @@ def _ago(at: datetime | None, now: datetime) -> str:
 
 def handoff_markdown(h: Handoff) -> str:
     now = h.generated_at
-    days = (now - h.since).total_seconds() / 86400
+    back = period((now - h.since).total_seconds())
     out = [f"# On-call handoff — {now:%Y-%m-%d %H:%M} UTC", "", "## Current issues", ""]
     if h.open:
         out += table(
@@ -61,7 +61,7 @@ def handoff_markdown(h: Handoff) -> str:
         )
     else:
         out.append("No gate is waiting for a decision.")
-    out += ["", f"## Recent incidents (last {days:.0f} days)", ""]
+    out += ["", f"## Recent incidents (last {back})", ""]
     if h.recent:
         out += table(
             [

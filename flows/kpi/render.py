@@ -12,7 +12,7 @@ from checks.sla import UPDATE_GAP_FACTOR
 from checks.trend import sparkline
 from flows.kpi.figures import Report, RunbookKpis, Stat, Tally
 
-__all__ = ["duration", "report_markdown", "table"]
+__all__ = ["duration", "period", "report_markdown", "table"]
 
 
 def duration(seconds: float | None) -> str:
@@ -27,6 +27,15 @@ def duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60:02d}m"
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def period(seconds: float) -> str:
+    """30 days, 1 day, 12 hours, 45 minutes: how far back a report or handoff looks."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{round(seconds)} seconds"
 
 
 def _cell(value: object) -> str:
@@ -80,10 +89,10 @@ def _drill(row: RunbookKpis) -> list[str]:
 
 def report_markdown(report: Report) -> str:
     """Every section of the report, in the seeds' order: respond, tell, learn, practise."""
-    days = (report.generated_at - report.since).total_seconds() / 86400
+    back = period((report.generated_at - report.since).total_seconds())
     scope = f"service {report.service}" if report.service else "all services"
     out = [
-        f"# On-call report — last {days:.0f} days",
+        f"# On-call report — last {back}",
         "",
         f"{_when(report.since)} → {_when(report.generated_at)} UTC · {scope}",
         "",

@@ -575,6 +575,21 @@ report:
     assert "Traceback" not in log.read_text()
 
 
+def test_report_writes_its_file_and_publishes_the_same_markdown(tmp_path, prefect_api):
+    out = tmp_path / "report.md"
+    done = _oncall("report", "--since", "2h", "--publish", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"wrote {out}\n"
+    text = out.read_text()
+    assert text.startswith("# On-call report — last 2 hours\n")
+    published = httpx.post(
+        f"{prefect_api}/artifacts/latest/filter",
+        json={"artifacts": {"key": {"any_": ["oncall-report"]}}},
+        timeout=30,
+    ).json()
+    assert published[0]["data"] == text and published[0]["type"] == "markdown"
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from flows.kpi.parse import (
     notifications_from,
     postmortem_from,
 )
-from flows.kpi.render import duration, report_markdown, table
+from flows.kpi.render import duration, period, report_markdown, table
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(days=7)
@@ -412,6 +412,8 @@ def test_the_markdown_has_every_section_and_readable_durations():
         "2h 05m",
         "1d 01h",
     ]
+    periods = [period(s) for s in (30 * 86400, 86400, 7200, 60, 5)]
+    assert periods == ["30 days", "1 day", "2 hours", "1 minute", "5 seconds"]
 
 
 def test_hostile_labels_events_and_titles_neither_crash_the_report_nor_break_its_tables():
