@@ -530,6 +530,9 @@ def server_stop() -> None:
 
 # The incident and intake commands register themselves on `app` (flows.cli_base).
 from flows import cli_incident, cli_intake  # noqa: E402,F401
+from flows.cli_kpi import register as _register_kpi  # noqa: E402
+
+_register_kpi(app)  # report, handoff
 
 
 def main() -> None:

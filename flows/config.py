@@ -34,6 +34,7 @@ __all__ = [
     "ReceiverConfig",
     "HealthConfig",
     "DrillsConfig",
+    "ReportConfig",
     "Verification",
     "OncallConfig",
     "Route",
@@ -222,6 +223,13 @@ class DrillsConfig(BaseModel):
     scenarios: list[str] = Field(
         default_factory=list, description="Scenarios to run (oncall drill --help); empty: all"
     )
+    freshness: Duration = Field(
+        default=32 * 86400.0,
+        gt=0,
+        description="A runbook whose last drill is older is stale in `oncall report` and"
+        " `oncall handoff` (default: monthly — the longest gap between monthly runs, 31"
+        " days, and a day's grace)",
+    )
 
     @field_validator("scenarios")
     @classmethod
@@ -232,6 +240,16 @@ class DrillsConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown drill(s) {', '.join(unknown)} (known: {', '.join(DRILLS)})")
         return list(dict.fromkeys(names))
+
+
+class ReportConfig(BaseModel):
+    """The scheduled KPI report (the ``kpi-report`` deployment, ``oncall report``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    cron: str = Field(default="0 7 * * 1", description="When (default: weekly, Mondays 07:00 UTC)")
+    since: Duration = Field(default=30 * 86400.0, gt=0, description="The period it covers")
 
 
 class OncallConfig(BaseModel):
@@ -251,6 +269,7 @@ class OncallConfig(BaseModel):
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     drills: DrillsConfig = Field(default_factory=DrillsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     severity_rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Extra rules, added to the seeds' defaults"
     )

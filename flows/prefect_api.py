@@ -234,3 +234,50 @@ class PrefectAPI:
         """Forces a flow run into a state (e.g. CRASHED for a run whose process is gone)."""
         body = {"state": {"type": state_type, "message": message}, "force": True}
         return self._call("POST", f"/flow_runs/{run_id}/set_state", json=body).json()
+
+    # --- what reports read and write (flows/kpi): the same REST API, page by page ---------
+
+    def all_flow_runs(self, body: dict[str, Any], page: int = 200) -> list[dict[str, Any]]:
+        """Every flow run the filter matches (Prefect answers at most 200 per call)."""
+        runs: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while True:
+            batch = self.flow_runs({**body, "limit": page, "offset": offset})
+            for run in batch:  # a run created meanwhile shifts the pages: count each once
+                runs.setdefault(run["id"], run)
+            if len(batch) < page:
+                return list(runs.values())
+            offset += page
+
+    def all_events(self, event_filter: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every event the filter matches, oldest first unless it says otherwise (pages of 50)."""
+        page = self._call(
+            "POST", "/events/filter", json={"filter": event_filter, "limit": 50}
+        ).json()
+        events = list(page.get("events", []))
+        while page.get("next_page"):
+            # Follow the token on our own base URL (the link names the server as it saw itself).
+            token = httpx.URL(page["next_page"]).params.get("page-token")
+            if not token:
+                break
+            page = self._call("GET", "/events/filter/next", params={"page-token": token}).json()
+            events += page.get("events", [])
+        return events
+
+    def emit_events(self, events: list[dict[str, Any]]) -> None:
+        """Records events (each with ``id``, ``occurred``, ``event``, ``resource`` …)."""
+        self._call("POST", "/events", json=events)
+
+    def artifacts(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._call("POST", "/artifacts/filter", json=body).json()
+
+    def latest_artifacts(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The latest version of each artifact key the filter matches."""
+        return self._call("POST", "/artifacts/latest/filter", json=body).json()
+
+    def create_artifact(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/artifacts/", json=body).json()
+
+    def server_settings(self) -> dict[str, Any]:
+        """The server's own settings (retention of events and runs; secrets obscured)."""
+        return self._call("GET", "/admin/settings").json()

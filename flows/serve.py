@@ -2,8 +2,9 @@
 
 Deployments: ``incident/incident``, one per runbook (``db-connections/db-connections``
 …, started from the Prefect UI with a service name and validated parameters) and
-``health-sweep/health-sweep`` and ``drills/drills`` (game days, :mod:`flows.drills.schedule`)
-on their configured crons. Runs of these deployments
+``health-sweep/health-sweep``, ``drills/drills`` (game days, :mod:`flows.drills.schedule`)
+and ``kpi-report/kpi-report`` (the weekly report, :mod:`flows.kpi.flow`) on their configured
+crons. Runs of these deployments
 execute in this process's Prefect runner; ``prefect.yaml`` deploys the same flows to
 a work pool for workers on other machines. Ctrl-C / SIGTERM stops cleanly: the
 receiver stops taking requests, schedules are paused, spooled alerts stay on disk.
@@ -283,6 +284,19 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
                 tags=["oncall", "drills"],
                 concurrency_limit=1,  # one game day at a time: they share the machine
                 description="Game day in the sandbox; a failing drill opens a P3 incident.",
+            )
+        )
+    if config.report.enabled:
+        from flows.kpi.flow import kpi_report
+
+        deployments.append(
+            await kpi_report.ato_deployment(
+                "kpi-report",
+                cron=config.report.cron,
+                parameters={"config_path": config_path},
+                tags=["oncall", "report"],
+                concurrency_limit=1,
+                description="The on-call KPI report as the artifact oncall-report.",
             )
         )
     return deployments

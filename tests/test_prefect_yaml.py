@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.config import DrillsConfig, HealthConfig
+from flows.config import DrillsConfig, HealthConfig, ReportConfig
 from runbooks.catalog import RUNBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOWS_OF_OURS = {"incident", "health-sweep", "drills"}
+FLOWS_OF_OURS = {"incident", "health-sweep", "drills", "kpi-report"}
 
 
 def _document() -> dict[str, Any]:
@@ -87,13 +87,20 @@ def test_the_drills_keep_the_default_cron_and_never_overlap():
     assert drills["entrypoint"] == "flows/drills/schedule.py:drills"
 
 
+def test_the_kpi_report_keeps_the_default_cron_and_never_overlaps():
+    report = _deployments()["kpi-report"]
+    assert [s["cron"] for s in report["schedules"]] == [ReportConfig().cron]
+    assert report["concurrency_limit"] == 1
+    assert report["entrypoint"] == "flows/kpi/flow.py:kpi_report"
+
+
 async def test_serve_declares_the_same_scheduled_deployments_as_prefect_yaml(tmp_path):
     from flows.config import OncallConfig
     from flows.serve import build_deployments
 
     built = {d.name: d for d in await build_deployments(OncallConfig(), str(tmp_path / "x"))}
     assert set(built) == set(_deployments())
-    for name in ("health-sweep", "drills"):
+    for name in ("health-sweep", "drills", "kpi-report"):
         declared = _deployments()[name]
         crons = [s.schedule.cron for s in built[name].schedules]
         assert crons == [s["cron"] for s in declared["schedules"]], name

@@ -88,7 +88,8 @@ CASES = {
         {"acknowledge": "1m", "resolve": "4h"},
         "breached",
     ),
-    "P3 has no resolution SLA": (Severity.P3, 60, 10**6, 10**6, None, "met"),
+    "P3 resolved within its week (seed 002)": (Severity.P3, 60, 6 * 86400, 10**6, None, "met"),
+    "P3 resolved after a week": (Severity.P3, 60, 8 * 86400, 10**6, None, "breached"),
 }
 
 
