@@ -172,7 +172,7 @@ def run_cmd(
         spec = _spec(name)
         params = _params(spec, param or [])
         approve_as = _approver(approve_as, "--approve-as")
-        from flows.config import find_config, load_config
+        from flows.config_load import find_config, load_config
 
         path = find_config(config)
         loaded = load_config(path) if path is not None else None  # errors: exit 2, up front
@@ -406,7 +406,7 @@ def serve_cmd(
         # Prefect UI; the terminal gets one line per event from oncall serve itself.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
-        from flows.config import find_config, load_config
+        from flows.config_load import find_config, load_config
 
         path = find_config(config)
         if path is None:

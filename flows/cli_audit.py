@@ -58,7 +58,7 @@ def _prefect_events() -> list[dict[str, Any]] | None:
 
 def audit(incident: str | None, verify: bool, json_out: bool) -> None:
     """Lists every approval, rejection, refused decision and timeout (tamper-evident)."""
-    from flows.cli import _errors, _print_json
+    from flows.cli_base import _errors, _print_json
     from runbooks.engine.audit import audit_path, read
     from runbooks.engine.audit import verify as verify_chain
 
@@ -92,7 +92,7 @@ def audit(incident: str | None, verify: bool, json_out: bool) -> None:
 def _table(entries: list[dict[str, Any]], path: str) -> None:
     from rich.table import Table
 
-    from flows.cli import _console
+    from flows.cli_base import _console
 
     console = _console()
     if not entries:
@@ -120,7 +120,7 @@ def _table(entries: list[dict[str, Any]], path: str) -> None:
 
 
 def _verdict(problems: list[str], count: int, events: int | None) -> None:
-    from flows.cli import _console
+    from flows.cli_base import _console
 
     console = _console()
     against = (

@@ -72,7 +72,7 @@ def _open(
     that command, followed from here."""
     import asyncio
 
-    from flows.config import find_config, load_config
+    from flows.config_load import find_config, load_config
     from flows.intake import Intake, group, served
     from flows.spool import Spool, store_url
 

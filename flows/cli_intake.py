@@ -32,7 +32,7 @@ app.add_typer(intake_app, name="intake")
 
 
 def _store(config: str | None):
-    from flows.config import find_config, load_config
+    from flows.config_load import find_config, load_config
     from flows.spool import Spool, store_url
 
     path = find_config(config)

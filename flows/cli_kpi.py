@@ -50,7 +50,7 @@ def _since(text: str) -> float:
 
 
 def _config(path: str | None) -> Any:
-    from flows.config import find_config, load_config
+    from flows.config_load import find_config, load_config
 
     return load_config(find_config(path))
 

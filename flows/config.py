@@ -10,9 +10,7 @@ refused, so configuration files can be committed and shown.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
@@ -39,9 +37,6 @@ __all__ = [
     "OncallConfig",
     "Route",
     "Sla",
-    "configured_service",
-    "find_config",
-    "load_config",
     "parse_duration",
 ]
 
@@ -288,52 +283,3 @@ class OncallConfig(BaseModel):
 
     def sla_for(self, severity: Severity) -> Sla:
         return self.sla.get(severity) or DEFAULT_SLA[severity]
-
-
-# --- finding and loading -----------------------------------------------------------------
-
-
-def find_config(explicit: str | None = None) -> Path | None:
-    """``--config``, then ``$ONCALL_CONFIG``, then ``./oncall.yaml``; None when there is none."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"configuration file {explicit} does not exist")
-        return path
-    if env := os.environ.get("ONCALL_CONFIG"):
-        path = Path(env)
-        if not path.is_file():
-            raise ConfigError(f"ONCALL_CONFIG={env} does not exist")
-        return path
-    path = Path("oncall.yaml")
-    return path if path.is_file() else None
-
-
-def configured_service(name: str) -> Service:
-    """The service of that name in the oncall.yaml this process uses (``find_config``)."""
-    path = find_config()
-    if path is None:
-        raise ConfigError(
-            f"service {name!r} given by name, but there is no oncall.yaml"
-            " (set ONCALL_CONFIG, as `oncall serve` and prefect.yaml do)"
-        )
-    return load_config(path).service(name)
-
-
-def load_config(path: str | Path | None = None, *, text: str | None = None) -> OncallConfig:
-    """Reads, resolves and validates a configuration; one ConfigError naming file, line and
-    field for every problem, one per line (:mod:`flows.config_load`, which needs this
-    schema, does the work)."""
-    from flows.config_load import load_config as load
-
-    return load(path, text=text)
-
-
-def configured_policy() -> ApprovalPolicy:
-    """``approvals:`` of the oncall.yaml this process uses; the defaults when there is none.
-
-    The approval gate reads the policy here, where the run acts, on every path (CLI,
-    incidents, deployment runs on a worker): never from a flow parameter.
-    """
-    path = find_config()
-    return load_config(path).approvals if path is not None else ApprovalPolicy()

@@ -23,8 +23,17 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from flows.config import OncallConfig
 from integrations.errors import ConfigError, SecretError
+from integrations.service import Service
+from runbooks.engine.model import ApprovalPolicy
 
-__all__ = ["ConfigProblem", "check_config", "load_config"]
+__all__ = [
+    "ConfigProblem",
+    "check_config",
+    "configured_policy",
+    "configured_service",
+    "find_config",
+    "load_config",
+]
 
 
 class ConfigProblem(BaseModel):
@@ -282,3 +291,43 @@ def load_config(path: str | Path | None = None, *, text: str | None = None) -> O
         raise ConfigError("\n".join(str(p) for p in problems))
     assert config is not None
     return config
+
+
+# --- finding and loading -----------------------------------------------------------------
+
+
+def find_config(explicit: str | None = None) -> Path | None:
+    """``--config``, then ``$ONCALL_CONFIG``, then ``./oncall.yaml``; None when there is none."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"configuration file {explicit} does not exist")
+        return path
+    if env := os.environ.get("ONCALL_CONFIG"):
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"ONCALL_CONFIG={env} does not exist")
+        return path
+    path = Path("oncall.yaml")
+    return path if path.is_file() else None
+
+
+def configured_service(name: str) -> Service:
+    """The service of that name in the oncall.yaml this process uses (``find_config``)."""
+    path = find_config()
+    if path is None:
+        raise ConfigError(
+            f"service {name!r} given by name, but there is no oncall.yaml"
+            " (set ONCALL_CONFIG, as `oncall serve` and prefect.yaml do)"
+        )
+    return load_config(path).service(name)
+
+
+def configured_policy() -> ApprovalPolicy:
+    """``approvals:`` of the oncall.yaml this process uses; the defaults when there is none.
+
+    The approval gate reads the policy here, where the run acts, on every path (CLI,
+    incidents, deployment runs on a worker): never from a flow parameter.
+    """
+    path = find_config()
+    return load_config(path).approvals if path is not None else ApprovalPolicy()

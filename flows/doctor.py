@@ -299,8 +299,7 @@ def _print_table(console: Any, checks: list[TargetCheck]) -> None:
 
 def doctor(config: str | None, service: str | None, json_out: bool, console: Any) -> int:
     """``oncall doctor``: the exit status (2 broken file, 1 something missing, 0 ready)."""
-    from flows.config import find_config
-    from flows.config_load import check_config
+    from flows.config_load import check_config, find_config
 
     path = find_config(config)
     if path is None:

@@ -17,11 +17,12 @@ from prefect import tags
 from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 
-from flows.config import configured_policy
+from flows.config_load import configured_policy
 from flows.live_view import LiveView
 from runbooks.engine import live
 from runbooks.engine.gate import set_policy_source
 from runbooks.engine.guard import preapproval, seal_context, verified_os_identity
+from runbooks.engine.kernel import flow_of
 from runbooks.engine.model import RunbookReport, RunContext
 from runbooks.engine.runbook import Runbook
 
@@ -36,15 +37,6 @@ def quiet_prefect_console() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.setLevel(logging.WARNING)
-
-
-def ui_url(flow_run_id: str) -> str:
-    import os
-
-    from flows.server import DEFAULT_API_URL
-
-    api = os.environ.get("PREFECT_API_URL", DEFAULT_API_URL).rstrip("/")
-    return f"{api.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
 
 
 def run_runbook(
@@ -64,7 +56,7 @@ def run_runbook(
     from flows.server import wait_if_starting
 
     quiet_prefect_console()
-    flow = spec.flow
+    flow = flow_of(spec)
     wait_if_starting()  # a server the CLI started without waiting (first use)
     view = LiveView(
         console or Console(),

@@ -49,7 +49,8 @@ from checks.health import (
     sweep_http,
 )
 from checks.severity import DEFAULT_RULES, SeverityRule
-from flows.config import OncallConfig, find_config, load_config
+from flows.config import OncallConfig
+from flows.config_load import find_config, load_config
 from flows.intake import Opener, open_by_deployment, submit
 from flows.prefect_api import PrefectAPI
 from integrations.alerts import Alert

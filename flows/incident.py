@@ -30,7 +30,8 @@ from prefect.client.schemas.filters import (
 from prefect.context import FlowRunContext
 
 from checks.severity import DEFAULT_RULES, SeverityRule, classify
-from flows.config import OncallConfig, configured_policy, find_config, load_config
+from flows.config import OncallConfig
+from flows.config_load import configured_policy, find_config, load_config
 from flows.incident_launch import route
 from flows.incident_model import Incident
 from flows.incident_outage import Outage

@@ -52,9 +52,10 @@ class RunbookUse(NamedTuple):
 def runbook(name: str) -> RunbookUse:
     """The one place the incident reads the runbook catalog."""
     from runbooks.catalog import require
+    from runbooks.engine.kernel import flow_of
 
     found = require(name)
-    return RunbookUse(found.params, found.flow, found.diagnose)
+    return RunbookUse(found.params, flow_of(found), found.diagnose)
 
 
 def route(config: OncallConfig, alert: Alert) -> list[tuple[str, str, dict[str, Any]]]:

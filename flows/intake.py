@@ -208,7 +208,7 @@ def _config_or_none() -> Any:
     ``receiver.store`` is the store every receiver of this installation shares."""
     import logging
 
-    from flows.config import find_config, load_config
+    from flows.config_load import find_config, load_config
     from integrations.errors import ConfigError
 
     try:

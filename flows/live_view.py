@@ -35,7 +35,7 @@ from rich.text import Text
 
 from flows.render import approval_line, finding_line, plan_panel, result_line
 
-__all__ = ["LiveView", "Wait"]
+__all__ = ["LiveView", "Wait", "ui_url"]
 
 
 class Wait:
@@ -236,7 +236,6 @@ class LiveView:
     # -- the approval prompt -------------------------------------------------------------
 
     def _on_gate(self, gate: dict[str, Any]) -> None:
-        from flows.execute import ui_url
 
         run_id = gate.get("flow_run_id")
         waiting = Text(
@@ -328,3 +327,12 @@ def _answer(view: LiveView, gate: dict[str, Any], approved: bool) -> None:
         except Exception as exc:  # the flow keeps waiting; other channels still work
             view._print(Text(f"could not resume: {exc}", style="red"))
             return
+
+
+def ui_url(flow_run_id: str) -> str:
+    import os
+
+    from flows.server import DEFAULT_API_URL
+
+    api = os.environ.get("PREFECT_API_URL", DEFAULT_API_URL).rstrip("/")
+    return f"{api.removesuffix('/api')}/runs/flow-run/{flow_run_id}"

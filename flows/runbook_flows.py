@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.config import configured_policy, configured_service
+from flows.config_load import configured_policy, configured_service
 from runbooks.catalog import RUNBOOKS, require
+from runbooks.engine import kernel
 from runbooks.engine.gate import set_policy_source
-from runbooks.engine.kernel import set_service_resolver
 
 __all__ = ["flow_of"]
 
-set_service_resolver(configured_service)
+kernel.set_service_resolver(configured_service)
 set_policy_source(configured_policy)  # approvals: from this machine's oncall.yaml
 
 
 def flow_of(name: str) -> Any:
     """The Prefect flow of the runbook of that name (``db-connections``)."""
-    return require(name).flow
+    return kernel.flow_of(require(name))
 
 
 def __getattr__(entry: str) -> Any:

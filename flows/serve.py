@@ -34,7 +34,8 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
-from flows.config import OncallConfig, load_config
+from flows.config import OncallConfig
+from flows.config_load import load_config
 from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
 from flows.receiver import Dispatcher, create_app
@@ -44,6 +45,7 @@ from flows.spool import Spool, store_url
 from integrations.alerts import Alert
 from runbooks.catalog import runbooks
 from runbooks.engine import live
+from runbooks.engine.kernel import flow_of
 
 __all__ = ["LocalIncidents", "build_deployments", "exposure_warnings", "serve"]
 
@@ -253,7 +255,7 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
     from flows import runbook_flows
 
     for runbook in runbooks():
-        deployment = await runbook.flow.ato_deployment(
+        deployment = await flow_of(runbook).ato_deployment(
             runbook.name, tags=["oncall", f"runbook:{runbook.name}"], description=runbook.summary
         )
         # Runs import the flow through flows.runbook_flows, which resolves service names.

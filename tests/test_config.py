@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from flows.config import load_config
+from flows.config_load import load_config
 from integrations.errors import ConfigError
 from runbooks.catalog import RUNBOOKS
 

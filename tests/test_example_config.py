@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.config import load_config
+from flows.config_load import load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "oncall.example.yaml"
 

@@ -51,6 +51,7 @@ def _runbook_modules() -> set[str]:
 
 def test_every_runbook_module_is_registered_and_declares_its_runbook():
     from runbooks.catalog import RUNBOOKS, require
+    from runbooks.engine.kernel import flow_of
     from runbooks.engine.runbook import Runbook
 
     assert {m.removeprefix("runbooks.") for m in RUNBOOKS.values()} == _runbook_modules()
@@ -58,7 +59,8 @@ def test_every_runbook_module_is_registered_and_declares_its_runbook():
         runbook = require(name)
         assert isinstance(runbook, Runbook) and runbook.name == name
         assert runbook.summary.strip(), f"{name} needs a one-line summary"
-        assert runbook.flow.name == name and runbook.flow.description == runbook.summary
+        flow = flow_of(runbook)
+        assert flow.name == name and flow.description == runbook.summary
 
 
 def test_every_executor_is_a_guarded_remediation_keyed_by_a_typed_kind_with_its_undo():
@@ -94,86 +96,6 @@ def test_no_runbook_imports_another_and_runbook_modules_stay_prefect_free():
         others = sorted(m for m in imported if m in runbook_modules and m != f"runbooks.{stem}")
         assert others == [], f"runbooks/{stem}.py imports runbook(s) {others}: share via remedies/"
         assert "prefect" not in _imports(path), f"runbooks/{stem}.py imports prefect"
-
-
-def _module_imports(path: Path, package_modules: set[str]) -> set[str]:
-    """Product modules a module imports when it is imported (TYPE_CHECKING blocks and
-    imports inside functions run later, if at all, and are not part of the import graph)."""
-    tree = ast.parse(path.read_text())
-    found: set[str] = set()
-
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                visit(node.orelse)
-                continue
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-                found.update(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.If | ast.Try | ast.With):
-                for field in ("body", "orelse", "finalbody", "handlers"):
-                    for child in getattr(node, field, []) or []:
-                        visit(child.body if isinstance(child, ast.ExceptHandler) else [child])
-
-    visit(tree.body)
-    return {m for m in found if m in package_modules}
-
-
-def test_the_import_graph_of_the_product_has_no_cycles():
-    modules: dict[str, Path] = {}
-    for layer in LAYERS:
-        for path in _modules(layer):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-            modules[name.removesuffix(".__init__")] = path
-    graph = {name: _module_imports(path, set(modules)) - {name} for name, path in modules.items()}
-    for name in list(graph):  # importing a.b imports the package a first
-        graph[name] |= {
-            parent for dep in graph[name] for parent in _parents(dep) if parent in modules
-        } - {name, *_parents(name)}
-    cycles = _cycles(graph)
-    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
-
-
-def _parents(module: str) -> list[str]:
-    parts = module.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def strong(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for dep in sorted(graph.get(node, ())):
-            if dep not in index:
-                strong(dep)
-                low[node] = min(low[node], low[dep])
-            elif dep in on_stack:
-                low[node] = min(low[node], index[dep])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                top = stack.pop()
-                on_stack.discard(top)
-                component.append(top)
-                if top == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            strong(node)
-    return found
 
 
 def test_only_remediations_build_operators():
@@ -221,25 +143,17 @@ def test_every_runbook_flow_takes_a_service_or_its_name():
     import inspect
 
     from runbooks.catalog import runbooks
+    from runbooks.engine.kernel import flow_of
 
     for runbook in runbooks():
-        params = inspect.signature(runbook.flow.fn).parameters
+        params = inspect.signature(flow_of(runbook).fn).parameters
         assert list(params)[:2] == ["service", "params"]
         annotation = str(params["service"].annotation)
         assert "Service" in annotation and "str" in annotation, (runbook.name, annotation)
         assert runbook.params.__name__ in str(params["params"].annotation)
-        assert callable(runbook.flow.flow_run_name), f"{runbook.name} names runs with run_name()"
-
-
-# Cycles that exist outside the rooms that removed theirs (cli ↔ cli_incident is gone): each is
-# someone's to break. The test fails when a new cycle appears, and when a known one is broken
-# (so the entry goes too).
-KNOWN_CYCLES = [
-    {"flows.config", "flows.config_load"},
-    {"flows.execute", "flows.live_view"},
-    {"flows.drills.sandbox.saas", "flows.drills.sandbox.saas_routes"},
-    {"runbooks.engine.kernel", "runbooks.engine.runbook"},  # runbook.py imports kernel lazily
-]
+        assert callable(flow_of(runbook).flow_run_name), (
+            f"{runbook.name} names runs with run_name()"
+        )
 
 
 def _module_graph() -> dict[str, set[str]]:
@@ -296,11 +210,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
     return found
 
 
-def test_the_import_graph_of_the_product_has_no_new_cycles():
+def test_the_import_graph_of_the_product_has_no_cycles():
+    """Lazy imports count: two modules that import each other, even inside a function or
+    under TYPE_CHECKING, are one unit pretending to be two."""
     graph = _module_graph()
     assert "flows.cli_incident" in graph["flows.cli"]  # the graph sees lazy and late imports
-    cycles = _cycles(graph)
-    new = [sorted(c) for c in cycles if c not in KNOWN_CYCLES]
-    gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
-    assert new == [], f"import cycles: {new}"
-    assert gone == [], f"broken cycles still listed in KNOWN_CYCLES: {gone}"
+    cycles = [sorted(c) for c in _cycles(graph)]
+    assert cycles == [], f"import cycles: {cycles}"

@@ -28,7 +28,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from rich.console import Console
 
-from flows.config import OncallConfig, find_config, load_config
+from flows.config import OncallConfig
+from flows.config_load import find_config, load_config
 from flows.drills.gameday import GameDay, run_game_day
 from flows.drills.record import record_card, record_error, record_game_day
 from flows.drills.registry import DRILLS

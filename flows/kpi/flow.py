@@ -14,7 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import find_config, load_config, parse_duration
+from flows.config import parse_duration
+from flows.config_load import find_config, load_config
 from flows.kpi.build import REPORT_KEY, build_report, summary_line
 from flows.kpi.render import report_markdown
 from flows.prefect_api import PrefectAPI

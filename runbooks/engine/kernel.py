@@ -1,6 +1,6 @@
 """The life of every runbook run: diagnose → plan → gate → act → verify → report.
 
-:func:`execute` is the body of every runbook flow (:meth:`Runbook.as_flow`); it drives
+:func:`execute` is the body of every runbook flow (:func:`flow_of`); it drives
 one :class:`RunbookRun`, which keeps the bookkeeping (timings, events, the report
 artifact) so a runbook module only declares what is its own.
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.context import FlowRunContext
@@ -44,6 +45,7 @@ from runbooks.engine.verify import Judgement, Sample, Verdict, healthy, recovere
 __all__ = [
     "RunbookRun",
     "execute",
+    "flow_of",
     "resolve_service",
     "run_name",
     "set_service_resolver",
@@ -409,3 +411,65 @@ async def execute(
             runbook, service, params, Moment(phase=Phase.VERIFY, since=since, plan=plan)
         )
     return await run.finish()
+
+
+_flows: dict[str, Any] = {}
+
+
+def flow_of(runbook: Runbook[Any]) -> Any:
+    """The Prefect flow that runs this runbook through :func:`execute` (one per process)."""
+    if runbook.name in _flows:
+        return _flows[runbook.name]
+
+    async def run(
+        service: str | Service,
+        params: Any = None,
+        dry_run: bool = False,
+        approve_as: str | None = None,
+        context: RunContext | None = None,
+    ) -> RunbookReport:
+        return await execute(
+            runbook,
+            service,
+            params,
+            dry_run=dry_run,
+            approve_as=approve_as,
+            context=context,
+        )
+
+    # Concrete annotations, so Prefect's parameter schema (the UI form) and its
+    # validation know this runbook's params model.
+    annotations = {
+        "service": str | Service,
+        "params": runbook.params | None,
+        "dry_run": bool,
+        "approve_as": str | None,
+        "context": RunContext | None,
+    }
+    run.__annotations__ = {**annotations, "return": RunbookReport}
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=annotation,
+                default=param.default,
+            )
+            for (name, annotation), param in zip(
+                annotations.items(),
+                inspect.signature(run).parameters.values(),
+                strict=True,
+            )
+        ],
+        return_annotation=RunbookReport,
+    )
+    run.__name__ = run.__qualname__ = runbook.entry
+    run.__doc__ = runbook.summary
+    built = flow(
+        name=runbook.name,
+        flow_run_name=run_name(runbook.name),
+        description=runbook.summary,
+        log_prints=False,
+    )(run)
+    _flows[runbook.name] = built
+    return built

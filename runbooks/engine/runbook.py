@@ -6,15 +6,13 @@ action kind (with its undo, or why there is none) and what "fixed" means. Everyt
 runbook run does beyond that — the phases, the gate, events, artifacts, verification,
 the report — is the engine's (:mod:`runbooks.engine.kernel`), so no runbook repeats it.
 
-Declarations are Prefect-free: :meth:`Runbook.as_flow` imports Prefect when a run needs
-the flow. A wrong declaration fails when the module is imported, not at 3 a.m.
+Declarations are Prefect-free: :func:`runbooks.engine.kernel.flow_of` builds the flow when
+a run needs it. A wrong declaration fails when the module is imported, not at 3 a.m.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -31,8 +29,6 @@ from runbooks.engine.model import (
     Plan,
     Risk,
     RunbookParams,
-    RunbookReport,
-    RunContext,
 )
 from runbooks.engine.targets import Targets
 from runbooks.engine.verify import VerifyRule
@@ -172,67 +168,3 @@ class Runbook(BaseModel, Generic[P]):
                 *(timed(name, service.name, call) for name, call in checks.items())
             )
         return [finding for batch in batches for finding in batch]
-
-    @functools.cached_property
-    def flow(self) -> Any:
-        """This runbook's Prefect flow (built once per process)."""
-        return self.as_flow()
-
-    def as_flow(self) -> Any:
-        """Builds the async Prefect flow that runs this runbook through the engine."""
-        from prefect import flow
-
-        from runbooks.engine import kernel
-
-        runbook = self
-
-        async def run(
-            service: str | Service,
-            params: Any = None,
-            dry_run: bool = False,
-            approve_as: str | None = None,
-            context: RunContext | None = None,
-        ) -> RunbookReport:
-            return await kernel.execute(
-                runbook,
-                service,
-                params,
-                dry_run=dry_run,
-                approve_as=approve_as,
-                context=context,
-            )
-
-        # Concrete annotations, so Prefect's parameter schema (the UI form) and its
-        # validation know this runbook's params model.
-        annotations = {
-            "service": str | Service,
-            "params": self.params | None,
-            "dry_run": bool,
-            "approve_as": str | None,
-            "context": RunContext | None,
-        }
-        run.__annotations__ = {**annotations, "return": RunbookReport}
-        run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [
-                inspect.Parameter(
-                    name,
-                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                    annotation=annotation,
-                    default=param.default,
-                )
-                for (name, annotation), param in zip(
-                    annotations.items(),
-                    inspect.signature(run).parameters.values(),
-                    strict=True,
-                )
-            ],
-            return_annotation=RunbookReport,
-        )
-        run.__name__ = run.__qualname__ = self.entry
-        run.__doc__ = self.summary
-        return flow(
-            name=self.name,
-            flow_run_name=kernel.run_name(self.name),
-            description=self.summary,
-            log_prints=False,
-        )(run)

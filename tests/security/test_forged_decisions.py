@@ -173,7 +173,7 @@ async def test_an_unsealed_run_context_cannot_raise_severity_or_carry_a_policy(
         "    - {risk: risky, severities: [P0]}\n"
     )
     monkeypatch.setenv("ONCALL_CONFIG", str(config))
-    from flows.config import configured_policy
+    from flows.config_load import configured_policy
     from runbooks.engine import gate
 
     before = gate._policy_source

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-if TYPE_CHECKING:
-    from flows.drills.sandbox.saas import SaasSandbox
+# The sandbox these routes serve (flows.drills.sandbox.saas.SaasSandbox, which imports this
+# module: naming it here would make the two import each other).
+SaasSandbox = Any
 
 __all__ = ["add_routes", "error_answer", "now_iso"]
 
