@@ -64,7 +64,7 @@ async def _with_rates(
     if prom is None:
         return None
     now = datetime.now(UTC)
-    timed = sorted((d for d in deploys if d.created), key=lambda d: d.created)
+    timed = sorted(((d.created, d) for d in deploys if d.created), key=lambda pair: pair[0])
     horizon = now - timedelta(days=14)  # beyond a default Prometheus retention
 
     async def fill(d: Deploy, start: datetime, until: datetime) -> None:
@@ -74,9 +74,9 @@ async def _with_rates(
         d.error_after_pct = await error_rate_at(prom, promql, end, span) if span >= 2 else None
 
     jobs = [
-        fill(d, d.created, timed[i + 1].created if i + 1 < len(timed) else now)
-        for i, d in enumerate(timed)
-        if d.created and d.created > horizon
+        fill(d, created, timed[i + 1][0] if i + 1 < len(timed) else now)
+        for i, (created, d) in enumerate(timed)
+        if created > horizon
     ]
     try:
         await asyncio.gather(*jobs)

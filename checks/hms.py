@@ -73,6 +73,9 @@ async def token_validity(source: TokenSource, *, warn_seconds: float = 3600) -> 
         if can_sign
         else "issue a new one from the 100ms dashboard and redeploy"
     )
+    if token is None:
+        text = f"{where} holds no management token: {fix}"
+        return _finding("management_token", name, Status.CRITICAL, text, evidence, Severity.P1)
     try:
         expiry = token_expiry(token, soon=int(warn_seconds))
     except ConfigError as exc:
@@ -90,6 +93,7 @@ async def token_validity(source: TokenSource, *, warn_seconds: float = 3600) -> 
         ),
     }
     when = expiry.sentence.removeprefix("token ")
+    severity: Severity | None
     status, severity = Status.CRITICAL, Severity.P1
     if expiry.expired:
         text = f"The management token in {where} {when}: {fix}"
@@ -277,7 +281,7 @@ def _age(when: datetime | None, now: float) -> float | None:
 def _kube_changes(reader: KubernetesReader, window_s: float) -> tuple[str, list[dict[str, Any]]]:
     now = time.time()
     history = reader.revisions()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for previous, rev in zip([None, *history[:-1]], history, strict=True):
         rows.append(
             {

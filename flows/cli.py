@@ -545,7 +545,7 @@ def main() -> None:
     _exit(0)
 
 
-def _exit(code: object) -> NoReturn:
+def _exit(code: str | int | None) -> NoReturn:
     """Exits; after a command that imported Prefect, without the interpreter's teardown.
 
     Tearing down the ~3,000 modules a flow run loads took ~0.6 s after the command's last

@@ -59,6 +59,8 @@ __all__ = [
     "RedisQueueStats",
     "RedisQueueTarget",
     "StreamGroup",
+    "entries",
+    "text",
     "translate_redis_error",
 ]
 

@@ -249,11 +249,12 @@ class KubeApiServer(KubeCluster):
                 " value: null: exactly one of nonResourceAttributes or resourceAttributes"
                 " must be specified",
             )
-        if attrs is not None:
+        if isinstance(attrs, dict):
             resource = "/".join(filter(None, (attrs.get("resource"), attrs.get("subresource"))))
             allowed = self._allowed(attrs.get("verb", ""), resource, attrs.get("namespace"))
         else:  # system:discovery lets everyone read the discovery paths, nothing else
-            allowed = non_resource.get("verb") == "get" and non_resource.get("path") in (
+            asked = non_resource if isinstance(non_resource, dict) else {}
+            allowed = asked.get("verb") == "get" and asked.get("path") in (
                 "/version",
                 "/healthz",
                 "/livez",
