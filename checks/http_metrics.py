@@ -26,6 +26,7 @@ from checks import postgres as pg
 from checks._changes import DeployEvent, Rise, change_timeline, deploy_events, rise_start
 from checks._helpers import finding
 from checks._promql import DEFAULT_PROMQL, PromQL, Signal, current_value, judge, metrics_check
+from checks.evidence.http import CapacityEvidence, ErrorRateEvidence, LatencyEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.errors import TargetError
 from integrations.http import async_client, request
@@ -68,7 +69,7 @@ async def error_rate(
     """The share of 5xx answers over the rate window (seed 000 Part H: >10 % P0, 5-10 % P1)."""
     ratio = await current_value(prom, q.error_ratio())
     rps = await current_value(prom, q.render("http_requests"))
-    evidence = {"error_ratio": ratio, "requests_per_s": rps, "query": q.error_ratio()}
+    evidence = ErrorRateEvidence(error_ratio=ratio, requests_per_s=rps, query=q.error_ratio())
     if ratio is None:
         why = "no requests in the window" if rps == 0 else "no http request series matched"
         return [
@@ -95,7 +96,7 @@ async def latency(
     p50, p95, p99 = await asyncio.gather(
         *(current_value(prom, q.quantile(x)) for x in (0.5, 0.95, 0.99))
     )
-    evidence = {"p50_s": p50, "p95_s": p95, "p99_s": p99, "query": q.quantile(0.95)}
+    evidence = LatencyEvidence(p50_s=p50, p95_s=p95, p99_s=p99, query=q.quantile(0.95))
     if p95 is None:
         return [
             finding(
@@ -269,26 +270,26 @@ async def capacity(*, kube: Any = None, docker: Any = None, target: str) -> list
     """How many replicas run now, for a scale-out plan (Kubernetes deployment or compose)."""
     if kube is not None:
         dep = await asyncio.to_thread(kube.deployment)
-        evidence = {
-            "mechanism": "kubernetes",
-            "name": dep.name,
-            "namespace": dep.namespace,
-            "replicas": dep.desired,
-            "ready": dep.ready,
-        }
+        evidence = CapacityEvidence(
+            mechanism="kubernetes",
+            name=dep.name,
+            namespace=dep.namespace,
+            replicas=dep.desired,
+            ready=dep.ready,
+        )
         name = f"deployment {dep.namespace}/{dep.name}"
     else:
         members = await asyncio.to_thread(docker.service_containers)
         running = sum(c.running for c in members)
         t = docker.target
-        evidence = {
-            "mechanism": "docker",
-            "project": t.compose_project,
-            "service": t.compose_service,
-            "replicas": running,
-            "ready": running,
-        }
+        evidence = CapacityEvidence(
+            mechanism="docker",
+            project=t.compose_project,
+            service=t.compose_service,
+            replicas=running,
+            ready=running,
+        )
         name = f"compose service {t.compose_project}/{t.compose_service}"
-    short = evidence["ready"] < evidence["replicas"]
-    summary = f"{name}: {evidence['ready']} of {evidence['replicas']} replicas ready"
+    short = evidence.ready < evidence.replicas
+    summary = f"{name}: {evidence.ready} of {evidence.replicas} replicas ready"
     return [finding("capacity", target, Status.WARN if short else Status.OK, summary, evidence)]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from checks import hms
+from checks.evidence.providers import ProviderEvidence
 from checks.findings import Finding, Severity
 from checks.hms import TokenSource
 from integrations.docker import DockerOperator, DockerReader, DockerTarget
@@ -241,8 +242,8 @@ def _rotation(
 
 
 def _fallback(service: Service, page: Finding, params: HmsFailuresParams) -> Action:
-    provider = page.evidence["provider"]
-    down = page.evidence.get("state") == "down"
+    seen = page.evidence_as(ProviderEvidence)
+    provider, down = seen.provider, seen.state == "down"
     every = UPDATE_EVERY[page.severity or Severity.P2]
     if down:
         title = "Video sessions unavailable"
@@ -289,7 +290,8 @@ def plan_remediation(
             {
                 "what": "100ms itself",
                 "reason": "an outage on 100ms's side: wait for recovery "
-                f"({page.evidence['page_url']}); report it to their support if it lasts",
+                f"({page.evidence_as(ProviderEvidence).page_url}); report it to their support"
+                " if it lasts",
             }
         )
         if params.post_status_page and service.statuspage is not None:
