@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
@@ -53,16 +53,24 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+class _Targeted(Protocol):
+    target: RedisQueueTarget
+
+
+S = TypeVar("S", bound=_Targeted)
+
+
+def translated(
+    method: Callable[Concatenate[S, P], Awaitable[R]],
+) -> Callable[Concatenate[S, P], Awaitable[R]]:
     """Wraps a client method so redis and socket errors leave it as our tree."""
 
     @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self = args[0]
+    async def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await method(*args, **kwargs)
+            return await method(self, *args, **kwargs)
         except (rx.RedisError, OSError) as exc:
-            target: RedisQueueTarget = self.target  # type: ignore[attr-defined]
+            target = self.target
             raise translate_redis_error(exc, target.label, target.secrets()) from exc
 
     return wrapper

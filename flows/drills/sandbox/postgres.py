@@ -74,9 +74,7 @@ class EmbeddedPostgres:
                 import pgserver
             except ImportError as exc:  # pragma: no cover - pgserver is a dependency
                 raise ConfigError("the drill needs the `pgserver` package") from exc
-            # pgserver makes its command wrappers (pg_ctl, initdb …) at import time, in a loop
-            # over the binaries it ships: its py.typed package cannot declare them.
-            self._pg_ctl = pgserver.pg_ctl  # type: ignore[attr-defined]
+            self._pg_ctl = pgserver.pg_ctl  # type: ignore[attr-defined]  # made at import time
             self._template = self._template_path()
             if self._template is not None and (self._template / "PG_VERSION").is_file():
                 try:
