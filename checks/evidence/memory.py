@@ -55,9 +55,10 @@ class MemoryTrendEvidence(MemoryEvidence):
 
 class AfterRestartEvidence(Evidence):
     """``memory_after_restart``: the fit of memory since the restart; ``suspect`` names the
-    deploy handed to rollback, which a leak that goes on points at."""
+    deploy handed to rollback, which a leak that goes on points at. Every fact is optional:
+    a finding with no series since the restart has only the query, or nothing."""
 
-    query: str
+    query: str | None = None
     kind: str | None = None
     reason: str | None = None
     slope_bytes_per_s: float | None = None
