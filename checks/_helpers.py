@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from checks.findings import Finding, Severity, Status
+from checks.findings import Evidence, Finding, Severity, Status
 
 __all__ = ["clock_utc", "finding"]
 
@@ -15,7 +15,7 @@ def finding(
     target: str,
     status: Status,
     summary: str,
-    evidence: dict[str, Any],
+    evidence: dict[str, Any] | Evidence,
     severity: Severity | None = None,
 ) -> Finding:
     """Builds a Finding from its parts in the order the checks list them."""
@@ -24,7 +24,7 @@ def finding(
         target=target,
         status=status,
         summary=summary,
-        evidence=evidence,
+        evidence=evidence.dump() if isinstance(evidence, Evidence) else evidence,
         severity=severity,
     )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import SecretStr
 
+from checks.evidence.hms import TokenApp
 from integrations.docker import DockerReader
 from integrations.errors import ConfigError, NotFound, ProviderError, TargetError
 from integrations.hms import HmsClient, HmsTarget, token_expiry
@@ -75,23 +76,21 @@ class TokenSource:
             return self.hms
         return self.hms.model_copy(update={"management_token": token})
 
-    async def app(self) -> dict[str, Any]:
+    async def app(self) -> TokenApp:
         """What reads the token: the deployment and its pods, or the containers."""
         if self.kubernetes is not None:
             reader = self.kubernetes
             pods = await asyncio.to_thread(reader.pods)
-            return {
-                "kind": "kubernetes",
-                "namespace": reader.target.namespace,
-                "deployment": reader.target.deployment,
-                "pods": [p.name for p in pods],
-            }
+            return TokenApp(
+                kind="kubernetes",
+                namespace=reader.target.namespace,
+                deployment=reader.target.deployment,
+                pods=[p.name for p in pods],
+            )
         if self.docker is not None:
-            return {
-                "kind": "docker",
-                "containers": await asyncio.to_thread(_containers, self.docker),
-            }
-        return {"kind": self.kind}
+            containers = await asyncio.to_thread(_containers, self.docker)
+            return TokenApp(kind="docker", containers=containers)
+        return TokenApp(kind=self.kind)
 
     async def accepted(self, warn_seconds: float) -> str | None:
         """Says so when the token the app reads is a valid management token 100ms accepts

@@ -8,45 +8,21 @@ with consumer groups through :class:`RedisQueueReader`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from checks.evidence.queues import QueueSample
 from integrations.rabbitmq import RabbitReader
 from integrations.redis_queue import RedisQueueReader
 
 __all__ = ["Snapshot", "rabbit_snapshot", "redis_snapshot"]
 
 
-class Snapshot(BaseModel):
-    """Two looks at one queue ``interval_s`` apart, the same shape for every broker."""
+class Snapshot(QueueSample):
+    """Two looks at one queue, with the failed jobs seen and what follows from the numbers."""
 
-    system: Literal["rabbitmq", "redis"]
-    kind: str = Field(description="rabbitmq queue, or the Redis kind: list, rq, celery, stream")
-    queue: str
-    target: str = Field(description="Where, without secrets")
-    depth: int = Field(description="Messages waiting now (streams: undelivered + pending)")
-    depth_before: int
-    interval_s: float
-    consumers: int | None = Field(description="None where the broker cannot tell (lists)")
-    consumers_source: str
-    publish_rate: float | None = None
-    consume_rate: float | None = Field(None, description="Acked (done) per second")
-    rates_source: str = "none"
-    redeliver_rate: float | None = None
-    unacked: int | None = None
-    dead_letter: str | None = None
-    dead_letter_depth: int | None = None
-    dead_letter_before: int | None = None
-    failed: int | None = Field(None, description="RQ failed-job registry size")
-    failed_before: int | None = None
     failed_jobs: list[dict[str, Any]] = Field(default_factory=list)
-    poison: int | None = Field(None, description="Stream entries delivered >= poison_min times")
-    poison_min: int | None = None
-    max_deliveries: int | None = None
-    oldest_age_s: float | None = None
-    oldest_age_source: str = "unknown"
-    notes: list[str] = Field(default_factory=list)
 
     @property
     def net_rate(self) -> float:
@@ -80,11 +56,15 @@ class Snapshot(BaseModel):
         return self.depth > 0 and not self.consume_rate and self.net_rate >= 0
 
     def evidence(self) -> dict[str, Any]:
-        """The numbers every finding carries, for the plan and the approver."""
-        data = self.model_dump(exclude={"failed_jobs"})
-        data.update(net_rate=round(self.net_rate, 3), drain_eta_s=self.drain_eta_s)
-        data.update(dead_letter_growth=self.dead_letter_growth, failed_growth=self.failed_growth)
-        return data
+        """The numbers every finding carries, for the plan and the approver: every field of
+        the sample (None where unknown) and what follows from them."""
+        return {
+            **{name: getattr(self, name) for name in QueueSample.model_fields},
+            "net_rate": round(self.net_rate, 3),
+            "drain_eta_s": self.drain_eta_s,
+            "dead_letter_growth": self.dead_letter_growth,
+            "failed_growth": self.failed_growth,
+        }
 
 
 async def rabbit_snapshot(reader: RabbitReader, interval: float) -> Snapshot:

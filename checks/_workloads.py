@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from checks.evidence.workloads import ContainerRow, ContainersEvidence, PodRow, PodsEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.docker import DockerReader
 from integrations.errors import TargetError
@@ -34,24 +35,22 @@ def scrub_log(text: str, secrets: list[str]) -> list[str]:
     return [_SECRET_PAIR.sub(rf"\1{MASK}", line) for line in text.splitlines()]
 
 
-def _pod_row(p: PodState) -> dict[str, Any]:
+def _pod_row(p: PodState) -> PodRow:
     c = p.containers[0] if p.containers else None
-    return {
-        "pod": p.name,
-        "phase": p.phase,
-        "ready": p.ready,
-        "restarts": p.restarts,
-        "state": c.state if c else None,
-        "reason": c.state_reason if c else None,
-        "last_termination": c.last_termination_reason if c else None,
-        "exit_code": c.last_termination_exit_code if c else None,
-        "last_terminated_at": c.last_terminated_at.isoformat()
-        if c and c.last_terminated_at
-        else None,
-        "oom_killed": any(x.oom_killed for x in p.containers),
-        "limits": c.limits if c else {},
-        "node": p.node,
-    }
+    return PodRow(
+        pod=p.name,
+        phase=p.phase,
+        ready=p.ready,
+        restarts=p.restarts,
+        state=c.state if c else None,
+        reason=c.state_reason if c else None,
+        last_termination=c.last_termination_reason if c else None,
+        exit_code=c.last_termination_exit_code if c else None,
+        last_terminated_at=c.last_terminated_at.isoformat() if c and c.last_terminated_at else None,
+        oom_killed=any(x.oom_killed for x in p.containers),
+        limits=c.limits if c else {},
+        node=p.node,
+    )
 
 
 async def kubernetes_workload(
@@ -78,19 +77,19 @@ async def kubernetes_workload(
     ]
     oom = [p.name for p in flapping if any(c.oom_killed for c in p.containers)]
     restarts = sum(p.restarts for p in flapping)
-    reasons = sorted({r["reason"] for r in rows if r["reason"]})
-    evidence: dict[str, Any] = {
-        "deployment": status.name,
-        "desired": status.desired,
-        "ready": status.ready,
-        "available": status.available,
-        "unavailable": status.unavailable,
-        "images": status.images,
-        "scaled_to_zero": status.desired == 0,
-        "all_unavailable": status.desired > 0 and status.available == 0,
-        "oom_killed": oom,
-        "pods": rows,
-    }
+    reasons = sorted({r.reason for r in rows if r.reason})
+    evidence = PodsEvidence(
+        deployment=status.name,
+        desired=status.desired,
+        ready=status.ready,
+        available=status.available,
+        unavailable=status.unavailable,
+        images=status.images,
+        scaled_to_zero=status.desired == 0,
+        all_unavailable=status.desired > 0 and status.available == 0,
+        oom_killed=oom,
+        pods=rows,
+    )
     where = f"deployment {status.namespace}/{status.name}"
     if status.desired == 0:
         state, sev, summary = Status.CRITICAL, Severity.P0, f"{where} is scaled to 0 replicas"
@@ -119,7 +118,7 @@ async def kubernetes_workload(
             target=where,
             status=state,
             summary=summary,
-            evidence=evidence,
+            evidence=evidence.dump(),
             severity=sev,
         )
     ]
@@ -202,19 +201,19 @@ async def docker_workload(
     ]
     running = [m for m in members if m.running and m.status == "running"]
     rows = [
-        {
-            "name": m.name,
-            "status": m.status,
-            "health": m.health,
-            "restart_count": m.restart_count,
-            "oom_killed": m.oom_killed,
-            "exit_code": m.exit_code,
-            "image": m.image,
-            "started_at": m.started_at.isoformat() if m.started_at else None,
-        }
+        ContainerRow(
+            name=m.name,
+            status=m.status,
+            health=m.health,
+            restart_count=m.restart_count,
+            oom_killed=m.oom_killed,
+            exit_code=m.exit_code,
+            image=m.image,
+            started_at=m.started_at.isoformat() if m.started_at else None,
+        )
         for m in members
     ]
-    evidence = {"containers": rows, "running": len(running), "none_running": not running}
+    evidence = ContainersEvidence(containers=rows, running=len(running), none_running=not running)
     if not members:
         state, sev, summary = Status.CRITICAL, Severity.P0, f"{t.label}: no containers at all"
     elif failing:
@@ -240,7 +239,7 @@ async def docker_workload(
             target=t.label,
             status=state,
             summary=summary,
-            evidence=evidence,
+            evidence=evidence.dump(),
             severity=sev,
         )
     ]

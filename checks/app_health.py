@@ -48,6 +48,8 @@ async def _probe(ep: HttpEndpoint, transport: Any) -> dict[str, Any]:
     secrets = list(headers.values())
     url = scrub(ep.url, secrets)
     start = time.perf_counter()
+    code: int | None
+    error: TargetError | None
     try:
         async with async_client(timeout=ep.timeout_s, transport=transport) as client:
             answer = await request(client, ep.method, ep.url, target=url, headers=headers)

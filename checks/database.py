@@ -13,8 +13,14 @@ import statistics
 import time
 from typing import Any
 
+from checks.evidence.postgres import (
+    Attempt,
+    ConnectivityEvidence,
+    LockHolder,
+    MigrationLocksEvidence,
+)
 from checks.findings import Finding, Severity, Status
-from checks.postgres import SESSIONS_SQL, _jsonable
+from checks.postgres import _jsonable, sessions
 from integrations.errors import AuthError, OncallError, ProviderError
 from integrations.postgres import PostgresReader, PostgresTarget
 
@@ -31,35 +37,40 @@ async def connectivity(
     target: PostgresTarget, *, attempts: int = 3, slow_ms: float = 1000.0
 ) -> list[Finding]:
     """Connects ``attempts`` times: refused, timing out, intermittent, slow or fine."""
-    tries: list[dict[str, Any]] = []
+    tries: list[Attempt] = []
     for _ in range(max(1, attempts)):
         t0 = time.perf_counter()
         try:
             async with PostgresReader(target) as db:
                 await db.fetch_one("SELECT 1 AS ok")
-            tries.append({"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 1)})
+            tries.append(Attempt(ok=True, ms=round((time.perf_counter() - t0) * 1000, 1)))
         except OncallError as exc:
             tries.append(
-                {
-                    "ok": False,
-                    "ms": round((time.perf_counter() - t0) * 1000, 1),
-                    "error": type(exc).__name__,
-                    "reason": str(exc),
-                    "slots_full": isinstance(exc, ProviderError) and exc.status == 53300,
-                    "auth": isinstance(exc, AuthError),
-                }
+                Attempt(
+                    ok=False,
+                    ms=round((time.perf_counter() - t0) * 1000, 1),
+                    error=type(exc).__name__,
+                    reason=str(exc),
+                    slots_full=isinstance(exc, ProviderError) and exc.status == 53300,
+                    auth=isinstance(exc, AuthError),
+                )
             )
-    failed = [t for t in tries if not t["ok"]]
-    evidence = {"attempts": tries, "connect_timeout_s": target.connect_timeout}
+    failed = [t for t in tries if not t.ok]
+
+    def evidence(**more: Any) -> dict[str, Any]:
+        return ConnectivityEvidence(
+            attempts=tries, connect_timeout_s=target.connect_timeout, **more
+        ).dump()
+
     name = target.name
     if len(failed) == len(tries):
         last = failed[-1]
         why = (
             "every connection slot is taken"
-            if last["slots_full"]
+            if last.slots_full
             else "credentials refused"
-            if last["auth"]
-            else last["reason"]
+            if last.auth
+            else last.reason
         )
         return [
             Finding(
@@ -67,11 +78,11 @@ async def connectivity(
                 target=name,
                 status=Status.CRITICAL,
                 summary=f"cannot connect ({len(tries)} of {len(tries)} attempts): {why}",
-                evidence={**evidence, "down": True},
+                evidence=evidence(down=True),
                 severity=Severity.P0,
             )
         ]
-    median = statistics.median(t["ms"] for t in tries if t["ok"])
+    median = statistics.median(t.ms for t in tries if t.ok)
     if failed:
         return [
             Finding(
@@ -79,8 +90,8 @@ async def connectivity(
                 target=name,
                 status=Status.CRITICAL,
                 summary=f"intermittent: {len(failed)} of {len(tries)} connection attempts failed"
-                f" ({failed[-1]['reason']})",
-                evidence={**evidence, "down": False},
+                f" ({failed[-1].reason})",
+                evidence=evidence(down=False),
                 severity=Severity.P1,
             )
         ]
@@ -91,7 +102,7 @@ async def connectivity(
                 target=name,
                 status=Status.WARN,
                 summary=f"connects slowly: {median:.0f} ms (median of {len(tries)})",
-                evidence={**evidence, "down": False, "median_ms": median},
+                evidence=evidence(down=False, median_ms=median),
                 severity=Severity.P2,
             )
         ]
@@ -101,7 +112,7 @@ async def connectivity(
             target=name,
             status=Status.OK,
             summary=f"connects in {median:.0f} ms (median of {len(tries)})",
-            evidence={**evidence, "down": False, "median_ms": median},
+            evidence=evidence(down=False, median_ms=median),
         )
     ]
 
@@ -174,33 +185,32 @@ async def migration_locks(
 ) -> list[Finding]:
     """Sessions holding a table's ACCESS EXCLUSIVE lock (DDL, a migration) that others wait on,
     or a migration tool's transaction open for long."""
-    sessions = [_jsonable(r) for r in await db.fetch(SESSIONS_SQL)]
-    by_pid = {s["pid"]: s for s in sessions}
+    found = await sessions(db)
     tables: dict[int, list[str]] = {}
     for row in await db.fetch(_EXCLUSIVE_SQL):
         tables.setdefault(row["pid"], []).append(row["relname"])
     waiting: dict[int, list[int]] = {}
-    for s in sessions:
-        for blocker in s["blocked_by"] or []:
-            waiting.setdefault(blocker, []).append(s["pid"])
+    for s in found:
+        for blocker in s.blocked_by:
+            waiting.setdefault(blocker, []).append(s.pid)
     holders = []
-    for pid, session in by_pid.items():
-        if database not in (None, session["datname"]) or session["own"]:
+    for session in found:
+        if database not in (None, session.datname) or session.own:
             continue
-        migrating = bool(MIGRATION_APPS.search(session.get("application_name") or ""))
-        held = tables.get(pid, [])
+        migrating = bool(MIGRATION_APPS.search(session.application_name or ""))
+        held = tables.get(session.pid, [])
         if not held and not migrating:
             continue
-        age = session.get("xact_age_s") or 0
-        if not waiting.get(pid) and (not migrating or age < older_than_s):
+        age = session.xact_age_s or 0
+        if not waiting.get(session.pid) and (not migrating or age < older_than_s):
             continue
         holders.append(
-            {
-                **session,
-                "tables": sorted(held),
-                "waiters": sorted(waiting.get(pid, [])),
-                "migration_app": migrating,
-            }
+            LockHolder(
+                **session.dump(),
+                tables=sorted(held),
+                waiters=sorted(waiting.get(session.pid, [])),
+                migration_app=migrating,
+            )
         )
     if not holders:
         return [
@@ -209,22 +219,22 @@ async def migration_locks(
                 target=db.target.name,
                 status=Status.OK,
                 summary="no migration or DDL lock is holding sessions up",
-                evidence={"holders": []},
+                evidence=MigrationLocksEvidence(holders=[]).dump(),
             )
         ]
-    holders.sort(key=lambda h: -len(h["waiters"]))
+    holders.sort(key=lambda h: -len(h.waiters))
     head = holders[0]
-    blocked = sum(len(h["waiters"]) for h in holders)
+    blocked = sum(len(h.waiters) for h in holders)
     status = Status.CRITICAL if blocked >= 3 else Status.WARN
-    what = f"on {', '.join(head['tables'])}" if head["tables"] else "in a long transaction"
+    what = f"on {', '.join(head.tables)}" if head.tables else "in a long transaction"
     return [
         Finding(
             check="migration_locks",
             target=db.target.name,
             status=status,
-            summary=f"pid {head['pid']} ({head['application_name'] or head['usename']}) holds a"
-            f" lock {what} for {head.get('xact_age_s') or 0:.0f}s; {blocked} session(s) wait",
-            evidence={"holders": holders, "blocked": blocked},
+            summary=f"pid {head.pid} ({head.application_name or head.usename}) holds a"
+            f" lock {what} for {head.xact_age_s or 0:.0f}s; {blocked} session(s) wait",
+            evidence=MigrationLocksEvidence(holders=holders, blocked=blocked).dump(),
             severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
         )
     ]

@@ -20,6 +20,13 @@ from typing import Any
 
 from checks._deploy_verdict import Deploy, DeployPolicy, Symptom, Verdict, assess
 from checks._helpers import finding
+from checks.evidence.deploys import (
+    DeployEvidence,
+    DockerContainer,
+    DockerWhere,
+    KubernetesWhere,
+    VercelWhere,
+)
 from checks.findings import Finding, Severity, Status
 from integrations.docker import DockerReader
 from integrations.errors import TargetError
@@ -64,7 +71,7 @@ async def _with_rates(
     if prom is None:
         return None
     now = datetime.now(UTC)
-    timed = sorted((d for d in deploys if d.created), key=lambda d: d.created)
+    timed = sorted(((d.created, d) for d in deploys if d.created), key=lambda pair: pair[0])
     horizon = now - timedelta(days=14)  # beyond a default Prometheus retention
 
     async def fill(d: Deploy, start: datetime, until: datetime) -> None:
@@ -74,9 +81,9 @@ async def _with_rates(
         d.error_after_pct = await error_rate_at(prom, promql, end, span) if span >= 2 else None
 
     jobs = [
-        fill(d, d.created, timed[i + 1].created if i + 1 < len(timed) else now)
-        for i, d in enumerate(timed)
-        if d.created and d.created > horizon
+        fill(d, created, timed[i + 1][0] if i + 1 < len(timed) else now)
+        for i, (created, d) in enumerate(timed)
+        if created > horizon
     ]
     try:
         await asyncio.gather(*jobs)
@@ -93,7 +100,7 @@ def _finding(
     deploys: list[Deploy],
     verdict: Verdict,
     policy: DeployPolicy,
-    where: dict[str, Any],
+    where: KubernetesWhere | DockerWhere | VercelWhere,
     symptom: Symptom | None,
     rates_problem: str | None,
 ) -> Finding:
@@ -111,20 +118,20 @@ def _finding(
             if good
             else f"nothing to roll back to: {verdict.no_good}"
         )
-    evidence = {
-        "incident_start": policy.incident_start.isoformat(),
-        "recent_since": policy.cutoff.isoformat(),
-        "deploys": [d.model_dump(mode="json") for d in reversed(deploys)],
-        "current": verdict.current.model_dump(mode="json") if verdict.current else None,
-        "suspect": verdict.suspect.model_dump(mode="json") if verdict.suspect else None,
-        "last_good": verdict.last_good.model_dump(mode="json") if verdict.last_good else None,
-        "confirmed": verdict.confirmed,
-        "no_good": verdict.no_good,
-        "symptom": symptom.text if symptom else None,
-        "where": where,
-    }
+    evidence = DeployEvidence(
+        incident_start=policy.incident_start.isoformat(),
+        recent_since=policy.cutoff.isoformat(),
+        deploys=list(reversed(deploys)),
+        current=verdict.current,
+        suspect=verdict.suspect,
+        last_good=verdict.last_good,
+        confirmed=verdict.confirmed,
+        no_good=verdict.no_good,
+        symptom=symptom.text if symptom else None,
+        where=where.dump(),
+    )
     if rates_problem:
-        evidence["error_rates"] = rates_problem
+        evidence.error_rates = rates_problem
     return finding(check, target, status, summary, evidence, severity)
 
 
@@ -169,12 +176,12 @@ async def kubernetes_deploys(
         )
     problem = await _with_rates(deploys, policy, prom, promql)
     verdict = assess(deploys, policy, symptom)
-    where = {
-        "deployment": status.name,
-        "namespace": status.namespace,
-        "replicas": status.desired,
-        "pods": [p.name for p in pods],
-    }
+    where = KubernetesWhere(
+        deployment=status.name,
+        namespace=status.namespace,
+        replicas=status.desired,
+        pods=[p.name for p in pods],
+    )
     return [
         _finding(
             "kubernetes_deploys",
@@ -238,10 +245,10 @@ async def docker_deploys(
     )
     problem = await _with_rates(deploys, policy, prom, promql)
     verdict = assess(deploys, policy, symptom)
-    where = {
-        "containers": [{"name": m.name, "image": m.image, "status": m.status} for m in members],
-        "compose": f"{t.compose_project}/{t.compose_service}" if t.compose_service else None,
-    }
+    where = DockerWhere(
+        containers=[DockerContainer(name=m.name, image=m.image, status=m.status) for m in members],
+        compose=f"{t.compose_project}/{t.compose_service}" if t.compose_service else None,
+    )
     return [_finding("docker_deploys", t.label, deploys, verdict, policy, where, symptom, problem)]
 
 
@@ -271,7 +278,7 @@ async def vercel_deploys(
     ]
     problem = await _with_rates(deploys, policy, prom, promql)
     verdict = assess(deploys, policy, None)
-    where = {"project": client.target.project, "name": client.target.name}
+    where = VercelWhere(project=client.target.project, name=client.target.name)
     return [
         _finding(
             "vercel_deploys",

@@ -6,15 +6,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 # Severity is defined with the alert model (the lowest layer that needs it) and re-exported.
 from integrations._severity import Severity
 from integrations.errors import OncallError, TargetError, Unreachable
 
-__all__ = ["Finding", "Severity", "Status", "timed", "worst"]
+__all__ = ["Evidence", "Finding", "Severity", "Status", "timed", "worst"]
 
 
 class Status(StrEnum):
@@ -42,6 +42,28 @@ _STATUS_RANK = {
     Status.ERROR: 3,
     Status.CRITICAL: 4,
 }
+
+
+class Evidence(BaseModel):
+    """A check's evidence, typed: the check builds one, the Finding keeps its dump (the JSON
+    that reports, events and the approver see) and a reader takes it back with
+    :meth:`Finding.evidence_as`.
+
+    A dump holds exactly the fields the check gave, so optional facts stay absent rather
+    than null, as in the dictionaries the checks wrote before they were typed.
+    """
+
+    @model_serializer(mode="wrap")
+    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if key in self.model_fields_set}
+
+    def dump(self) -> dict[str, Any]:
+        """The dictionary a Finding's ``evidence`` holds."""
+        return self.model_dump()
+
+
+E = TypeVar("E", bound=Evidence)
 
 
 class Finding(BaseModel):
@@ -72,6 +94,10 @@ class Finding(BaseModel):
             evidence={"error": kind, "unreachable": isinstance(exc, Unreachable)},
             duration_ms=duration_ms,
         )
+
+    def evidence_as(self, model: type[E]) -> E:
+        """The evidence, read through its typed model (a ValidationError if it is not one)."""
+        return model.model_validate(self.evidence)
 
     @property
     def unreachable(self) -> bool:

@@ -18,7 +18,14 @@ from typing import Any
 
 from checks._helpers import finding
 from checks._hms_token import TokenSource
-from checks.findings import Finding, Severity, Status
+from checks.evidence.hms import (
+    ApiCallsEvidence,
+    ImageChange,
+    RecentDeploysEvidence,
+    RoomsEvidence,
+    TokenEvidence,
+)
+from checks.findings import Evidence, Finding, Severity, Status
 from checks.providers import provider_status
 from integrations.docker import DockerReader
 from integrations.errors import (
@@ -60,43 +67,44 @@ async def token_validity(source: TokenSource, *, warn_seconds: float = 3600) -> 
     """Reads the app's management token where the app reads it: expired, expiring, wrong app."""
     where, name = source.where, source.hms.name
     can_sign = bool(source.hms.access_key and source.hms.app_secret)
-    evidence: dict[str, Any] = {"source": source.kind, "where": where, "can_regenerate": can_sign}
+    evidence = TokenEvidence(source=source.kind, where=where, can_regenerate=can_sign)
     if source.kind == "self-signed":
         text = f"The token the app uses is {where}; configure the service's kubernetes (secret) "
         return _finding(
             "management_token", name, Status.UNKNOWN, text + "or docker target", evidence
         )
     token = await source.read()
-    evidence["app"] = await source.app()
+    evidence.app = await source.app()
     fix = (
         "regenerate it from the app key and secret and roll the app"
         if can_sign
         else "issue a new one from the 100ms dashboard and redeploy"
     )
+    if token is None:
+        text = f"{where} holds no management token: {fix}"
+        return _finding("management_token", name, Status.CRITICAL, text, evidence, Severity.P1)
     try:
         expiry = token_expiry(token, soon=int(warn_seconds))
     except ConfigError as exc:
         text = f"{where} holds {exc}: {fix}"
         return _finding("management_token", name, Status.CRITICAL, text, evidence, Severity.P1)
     left = expiry.seconds_left
-    evidence |= {
-        "expires_at": expiry.expires_at.isoformat() if expiry.expires_at else None,
-        "seconds_left": round(left, 1) if left is not None else None,
-        "expired": expiry.expired,
-        "expiring_soon": expiry.expiring_soon,
-        "token_type": expiry.token_type,
-        "access_key_matches": (
-            expiry.access_key == source.hms.access_key if source.hms.access_key else None
-        ),
-    }
+    evidence.expires_at = expiry.expires_at.isoformat() if expiry.expires_at else None
+    evidence.seconds_left = round(left, 1) if left is not None else None
+    evidence.expired, evidence.expiring_soon = expiry.expired, expiry.expiring_soon
+    evidence.token_type = expiry.token_type
+    evidence.access_key_matches = (
+        expiry.access_key == source.hms.access_key if source.hms.access_key else None
+    )
     when = expiry.sentence.removeprefix("token ")
+    severity: Severity | None
     status, severity = Status.CRITICAL, Severity.P1
     if expiry.expired:
         text = f"The management token in {where} {when}: {fix}"
     elif expiry.token_type != "management":
         kind = expiry.token_type or "typeless"
         text = f"{where} holds a {kind} token, not a management token: {fix}"
-    elif evidence["access_key_matches"] is False:
+    elif evidence.access_key_matches is False:
         text = f"The token in {where} was signed for another app access key: {fix}"
     elif expiry.expiring_soon:
         status, severity = Status.WARN, Severity.P3
@@ -112,7 +120,7 @@ def _finding(
     target: str,
     status: Status,
     summary: str,
-    evidence: dict[str, Any],
+    evidence: Evidence,
     severity: Severity | None = None,
 ) -> list[Finding]:
     return [finding(check, target, status, summary.rstrip(".") + ".", evidence, severity)]
@@ -193,16 +201,16 @@ def _calls_finding(
     failed = total - counts.get("ok", 0)
     ok_latency = [c["latency_ms"] for c in calls if c["kind"] == "ok"]
     median = round(statistics.median(ok_latency), 1) if ok_latency else None
-    evidence: dict[str, Any] = {
-        "calls": calls,
-        "counts": counts,
-        "failed": failed,
-        "total": total,
-        "failure_pct": round(100.0 * failed / total, 1) if total else 0.0,
-        "median_latency_ms": median,
-        "max_latency_ms": max(ok_latency) if ok_latency else None,
-        "token_source": source.kind,
-    }
+    evidence = ApiCallsEvidence(
+        calls=calls,
+        counts=counts,
+        failed=failed,
+        total=total,
+        failure_pct=round(100.0 * failed / total, 1) if total else 0.0,
+        median_latency_ms=median,
+        max_latency_ms=max(ok_latency) if ok_latency else None,
+        token_source=source.kind,
+    )
     if failed == 0:
         status, severity = Status.OK, None
         if median is not None and median > latency_critical_ms:
@@ -212,11 +220,11 @@ def _calls_finding(
         verdict = {Status.OK: "", Status.WARN: ": slow", Status.CRITICAL: ": far too slow"}[status]
         summary = (
             f"{total} of {total} calls to 100ms answered, median {median:.0f} ms"
-            f" (max {evidence['max_latency_ms']:.0f} ms){verdict}"
+            f" (max {evidence.max_latency_ms or 0:.0f} ms){verdict}"
         )
         return _finding("api_calls", name, status, summary, evidence, severity)
     dominant = max((k for k in counts if k != "ok"), key=lambda k: counts[k])
-    evidence["error_kind"] = dominant
+    evidence.error_kind = dominant
     codes = sorted({c["status"] for c in calls if c["kind"] == dominant and c["status"]})
     code = f" (HTTP {', '.join(map(str, codes))})" if codes else ""
     why = ""
@@ -236,7 +244,7 @@ def _calls_finding(
         status, severity = Status.CRITICAL, Severity.P1
     else:
         status = Status.WARN
-        severity = Severity.P1 if evidence["failure_pct"] > failure_pct_p1 else Severity.P2
+        severity = Severity.P1 if evidence.failure_pct > failure_pct_p1 else Severity.P2
     scope = "" if failed == total else ", intermittently"
     summary = f"{failed} of {total} calls to 100ms failed ({mix}){scope}: {advice}"
     return _finding("api_calls", name, status, summary, evidence, severity)
@@ -249,13 +257,13 @@ async def room_usage(source: TokenSource, *, warn_pct: float = 80.0) -> list[Fin
     async with HmsClient(target) as hms:
         usage = await hms.room_usage()
     pct = round(100.0 * usage.utilisation, 1)
-    evidence = {
-        "active_rooms": usage.active_rooms,
-        "active_peers": usage.active_peers,
-        "limit": usage.limit,
-        "utilisation_pct": pct,
-        "room_ids": usage.room_ids[:20],
-    }
+    evidence = RoomsEvidence(
+        active_rooms=usage.active_rooms,
+        active_peers=usage.active_peers,
+        limit=usage.limit,
+        utilisation_pct=pct,
+        room_ids=usage.room_ids[:20],
+    )
     head = f"{usage.active_rooms} of {usage.limit} concurrent rooms in use ({pct:.0f}%)"
     if usage.over_limit:
         text = (
@@ -274,42 +282,37 @@ def _age(when: datetime | None, now: float) -> float | None:
     return round(now - when.timestamp(), 1) if when else None
 
 
-def _kube_changes(reader: KubernetesReader, window_s: float) -> tuple[str, list[dict[str, Any]]]:
+def _kube_changes(reader: KubernetesReader, window_s: float) -> tuple[str, list[ImageChange]]:
     now = time.time()
     history = reader.revisions()
-    rows = []
-    for previous, rev in zip([None, *history[:-1]], history, strict=True):
-        rows.append(
-            {
-                "revision": rev.revision,
-                "images": rev.images,
-                "previous_images": previous.images if previous else None,
-                "image_changed": previous is not None and previous.images != rev.images,
-                "at": rev.created.isoformat() if rev.created else None,
-                "age_s": _age(rev.created, now),
-                "current": rev.current,
-                "change_cause": rev.change_cause,
-            }
+    rows = [
+        ImageChange(
+            revision=rev.revision,
+            images=rev.images,
+            previous_images=previous.images if previous else None,
+            image_changed=previous is not None and previous.images != rev.images,
+            at=rev.created.isoformat() if rev.created else None,
+            age_s=_age(rev.created, now),
+            current=rev.current,
+            change_cause=rev.change_cause,
         )
-    where = f"deployment {reader.target.namespace}/{reader.target.deployment}"
-    return where, [r for r in rows if r["age_s"] is not None and r["age_s"] <= window_s] or rows[
-        -1:
+        for previous, rev in zip([None, *history[:-1]], history, strict=True)
     ]
+    where = f"deployment {reader.target.namespace}/{reader.target.deployment}"
+    return where, [r for r in rows if r.age_s is not None and r.age_s <= window_s] or rows[-1:]
 
 
-def _docker_changes(reader: DockerReader) -> tuple[str, list[dict[str, Any]]]:
-    now = time.time()
+def _docker_changes(reader: DockerReader) -> tuple[str, list[ImageChange]]:
     info = reader.container()
-    changed = bool(info.previous_image and info.previous_image != info.image)
-    row = {
-        "container": info.name,
-        "images": [info.image],
-        "previous_images": [info.previous_image] if info.previous_image else None,
-        "image_changed": changed,
-        "at": info.started_at.isoformat() if info.started_at else None,
-        "age_s": _age(info.started_at, now),
-        "current": True,
-    }
+    row = ImageChange(
+        container=info.name,
+        images=[info.image],
+        previous_images=[info.previous_image] if info.previous_image else None,
+        image_changed=bool(info.previous_image and info.previous_image != info.image),
+        at=info.started_at.isoformat() if info.started_at else None,
+        age_s=_age(info.started_at, time.time()),
+        current=True,
+    )
     return f"container {info.name}", [row]
 
 
@@ -324,20 +327,17 @@ async def recent_deploys(
         where, rows = await asyncio.to_thread(_kube_changes, reader, window_s)
     else:
         where, rows = await asyncio.to_thread(_docker_changes, reader)
-    recent = [
-        r for r in rows if r["image_changed"] and r["age_s"] is not None and r["age_s"] <= window_s
-    ]
+    recent = [r for r in rows if r.image_changed and r.age_s is not None and r.age_s <= window_s]
     minutes = window_s / 60
-    evidence: dict[str, Any] = {"where": where, "window_s": window_s, "changes": rows}
+    evidence = RecentDeploysEvidence(where=where, window_s=window_s, changes=rows)
     if recent:
-        last = recent[-1]
-        evidence["recent_change"] = last
-        label = f"revision {last['revision']}, " if "revision" in last else ""
+        last = evidence.recent_change = recent[-1]
+        label = f"revision {last.revision}, " if last.revision is not None else ""
         summary = (
-            f"{where} changed image {', '.join(last['previous_images'] or ['?'])} → "
-            f"{', '.join(last['images'])} {last['age_s'] / 60:.0f} min ago ({label}at "
-            f"{last['at'][11:16]} UTC): if 100ms calls fail since then, roll it back with the "
-            "`rollback` runbook"
+            f"{where} changed image {', '.join(last.previous_images or ['?'])} → "
+            f"{', '.join(last.images)} {(last.age_s or 0) / 60:.0f} min ago ({label}at "
+            f"{(last.at or '')[11:16]} UTC): if 100ms calls fail since then, roll it back with"
+            " the `rollback` runbook"
         )
     else:
         summary = f"No image change of {where} in the last {minutes:.0f} min"

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from checks import postgres as pg
 from checks._changes import DeployEvent, Rise, change_timeline, deploy_events, rise_start
 from checks._helpers import finding
 from checks._promql import DEFAULT_PROMQL, PromQL, Signal, current_value, judge, metrics_check
+from checks.evidence.http import CapacityEvidence, ErrorRateEvidence, LatencyEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.errors import TargetError
 from integrations.http import async_client, request
@@ -67,7 +69,7 @@ async def error_rate(
     """The share of 5xx answers over the rate window (seed 000 Part H: >10 % P0, 5-10 % P1)."""
     ratio = await current_value(prom, q.error_ratio())
     rps = await current_value(prom, q.render("http_requests"))
-    evidence = {"error_ratio": ratio, "requests_per_s": rps, "query": q.error_ratio()}
+    evidence = ErrorRateEvidence(error_ratio=ratio, requests_per_s=rps, query=q.error_ratio())
     if ratio is None:
         why = "no requests in the window" if rps == 0 else "no http request series matched"
         return [
@@ -94,7 +96,7 @@ async def latency(
     p50, p95, p99 = await asyncio.gather(
         *(current_value(prom, q.quantile(x)) for x in (0.5, 0.95, 0.99))
     )
-    evidence = {"p50_s": p50, "p95_s": p95, "p99_s": p99, "query": q.quantile(0.95)}
+    evidence = LatencyEvidence(p50_s=p50, p95_s=p95, p99_s=p99, query=q.quantile(0.95))
     if p95 is None:
         return [
             finding(
@@ -125,31 +127,43 @@ async def top_endpoints(
     """The endpoints failing most (``error_ratio``) or slowest (``p95``); one above ``warn`` is
     an isolated feature problem (seed 000 Part H: P2)."""
     check = "top_failing_endpoints" if signal == "error_ratio" else "slowest_endpoints"
+    # (name, the signal's value, the evidence row), worst first
+    ranked: list[tuple[str, float, dict[str, Any]]]
+    shown: Callable[[float], str]
     if signal == "error_ratio":
         ratio, errors, total = await asyncio.gather(
             prom.query(q.error_ratio(label)),
             prom.query(q.render("http_errors", label)),
             prom.query(q.render("http_requests", label)),
         )
-        rows = [
-            {
-                label: name,
-                "error_ratio": value,
-                "errors_per_s": errors.by(label).get(name, 0.0),
-                "requests_per_s": total.by(label).get(name),
-            }
+        failing = [
+            (name, value, errors.by(label).get(name, 0.0))
             for name, value in ratio.by(label).items()
             if math.isfinite(value)
         ]
-        rows.sort(key=lambda r: (r["errors_per_s"], r["error_ratio"]), reverse=True)
-        key, show = "error_ratio", lambda r: f"{r[label]} {_pct(r['error_ratio'])}"
+        failing.sort(key=lambda r: (r[2], r[1]), reverse=True)
+        ranked = [
+            (
+                name,
+                value,
+                {
+                    label: name,
+                    "error_ratio": value,
+                    "errors_per_s": errs,
+                    "requests_per_s": total.by(label).get(name),
+                },
+            )
+            for name, value, errs in failing
+        ]
+        shown, over = _pct, _pct(warn)
     else:
         p95 = await prom.query(q.quantile(0.95, label))
-        rows = [{label: n, "p95_s": v} for n, v in p95.by(label).items() if math.isfinite(v)]
-        rows.sort(key=lambda r: r["p95_s"], reverse=True)
-        key, show = "p95_s", lambda r: f"{r[label]} p95 {_secs(r['p95_s'])}"
-    rows = rows[:limit]
-    if not rows:
+        slow = [(n, v) for n, v in p95.by(label).items() if math.isfinite(v)]
+        slow.sort(key=lambda r: r[1], reverse=True)
+        ranked = [(n, v, {label: n, "p95_s": v}) for n, v in slow]
+        shown, over = (lambda v: f"p95 {_secs(v)}"), _secs(warn)
+    ranked = ranked[:limit]
+    if not ranked:
         return [
             finding(
                 check,
@@ -159,14 +173,14 @@ async def top_endpoints(
                 {"label": label},
             )
         ]
-    bad = [r for r in rows if r[key] >= warn]
-    listed = ", ".join(show(r) for r in (bad or rows)[:3])
+    bad = [r for r in ranked if r[1] >= warn]
+    listed = ", ".join(f"{name} {shown(value)}" for name, value, _ in (bad or ranked)[:3])
     summary = (
-        f"{len(bad)} endpoint(s) above {_pct(warn) if key == 'error_ratio' else _secs(warn)}: "
-        f"{listed}"
+        f"{len(bad)} endpoint(s) above {over}: {listed}"
         if bad
         else f"no endpoint above the threshold; worst: {listed}"
     )
+    rows = [row for _, _, row in ranked]
     return [
         finding(
             check,
@@ -256,26 +270,26 @@ async def capacity(*, kube: Any = None, docker: Any = None, target: str) -> list
     """How many replicas run now, for a scale-out plan (Kubernetes deployment or compose)."""
     if kube is not None:
         dep = await asyncio.to_thread(kube.deployment)
-        evidence = {
-            "mechanism": "kubernetes",
-            "name": dep.name,
-            "namespace": dep.namespace,
-            "replicas": dep.desired,
-            "ready": dep.ready,
-        }
+        evidence = CapacityEvidence(
+            mechanism="kubernetes",
+            name=dep.name,
+            namespace=dep.namespace,
+            replicas=dep.desired,
+            ready=dep.ready,
+        )
         name = f"deployment {dep.namespace}/{dep.name}"
     else:
         members = await asyncio.to_thread(docker.service_containers)
         running = sum(c.running for c in members)
         t = docker.target
-        evidence = {
-            "mechanism": "docker",
-            "project": t.compose_project,
-            "service": t.compose_service,
-            "replicas": running,
-            "ready": running,
-        }
+        evidence = CapacityEvidence(
+            mechanism="docker",
+            project=t.compose_project,
+            service=t.compose_service,
+            replicas=running,
+            ready=running,
+        )
         name = f"compose service {t.compose_project}/{t.compose_service}"
-    short = evidence["ready"] < evidence["replicas"]
-    summary = f"{name}: {evidence['ready']} of {evidence['replicas']} replicas ready"
+    short = evidence.ready < evidence.replicas
+    summary = f"{name}: {evidence.ready} of {evidence.replicas} replicas ready"
     return [finding("capacity", target, Status.WARN if short else Status.OK, summary, evidence)]

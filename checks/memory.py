@@ -31,6 +31,16 @@ from checks._memory_series import (
     memory_now,
     series_name,
 )
+from checks.evidence.memory import (
+    AfterRestartEvidence,
+    ContainerRuntime,
+    DeployCorrelationEvidence,
+    KubeRuntime,
+    MemoryEvidence,
+    MemoryTrendEvidence,
+    PodRuntime,
+    RestartsEvidence,
+)
 from checks.findings import Finding, Severity, Status
 from checks.trend import Point, Trend, TrendKind
 from integrations.prometheus import PrometheusClient
@@ -58,7 +68,7 @@ def _mib(value: float | None) -> str:
 
 def _none_found(check: str, target: str, promql: str) -> list[Finding]:
     text = f"no memory series found ({promql}); set service.promql['memory_bytes']"
-    return [finding(check, target, Status.UNKNOWN, text, {"query": promql})]
+    return [finding(check, target, Status.UNKNOWN, text, MemoryEvidence(query=promql))]
 
 
 def _judge_trend(
@@ -94,23 +104,23 @@ async def memory_trend(
     findings = []
     for v in series:
         t, fit, due = v.trend, v.trend.fit, v.trend.seconds_to_limit
-        evidence = {
-            "kind": str(t.kind),
-            "reason": t.reason,
-            "sparkline": t.sparkline,
-            "query": promql,
-            "series": v.name,
-            "current_bytes": v.current,
-            "baseline_bytes": v.baseline,
-            "limit_bytes": limit,
-            "limit_source": source,
-            "seconds_to_limit": due,
-            "slope_bytes_per_s": fit.slope if fit else None,
-            "r2": fit.r2 if fit else None,
-            "growth_start": v.growth_start,
-            "event_at": v.event_at,
-            "points": len(v.points),
-        }
+        evidence = MemoryTrendEvidence(
+            kind=str(t.kind),
+            reason=t.reason,
+            sparkline=t.sparkline,
+            query=promql,
+            series=v.name,
+            current_bytes=v.current,
+            baseline_bytes=v.baseline,
+            limit_bytes=limit,
+            limit_source=source,
+            seconds_to_limit=due,
+            slope_bytes_per_s=fit.slope if fit else None,
+            r2=fit.r2 if fit else None,
+            growth_start=v.growth_start,
+            event_at=v.event_at,
+            points=len(v.points),
+        )
         status, severity, text = _judge_trend(t, due, horizon_s, limit is not None)
         summary = f"{text} (now {_mib(v.current)})"
         findings.append(finding("memory_trend", v.name, status, summary, evidence, severity))
@@ -134,19 +144,15 @@ async def memory_usage(
         return _none_found("memory_usage", target, promql)
     findings = []
     for name, value in current.items():
-        evidence = {
-            "current_bytes": value,
-            "limit_bytes": limit,
-            "limit_source": source,
-            "query": promql,
-            "series": name,
-        }
+        evidence = MemoryEvidence(
+            current_bytes=value, limit_bytes=limit, limit_source=source, query=promql, series=name
+        )
         if not limit:
             text = f"{_mib(value)} in use; no memory limit known (runtime, app or promql)"
             findings.append(finding("memory_usage", name, Status.UNKNOWN, text, evidence))
             continue
         pct = 100.0 * value / limit
-        evidence["percent"] = round(pct, 1)
+        evidence.percent = round(pct, 1)
         status, severity = Status.OK, None
         if pct >= critical_pct:
             status, severity = Status.CRITICAL, Severity.P1
@@ -170,29 +176,30 @@ async def deploy_correlation(
     _, series = await analyse(prom, q, w, None)
     moving = [v for v in series if v.trend.kind in (TrendKind.LEAK, TrendKind.SPIKE)]
     if not moving:
+        nothing = DeployCorrelationEvidence()
         return [
-            finding("deploy_correlation", target, Status.OK, "no growth or jump to explain", {})
+            finding(
+                "deploy_correlation", target, Status.OK, "no growth or jump to explain", nothing
+            )
         ]
     first = min(moving, key=lambda v: v.event_at or 0)
     what = "growth" if first.trend.kind is TrendKind.LEAK else "the jump"
     if first.event_at is None:
         text = f"steady growth began before the {w.lookback_s:.0f}s window; widen lookback_seconds"
-        return [finding("deploy_correlation", target, Status.UNKNOWN, text, {"series": first.name})]
+        evidence = DeployCorrelationEvidence(series=first.name)
+        return [finding("deploy_correlation", target, Status.UNKNOWN, text, evidence)]
     end = time.time()
     events = await deploy_events(prom, q.deploys, end - w.lookback_s, end, w.step_s, revisions)
     deploy = matching_deploy(events, first.event_at, window_s, w.step_s)
-    evidence = {
-        "series": first.name,
-        "event_at": first.event_at,
-        "kind": str(first.trend.kind),
-        "deploys": [e.model_dump() for e in events[-5:]],
-    }
+    evidence = DeployCorrelationEvidence(
+        series=first.name, event_at=first.event_at, kind=str(first.trend.kind), deploys=events[-5:]
+    )
     if deploy is None:
         text = (
             f"{what} began at {clock_utc(first.event_at)}; no deploy in the {window_s:.0f}s before"
         )
         return [finding("deploy_correlation", target, Status.OK, text, evidence)]
-    evidence["deploy"] = deploy.model_dump()
+    evidence.deploy = deploy
     text = (
         f"{what} began at {clock_utc(first.event_at)}, {deploy.after(first.event_at)}:"
         " roll back with the rollback runbook"
@@ -211,7 +218,7 @@ async def restarts(
 ) -> list[Finding]:
     """Restarts and OOM kills from Kubernetes, Docker or a configured PromQL; OOM kills are P1
     (the service is degraded). With ``since``, only kills after that time count."""
-    evidence: dict[str, Any] = {}
+    evidence = RestartsEvidence()
     oom: list[str] = []
     count = 0
     if kube is not None:
@@ -230,22 +237,22 @@ async def restarts(
                     oom.append(pod.name)
                 count += c.restart_count if since is None else 0
             rows.append(
-                {
-                    "pod": pod.name,
-                    "restarts": pod.restarts,
-                    "ready": pod.ready,
-                    "oom_killed": any(c.oom_killed for c in pod.containers),
-                }
+                PodRuntime(
+                    pod=pod.name,
+                    restarts=pod.restarts,
+                    ready=pod.ready,
+                    oom_killed=any(c.oom_killed for c in pod.containers),
+                )
             )
-        evidence["kubernetes"] = {
-            "deployment": dep.name,
-            "namespace": dep.namespace,
-            "container": spec.name,
-            "memory_limit": spec.limits.get("memory"),
-            "memory_request": spec.requests.get("memory"),
-            "replicas": dep.desired,
-            "pods": rows,
-        }
+        evidence.kubernetes = KubeRuntime(
+            deployment=dep.name,
+            namespace=dep.namespace,
+            container=spec.name,
+            memory_limit=spec.limits.get("memory"),
+            memory_request=spec.requests.get("memory"),
+            replicas=dep.desired,
+            pods=rows,
+        )
     if docker is not None:
         t = docker.target
         infos = await asyncio.to_thread(
@@ -260,21 +267,21 @@ async def restarts(
             if c.oom_killed and recent:
                 oom.append(c.name)
             count += c.restart_count if since is None else 0
-        evidence["docker"] = [
-            {
-                "name": c.name,
-                "status": c.status,
-                "restarts": c.restart_count,
-                "oom_killed": c.oom_killed,
-                "memory_limit": c.memory_limit,
-            }
+        evidence.docker = [
+            ContainerRuntime(
+                name=c.name,
+                status=c.status,
+                restarts=c.restart_count,
+                oom_killed=c.oom_killed,
+                memory_limit=c.memory_limit,
+            )
             for c in infos
         ]
     if prom is not None and query and since is None:
         value = [s.value for s in (await prom.query(query)).samples if math.isfinite(s.value)]
         count += int(sum(value))
-        evidence["restarts_query"] = {"query": query, "value": sum(value)}
-    evidence.update(oom_killed=oom, restarts=count)
+        evidence.restarts_query = {"query": query, "value": sum(value)}
+    evidence.oom_killed, evidence.restarts = oom, count
     if oom:
         text = f"{len(oom)} OOM kill(s): {', '.join(oom[:5])}; the service is degraded"
         return [finding("restarts", target, Status.CRITICAL, text, evidence, Severity.P1)]
@@ -373,17 +380,17 @@ async def memory_after_restart(
         fit = t.fit
         rate = f"{(fit.slope if fit else 0) * 60 / MiB:+.1f} MiB/min"
         same = bool(leak_slope and fit and fit.slope >= 0.5 * leak_slope and fit.r2 >= w.min_r2)
-        evidence = {
-            "kind": str(t.kind),
-            "reason": t.reason,
-            "slope_bytes_per_s": fit.slope if fit else None,
-            "r2": fit.r2 if fit else None,
-            "points": len(tail),
-            "since": since,
-            "leak_slope_bytes_per_s": leak_slope,
-            "sparkline": t.sparkline,
-            "query": promql,
-        }
+        evidence = AfterRestartEvidence(
+            kind=str(t.kind),
+            reason=t.reason,
+            slope_bytes_per_s=fit.slope if fit else None,
+            r2=fit.r2 if fit else None,
+            points=len(tail),
+            since=since,
+            leak_slope_bytes_per_s=leak_slope,
+            sparkline=t.sparkline,
+            query=promql,
+        )
         name = series_name(series.labels)
         if t.kind is TrendKind.LEAK or same:
             text = f"leak persists: memory grows {rate} since the restart ({t.reason})"

@@ -11,6 +11,13 @@ from collections import Counter
 from datetime import date, datetime
 from typing import Any
 
+from checks.evidence.postgres import (
+    LockChain,
+    LockChainsEvidence,
+    SessionRow,
+    SessionsEvidence,
+    UtilisationEvidence,
+)
 from checks.findings import Finding, Severity, Status
 from integrations.errors import ProviderError
 from integrations.postgres import PostgresReader
@@ -23,6 +30,7 @@ __all__ = [
     "long_running_queries",
     "protected_reason",
     "reachability",
+    "sessions",
     "top_statements",
 ]
 
@@ -53,27 +61,28 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def protected_reason(session: dict[str, Any]) -> str | None:
+def protected_reason(session: SessionRow) -> str | None:
     """Why a session must never be cancelled or terminated by a runbook, or None."""
-    if session.get("own"):
+    if session.own:
         return "the runbook's own session"
-    backend = session.get("backend_type")
+    backend = session.backend_type
     if backend == "walsender":  # physical or logical replication: a standby or subscriber
         return "replication session"
     if backend not in (None, "client backend"):
         return f"{backend} process"
     # A superuser role usually has REPLICATION too (initdb's does): superuser comes first,
     # and a client session of a replication role is not itself a replication session.
-    if session.get("superuser"):
+    if session.superuser:
         return "superuser session"
-    if session.get("replication"):
+    if session.replication:
         return "session of a role with REPLICATION"
     return None
 
 
-async def _sessions(db: PostgresReader, database: str | None = None) -> list[dict[str, Any]]:
-    rows = [_jsonable(row) for row in await db.fetch(SESSIONS_SQL)]
-    return [r for r in rows if database is None or r["datname"] == database]
+async def sessions(db: PostgresReader, database: str | None = None) -> list[SessionRow]:
+    """Every backend of pg_stat_activity (of one database, if given), as SessionRows."""
+    rows = [SessionRow.model_validate(_jsonable(row)) for row in await db.fetch(SESSIONS_SQL)]
+    return [r for r in rows if database is None or r.datname == database]
 
 
 def _top(counter: Counter, n: int = 10) -> dict[str, int]:
@@ -89,28 +98,29 @@ async def connection_utilisation(
         " current_setting('superuser_reserved_connections')::int AS superuser_reserved,"
         " coalesce(current_setting('reserved_connections', true), '0')::int AS reserved"
     )
-    sessions = [s for s in await _sessions(db) if s["backend_type"] == "client backend"]
+    clients = [s for s in await sessions(db) if s.backend_type == "client backend"]
     usable = limits["max_connections"] - limits["superuser_reserved"] - limits["reserved"]
-    in_use = len(sessions)
+    in_use = len(clients)
     pct = round(100.0 * in_use / usable, 1) if usable > 0 else 100.0
+    severity: Severity | None
     if pct >= critical_pct:
         status, severity = Status.CRITICAL, Severity.P1
     elif pct >= warn_pct:
         status, severity = Status.WARN, Severity.P2
     else:
         status, severity = Status.OK, None
-    evidence = {
+    evidence = UtilisationEvidence(
         **limits,
-        "usable": usable,
-        "in_use": in_use,
-        "utilisation_pct": pct,
-        "by_state": _top(Counter(s["state"] or "unknown" for s in sessions)),
-        "by_user": _top(Counter(s["usename"] for s in sessions)),
-        "by_application": _top(Counter(s["application_name"] or "(none)" for s in sessions)),
-        "by_client": _top(Counter(s["client_addr"] or "local socket" for s in sessions)),
-        "by_database": _top(Counter(s["datname"] or "-" for s in sessions)),
-    }
-    top_state = next(iter(evidence["by_state"].items()), ("none", 0))
+        usable=usable,
+        in_use=in_use,
+        utilisation_pct=pct,
+        by_state=_top(Counter(s.state or "unknown" for s in clients)),
+        by_user=_top(Counter(s.usename for s in clients)),
+        by_application=_top(Counter(s.application_name or "(none)" for s in clients)),
+        by_client=_top(Counter(s.client_addr or "local socket" for s in clients)),
+        by_database=_top(Counter(s.datname or "-" for s in clients)),
+    )
+    top_state = next(iter(evidence.by_state.items()), ("none", 0))
     summary = (
         f"{in_use} of {usable} usable connections in use ({pct}%);"
         f" most are '{top_state[0]}' ({top_state[1]})"
@@ -121,7 +131,7 @@ async def connection_utilisation(
             target=db.target.name,
             status=status,
             summary=summary,
-            evidence=evidence,
+            evidence=evidence.dump(),
             severity=severity,
         )
     ]
@@ -133,12 +143,13 @@ async def idle_in_transaction(
     """Sessions idle inside an open transaction for longer than the threshold."""
     old = [
         s
-        for s in await _sessions(db, database)
-        if (s["state"] or "").startswith("idle in transaction")
-        and (s["state_age_s"] or 0) >= older_than_s
-        and not s["own"]
+        for s in await sessions(db, database)
+        if (s.state or "").startswith("idle in transaction")
+        and (s.state_age_s or 0) >= older_than_s
+        and not s.own
     ]
-    old.sort(key=lambda s: -(s["state_age_s"] or 0))
+    old.sort(key=lambda s: -(s.state_age_s or 0))
+    evidence = SessionsEvidence(older_than_s=older_than_s, sessions=old).dump()
     if not old:
         return [
             Finding(
@@ -146,7 +157,7 @@ async def idle_in_transaction(
                 target=db.target.name,
                 status=Status.OK,
                 summary=f"no session idle in transaction for {older_than_s:g}s or more",
-                evidence={"older_than_s": older_than_s, "sessions": []},
+                evidence=evidence,
             )
         ]
     status = Status.CRITICAL if len(old) >= 5 else Status.WARN
@@ -158,10 +169,10 @@ async def idle_in_transaction(
             status=status,
             summary=(
                 f"{len(old)} session(s) idle in transaction for {older_than_s:g}s or more;"
-                f" oldest pid {oldest['pid']} ({oldest['usename']}/"
-                f"{oldest['application_name'] or '-'}) for {oldest['state_age_s']:.0f}s"
+                f" oldest pid {oldest.pid} ({oldest.usename}/"
+                f"{oldest.application_name or '-'}) for {oldest.state_age_s or 0:.0f}s"
             ),
-            evidence={"older_than_s": older_than_s, "sessions": old},
+            evidence=evidence,
             severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
         )
     ]
@@ -173,13 +184,14 @@ async def long_running_queries(
     """Active queries running for longer than the threshold."""
     slow = [
         s
-        for s in await _sessions(db, database)
-        if s["state"] == "active"
-        and s["backend_type"] == "client backend"
-        and (s["query_age_s"] or 0) >= older_than_s
-        and not s["own"]
+        for s in await sessions(db, database)
+        if s.state == "active"
+        and s.backend_type == "client backend"
+        and (s.query_age_s or 0) >= older_than_s
+        and not s.own
     ]
-    slow.sort(key=lambda s: -(s["query_age_s"] or 0))
+    slow.sort(key=lambda s: -(s.query_age_s or 0))
+    evidence = SessionsEvidence(older_than_s=older_than_s, sessions=slow).dump()
     if not slow:
         return [
             Finding(
@@ -187,7 +199,7 @@ async def long_running_queries(
                 target=db.target.name,
                 status=Status.OK,
                 summary=f"no query running for {older_than_s:g}s or more",
-                evidence={"older_than_s": older_than_s, "sessions": []},
+                evidence=evidence,
             )
         ]
     top = slow[0]
@@ -198,9 +210,9 @@ async def long_running_queries(
             status=Status.WARN,
             summary=(
                 f"{len(slow)} query(ies) running for {older_than_s:g}s or more; longest pid"
-                f" {top['pid']} for {top['query_age_s']:.0f}s: {top['query'][:60]!r}"
+                f" {top.pid} for {top.query_age_s or 0:.0f}s: {(top.query or '')[:60]!r}"
             ),
-            evidence={"older_than_s": older_than_s, "sessions": slow},
+            evidence=evidence,
             severity=Severity.P2,
         )
     ]
@@ -208,9 +220,9 @@ async def long_running_queries(
 
 async def lock_chains(db: PostgresReader, database: str | None = None) -> list[Finding]:
     """Who blocks whom (pg_blocking_pids): root blockers and how many wait on each."""
-    sessions = await _sessions(db)
-    by_pid = {s["pid"]: s for s in sessions}
-    blocked = [s for s in sessions if s["blocked_by"] and database in (None, s["datname"])]
+    found = await sessions(db)
+    by_pid = {s.pid: s for s in found}
+    blocked = [s for s in found if s.blocked_by and database in (None, s.datname)]
     if not blocked:
         return [
             Finding(
@@ -218,10 +230,10 @@ async def lock_chains(db: PostgresReader, database: str | None = None) -> list[F
                 target=db.target.name,
                 status=Status.OK,
                 summary="no session is waiting on a lock held by another",
-                evidence={"chains": []},
+                evidence=LockChainsEvidence(chains=[]).dump(),
             )
         ]
-    parents = {s["pid"]: list(s["blocked_by"]) for s in blocked}
+    parents = {s.pid: list(s.blocked_by) for s in blocked}
 
     def roots_of(pid: int, seen: frozenset[int] = frozenset()) -> set[int]:
         if pid not in parents or pid in seen:
@@ -233,22 +245,19 @@ async def lock_chains(db: PostgresReader, database: str | None = None) -> list[F
 
     waiters: dict[int, list[int]] = {}
     for s in blocked:
-        for root in roots_of(s["pid"]):
-            waiters.setdefault(root, []).append(s["pid"])
-    chains = []
-    for root, waiting in sorted(waiters.items(), key=lambda kv: -len(kv[1])):
-        root_session = by_pid.get(root, {"pid": root, "state": "gone"})
-        longest = max((by_pid[w]["query_age_s"] or 0) for w in waiting)
-        chains.append(
-            {
-                "root": root_session,
-                "waiters": sorted(waiting),
-                "waiter_count": len(waiting),
-                "longest_wait_s": round(longest, 1),
-            }
+        for root in roots_of(s.pid):
+            waiters.setdefault(root, []).append(s.pid)
+    chains = [
+        LockChain(
+            root=by_pid.get(root) or SessionRow(pid=root, state="gone"),
+            waiters=sorted(waiting),
+            waiter_count=len(waiting),
+            longest_wait_s=round(max((by_pid[w].query_age_s or 0) for w in waiting), 1),
         )
-    total = sum(c["waiter_count"] for c in chains)
-    longest = max(c["longest_wait_s"] for c in chains)
+        for root, waiting in sorted(waiters.items(), key=lambda kv: -len(kv[1]))
+    ]
+    total = sum(c.waiter_count for c in chains)
+    longest = max(c.longest_wait_s for c in chains)
     status = Status.CRITICAL if total >= 5 or longest >= 60 else Status.WARN
     head = chains[0]
     return [
@@ -257,10 +266,10 @@ async def lock_chains(db: PostgresReader, database: str | None = None) -> list[F
             target=db.target.name,
             status=status,
             summary=(
-                f"{total} session(s) waiting on locks; root blocker pid {head['root']['pid']}"
-                f" ({head['root'].get('state')}) holds up {head['waiter_count']}"
+                f"{total} session(s) waiting on locks; root blocker pid {head.root.pid}"
+                f" ({head.root.state}) holds up {head.waiter_count}"
             ),
-            evidence={"chains": chains},
+            evidence=LockChainsEvidence(chains=chains).dump(),
             severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
         )
     ]

@@ -7,8 +7,9 @@ apart as down / degraded / operational, with the services of ours that depend on
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+from checks.evidence.providers import ProviderEvidence, ProviderState
 from checks.findings import Finding, Severity, Status
 from integrations.statuspage import (
     Component,
@@ -25,7 +26,6 @@ __all__ = [
     "relevant_components",
 ]
 
-ProviderState = Literal["operational", "degraded", "down"]
 _DOWN_COMPONENT = "major_outage"
 
 
@@ -57,22 +57,21 @@ def _milder(severity: Severity) -> Severity:
 
 
 def _evidence(
-    status: ProviderStatus, state: str, used: list[str] | None, dependents: list[str]
+    status: ProviderStatus, state: ProviderState, used: list[str] | None, dependents: list[str]
 ) -> dict[str, Any]:
-    hit = relevant_components(status, used)
-    return {
-        "provider": status.name,
-        "page_url": status.page_url,
-        "state": state,
-        "indicator": status.indicator,
-        "description": status.description,
-        "degraded_components": [c.model_dump() for c in status.degraded_components],
-        "affected_components": [c.model_dump() for c in hit],
-        "components_we_use": list(used or []),
-        "incidents": [i.model_dump() for i in status.incidents],
-        "dependents": list(dependents),
-        "updated_at": status.updated_at,
-    }
+    return ProviderEvidence(
+        provider=status.name,
+        page_url=status.page_url,
+        state=state,
+        indicator=status.indicator,
+        description=status.description,
+        degraded_components=status.degraded_components,
+        affected_components=relevant_components(status, used),
+        components_we_use=list(used or []),
+        incidents=status.incidents,
+        dependents=list(dependents),
+        updated_at=status.updated_at,
+    ).dump()
 
 
 async def provider_status(

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from checks._queue_snapshot import Snapshot, rabbit_snapshot, redis_snapshot
+from checks.evidence.queues import (
+    Cause,
+    DeadLetterEvidence,
+    DrainEvidence,
+    FailuresEvidence,
+    QueueEvidence,
+)
 from checks.findings import Finding, Severity, Status, timed
 from checks.severity import DEFAULT_RULES, severity_for_metric
 
@@ -42,7 +49,6 @@ __all__ = [
     "redis_snapshot",
 ]
 
-Cause = Literal["empty", "keeping_up", "draining", "too_slow", "no_consumers", "failing"]
 Extra = tuple[str, str, Callable[[], Awaitable[list[Finding]]]]
 # Seed 004's SEV-2 "Email sending failed": work that fails or never starts, not just waits.
 _STOPPED = Severity.P1
@@ -130,15 +136,17 @@ def _finding(
     status: Status,
     summary: str,
     severity: Severity | None = None,
+    *,
+    model: type[QueueEvidence] = QueueEvidence,
     **extra: Any,
 ) -> Finding:
-    evidence = {**snap.evidence(), **extra}
+    evidence = model(**snap.evidence(), **extra)
     return Finding(
         check=check,
         target=snap.target,
         status=status,
         summary=summary,
-        evidence=evidence,
+        evidence=evidence.dump(),
         severity=severity if status.is_problem else None,
     )
 
@@ -250,9 +258,7 @@ def _drain(snap: Snapshot, limits: Limits, why: Cause) -> Finding:
         summary = f"{snap.queue}: {snap.depth:,} waiting, consumers keep up ({rates})."
     else:
         summary = f"{snap.queue} drains: empty in {duration(eta)} ({rates})."
-    return _finding(
-        "drain_rate", snap, status, summary, severity, cause=why, rates_source=snap.rates_source
-    )
+    return _finding("drain_rate", snap, status, summary, severity, model=DrainEvidence, cause=why)
 
 
 def _failures(snap: Snapshot) -> Finding:
@@ -264,7 +270,9 @@ def _failures(snap: Snapshot) -> Finding:
             else ""
         )
         summary = f"No failing consumers seen on {snap.queue}{unseen}."
-        return _finding("consumer_failures", snap, Status.OK, summary, returning=False)
+        return _finding(
+            "consumer_failures", snap, Status.OK, summary, model=FailuresEvidence, returning=False
+        )
     returning = bool(snap.redeliver_rate or snap.poison)
     summary = (
         f"Consumers failing on {snap.queue}: {'; '.join(signals)}: review the failed jobs and"
@@ -276,6 +284,7 @@ def _failures(snap: Snapshot) -> Finding:
         Status.CRITICAL,
         summary,
         _STOPPED,
+        model=FailuresEvidence,
         signals=signals,
         returning=returning,
         failed_jobs=snap.failed_jobs,
@@ -304,6 +313,7 @@ def _dead_letter(snap: Snapshot, limits: Limits, verifying: bool) -> Finding:
         status,
         summary,
         Severity.P3,
+        model=DeadLetterEvidence,
         held=held,
         failed_jobs=snap.failed_jobs,
     )

@@ -18,7 +18,7 @@ cache_bytecode()
 # httpx imports its own command line (click, rich.progress, pygments) on `import httpx`:
 # ~0.2 s of every oncall command for a CLI we never run (encode/httpx#3547). A None entry
 # makes that optional import fail, and httpx falls back to a stub `httpx.main`.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None blocks an import; typeshed: modules only
 
 import typer  # noqa: E402
 
@@ -545,7 +545,7 @@ def main() -> None:
     _exit(0)
 
 
-def _exit(code: object) -> NoReturn:
+def _exit(code: str | int | None) -> NoReturn:
     """Exits; after a command that imported Prefect, without the interpreter's teardown.
 
     Tearing down the ~3,000 modules a flow run loads took ~0.6 s after the command's last

@@ -95,10 +95,10 @@ def _open(
         if approve_as is None and nobody is None:
             from flows.intake import open_by_deployment
 
-            path = str(Path(config_path).resolve()) if config_path else None
+            absolute = str(Path(config_path).resolve()) if config_path else None
 
             async def opener(alert: Any, intake: dict[str, str]) -> str:
-                return await open_by_deployment(alert, intake, config_path=path)
+                return await open_by_deployment(alert, intake, config_path=absolute)
 
         else:
             if nobody is not None and approve_as is None:

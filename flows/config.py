@@ -69,6 +69,15 @@ def _sla_durations(value: Any) -> Any:
 SlaConfig = Annotated[Sla, BeforeValidator(_sla_durations)]
 
 
+# Seed 000 Part C step 4: how often users hear from us, by severity (s).
+_UPDATE_EVERY: dict[Severity, OptDuration] = {
+    Severity.P0: 300,
+    Severity.P1: 900,
+    Severity.P2: 1800,
+    Severity.P3: None,
+}
+
+
 class EscalationLevel(BaseModel):
     """One step of an escalation chain: who is told, and after how long."""
 
@@ -114,12 +123,7 @@ class Notifications(BaseModel):
     statuspage: StatuspageManageTarget | None = None
     statuspage_components: list[str] = Field(default_factory=list)
     update_every: dict[Severity, OptDuration] = Field(
-        default_factory=lambda: {
-            Severity.P0: 300,
-            Severity.P1: 900,
-            Severity.P2: 1800,
-            Severity.P3: None,
-        },
+        default_factory=lambda: dict(_UPDATE_EVERY),
         description="Seed 000 Part C step 4: P0 every 5 min, P1 15, P2 30",
     )
     retries: int = Field(default=3, ge=0, le=10, description="Per message, with backoff")

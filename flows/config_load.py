@@ -62,7 +62,10 @@ def _resolve_secret_block(name: str) -> str:
     try:
         from prefect.blocks.system import Secret
 
-        return str(Secret.load(name).get())  # type: ignore[union-attr]  # sync here
+        block = Secret.load(name)  # sync_compatible: the block itself, called from sync code
+        if not isinstance(block, Secret):
+            raise TypeError("Secret.load was called from async code")
+        return str(block.get())
     except Exception as exc:  # Prefect raises ValueError/ObjectNotFound/HTTP errors here
         raise SecretError(f"prefect-secret:{name} cannot be loaded ({type(exc).__name__})") from exc
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Literal
+from typing import Literal, TypeVar
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
@@ -81,6 +81,12 @@ TABLE_MAX_ROWS = 500
 KINDS = ("http", "postgres", "queue", "prometheus")
 
 _opener: Opener | None = None
+
+T = TypeVar("T")
+# A batch of checks.health: (items, concurrency, rules, on_done) -> their results
+Batch = Callable[
+    [Sequence[T], int, Sequence[SeverityRule], Callable[[int], None]], Awaitable[list[Result]]
+]
 
 
 def set_opener(opener: Opener | None) -> None:
@@ -153,13 +159,17 @@ def alert_groups(
         groups.append(
             [alert_for(r, at, notes if i == 0 else None) for i, r in enumerate(rows[:per_service])]
         )
-    groups.sort(key=lambda group: Severity(group[0].severity).rank)
+    groups.sort(key=lambda group: _rank(group[0].severity))
     return groups
+
+
+def _rank(severity: Severity | None) -> int:
+    return severity.rank if severity else 9
 
 
 def _worst_first(r: Result) -> tuple[int, int]:
     order = list(_ALERTS)
-    return (r.severity.rank if r.severity else 9, order.index(r.check) if r.check in order else 99)
+    return (_rank(r.severity), order.index(r.check) if r.check in order else 99)
 
 
 # --- the sweep's models --------------------------------------------------------------
@@ -375,15 +385,16 @@ async def _check_all(cfg: OncallConfig, rules: list[SeverityRule]) -> list[Resul
                 found += await check_batch("http", f"{first + 1}-{first + len(chunk)}", run)
             return found
 
-        jobs = [http_chunks()]
-        for kind, items, batch in (
-            ("postgres", dbs, postgres_batch),
-            ("queues", queues, queue_batch),
-            ("prometheus", prom, prometheus_batch),
-        ):
-            if items:
-                run = partial(batch, items, concurrency, rules, progress.advance)
-                jobs.append(check_batch(kind, f"{len(items)} target(s)", run))
+        def batch(kind: str, items: Sequence[T], run: Batch[T]) -> list[Awaitable[list[Result]]]:
+            if not items:
+                return []
+            call = partial(run, items, concurrency, rules, progress.advance)
+            return [check_batch(kind, f"{len(items)} target(s)", call)]
+
+        jobs: list[Awaitable[list[Result]]] = [http_chunks()]
+        jobs += batch("postgres", dbs, postgres_batch)
+        jobs += batch("queues", queues, queue_batch)
+        jobs += batch("prometheus", prom, prometheus_batch)
         batches = await asyncio.gather(*jobs)
     await progress.finish()
     return rate_availability([r for batch in batches for r in batch])

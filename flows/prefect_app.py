@@ -111,8 +111,8 @@ def write_transactions_begin_immediate() -> None:
         async with deferred(self, session, with_for_update=True) as transaction:
             yield transaction
 
-    begin_transaction.__oncall_immediate__ = True  # type: ignore[attr-defined]
-    AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
+    begin_transaction.__dict__["__oncall_immediate__"] = True
+    AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]  # patching Prefect is the point
 
 
 def create_app() -> ASGIApp:

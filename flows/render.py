@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -125,7 +125,10 @@ def scorecard_panel(card) -> Panel:
             f"{limit:.0f} s" if limit else "",
             Text(verdict, style=style),
         )
-    lines = [table, Text(f"outcome: {card.outcome}   severity: {card.severity}")]
+    lines: list[RenderableType] = [
+        table,
+        Text(f"outcome: {card.outcome}   severity: {card.severity}"),
+    ]
     lines += [Text(f"action: {a}") for a in card.actions]
     lines += [Text(f"approval: {a}") for a in card.approvals]
     if card.flow_run_id:

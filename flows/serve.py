@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -314,10 +315,15 @@ async def _runner(
     Schedules are paused by ``serve`` (``scheduled`` collects the ids), not by the runner."""
     from prefect.runner import Runner
 
-    runner = Runner(limit=limit, pause_on_shutdown=False)
-    runner.handle_sigterm = lambda *_: on_sigterm()
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            on_sigterm()
+
+    runner = _Runner(limit=limit, pause_on_shutdown=False)
     for deployment in deployments:
-        deployment_id = await runner.add_deployment(deployment)
+        # sync_compatible: a coroutine when called from async code, as here.
+        added = runner.add_deployment(deployment)
+        deployment_id = await added if inspect.isawaitable(added) else added
         if deployment.schedules:
             scheduled.append(deployment_id)
     return runner
@@ -405,7 +411,7 @@ async def serve(
     # The stop is awaited from the first moment: registering the deployments takes seconds
     # on a busy Prefect, and a SIGTERM then must not wait for it to finish.
     waiter = asyncio.create_task(stop.wait())
-    tasks = [
+    tasks: list[asyncio.Task[Any]] = [
         asyncio.create_task(receiver.serve(), name="receiver"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]

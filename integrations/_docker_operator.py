@@ -285,10 +285,26 @@ class DockerOperator(DockerSession):
             self._call(f"remove {c['Name']}", api.remove_container, c["Id"])
         for name in preview.after["start"]:
             self._call(f"start {name}", api.start, name)
+        created = preview.after["create"]
+        if created:
+            self._create_like(members, created, f"compose service {project}/{service}")
+        return (
+            f"scaled compose service {project}/{service} from {preview.before['running']} to "
+            + (
+                f"{replicas} running containers"
+                + (f" (created {', '.join(created)})" if created else "")
+            )
+        )
+
+    def _create_like(self, members: list[dict[str, Any]], names: list[str], where: str) -> None:
+        """Creates the named containers as copies of a running member (or the first)."""
         template = next(
             (c for c in members if c["State"]["Running"]), members[0] if members else None
         )
-        for name in preview.after["create"]:
+        if template is None:
+            # The preview saw containers to copy; they went before we could read them again.
+            raise NotFound(f"{where} has no container to copy", target=self.target.label)
+        for name in names:
             self._recreate(
                 template,
                 image=template["Config"]["Image"],
@@ -297,14 +313,6 @@ class DockerOperator(DockerSession):
                 replace=False,
                 labels={NUMBER: name.rsplit("-", 1)[1]},
             )
-        created = preview.after["create"]
-        return (
-            f"scaled compose service {project}/{service} from {preview.before['running']} to "
-            + (
-                f"{replicas} running containers"
-                + (f" (created {', '.join(created)})" if created else "")
-            )
-        )
 
     async def preflight(self) -> dict[str, bool | str]:
         """Checks that the daemon answers and the container can be inspected."""

@@ -13,9 +13,13 @@ from pydantic import SecretStr
 from integrations._kube_models import HASH_LABEL, RESTARTED_AT, REVISION
 from integrations._kube_session import (
     KubeSession,
+    annotations_of,
     aware_utc,
     container_resources,
+    meta,
+    pod_spec,
     rs_revision,
+    rs_template,
     template_images,
 )
 from integrations._sync_client import Preview, run_probes
@@ -53,14 +57,12 @@ class KubernetesOperator(KubeSession):
     def preview_restart(self, deployment: str) -> Preview:
         """Shows which pods a rollout restart would replace."""
         dep = self._deployment(deployment)
-        pods = [p.metadata.name for p in self._pods(dep)]
+        pods = [meta(p).name for p in self._pods(dep)]
         return Preview(
             action="rollout_restart",
             target=self._where(deployment),
             summary=f"restart {self._where(deployment)}: replace its {len(pods)} pods one by one",
-            before={
-                "restartedAt": (dep.spec.template.metadata.annotations or {}).get(RESTARTED_AT)
-            },
+            before={"restartedAt": annotations_of(dep.spec.template).get(RESTARTED_AT)},
             touches=pods,
         )
 
@@ -76,7 +78,7 @@ class KubernetesOperator(KubeSession):
                 f"{self._where(deployment)} is paused; resume it before restarting",
                 target=self.target.label,
             )
-        previous = (dep.spec.template.metadata.annotations or {}).get(RESTARTED_AT)
+        previous = annotations_of(dep.spec.template).get(RESTARTED_AT)
         if not_before and previous and datetime.fromisoformat(previous) >= aware_utc(not_before):
             return f"{self._where(deployment)} was already restarted at {previous}"
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -89,7 +91,7 @@ class KubernetesOperator(KubeSession):
             patch,
             _content_type="application/strategic-merge-patch+json",
         )
-        revision = (after.metadata.annotations or {}).get(REVISION, "?")
+        revision = annotations_of(after).get(REVISION, "?")
         return (
             f"restarted {self._where(deployment)} at {stamp}: revision {revision} replaces "
             f"its {after.spec.replicas} pods"
@@ -111,16 +113,17 @@ class KubernetesOperator(KubeSession):
                 )
             chosen = history[-2]
         else:
-            chosen = next((rs for rs in history if rs_revision(rs) == to_revision), None)
-            if chosen is None:
+            found = next((rs for rs in history if rs_revision(rs) == to_revision), None)
+            if found is None:
                 raise NotFound(
                     f"unable to find revision {to_revision} in the history of "
                     f"{self._where(deployment)} (revisions: {revisions})",
                     target=self.target.label,
                 )
-        current = int((dep.metadata.annotations or {}).get(REVISION, "0"))
-        now, then = template_images(dep.spec.template), template_images(chosen.spec.template)
-        noop = _same_template(self._client(), chosen.spec.template, dep.spec.template)
+            chosen = found
+        current = int(annotations_of(dep).get(REVISION, "0"))
+        now, then = template_images(dep.spec.template), template_images(rs_template(chosen))
+        noop = _same_template(self._client(), rs_template(chosen), dep.spec.template)
         preview = Preview(
             action="rollout_undo",
             target=self._where(deployment),
@@ -138,9 +141,9 @@ class KubernetesOperator(KubeSession):
             after={
                 "revision": rs_revision(chosen),
                 "images": then,
-                "replicaset": chosen.metadata.name,
+                "replicaset": meta(chosen).name,
             },
-            touches=[] if noop else [p.metadata.name for p in self._pods(dep)],
+            touches=[] if noop else [meta(p).name for p in self._pods(dep)],
         )
         return dep, chosen, preview
 
@@ -158,17 +161,15 @@ class KubernetesOperator(KubeSession):
         dep, chosen, preview = self._undo_plan(deployment, to_revision)
         if preview.noop:
             return f"skipped rollback: {preview.summary.removeprefix('nothing to do: ')}"
-        template = self._client().sanitize_for_serialization(chosen.spec.template)
+        template = self._client().sanitize_for_serialization(rs_template(chosen))
         template.get("metadata", {}).get("labels", {}).pop(HASH_LABEL, None)
-        notes = {k: v for k, v in (dep.metadata.annotations or {}).items() if k in _KEEP_ON_UNDO}
-        notes.update(
-            {k: v for k, v in (chosen.metadata.annotations or {}).items() if k not in _KEEP_ON_UNDO}
-        )
+        notes = {k: v for k, v in annotations_of(dep).items() if k in _KEEP_ON_UNDO}
+        notes.update({k: v for k, v in annotations_of(chosen).items() if k not in _KEEP_ON_UNDO})
         patch = [
             {
                 "op": "test",
                 "path": "/metadata/resourceVersion",
-                "value": dep.metadata.resource_version,
+                "value": meta(dep).resource_version,
             },
             {"op": "replace", "path": "/spec/template", "value": template},
             {"op": "add", "path": "/metadata/annotations", "value": notes},
@@ -191,7 +192,7 @@ class KubernetesOperator(KubeSession):
                     status=422,
                 ) from exc
             raise
-        now = (after.metadata.annotations or {}).get(REVISION, "?")
+        now = annotations_of(after).get(REVISION, "?")
         return (
             f"rolled back {self._where(deployment)} from revision {preview.before['revision']} "
             f"({', '.join(preview.before['images'])}) to the template of revision "
@@ -210,7 +211,7 @@ class KubernetesOperator(KubeSession):
             deployment,
             self.target.namespace,
         )
-        now = scale.spec.replicas or 0
+        now = (scale.spec.replicas if scale.spec else None) or 0
         return Preview(
             action="scale",
             target=self._where(deployment),
@@ -248,9 +249,11 @@ class KubernetesOperator(KubeSession):
         """Shows the memory limit a change would go from and to, and the pods it replaces."""
         wanted = _quantity(limit, "memory limit")
         dep = self._deployment(deployment)
-        spec = next((c for c in dep.spec.template.spec.containers if c.name == container), None)
+        spec = next(
+            (c for c in pod_spec(dep.spec.template).containers if c.name == container), None
+        )
         if spec is None:
-            names = ", ".join(c.name for c in dep.spec.template.spec.containers)
+            names = ", ".join(c.name for c in pod_spec(dep.spec.template).containers)
             raise NotFound(
                 f"{self._where(deployment)} has no container {container!r} (it has {names})",
                 target=self.target.label,
@@ -275,7 +278,7 @@ class KubernetesOperator(KubeSession):
             noop=noop,
             before={"memory_limit": now},
             after={"memory_limit": limit},
-            touches=[] if noop else [p.metadata.name for p in self._pods(dep)],
+            touches=[] if noop else [meta(p).name for p in self._pods(dep)],
         )
 
     def set_memory_limit(self, deployment: str, container: str, limit: str) -> str:
@@ -305,7 +308,7 @@ class KubernetesOperator(KubeSession):
             patch,
             _content_type="application/strategic-merge-patch+json",
         )
-        revision = (after.metadata.annotations or {}).get(REVISION, "?")
+        revision = annotations_of(after).get(REVISION, "?")
         return (
             f"set the memory limit of container {container} in {self._where(deployment)} from "
             f"{preview.before['memory_limit'] or 'none'} to {limit}; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -27,10 +27,14 @@ from integrations.preflight import Shortfall
 
 __all__ = [
     "KubeSession",
+    "annotations_of",
     "as_datetime",
     "aware_utc",
     "container_resources",
+    "meta",
+    "pod_spec",
     "rs_revision",
+    "rs_template",
     "template_images",
     "translate_error",
 ]
@@ -144,11 +148,13 @@ class KubeSession(SyncSession[k8s.ApiClient]):
             k8s.AuthorizationV1Api(self._client()).create_self_subject_access_review,
             review,
         )
-        if answer.status.allowed:
+        status = answer.status
+        if status is not None and status.allowed:
             return True
         what = "/".join(filter(None, (resource, subresource)))
         # RBAC never denies, it only fails to allow: the reason is usually empty then.
-        why = answer.status.reason or answer.status.evaluation_error or "no RBAC rule allows it"
+        told = status and (status.reason or status.evaluation_error)
+        why = told or "no RBAC rule allows it"
         return Shortfall(
             f"{self.target.label}: not allowed to {verb} {what}"
             f"{f' {name}' if name else ''} in namespace {self.target.namespace} ({why})",
@@ -174,7 +180,7 @@ class KubeSession(SyncSession[k8s.ApiClient]):
         # As kubectl does: the ReplicaSets matching the selector that this deployment controls.
         selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
         found = self._call(
-            f"list replicasets of {dep.metadata.name}",
+            f"list replicasets of {meta(dep).name}",
             self._apps().list_namespaced_replica_set,
             self.target.namespace,
             label_selector=selector,
@@ -184,8 +190,8 @@ class KubeSession(SyncSession[k8s.ApiClient]):
                 rs
                 for rs in found.items
                 if any(
-                    ref.controller and ref.uid == dep.metadata.uid
-                    for ref in rs.metadata.owner_references or []
+                    ref.controller and ref.uid == meta(dep).uid
+                    for ref in meta(rs).owner_references or []
                 )
             ),
             key=rs_revision,
@@ -194,7 +200,7 @@ class KubeSession(SyncSession[k8s.ApiClient]):
     def _pods(self, dep: k8s.V1Deployment) -> list[k8s.V1Pod]:
         selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
         found = self._call(
-            f"list pods of {dep.metadata.name}",
+            f"list pods of {meta(dep).name}",
             self._core().list_namespaced_pod,
             self.target.namespace,
             label_selector=selector,
@@ -202,17 +208,63 @@ class KubeSession(SyncSession[k8s.ApiClient]):
         return list(found.items)
 
 
+# The client's models type every field the OpenAPI schema leaves optional as ``X | None``,
+# metadata and specs included, though the API server always sends them on objects it
+# returns. These accessors say so once: a missing one is a malformed answer, not a None
+# to carry around.
+
+
+class _Object(Protocol):
+    @property
+    def metadata(self) -> k8s.V1ObjectMeta | None: ...
+
+
+class _PodHolder(Protocol):
+    @property
+    def spec(self) -> k8s.V1PodSpec | None: ...
+
+
+def _malformed(obj: object, part: str) -> ProviderError:
+    return ProviderError(f"the API server sent a {type(obj).__name__} without {part}")
+
+
+def meta(obj: _Object) -> k8s.V1ObjectMeta:
+    """An object's metadata."""
+    if obj.metadata is None:
+        raise _malformed(obj, "metadata")
+    return obj.metadata
+
+
+def annotations_of(obj: _Object) -> dict[str, str]:
+    """An object's annotations; empty when it has none."""
+    return meta(obj).annotations or {}
+
+
+def pod_spec(obj: _PodHolder) -> k8s.V1PodSpec:
+    """The pod spec of a pod or a pod template."""
+    if obj.spec is None:
+        raise _malformed(obj, "spec")
+    return obj.spec
+
+
+def rs_template(rs: k8s.V1ReplicaSet) -> k8s.V1PodTemplateSpec:
+    """The pod template a ReplicaSet stamps its pods from."""
+    if rs.spec is None or rs.spec.template is None:
+        raise _malformed(rs, "pod template")
+    return rs.spec.template
+
+
 def rs_revision(rs: k8s.V1ReplicaSet) -> int:
     """Returns a ReplicaSet's revision annotation; 0 when missing or garbled."""
     try:
-        return int((rs.metadata.annotations or {}).get(REVISION, "0"))
+        return int(annotations_of(rs).get(REVISION, "0"))
     except ValueError:
         return 0
 
 
 def template_images(template: k8s.V1PodTemplateSpec) -> list[str]:
     """Returns the images of a pod template's containers."""
-    return [c.image or "" for c in template.spec.containers]
+    return [c.image or "" for c in pod_spec(template).containers]
 
 
 def container_resources(c: k8s.V1Container) -> tuple[dict[str, str], dict[str, str]]:

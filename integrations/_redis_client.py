@@ -7,10 +7,11 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
+from redis.typing import StreamRangeResponse
 
 from integrations._redis_models import QueueItem, RedisQueueTarget, StreamGroup
 from integrations.errors import (
@@ -24,7 +25,7 @@ from integrations.errors import (
 from integrations.preflight import shortfall
 from integrations.redact import scrub
 
-__all__ = ["RedisClient", "id_ms", "translate_redis_error", "translated"]
+__all__ = ["RedisClient", "entries", "id_ms", "text", "translate_redis_error", "translated"]
 
 
 def translate_redis_error(exc: BaseException, target: str, secrets: list[str]) -> OncallError:
@@ -52,16 +53,24 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+class _Targeted(Protocol):
+    target: RedisQueueTarget
+
+
+S = TypeVar("S", bound=_Targeted)
+
+
+def translated(
+    method: Callable[Concatenate[S, P], Awaitable[R]],
+) -> Callable[Concatenate[S, P], Awaitable[R]]:
     """Wraps a client method so redis and socket errors leave it as our tree."""
 
     @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self = args[0]
+    async def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await method(*args, **kwargs)
+            return await method(self, *args, **kwargs)
         except (rx.RedisError, OSError) as exc:
-            target: RedisQueueTarget = self.target  # type: ignore[attr-defined]
+            target = self.target
             raise translate_redis_error(exc, target.label, target.secrets()) from exc
 
     return wrapper
@@ -88,9 +97,26 @@ def _when(value: Any) -> datetime | None:
     return datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC)
 
 
-def id_ms(entry_id: str) -> int:
+def id_ms(entry_id: bytes | str | int) -> int:
     """Returns the milliseconds timestamp part of a stream entry id."""
-    return int(entry_id.split("-", 1)[0])
+    return int(text(entry_id).split("-", 1)[0])
+
+
+def text(value: bytes | str | int) -> str:
+    """A reply as text. Our client decodes replies (redis-py types them ``bytes | str``
+    whatever ``decode_responses`` says), an injected client may not: decode the same way."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def entries(found: StreamRangeResponse | None) -> list[tuple[str, dict[str, str]]]:
+    """XRANGE's reply as (id, fields) pairs of text; entries deleted meanwhile are dropped."""
+    return [
+        (text(entry_id), {text(k): text(v) for k, v in fields.items()})
+        for entry_id, fields in found or []
+        if entry_id is not None and fields is not None
+    ]
 
 
 class RedisClient:
@@ -150,7 +176,7 @@ class RedisClient:
             return await self._redis.xlen(key)
         if kind in ("list", "none"):
             return await self._redis.llen(key)
-        raise ProviderError(f"{self.target.label}: {key} is a {kind}, not a list or stream")
+        raise ProviderError(f"{self.target.label}: {key} is a {text(kind)}, not a list or stream")
 
     def _item(self, raw: str) -> QueueItem:
         shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -178,7 +204,7 @@ class RedisClient:
             raws = await self._redis.lrange(key, 0, limit - 1)
         else:
             raws = list(reversed(await self._redis.lrange(key, -limit, -1)))
-        items = [self._item(raw) for raw in raws]
+        items = [self._item(text(raw)) for raw in raws]
         if self.target.kind == "rq" and key == self.target.queue_key:
             pipe = self._redis.pipeline(transaction=False)
             for item in items:
@@ -196,7 +222,7 @@ class RedisClient:
         )
         return [
             QueueItem(
-                id=row["message_id"],
+                id=text(row["message_id"]),
                 deliveries=row["times_delivered"],
                 idle_ms=row["time_since_delivered"],
                 consumer=row["consumer"],
@@ -210,7 +236,7 @@ class RedisClient:
         for item in items:
             pipe.xrange(key, item.id, item.id)
         for item, found in zip(items, await pipe.execute(), strict=True):
-            item.fields = dict(found[0][1]) if found else {}
+            item.fields = next((fields for _, fields in entries(found)), {})
             item.preview = json.dumps(item.fields)[:200]
 
     async def preflight(self) -> dict[str, bool | str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from integrations._redis_client import RedisClient, translated
+from redis.typing import EncodableT, StreamIdT
+
+from integrations._redis_client import RedisClient, entries, text, translated
 from integrations._redis_models import SAMPLES, QueueItem, RedisMovePreview
 from integrations.errors import ConfigError
 
@@ -132,16 +134,17 @@ class RedisQueueOperator(RedisClient):
             return 0, 0
         # JUSTID leaves the delivery count alone; entries another consumer re-read in the
         # meantime are no longer idle enough and are skipped.
-        ids = [i.id for i in items]
-        claimed = set(await self._redis.xclaim(key, group, _MOVER, min_idle_ms, ids, justid=True))
+        ids: list[StreamIdT] = [i.id for i in items]
+        found = await self._redis.xclaim(key, group, _MOVER, min_idle_ms, ids, justid=True)
+        claimed = {text(i) for i in found if isinstance(i, bytes | str)}  # JUSTID: ids only
         moved = 0
         for item in items:
             if item.id not in claimed:
                 continue
             pipe = self._redis.pipeline(transaction=True)
             if item.fields:
-                meta = dict(zip(_META, (key, item.id, str(item.deliveries or 0)), strict=True))
-                pipe.xadd(dlq, {**item.fields, **meta})
+                meta = zip(_META, (key, item.id, str(item.deliveries or 0)), strict=True)
+                pipe.xadd(dlq, _fields({**item.fields, **dict(meta)}))
                 moved += 1
             pipe.xack(key, group, item.id)
             await pipe.execute()
@@ -159,10 +162,8 @@ class RedisQueueOperator(RedisClient):
         key, dlq = self.target.queue_key, self._dlq()
         limit = max(count, self.target.scan_limit) if ids else count
         if self.target.kind == "stream":
-            entries = await self._redis.xrange(dlq, count=limit)
-            scanned = [
-                QueueItem(id=i, fields=dict(f), preview=json.dumps(f)[:200]) for i, f in entries
-            ]
+            found = entries(await self._redis.xrange(dlq, count=limit))
+            scanned = [QueueItem(id=i, fields=f, preview=json.dumps(f)[:200]) for i, f in found]
         else:
             scanned = await self._list_items(dlq, limit)
         chosen = [i for i in scanned if ids is None or i.id in set(ids)][:count]
@@ -190,10 +191,16 @@ class RedisQueueOperator(RedisClient):
         for item in chosen:
             fields = {k: v for k, v in item.fields.items() if k not in _META}
             pipe = self._redis.pipeline(transaction=True)
-            pipe.xadd(preview.destination, fields).xdel(preview.source, item.id)
+            pipe.xadd(preview.destination, _fields(fields))
+            pipe.xdel(preview.source, item.id)
             _, deleted = await pipe.execute()
             moved += int(deleted)
         return _said("requeued", preview, moved, len(chosen) - moved)
+
+
+def _fields(fields: dict[str, str]) -> dict[EncodableT, EncodableT]:
+    # XADD's parameter is an invariant dict of redis-py's value union: widen, same items.
+    return {k: v for k, v in fields.items()}
 
 
 def _said(verb: str, preview: RedisMovePreview, moved: int, gone: int) -> str:

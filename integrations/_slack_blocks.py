@@ -257,6 +257,8 @@ def approval_decided(
 def parse_approval_value(value: str) -> tuple[Decision, str]:
     """Splits a button value ``approve:<run id>`` into (decision, flow run id)."""
     decision, _, run_id = value.partition(":")
-    if decision not in ("approve", "reject") or not run_id:
-        raise ConfigError(f"not an approval button value: {value[:80]!r}")
-    return decision, run_id  # type: ignore[return-value]
+    if run_id and decision == "approve":
+        return "approve", run_id
+    if run_id and decision == "reject":
+        return "reject", run_id
+    raise ConfigError(f"not an approval button value: {value[:80]!r}")

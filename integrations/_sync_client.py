@@ -95,7 +95,7 @@ async def run_probes(probes: dict[str, Callable[[], Any]]) -> dict[str, bool | s
             outcome = await asyncio.to_thread(probe)
             result[name] = outcome if isinstance(outcome, str) else True
         except OncallError as exc:
-            result[name] = shortfall(exc)
-            if result[name].kind in BLOCKING:
+            short = result[name] = shortfall(exc)
+            if short.kind in BLOCKING:
                 break
     return result

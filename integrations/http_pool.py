@@ -7,6 +7,7 @@ The health sweep probes thousands of endpoints over one client; requests still g
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ class _Release(httpx.AsyncByteStream):
     def __init__(self, stream: Any, busy: list[int], shard: int) -> None:
         self._stream, self._busy, self._shard, self._open = stream, busy, shard, True
 
-    async def __aiter__(self):  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
             yield chunk
 

@@ -33,9 +33,13 @@ from integrations._kube_models import (
 from integrations._kube_operator import KubernetesOperator
 from integrations._kube_session import (
     KubeSession,
+    annotations_of,
     as_datetime,
     container_resources,
+    meta,
+    pod_spec,
     rs_revision,
+    rs_template,
     template_images,
     translate_error,
 )
@@ -90,16 +94,16 @@ class KubernetesReader(KubeSession):
         dep = self._deployment(self._name(name))
         spec, status = dep.spec, dep.status or k8s.V1DeploymentStatus()
         containers = []
-        for c in spec.template.spec.containers:
+        for c in pod_spec(spec.template).containers:
             limits, requests = container_resources(c)
             containers.append(
                 ContainerSpec(name=c.name, image=c.image or "", limits=limits, requests=requests)
             )
         return DeploymentStatus(
-            name=dep.metadata.name,
-            namespace=dep.metadata.namespace,
-            revision=int((dep.metadata.annotations or {}).get(REVISION, "0")),
-            generation=dep.metadata.generation or 0,
+            name=meta(dep).name,
+            namespace=meta(dep).namespace,
+            revision=int(annotations_of(dep).get(REVISION, "0")),
+            generation=meta(dep).generation or 0,
             observed_generation=status.observed_generation or 0,
             paused=bool(spec.paused),
             desired=spec.replicas if spec.replicas is not None else 1,
@@ -125,16 +129,16 @@ class KubernetesReader(KubeSession):
     def revisions(self, name: str | None = None) -> list[Revision]:
         """Returns the rollout history (one entry per ReplicaSet), oldest revision first."""
         dep = self._deployment(self._name(name))
-        current = int((dep.metadata.annotations or {}).get(REVISION, "0"))
+        current = int(annotations_of(dep).get(REVISION, "0"))
         return [
             Revision(
                 revision=rs_revision(rs),
-                replicaset=rs.metadata.name,
-                images=template_images(rs.spec.template),
-                created=as_datetime(rs.metadata.creation_timestamp),
-                replicas=rs.spec.replicas or 0,
+                replicaset=meta(rs).name,
+                images=template_images(rs_template(rs)),
+                created=as_datetime(meta(rs).creation_timestamp),
+                replicas=(rs.spec.replicas if rs.spec else None) or 0,
                 ready=(rs.status.ready_replicas or 0) if rs.status else 0,
-                change_cause=(rs.metadata.annotations or {}).get("kubernetes.io/change-cause"),
+                change_cause=annotations_of(rs).get("kubernetes.io/change-cause"),
                 current=rs_revision(rs) == current,
             )
             for rs in self._replicasets(dep)
@@ -145,17 +149,17 @@ class KubernetesReader(KubeSession):
         dep = self._deployment(self._name(name))
         result = []
         for pod in self._pods(dep):
-            specs = {c.name: c for c in pod.spec.containers}
+            specs = {c.name: c for c in pod_spec(pod).containers}
             statuses = (pod.status.container_statuses if pod.status else None) or []
             containers = [_container_state(s, specs.get(s.name)) for s in statuses]
             result.append(
                 PodState(
-                    name=pod.metadata.name,
+                    name=meta(pod).name,
                     phase=(pod.status.phase if pod.status else None) or "Unknown",
                     ready=bool(containers) and all(c.ready for c in containers),
-                    node=pod.spec.node_name,
-                    created=as_datetime(pod.metadata.creation_timestamp),
-                    template_hash=(pod.metadata.labels or {}).get(HASH_LABEL),
+                    node=pod_spec(pod).node_name,
+                    created=as_datetime(meta(pod).creation_timestamp),
+                    template_hash=(meta(pod).labels or {}).get(HASH_LABEL),
                     restarts=sum(c.restart_count for c in containers),
                     containers=containers,
                 )
@@ -165,10 +169,10 @@ class KubernetesReader(KubeSession):
     def events(self, name: str | None = None, *, warnings_only: bool = False) -> list[KubeEvent]:
         """Returns events about the deployment, its ReplicaSets and their pods, oldest first."""
         dep = self._deployment(self._name(name))
-        prefixes = tuple(f"{rs.metadata.name}" for rs in self._replicasets(dep))
+        prefixes = tuple(f"{meta(rs).name}" for rs in self._replicasets(dep))
         events = []
         for selector, keep in (
-            (f"involvedObject.kind=Deployment,involvedObject.name={dep.metadata.name}", None),
+            (f"involvedObject.kind=Deployment,involvedObject.name={meta(dep).name}", None),
             ("involvedObject.kind=ReplicaSet", prefixes),
             ("involvedObject.kind=Pod", tuple(f"{p}-" for p in prefixes)),
         ):
@@ -181,7 +185,9 @@ class KubernetesReader(KubeSession):
                 field_selector=selector,
             )
             events += [
-                e for e in found.items if keep is None or e.involved_object.name.startswith(keep)
+                e
+                for e in found.items
+                if keep is None or (e.involved_object.name or "").startswith(keep)
             ]
         result = [
             KubeEvent(
@@ -193,7 +199,7 @@ class KubernetesReader(KubeSession):
                 count=e.count or 1,
                 last_seen=as_datetime(e.last_timestamp)
                 or as_datetime(e.event_time)
-                or as_datetime(e.metadata.creation_timestamp),
+                or as_datetime(meta(e).creation_timestamp),
             )
             for e in events
             if not warnings_only or e.type == "Warning"

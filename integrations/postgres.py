@@ -16,7 +16,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from integrations.errors import (
@@ -98,7 +98,7 @@ def _translate(exc: Exception, target: PostgresTarget) -> Exception:
     return ProviderError(f"{where}: {text}", target=where)
 
 
-async def _connect(target: PostgresTarget, *, read_only: bool) -> psycopg.AsyncConnection:
+async def _connect(target: PostgresTarget, *, read_only: bool) -> psycopg.AsyncConnection[DictRow]:
     options = f"-c statement_timeout={target.statement_timeout_ms}"
     if read_only:
         options += " -c default_transaction_read_only=on"
@@ -129,7 +129,7 @@ class PostgresReader:
 
     def __init__(self, target: PostgresTarget) -> None:
         self.target = target
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.AsyncConnection[DictRow] | None = None
         self._failed: Exception | None = None
         self._lock = asyncio.Lock()
         self.backend_pid: int | None = None
@@ -142,7 +142,7 @@ class PostgresReader:
             await self._conn.close()
             self._conn = None
 
-    async def _connection(self) -> psycopg.AsyncConnection:
+    async def _connection(self) -> psycopg.AsyncConnection[DictRow]:
         if self._failed is not None:
             raise self._failed
         if self._conn is None:
@@ -233,7 +233,7 @@ class PostgresOperator:
 
     def __init__(self, target: PostgresTarget) -> None:
         self.target = target
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.AsyncConnection[DictRow] | None = None
         self.backend_pid: int | None = None
 
     async def __aenter__(self) -> PostgresOperator:
@@ -246,7 +246,7 @@ class PostgresOperator:
             await self._conn.close()
             self._conn = None
 
-    async def _scalar(self, query: sql.Composable | LiteralString, params: dict | None = None):
+    async def _scalar(self, query: sql.Composed | LiteralString, params: dict | None = None) -> Any:
         if self._conn is None:
             raise RuntimeError("PostgresOperator used outside 'async with'")
         try:

@@ -28,8 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from typing import Any
 
-from integrations._redis_client import RedisClient, id_ms, translate_redis_error, translated
+from integrations._redis_client import (
+    RedisClient,
+    entries,
+    id_ms,
+    text,
+    translate_redis_error,
+    translated,
+)
 from integrations._redis_models import (
     Kind,
     QueueItem,
@@ -51,6 +59,8 @@ __all__ = [
     "RedisQueueStats",
     "RedisQueueTarget",
     "StreamGroup",
+    "entries",
+    "text",
     "translate_redis_error",
 ]
 
@@ -108,7 +118,7 @@ class RedisQueueReader(RedisClient):
         else:
             stats.workers = 0
             for worker in await redis.smembers("rq:workers"):
-                queues = await redis.hget(worker, "queues") or ""
+                queues = text(await redis.hget(worker, "queues") or "")
                 stats.workers += name in queues.split(",")
         stats.failed = await redis.zcard(f"rq:failed:{name}") or await redis.zcard(
             f"rq:registry:failed:{name}"
@@ -126,7 +136,7 @@ class RedisQueueReader(RedisClient):
                 if group
                 else f"{len(stats.groups)} groups and none chosen; set group"
             )
-            first = await redis.xrange(key, count=1)
+            first = entries(await redis.xrange(key, count=1))
             if first:
                 stats.oldest_age_seconds = max(0.0, now - id_ms(first[0][0]) / 1000)
                 stats.oldest_age_source = "first entry of the stream (no group)"
@@ -151,7 +161,7 @@ class RedisQueueReader(RedisClient):
             limit = self.target.poison_deliveries
             stats.poison_pending = sum(1 for p in pending if (p.deliveries or 0) >= limit)
             candidates.append(id_ms(summary["min"]))
-        nxt = await redis.xrange(key, min="(" + chosen.last_delivered_id, count=1)
+        nxt = entries(await redis.xrange(key, min="(" + chosen.last_delivered_id, count=1))
         if nxt:
             candidates.append(id_ms(nxt[0][0]))
         if candidates:
@@ -169,10 +179,16 @@ class RedisQueueReader(RedisClient):
         key, redis = self.target.queue_key, self._redis
         push_index = 0 if self.target.pop == "right" else -1
         loop = asyncio.get_running_loop()
-        length, marker = await redis.pipeline().llen(key).lindex(key, push_index).execute()
+        # redis-py types an async pipeline's queued commands as awaitables (they return the
+        # pipeline): one command per statement instead of a chain.
+        pipe = redis.pipeline()
+        pipe.llen(key)
+        pipe.lindex(key, push_index)
+        length, marker = await pipe.execute()
         started = loop.time()
         await asyncio.sleep(interval)
-        pipe = redis.pipeline().llen(key)
+        pipe = redis.pipeline()
+        pipe.llen(key)
         if marker is not None:
             # Where the newest item went: rank 1 searches from the head, -1 from the tail.
             pipe.lpos(key, marker, rank=1 if push_index == 0 else -1)
@@ -200,11 +216,12 @@ class RedisQueueReader(RedisClient):
         async def sample() -> tuple[int, int | None, int | None, int | None]:
             key = self.target.queue_key
             # One MULTI, so the stream and group counters describe the same instant.
-            info, groups = (
-                await self._redis.pipeline().xinfo_stream(key).xinfo_groups(key).execute()
-            )
+            pipe = self._redis.pipeline()
+            pipe.xinfo_stream(key)
+            pipe.xinfo_groups(key)
+            info, groups = await pipe.execute()
             added = info.get("entries-added")
-            group = next((g for g in groups if g["name"] == self.target.group), {})
+            group: dict[str, Any] = next((g for g in groups if g["name"] == self.target.group), {})
             read, lag = group.get("entries-read"), group.get("lag")
             if group and read is None and added is not None and lag is not None:
                 # A group created at "$" reports no entries-read until it reads; lag still counts.
@@ -216,23 +233,20 @@ class RedisQueueReader(RedisClient):
         await asyncio.sleep(interval)
         second, elapsed = await sample(), loop.time() - started
 
-        def rate(i: int) -> float | None:
-            if first[i] is None or second[i] is None:
-                return None
-            return (second[i] - first[i]) / elapsed
+        def rate(before: int | None, after: int | None) -> float | None:
+            return None if before is None or after is None else (after - before) / elapsed
 
-        acked = None
-        if rate(2) is not None and rate(3) is not None:
-            acked = rate(2) - rate(3)
+        added, read = rate(first[1], second[1]), rate(first[2], second[2])
+        growth = rate(first[3], second[3])  # of the pending entries list
         return RateSample(
             interval_seconds=elapsed,
             depth_before=first[0],
             depth_after=second[0],
-            enqueue_rate=rate(1),
-            consume_rate=rate(2),
-            ack_rate=acked,
-            exact=rate(1) is not None and rate(2) is not None,
-            note="" if rate(2) is not None else "no group set (or Redis < 7): consumption unknown",
+            enqueue_rate=added,
+            consume_rate=read,
+            ack_rate=read - growth if read is not None and growth is not None else None,
+            exact=added is not None and read is not None,
+            note="" if read is not None else "no group set (or Redis < 7): consumption unknown",
         )
 
     @translated
@@ -243,9 +257,13 @@ class RedisQueueReader(RedisClient):
         name = self.target.key
         ids = await self._redis.zrevrange(f"rq:failed:{name}", 0, limit - 1)
         ids = ids or await self._redis.zrevrange(f"rq:registry:failed:{name}", 0, limit - 1)
-        jobs = []
-        for job_id in ids:
+        jobs: list[dict[str, str | None]] = []
+        # Without WITHSCORES, ZREVRANGE answers members only (redis-py's type also has pairs).
+        for job_id in (text(i) for i in ids if isinstance(i, bytes | str)):
             data = await self._redis.hmget(f"rq:job:{job_id}", ["ended_at", "exc_info", "status"])
-            last = _exc_text(data[1]).strip().splitlines()[-1:] or [None]
-            jobs.append({"id": job_id, "ended_at": data[0], "status": data[2], "error": last[0]})
+            ended, exc_info, status = (None if v is None else text(v) for v in data)
+            last = _exc_text(exc_info).strip().splitlines()[-1:]
+            jobs.append(
+                {"id": job_id, "ended_at": ended, "status": status, "error": next(iter(last), None)}
+            )
         return jobs

@@ -292,8 +292,8 @@ class StatuspageManage(StatuspageIncidents):
                 await self._call("GET", path)
                 result[capability] = True
             except TargetError as exc:
-                result[capability] = shortfall(exc)
-                if result[capability].kind in BLOCKING:
+                short = result[capability] = shortfall(exc)
+                if short.kind in BLOCKING:
                     break
         return result
 

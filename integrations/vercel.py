@@ -182,8 +182,8 @@ class VercelClient(HttpClient):
                 await call()
                 result[capability] = True
             except TargetError as exc:
-                result[capability] = shortfall(exc)
-                if result[capability].kind in BLOCKING:
+                short = result[capability] = shortfall(exc)
+                if short.kind in BLOCKING:
                     break
         return result
 

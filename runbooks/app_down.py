@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from checks import app_health
+from checks.evidence.workloads import ContainersEvidence, PodsEvidence
 from checks.findings import Finding, Status
 from integrations.commands import describe, run_configured
 from integrations.docker import DockerOperator, DockerReader, DockerTarget
@@ -126,15 +127,23 @@ async def _checks(
             yield {**_app_checks(readers, service, params, params.error_window_seconds), **deploys}
 
 
-def _evidence(findings: list[Finding], check: str) -> dict[str, Any]:
-    return next((f.evidence for f in findings if f.check == check), {})
+def _pods(findings: list[Finding]) -> PodsEvidence | None:
+    """What the ``pods`` check saw, if it could read the deployment."""
+    found = (f for f in findings if f.check == "pods" and f.status is not Status.ERROR)
+    return next((f.evidence_as(PodsEvidence) for f in found), None)
+
+
+def _containers(findings: list[Finding]) -> ContainersEvidence | None:
+    """What the ``containers`` check saw, if it could read them."""
+    found = (f for f in findings if f.check == "containers" and f.status is not Status.ERROR)
+    return next((f.evidence_as(ContainersEvidence) for f in found), None)
 
 
 def _scale_actions(
     service: Service, findings: list[Finding], params: AppDownParams
 ) -> list[Action]:
-    pods, containers = _evidence(findings, "pods"), _evidence(findings, "containers")
-    if service.kubernetes and pods.get("scaled_to_zero"):
+    pods, containers = _pods(findings), _containers(findings)
+    if service.kubernetes and pods and pods.scaled_to_zero:
         dep, ns = service.kubernetes.deployment, service.kubernetes.namespace
         return [
             Action(
@@ -150,8 +159,8 @@ def _scale_actions(
             )
         ]
     d = service.docker
-    if d and d.compose_project and d.compose_service and containers.get("none_running"):
-        names = [c["name"] for c in containers.get("containers", [])]
+    if d and d.compose_project and d.compose_service and containers and containers.none_running:
+        names = [c.name for c in containers.containers]
         want = max(len(names), params.scale_to)
         where = f"{d.compose_project}/{d.compose_service}"
         return [
@@ -174,7 +183,8 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
     now = datetime.now(UTC).isoformat()
     if service.kubernetes:
         dep, ns = service.kubernetes.deployment, service.kubernetes.namespace
-        pods = [p["pod"] for p in _evidence(findings, "pods").get("pods", [])]
+        seen = _pods(findings)
+        pods = [p.pod for p in seen.pods] if seen else []
         return [
             Action(
                 id="restart-kubernetes",
@@ -189,9 +199,10 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
             )
         ]
     if service.docker:
-        rows = _evidence(findings, "containers").get("containers", [])
+        listed = _containers(findings)
+        rows = listed.containers if listed else []
         failing = [
-            c for c in rows if c["status"] != "running" or c["health"] == "unhealthy"
+            c for c in rows if c.status != "running" or c.health == "unhealthy"
         ] or rows  # the app answers badly while every container runs: restart them all
         return [
             Action(
@@ -201,12 +212,12 @@ def _restart_actions(service: Service, findings: list[Finding]) -> list[Action]:
                 risk=Risk.RISKY,
                 title=f"Restart {len(failing)} container(s)",
                 preview="\n".join(
-                    f"restart container {c['name']} ({c['status']}, image {c['image']},"
-                    f" {c['restart_count']} restarts so far)"
+                    f"restart container {c.name} ({c.status}, image {c.image},"
+                    f" {c.restart_count} restarts so far)"
                     for c in failing
                 )
                 + "\nBlast radius: each container's in-flight requests fail while it restarts.",
-                items=[{"container": c["name"], "planned_at": now} for c in failing],
+                items=[{"container": c.name, "planned_at": now} for c in failing],
             )
         ]
     configured = service.actions.get("restart")
@@ -376,10 +387,9 @@ def _notes(
     service: Service, findings: list[Finding], plan: Plan, params: AppDownParams
 ) -> list[str]:
     notes = [f"{s['target']}: {s['reason']}" for s in plan.spared]
-    oom = _evidence(findings, "pods").get("oom_killed") or [
-        c["name"]
-        for c in _evidence(findings, "containers").get("containers", [])
-        if c["oom_killed"]
+    pods, containers = _pods(findings), _containers(findings)
+    oom = (pods.oom_killed if pods else []) or [
+        c.name for c in (containers.containers if containers else []) if c.oom_killed
     ]
     if oom:
         notes.append(

@@ -19,6 +19,11 @@ from pydantic import Field
 from checks import database as dbc
 from checks import postgres as pg
 from checks.app_health import http_endpoints
+from checks.evidence.postgres import (
+    ConnectivityEvidence,
+    MigrationLocksEvidence,
+    SessionsEvidence,
+)
 from checks.findings import Finding, Severity
 from checks.providers import provider_status
 from integrations.postgres import PostgresReader, PostgresTarget
@@ -145,29 +150,29 @@ def plan_remediation(service: Service, findings: list[Finding], params: Database
     spared: list[dict[str, Any]] = []
     if params.end_blocking_migrations:
         for f in _problems(findings, "migration_locks"):
-            for holder in f.evidence["holders"]:
+            for holder in f.evidence_as(MigrationLocksEvidence).holders:
                 guard = pg.protected_reason(holder)
-                tables = ", ".join(holder["tables"]) or "its transaction"
-                reason = f"holds {tables}; {len(holder['waiters'])} session(s) wait"
+                tables = ", ".join(holder.tables) or "its transaction"
+                reason = f"holds {tables}; {len(holder.waiters)} session(s) wait"
                 if guard:
-                    spared.append({"pid": holder["pid"], "reason": f"{guard}: never touched"})
-                elif holder["waiters"]:
-                    terminate[holder["pid"]] = backend_item(holder, reason, "xact_age_s")
+                    spared.append({"pid": holder.pid, "reason": f"{guard}: never touched"})
+                elif holder.waiters:
+                    terminate[holder.pid] = backend_item(holder, reason, holder.xact_age_s)
                 else:
                     spared.append(
-                        {"pid": holder["pid"], "reason": "a migration nobody waits on: let it end"}
+                        {"pid": holder.pid, "reason": "a migration nobody waits on: let it end"}
                     )
     if params.cancel_long_queries:
         for f in _problems(findings, "long_running_queries"):
-            for s in f.evidence.get("sessions", []):
-                if s["pid"] in terminate:
+            for s in f.evidence_as(SessionsEvidence).sessions:
+                if s.pid in terminate:
                     continue
                 guard = pg.protected_reason(s)
                 if guard:
-                    spared.append({"pid": s["pid"], "reason": f"{guard}: never touched"})
+                    spared.append({"pid": s.pid, "reason": f"{guard}: never touched"})
                 else:
-                    why = f"query running for {s['query_age_s']:.0f}s"
-                    cancel[s["pid"]] = backend_item(s, why, "query_age_s")
+                    why = f"query running for {s.query_age_s or 0:.0f}s"
+                    cancel[s.pid] = backend_item(s, why, s.query_age_s)
     budget = params.max_terminations
     chosen_terminate = list(terminate.values())[:budget]
     chosen_cancel = list(cancel.values())[: max(0, budget - len(chosen_terminate))]
@@ -192,7 +197,9 @@ def _notes(
             " re-test every connection once it recovers"
         )
     if _problems(findings, "connectivity") and not down:
-        reachable = not any(f.evidence.get("down") for f in _problems(findings, "connectivity"))
+        reachable = not any(
+            f.evidence_as(ConnectivityEvidence).down for f in _problems(findings, "connectivity")
+        )
         out.append(
             "the database refuses or drops connections and no provider reports an incident:"
             " check the server's CPU, memory, disk and logs in its dashboard"

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from checks import postgres as pg
+from checks.evidence.postgres import LockChainsEvidence, SessionRow, SessionsEvidence
 from checks.findings import Finding
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.service import Service
@@ -88,12 +89,12 @@ def _named_checks(db: PostgresReader, params: DbConnectionsParams) -> dict[str, 
     }
 
 
-def _sessions(findings: list[Finding], check: str) -> list[dict[str, Any]]:
+def _sessions(findings: list[Finding], check: str) -> list[SessionRow]:
     return [
         s
         for f in findings
         if f.check == check and f.status.is_problem
-        for s in f.evidence.get("sessions", [])
+        for s in f.evidence_as(SessionsEvidence).sessions
     ]
 
 
@@ -107,43 +108,40 @@ def plan_remediation(
     spared: list[dict[str, Any]] = []
     victims: set[int] = set()
 
-    def consider(session: dict[str, Any], reason: str, into: dict, age_key: str) -> None:
+    def consider(
+        session: SessionRow, reason: str, into: dict[int, dict[str, Any]], age_s: float | None
+    ) -> None:
         guard = pg.protected_reason(session)
         if guard:
-            spared.append({"pid": session["pid"], "reason": f"{guard}: never touched ({reason})"})
-        elif session["pid"] in into:
-            into[session["pid"]]["reason"] += f"; {reason}"
+            spared.append({"pid": session.pid, "reason": f"{guard}: never touched ({reason})"})
+        elif session.pid in into:
+            into[session.pid]["reason"] += f"; {reason}"
         else:
-            into[session["pid"]] = backend_item(session, reason, age_key)
+            into[session.pid] = backend_item(session, reason, age_s)
 
     if params.terminate_root_blockers:
         for f in findings:
             if f.check != "lock_chains" or not f.status.is_problem:
                 continue
-            for chain in f.evidence.get("chains", []):
-                root = chain["root"]
-                if root.get("state") == "gone":
+            for chain in f.evidence_as(LockChainsEvidence).chains:
+                root = chain.root
+                if root.state == "gone":
                     continue
-                consider(
-                    root,
-                    f"root blocker of {chain['waiter_count']} waiting session(s)",
-                    terminate,
-                    "xact_age_s",
-                )
-                if root["pid"] in terminate:
-                    victims.update(chain["waiters"])
+                why = f"root blocker of {chain.waiter_count} waiting session(s)"
+                consider(root, why, terminate, root.xact_age_s)
+                if root.pid in terminate:
+                    victims.update(chain.waiters)
     for s in _sessions(findings, "idle_in_transaction"):
-        consider(s, f"idle in transaction for {s['state_age_s']:.0f}s", terminate, "state_age_s")
+        why = f"idle in transaction for {s.state_age_s or 0:.0f}s"
+        consider(s, why, terminate, s.state_age_s)
     if params.cancel_long_queries:
         for s in _sessions(findings, "long_running_queries"):
-            if s["pid"] in terminate:
+            if s.pid in terminate:
                 continue
-            if s["pid"] in victims:
-                spared.append(
-                    {"pid": s["pid"], "reason": "waiting on a blocker this plan terminates"}
-                )
+            if s.pid in victims:
+                spared.append({"pid": s.pid, "reason": "waiting on a blocker this plan terminates"})
                 continue
-            consider(s, f"query running for {s['query_age_s']:.0f}s", cancel, "query_age_s")
+            consider(s, f"query running for {s.query_age_s or 0:.0f}s", cancel, s.query_age_s)
 
     budget = params.max_terminations
     chosen_terminate = list(terminate.values())[:budget]

@@ -22,6 +22,13 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from checks import hms
+from checks.evidence.hms import (
+    ApiCallsEvidence,
+    RecentDeploysEvidence,
+    RoomsEvidence,
+    TokenEvidence,
+)
+from checks.evidence.providers import ProviderEvidence
 from checks.findings import Finding, Severity
 from checks.hms import TokenSource
 from integrations.docker import DockerOperator, DockerReader, DockerTarget
@@ -188,14 +195,15 @@ def _rotation(
     if not (target.access_key and target.app_secret):
         reason = "no app access key and secret configured to sign a new one: issue it from the "
         return {"what": what, "reason": reason + "100ms dashboard and redeploy"}
-    app = token.evidence.get("app") or {}
-    if app.get("kind") not in ("kubernetes", "docker"):
+    seen = token.evidence_as(TokenEvidence)
+    app = seen.app
+    if app is None or app.kind not in ("kubernetes", "docker"):
         reason = "oncall does not know where the app reads it (configure kubernetes or docker): "
         return {"what": what, "reason": reason + "regenerate it and redeploy by hand"}
     ttl, key = params.token_ttl_seconds, params.token_key
     expires = _when(int(now) + ttl)
     item: dict[str, Any] = {
-        "kind": app["kind"],
+        "kind": app.kind,
         "key": key,
         "issued_at": int(now),
         "planned_at": now,
@@ -203,22 +211,22 @@ def _rotation(
         "expires_at": expires,
         "warn_seconds": params.token_warn_seconds,
     }
-    why = "expired" if token.evidence.get("expired") else "refused or about to expire"
-    if app["kind"] == "kubernetes":
-        pods = app.get("pods") or []
-        where = f"deployment {app['namespace']}/{app['deployment']}"
-        item.update(secret=params.token_secret, namespace=app["namespace"])
-        item.update(deployment=app["deployment"], pods=pods)
+    why = "expired" if seen.expired else "refused or about to expire"
+    if app.kind == "kubernetes":
+        pods = app.pods
+        where = f"deployment {app.namespace}/{app.deployment}"
+        item.update(secret=params.token_secret, namespace=app.namespace)
+        item.update(deployment=app.deployment, pods=pods)
         preview = (
             f"secret {params.token_secret} key {key}: new token valid until {expires}\n"
-            f"  (namespace {app['namespace']}; a 100ms management token signed HS256 with the "
+            f"  (namespace {app.namespace}; a 100ms management token signed HS256 with the "
             "app secret; its value is never shown)\n"
             f"rollout restart {where}: replace its {len(pods)} pods ({', '.join(pods)}) one by "
             "one so they read the new token"
         )
         title = f"Regenerate the 100ms management token and restart {where}"
     else:
-        containers = app.get("containers") or []
+        containers = app.containers
         where = f"container(s) {', '.join(containers)}"
         item.update(containers=containers)
         preview = (
@@ -241,8 +249,8 @@ def _rotation(
 
 
 def _fallback(service: Service, page: Finding, params: HmsFailuresParams) -> Action:
-    provider = page.evidence["provider"]
-    down = page.evidence.get("state") == "down"
+    seen = page.evidence_as(ProviderEvidence)
+    provider, down = seen.provider, seen.state == "down"
     every = UPDATE_EVERY[page.severity or Severity.P2]
     if down:
         title = "Video sessions unavailable"
@@ -272,7 +280,8 @@ def plan_remediation(
     by = {f.check: f for f in findings}
     token, calls, page = by.get("management_token"), by.get("api_calls"), by.get("hms_status_page")
     rooms, deploys = by.get("room_usage"), by.get("recent_deploys")
-    counts = calls.evidence.get("counts", {}) if calls else {}
+    answers = calls.evidence_as(ApiCallsEvidence) if calls and calls.status != "error" else None
+    counts = answers.counts if answers else {}
     calls_failing = bool(calls and calls.status.is_problem)
     token_bad = bool(token and token.status.is_problem)
     provider_bad = bool(page and page.status.is_problem)
@@ -289,7 +298,8 @@ def plan_remediation(
             {
                 "what": "100ms itself",
                 "reason": "an outage on 100ms's side: wait for recovery "
-                f"({page.evidence['page_url']}); report it to their support if it lasts",
+                f"({page.evidence_as(ProviderEvidence).page_url}); report it to their support"
+                " if it lasts",
             }
         )
         if params.post_status_page and service.statuspage is not None:
@@ -297,7 +307,8 @@ def plan_remediation(
         elif params.post_status_page:
             spared.append({"what": "fallback messaging", "reason": "no statuspage configured"})
     if rooms is not None and rooms.status.is_problem:
-        use = f"{rooms.evidence['active_rooms']} of {rooms.evidence['limit']}"
+        usage = rooms.evidence_as(RoomsEvidence)
+        use = f"{usage.active_rooms} of {usage.limit}"
         why = "no automatic action: check concurrent sessions, upgrade the 100ms plan if needed"
         spared.append(
             {
@@ -308,14 +319,19 @@ def plan_remediation(
     if counts.get("rate_limited"):
         why = "no automatic action: back off with exponential retries and look for a loop"
         spared.append({"what": "100ms rate limit", "reason": f"{why} calling 100ms"})
-    dominant = calls.evidence.get("error_kind") if calls else None
+    dominant = answers.error_kind if answers else None
     unexplained = calls_failing and not (provider_bad or token_bad) and dominant != "rate_limited"
-    recent = deploys.evidence.get("recent_change") if deploys else None
-    if unexplained and recent and deploys is not None:
+    changes = (
+        deploys.evidence_as(RecentDeploysEvidence)
+        if deploys and deploys.status != "error"
+        else None
+    )
+    recent = changes.recent_change if changes else None
+    if unexplained and recent and changes is not None:
         spared.append(
             {
-                "what": f"{deploys.evidence['where']} (image {', '.join(recent['images'])})",
-                "reason": f"changed {recent['age_s'] / 60:.0f} min ago while 100ms calls fail "
+                "what": f"{changes.where} (image {', '.join(recent.images)})",
+                "reason": f"changed {(recent.age_s or 0) / 60:.0f} min ago while 100ms calls fail "
                 "and its status page is green: roll it back with the `rollback` runbook "
                 "(oncall run rollback), fix the integration, re-deploy after testing",
             }

@@ -17,12 +17,20 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from kubernetes.utils.quantity import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field
 
 from checks import memory as mem
+from checks.evidence.memory import (
+    AfterRestartEvidence,
+    DeployCorrelationEvidence,
+    KubeRuntime,
+    MemoryEvidence,
+    MemoryTrendEvidence,
+    RestartsEvidence,
+)
 from checks.findings import Finding, Status
 from checks.http_metrics import current_value, metrics_check
 from integrations.commands import describe, run_configured
@@ -49,6 +57,7 @@ __all__ = [
 ]
 
 NAME = "memory-leak"
+MemoryEvidenceT = TypeVar("MemoryEvidenceT", bound=MemoryEvidence)
 MiB = 2**20
 AFTER = "memory_after_restart"  # the verification check that measures the slope
 
@@ -228,7 +237,14 @@ def _verify_checks(
                 leak_slope=restart.params.get("leak_slope_bytes_per_s"),
             )
             return [
-                f.model_copy(update={"evidence": {**f.evidence, "suspect": suspect}}) for f in found
+                f.model_copy(
+                    update={
+                        "evidence": f.evidence_as(AfterRestartEvidence)
+                        .model_copy(update={"suspect": suspect})
+                        .dump()
+                    }
+                )
+                for f in found
             ]
 
         checks[AFTER] = after_restart
@@ -244,53 +260,66 @@ def _mib(value: float | None) -> str:
     return "?" if value is None else f"{value / MiB:.1f} MiB"
 
 
-def _problems(findings: list[Finding], check: str, **evidence: Any) -> list[Finding]:
+def _problems(findings: list[Finding], check: str) -> list[Finding]:
+    return [f for f in findings if f.check == check and f.status.is_problem]
+
+
+def _leaks(findings: list[Finding]) -> list[Finding]:
     return [
         f
-        for f in findings
-        if f.check == check
-        and f.status.is_problem
-        and all(f.evidence.get(k) == v for k, v in evidence.items())
+        for f in _problems(findings, "memory_trend")
+        if f.evidence_as(MemoryTrendEvidence).kind == "leak"
     ]
+
+
+def _measured(
+    findings: list[Finding], check: str, model: type[MemoryEvidenceT]
+) -> list[tuple[Finding, MemoryEvidenceT]]:
+    """The findings of a memory check that measured a series, with their evidence."""
+    read = [f for f in findings if f.check == check and f.status is not Status.ERROR]
+    return [(f, e) for f in read if (e := f.evidence_as(model)).measured]
 
 
 def _memory_lines(findings: list[Finding]) -> list[str]:
     lines = []
-    for f in findings:
-        if f.check == "memory_trend" and f.status is not Status.ERROR:
-            e = f.evidence
-            due = e.get("seconds_to_limit")
-            lines.append(
-                f"  {f.target}: {_mib(e.get('current_bytes'))} of {_mib(e.get('limit_bytes'))}"
-                f" ({e.get('limit_source')}), {e.get('kind')}"
-                + (f", reaches the limit in {due:.0f}s" if due is not None else "")
-            )
+    for f, e in _measured(findings, "memory_trend", MemoryTrendEvidence):
+        due = e.seconds_to_limit
+        lines.append(
+            f"  {f.target}: {_mib(e.current_bytes)} of {_mib(e.limit_bytes)}"
+            f" ({e.limit_source}), {e.kind}"
+            + (f", reaches the limit in {due:.0f}s" if due is not None else "")
+        )
     return lines
 
 
 def _restart_action(
-    service: Service, findings: list[Finding], reasons: list[str], runtime: dict[str, Any]
+    service: Service, findings: list[Finding], reasons: list[str], runtime: RestartsEvidence
 ) -> Action | None:
-    trend = [f for f in findings if f.check == "memory_trend" and "current_bytes" in f.evidence]
-    usage = [f for f in findings if f.check == "memory_usage" and "current_bytes" in f.evidence]
-    seen = trend or usage
-    before = max((f.evidence["current_bytes"] for f in seen), default=0.0)
-    baseline = min((f.evidence.get("baseline_bytes", before) for f in seen), default=before)
-    slopes = [
-        f.evidence.get("slope_bytes_per_s") or 0.0
-        for f in trend
-        if f.evidence.get("kind") == "leak"
-    ]
+    trend = _measured(findings, "memory_trend", MemoryTrendEvidence)
+    seen: Sequence[tuple[Finding, MemoryEvidence]] = trend or _measured(
+        findings, "memory_usage", MemoryEvidence
+    )
+    before = max((e.current_bytes or 0.0 for _, e in seen), default=0.0)
+    baseline = min(
+        (
+            e.baseline_bytes
+            if isinstance(e, MemoryTrendEvidence) and e.baseline_bytes is not None
+            else before
+            for _, e in seen
+        ),
+        default=before,
+    )
+    slopes = [e.slope_bytes_per_s or 0.0 for _, e in trend if e.kind == "leak"]
     common = {
         "planned_at": time.time(),
         "leak_slope_bytes_per_s": max(slopes) if slopes else None,
-        "query": seen[0].evidence["query"] if seen else None,
+        "query": seen[0][1].query if seen else None,
         "before_bytes": before,
         "baseline_bytes": baseline,
         # Half the growth given back already means someone restarted it since the plan.
         "skip_below_bytes": baseline + 0.5 * (before - baseline) if before > baseline else None,
     }
-    items = [{"series": f.target, "memory_bytes": f.evidence["current_bytes"]} for f in seen]
+    items = [{"series": f.target, "memory_bytes": e.current_bytes} for f, e in seen]
     why = "Why: " + "; ".join(reasons)
     memory = "\n".join(["Memory now:", *_memory_lines(findings)]) if trend else ""
     undo = "nothing to undo: a restart only drops the memory the processes held"
@@ -308,7 +337,7 @@ def _restart_action(
             params={**common, "mechanism": "configured", "call": call},
         )
     if k := service.kubernetes:
-        pods = [p["pod"] for p in (runtime.get("kubernetes") or {}).get("pods", [])]
+        pods = [p.pod for p in runtime.kubernetes.pods] if runtime.kubernetes else []
         return Action(
             id="restart",
             kind=MemoryAction.RESTART,
@@ -326,7 +355,7 @@ def _restart_action(
             params={**common, "mechanism": "kubernetes"},
         )
     if d := service.docker:
-        names = [c["name"] for c in runtime.get("docker") or []] or [d.container or ""]
+        names = [c.name for c in runtime.docker or []] or [d.container or ""]
         return Action(
             id="restart",
             kind=MemoryAction.RESTART,
@@ -351,7 +380,7 @@ def _round_mi(value: float, quantum: int = 1) -> str:
 def _limit_action(
     service: Service,
     findings: list[Finding],
-    kube: dict[str, Any],
+    kube: KubeRuntime,
     params: MemoryLeakParams,
     *,
     leak: bool,
@@ -359,8 +388,12 @@ def _limit_action(
 ) -> tuple[Action | None, str | None]:
     """Sets a missing limit, or raises one a spike outgrew; never feeds a leak a bigger one."""
     k = service.target(KubernetesTarget)
-    current = kube.get("memory_limit")
-    peak = max((f.evidence.get("current_bytes") or 0 for f in findings), default=0)
+    current = kube.memory_limit
+    peak = max(
+        [e.current_bytes or 0 for _, e in _measured(findings, "memory_trend", MemoryTrendEvidence)]
+        + [e.current_bytes or 0 for _, e in _measured(findings, "memory_usage", MemoryEvidence)],
+        default=0,
+    )
     if current is None:
         new = params.memory_limit or _round_mi(max(peak, 64 * MiB) * params.limit_raise_factor, 64)
         why = "the container has no memory limit (seed 000 Incident 4: 'Add memory limits')"
@@ -378,9 +411,9 @@ def _limit_action(
         return None, None
     if current is not None and parse_quantity(new) <= parse_quantity(current):
         return None, f"memory limit left at {current}: the proposed {new} is not higher"
-    container = kube["container"]
+    container = kube.container
     where = f"deployment/{k.deployment} -n {k.namespace}"
-    pods = [p["pod"] for p in kube.get("pods", [])]
+    pods = [p.pod for p in kube.pods]
     action = Action(
         id="memory-limit",
         kind=MemoryAction.MEMORY_LIMIT,
@@ -389,7 +422,7 @@ def _limit_action(
         title=f"Set the memory limit of {container} to {new} (was {current or 'none'})",
         preview=(
             f"kubectl set resources {where} -c {container} --limits=memory={new}"
-            f" (was {current or 'none'}; request {kube.get('memory_request') or 'none'}):"
+            f" (was {current or 'none'}; request {kube.memory_request or 'none'}):"
             f" rolls out new pods replacing {', '.join(pods) or 'the current ones'}\nWhy: {why}"
         ),
         items=[{"container": container, "from": current, "to": new}],
@@ -405,10 +438,17 @@ def _limit_action(
 
 def plan_remediation(service: Service, findings: list[Finding], params: MemoryLeakParams) -> Plan:
     """Turns findings into a restart and, on Kubernetes, a memory limit; rollback is handed on."""
-    leaks = _problems(findings, "memory_trend", kind="leak")
+    leaks = _leaks(findings)
     pressure = _problems(findings, "memory_usage")
     oom = [f for f in findings if f.check == "restarts" and f.status is Status.CRITICAL]
-    runtime = next((f.evidence for f in findings if f.check == "restarts"), {})
+    runtime = next(
+        (
+            f.evidence_as(RestartsEvidence)
+            for f in findings
+            if f.check == "restarts" and f.status is not Status.ERROR
+        ),
+        RestartsEvidence(),
+    )
     actions: list[Action] = []
     spared: list[dict[str, Any]] = []
     reasons = [f"{f.target}: {f.summary}" for f in leaks + pressure + oom]
@@ -424,11 +464,11 @@ def plan_remediation(service: Service, findings: list[Finding], params: MemoryLe
                     " docker)",
                 }
             )
-    if service.kubernetes and runtime.get("kubernetes"):
+    if service.kubernetes and runtime.kubernetes:
         limit, why_not = _limit_action(
             service,
             findings,
-            runtime["kubernetes"],
+            runtime.kubernetes,
             params,
             leak=bool(leaks),
             pressure=bool(pressure or oom),
@@ -438,7 +478,8 @@ def plan_remediation(service: Service, findings: list[Finding], params: MemoryLe
         if why_not:
             spared.append({"action": "memory-limit", "reason": why_not})
     for f in _problems(findings, "deploy_correlation"):
-        deploy = (f.evidence.get("deploy") or {}).get("what")
+        event = f.evidence_as(DeployCorrelationEvidence).deploy
+        deploy = event.what if event else None
         why = f"handed to the rollback runbook: {f.summary}"
         spared.append({"action": "rollback", "reason": why, "deploy": deploy})
     return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
@@ -555,7 +596,13 @@ class LeakStopped(BaseModel):
             f for s in samples for f in s.findings if f.check == AFTER and f.status.is_problem
         ]
         suspect = next(
-            (f.evidence.get("suspect") for f in slopes if f.evidence.get("suspect")), None
+            (
+                s
+                for f in slopes
+                if f.status is not Status.ERROR
+                and (s := f.evidence_as(AfterRestartEvidence).suspect)
+            ),
+            None,
         )
         rollback = "roll back the deploy that started it" + (f" ({suspect})" if suspect else "")
         rollback += " — `oncall run rollback`"
@@ -587,8 +634,8 @@ def _notes(
         " (oncall run rollback)"
         for f in _problems(findings, "deploy_correlation")
     ]
-    for f in _problems(findings, "memory_trend", kind="leak")[:1]:
-        slope = (f.evidence.get("slope_bytes_per_s") or 0) * 60
+    for f in _leaks(findings)[:1]:
+        slope = (f.evidence_as(MemoryTrendEvidence).slope_bytes_per_s or 0) * 60
         notes.append(
             f"a restart resets memory, not the leak (+{_mib(slope)}/min on {f.target}): roll"
             " back or fix it; seed 000 says look for unbounded caches, unclosed connections,"

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from checks import providers
+from checks.evidence.providers import ProviderEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.commands import describe, run_configured
 from integrations.errors import OncallError
@@ -139,7 +140,7 @@ def _severity(found: list[Finding]) -> Severity:
 
 
 def _names(found: list[Finding]) -> str:
-    return " and ".join(str(f.evidence["provider"]) for f in found)
+    return " and ".join(f.evidence_as(ProviderEvidence).provider for f in found)
 
 
 def _status_post(service: Service, found: list[Finding], params: ProviderOutageParams) -> Action:
@@ -168,11 +169,11 @@ def plan_remediation(
         return Plan(runbook=NAME, target=service.name)
     spared: list[dict[str, Any]] = [
         {
-            "what": f"{f.evidence['provider']} itself",
+            "what": f"{p.provider} itself",
             "reason": "an outage on the provider's side: nothing to change there; wait for "
-            f"recovery ({f.evidence['page_url']}), report it to their support if it lasts",
+            f"recovery ({p.page_url}), report it to their support if it lasts",
         }
-        for f in found
+        for p in (f.evidence_as(ProviderEvidence) for f in found)
     ]
     actions = []
     if params.post_status_page and service.statuspage is not None:

@@ -19,6 +19,12 @@ from typing import Any
 from pydantic import Field
 
 from checks import queues as qc
+from checks.evidence.queues import (
+    DeadLetterEvidence,
+    DrainEvidence,
+    FailuresEvidence,
+    QueueEvidence,
+)
 from checks.findings import Finding, Status
 from integrations.commands import describe
 from integrations.docker import DockerTarget
@@ -47,6 +53,7 @@ from runbooks.remedies.queues import (
     QueueAction,
     fill_workers,
 )
+from runbooks.remedies.scale import capacity
 
 __all__ = ["RUNBOOK", "QueueBacklogParams", "plan_remediation"]
 
@@ -78,11 +85,11 @@ class QueueBacklogParams(QueueReadParams):
     )
 
 
-def _size(now: int, ev: dict[str, Any], params: QueueBacklogParams) -> tuple[int, str]:
+def _size(now: int, ev: QueueEvidence, params: QueueBacklogParams) -> tuple[int, str]:
     """How many workers drain the backlog in about ``drain_target_seconds``, and why."""
     if now == 0:
         return params.min_workers, f"nothing consumes: start {params.min_workers} (min_workers)"
-    done, arrive, depth = ev["consume_rate"], ev["publish_rate"], ev["depth"]
+    done, arrive, depth = ev.consume_rate, ev.publish_rate, ev.depth
     if done and arrive is not None:
         need = arrive + depth / params.drain_target_seconds
         to = math.ceil(now * need / done - 1e-9)
@@ -93,20 +100,21 @@ def _size(now: int, ev: dict[str, Any], params: QueueBacklogParams) -> tuple[int
         )
     else:
         to = math.ceil(now * params.scale_factor)
-        how = f"rates unknown ({ev['rates_source']}): {params.scale_factor:g}x the workers"
+        how = f"rates unknown ({ev.rates_source}): {params.scale_factor:g}x the workers"
     return min(params.max_workers, max(now + 1, to)), how
 
 
 def _scale_action(
     service: Service, findings: list[Finding], drain: Finding, params: QueueBacklogParams
 ) -> tuple[Action | None, str | None]:
-    ev, cfg = drain.evidence, service.actions.get("scale")
-    cap = next((f.evidence for f in findings if "replicas" in f.evidence), None)
+    ev, cfg = drain.evidence_as(DrainEvidence), service.actions.get("scale")
+    cap = capacity(findings)
     extra: dict[str, Any]
     if cfg is not None:
-        now = 0 if ev["cause"] == "no_consumers" else ev["consumers"]
-        if now is None:
-            return None, f"worker count unknown ({ev['consumers_source']}): scale by hand"
+        count = 0 if ev.cause == "no_consumers" else ev.consumers
+        if count is None:
+            return None, f"worker count unknown ({ev.consumers_source}): scale by hand"
+        now = count
         mechanism, where, extra = "configured", "configured action 'scale'", {"call": describe(cfg)}
 
         def command(workers: int) -> str:
@@ -114,21 +122,20 @@ def _scale_action(
 
         undo = cfg.undo or (command(now) if WORKERS in describe(cfg) else "scale back by hand")
     elif cap is not None:
-        now, mechanism, extra = cap["replicas"], cap["mechanism"], {**cap, "recheck": None}
+        now, mechanism, extra = cap.replicas, cap.mechanism, {**cap.dump(), "recheck": None}
         kube = mechanism == "kubernetes"
         where = (
-            f"deployment {cap['namespace']}/{cap['name']}"
+            f"deployment {cap.namespace}/{cap.name}"
             if kube
-            else f"compose service {cap['project']}/{cap['service']}"
+            else f"compose service {cap.project}/{cap.service}"
         )
-        if ev["consumers"] == 0 and now > 0:
+        if ev.consumers == 0 and now > 0:
             return None, (
-                f"{now} replicas of {where} run but none consumes {ev['queue']}: they are stuck"
+                f"{now} replicas of {where} run but none consumes {ev.queue}: they are stuck"
                 " or crashing; read their logs (app-down runbook) rather than add more"
             )
 
-        name, namespace = cap.get("name"), cap.get("namespace")
-        project, member = cap.get("project"), cap.get("service")
+        name, namespace, project, member = cap.name, cap.namespace, cap.project, cap.service
 
         def command(workers: int) -> str:
             if kube:
@@ -146,8 +153,8 @@ def _scale_action(
         kind=QueueAction.SCALE,
         target=where,
         risk=Risk(cfg.risk) if cfg is not None else Risk.RISKY,
-        title=f"Scale workers of {ev['queue']} from {now} to {to}",
-        preview=f"scale workers of {ev['queue']} ({where}): {now} → {to}\n{command(to)}\n"
+        title=f"Scale workers of {ev.queue} from {now} to {to}",
+        preview=f"scale workers of {ev.queue} ({where}): {now} → {to}\n{command(to)}\n"
         f"Sizing: {how}\nWhy: {drain.summary}",
         items=[{"from": now, "to": to}],
         undo=undo,
@@ -163,7 +170,7 @@ def _scale_action(
 
 
 def _pause_action(
-    service: Service, findings: list[Finding], ev: dict[str, Any], components: list[str]
+    service: Service, findings: list[Finding], ev: QueueEvidence, components: list[str]
 ) -> Action | None:
     down = [f for f in findings if f.check == "provider_status" and f.status is Status.CRITICAL]
     why = "; ".join(f.summary for f in down)
@@ -174,9 +181,9 @@ def _pause_action(
     return action.model_copy(
         update={
             "kind": QueueAction.PAUSE,
-            "title": f"Pause consumers of {ev['queue']} while {down[0].target} is down",
-            "preview": f"{action.preview}\nConsumers stop taking from {ev['queue']}:"
-            f" {ev['depth']:,} messages wait there (none lost) until they are resumed.",
+            "title": f"Pause consumers of {ev.queue} while {down[0].target} is down",
+            "preview": f"{action.preview}\nConsumers stop taking from {ev.queue}:"
+            f" {ev.depth:,} messages wait there (none lost) until they are resumed.",
             "undo": service.actions["pause_consumers"].undo
             or ("run the configured 'resume_consumers' action" if resume else action.undo),
             "params": {
@@ -191,20 +198,21 @@ def _pause_action(
 def _dead_letter_action(
     failures: Finding, params: QueueBacklogParams
 ) -> tuple[Action | None, str | None]:
-    ev = failures.evidence
-    if not ev["dead_letter"]:
+    ev = failures.evidence_as(FailuresEvidence)
+    dlq = ev.dead_letter
+    if not dlq:
         return None, "no dead-letter queue configured (dead_letter_queue / dead_letter_key)"
-    exact = ev["kind"] == "stream"
-    if ev["system"] == "redis" and not exact:
-        return None, f"{ev['kind']} items carry no delivery count to tell poison apart"
-    k = ev["poison_min"] or params.poison_deliveries or 3
-    count = min(ev["poison"] or 0, params.max_dead_letter) if exact else params.max_dead_letter
+    exact = ev.kind == "stream"
+    if ev.system == "redis" and not exact:
+        return None, f"{ev.kind} items carry no delivery count to tell poison apart"
+    k = ev.poison_min or params.poison_deliveries or 3
+    count = min(ev.poison or 0, params.max_dead_letter) if exact else params.max_dead_letter
     what = (
-        f"move {count} pending entries delivered {k}+ times from {ev['queue']} to"
-        f" {ev['dead_letter']} (acked for the group, copied with their delivery count)"
+        f"move {count} pending entries delivered {k}+ times from {ev.queue} to"
+        f" {dlq} (acked for the group, copied with their delivery count)"
         if exact
         else f"move up to {count} messages with a delivery count of {k}+ (x-delivery-count,"
-        f" retry header or x-death) from {ev['queue']} to {ev['dead_letter']}: AMQP cannot"
+        f" retry header or x-death) from {ev.queue} to {dlq}: AMQP cannot"
         " list them without taking them, so the exact ones are read, moved and listed at"
         " execution; the scan returns the rest in place, marked redelivered"
     )
@@ -213,11 +221,10 @@ def _dead_letter_action(
         kind=QueueAction.DEAD_LETTER,
         target=failures.target,
         risk=Risk.RISKY,
-        title=f"Move {'' if exact else 'up to '}{count} poison messages to {ev['dead_letter']}",
+        title=f"Move {'' if exact else 'up to '}{count} poison messages to {dlq}",
         preview=f"{what}\nWhy: {failures.summary}",
-        items=[{"queue": ev["queue"], "dead_letter": ev["dead_letter"], "count": count}],
-        undo=f"requeue them from {ev['dead_letter']} once consumers are healthy (this runbook"
-        " proposes it then)",
+        items=[{"queue": ev.queue, "dead_letter": dlq, "count": count}],
+        undo=f"requeue them from {dlq} once consumers are healthy (this runbook proposes it then)",
         params={"count": count, "min_deliveries": k},
     )
     return action, None
@@ -226,24 +233,25 @@ def _dead_letter_action(
 def _requeue_action(
     findings: list[Finding], dead: Finding, params: QueueBacklogParams
 ) -> tuple[Action | None, str | None]:
-    ev = dead.evidence
+    ev = dead.evidence_as(DeadLetterEvidence)
     upset = [f.target for f in findings if f.check == "provider_status" and f.status != "ok"]
-    if not ev["dead_letter"]:
+    dlq = ev.dead_letter
+    if not dlq:
         return None, "no dead-letter queue configured; RQ keeps its failed jobs (rq requeue)"
-    if not params.requeue_dead_letters or ev["consumers"] == 0 or upset:
+    if not params.requeue_dead_letters or ev.consumers == 0 or upset:
         why = "requeue_dead_letters=false" if not params.requeue_dead_letters else "no consumers"
         return None, f"provider not operational ({', '.join(upset)})" if upset else why
-    count = min(ev["held"], params.max_requeue)
+    count = min(ev.held, params.max_requeue)
     ok = ", ".join(f"{p} operational" for p in provider_names(findings)) or "no provider configured"
     action = Action(
         id="requeue-dead-letters",
         kind=QueueAction.REQUEUE,
         target=dead.target,
         risk=Risk.RISKY,
-        title=f"Requeue {count} messages from {ev['dead_letter']} to {ev['queue']}",
-        preview=f"requeue {count} of {ev['held']:,} messages from {ev['dead_letter']} back to"
-        f" {ev['queue']} (the oldest first)\nRecovered: {ok}; consumers run and keep up",
-        items=[{"dead_letter": ev["dead_letter"], "queue": ev["queue"], "count": count}],
+        title=f"Requeue {count} messages from {dlq} to {ev.queue}",
+        preview=f"requeue {count} of {ev.held:,} messages from {dlq} back to"
+        f" {ev.queue} (the oldest first)\nRecovered: {ok}; consumers run and keep up",
+        items=[{"dead_letter": dlq, "queue": ev.queue, "count": count}],
         undo="nothing to undo if they succeed; if they fail again the consumers dead-letter them",
         params={
             "count": count,
@@ -259,9 +267,10 @@ def plan_remediation(service: Service, findings: list[Finding], params: QueueBac
     drain, failures = one(findings, "drain_rate"), one(findings, "consumer_failures")
     if drain is None or failures is None:  # the broker did not answer: nothing to plan on
         return Plan(runbook=NAME, target=service.name)
-    ev, why = drain.evidence, drain.evidence["cause"]
+    ev = drain.evidence_as(DrainEvidence)
+    why = ev.cause
     dead = one(findings, "dead_letter")
-    held = dead is not None and dead.evidence["held"] > 0
+    held = dead is not None and dead.evidence_as(DeadLetterEvidence).held > 0
     actions: list[Action] = []
     spared: list[dict[str, Any]] = []
 
@@ -281,7 +290,7 @@ def plan_remediation(service: Service, findings: list[Finding], params: QueueBac
         add("dead-letter-poison", None, f"{gone}: not poison" if poisoned else None)
         add("requeue-dead-letters", None, f"{gone}: they would fail again" if held else None)
     elif why == "failing":
-        if failures.evidence["returning"]:
+        if failures.evidence_as(FailuresEvidence).returning:
             add("dead-letter-poison", *_dead_letter_action(failures, params))
         add("scale-workers", None, "consumers fail: more of them only fail faster")
     elif why in ("no_consumers", "too_slow"):
@@ -306,7 +315,7 @@ def _notes(
         )
     failures = one(findings, "consumer_failures")
     if failures and failures.status.is_problem and not down:
-        jobs = failures.evidence.get("failed_jobs") or []
+        jobs = failures.evidence_as(FailuresEvidence).failed_jobs
         last = "; ".join(f"{j['id']}: {j['error']}" for j in jobs[:3])
         notes.append(
             "consumers fail: read their logs and the failed jobs before scaling"

@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 
 from pydantic import Field
 
-from checks.findings import Finding
+from checks.evidence.deploys import DeployEvidence
+from checks.findings import Finding, Status
 from integrations.docker import DockerTarget
 from integrations.kubernetes import KubernetesTarget
 from integrations.prometheus import PrometheusTarget
@@ -86,7 +87,12 @@ def _notes(
     service: Service, findings: list[Finding], plan: Plan, params: RollbackParams
 ) -> list[str]:
     notes = [f"{s['target']}: {s['reason']}; nothing was changed" for s in plan.spared]
-    if not any(f.evidence.get("suspect") for f in findings if f.check in DEPLOY_CHECKS):
+    implicated = [
+        f.evidence_as(DeployEvidence).suspect
+        for f in findings
+        if f.check in DEPLOY_CHECKS and f.status is not Status.ERROR
+    ]
+    if not any(implicated):
         notes.append("no recent deploy is implicated: a rollback would not help (see app-down)")
     return notes
 

@@ -94,6 +94,7 @@ class Supervisor:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body: dict[str, Any]
                 if self.path != "/restart":
                     code, body = 404, {"error": f"no route {self.path}"}
                 else:

@@ -40,7 +40,7 @@ class GameDay(BaseModel):
     scorecards: list[Scorecard] = Field(default_factory=list)
     errors: dict[str, str] = Field(default_factory=dict, description="scenario -> why")
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy rejects decorated properties
     @property
     def passed(self) -> bool:
         return not self.errors and all(card.passed for card in self.scorecards)

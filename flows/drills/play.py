@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from checks.findings import Severity
 from flows.drills.scorecard import Expect, Scorecard, score
@@ -46,7 +46,7 @@ def play(
 
 @contextlib.contextmanager
 def scraped_app(
-    kind: str, job: str, *, history: str, samples: int, **flags: Any
+    kind: Literal["leaky", "faulty"], job: str, *, history: str, samples: int, **flags: Any
 ) -> Iterator[tuple[Any, Any]]:
     """A sandbox app (``leaky`` or ``faulty``) scraped every second by a real Prometheus as
     ``job``; yields ``(app, prometheus)`` once ``history`` has ``samples`` samples.
@@ -56,7 +56,7 @@ def scraped_app(
     from flows.drills.sandbox.prometheus import PrometheusProcess, wait_for
 
     prometheus = PrometheusProcess()
-    with SandboxApp(kind, **flags) as app:  # type: ignore[arg-type]
+    with SandboxApp(kind, **flags) as app:
         prometheus.set_targets({job: [app.address]})
         with prometheus:
             wait_for(prometheus.url, f'count_over_time({history}{{job="{job}"}}[1m])', samples)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from checks import http_metrics as hm
 from checks import providers
 from checks import queues as qc
+from checks.evidence.queues import DrainEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.docker import DockerReader
 from integrations.errors import TargetError
@@ -202,12 +203,14 @@ def next_step(findings: list[Finding]) -> str:
     )
 
 
-def _rates(drains: list[Finding]) -> str:
-    def mean(key: str) -> float | None:
-        values = [d.evidence[key] for d in drains if d.evidence.get(key) is not None]
-        return sum(values) / len(values) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
-    done, arrive = mean("consume_rate"), mean("publish_rate")
+
+def _rates(drains: list[DrainEvidence]) -> str:
+    done = _mean([d.consume_rate for d in drains])
+    arrive = _mean([d.publish_rate for d in drains])
     if done is None or arrive is None:
         return "rates not reported; judged from the depth"
     return f"{done:.1f}/s done vs {arrive:.1f}/s arriving"
@@ -263,17 +266,18 @@ class Drains(BaseModel):
                 reason=_why(relapse.findings, f"backed up again within {hold:.0f}s of the fix"),
                 next_step=next_step(relapse.findings),
             )
-        drains = [d for s in window if (d := one(s.findings, "drain_rate")) is not None]
+        drains = [
+            d.evidence_as(DrainEvidence)
+            for s in window
+            if (d := one(s.findings, "drain_rate")) is not None
+        ]
         points = [
             point
             for s, d in zip(window, drains, strict=True)
-            for point in (
-                (s.at_s - d.evidence["interval_s"], d.evidence["depth_before"]),
-                (s.at_s, d.evidence["depth"]),
-            )
+            for point in ((s.at_s - d.interval_s, float(d.depth_before)), (s.at_s, float(d.depth)))
         ]
         slope, span = _slope(points), points[-1][0] - points[0][0]
-        depth, start = drains[-1].evidence["depth"], drains[0].evidence["depth_before"]
+        depth, start = drains[-1].depth, drains[0].depth_before
         if slope > 0 and slope * span > params.verify_growth_tolerance:
             left = (params.depth_warn - depth) / slope
             when = (

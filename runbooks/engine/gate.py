@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
@@ -164,11 +165,11 @@ class _Gate(Tally):
         record["seal"] = seal_record("verdict", record)
         async with get_client() as client:
             try:
-                await client.create_flow_run_input(self.run_id, key, json.dumps(record))
+                await client.create_flow_run_input(UUID(self.run_id), key, json.dumps(record))
                 return True
             except (ObjectAlreadyExists, PrefectHTTPStatusError):
                 try:
-                    stored = json.loads(await client.read_flow_run_input(self.run_id, key))
+                    stored = json.loads(await client.read_flow_run_input(UUID(self.run_id), key))
                 except (PrefectHTTPStatusError, ValueError):
                     return True
                 # Written by someone else first (to hide a decision from the audit): record.
@@ -275,7 +276,7 @@ class _Gate(Tally):
             async with get_client() as client:
                 try:
                     await client.create_flow_run_input(
-                        self.run_id, f"oncall-gate-{key}", json.dumps(gate)
+                        UUID(self.run_id), f"oncall-gate-{key}", json.dumps(gate)
                     )
                 except (ObjectAlreadyExists, PrefectHTTPStatusError):
                     # A re-run after suspend: the decision stored under this key was made on
@@ -283,7 +284,7 @@ class _Gate(Tally):
                     # borrow that decision.
                     rerun = True
                     shown = json.loads(
-                        await client.read_flow_run_input(self.run_id, f"oncall-gate-{key}")
+                        await client.read_flow_run_input(UUID(self.run_id), f"oncall-gate-{key}")
                     )
                     if shown.get("plan_digest") != self.digest or not verify_record("gate", shown):
                         raise PlanChanged(

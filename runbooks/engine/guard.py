@@ -278,7 +278,7 @@ def remediation(
             )
         return await fn(action, *args, **kwargs)
 
-    guarded.__oncall_remediation__ = True  # type: ignore[attr-defined]
+    guarded.__dict__["__oncall_remediation__"] = True  # the marker the engine looks for
     return guarded
 
 

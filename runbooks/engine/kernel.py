@@ -447,7 +447,7 @@ def flow_of(runbook: Runbook[Any]) -> Any:
         "context": RunContext | None,
     }
     run.__annotations__ = {**annotations, "return": RunbookReport}
-    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # inspect reads it; typeshed lacks it
         [
             inspect.Parameter(
                 name,

@@ -158,7 +158,9 @@ class Runbook(BaseModel, Generic[P]):
         return self.name.replace("-", "_")
 
     def remedy(self, action: Action) -> Remedy | None:
-        return self.executors.get(action.kind)  # type: ignore[call-overload]
+        # An Action carries its kind as the enum's text (it travels as JSON); a StrEnum
+        # member equals its text, so the text finds the member's executor.
+        return next((r for kind, r in self.executors.items() if kind == action.kind), None)
 
     async def diagnose(self, service: Service, params: P | None = None) -> list[Finding]:
         """The read-only checks alone, without Prefect (incident verification, sweeps)."""

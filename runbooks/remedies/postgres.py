@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from checks.evidence.postgres import SessionRow
 from integrations.postgres import PostgresOperator, PostgresTarget
 from integrations.service import Service
 from runbooks.engine.guard import remediation
@@ -32,19 +33,23 @@ class PgAction(ActionKind):
     TERMINATE = "pg.terminate"
 
 
-def backend_item(session: dict[str, Any], reason: str, age_key: str) -> dict[str, Any]:
-    keep = (
-        "pid",
-        "usename",
-        "application_name",
-        "client_addr",
-        "state",
-        "backend_start",
-        "xact_start",
-        "query_start",
-        "query",
-    )
-    return {**{k: session.get(k) for k in keep}, "age_s": session.get(age_key), "reason": reason}
+# What a planned backend shows the approver and what re-validates it before the signal.
+_ITEM = (
+    "pid",
+    "usename",
+    "application_name",
+    "client_addr",
+    "state",
+    "backend_start",
+    "xact_start",
+    "query_start",
+    "query",
+)
+
+
+def backend_item(session: SessionRow, reason: str, age_s: float | None) -> dict[str, Any]:
+    """A planned backend: who it is, what re-validates it, its age and why it was chosen."""
+    return {**{k: getattr(session, k) for k in _ITEM}, "age_s": age_s, "reason": reason}
 
 
 def _preview(items: list[dict[str, Any]], verb: str) -> str:

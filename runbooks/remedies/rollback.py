@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from checks.deploys import Deploy
+from checks.evidence.deploys import DeployEvidence, DockerWhere, KubernetesWhere, VercelWhere
 from checks.findings import Finding, Severity, Status
 from integrations.docker import DockerOperator, DockerTarget
 from integrations.errors import ConfigError, TargetError
@@ -57,17 +59,17 @@ class RollbackAction(ActionKind):
 # -- plan --------------------------------------------------------------------------------------
 
 
-def _kubernetes_action(suspect: dict, good: dict, where: dict) -> Action:
-    dep, ns = where["deployment"], where["namespace"]
-    frm, to = suspect["detail"], good["detail"]
-    pods = where.get("pods") or []
+def _kubernetes_action(suspect: Deploy, good: Deploy, where: dict[str, Any]) -> Action:
+    place = KubernetesWhere.model_validate(where)
+    dep, ns, pods = place.deployment, place.namespace, place.pods
+    frm, to = suspect.detail, good.detail
     return Action(
         id="rollback-kubernetes",
         kind=RollbackAction.KUBERNETES,
         target=f"deployment {ns}/{dep}",
         risk=Risk.RISKY,
         title=f"Roll back deployment {dep} to revision {to['revision']}",
-        preview=f"deployment {dep}: {suspect['label']} → {good['label']}\n"
+        preview=f"deployment {dep}: {suspect.label} → {good.label}\n"
         f"as `kubectl rollout undo deployment/{dep} -n {ns} --to-revision={to['revision']}`;"
         f" replaces its {len(pods)} pod(s): {', '.join(pods) or 'none running'}\n"
         "Blast radius: every pod is replaced by a pod of the older template, at the pace of"
@@ -87,11 +89,12 @@ def _kubernetes_action(suspect: dict, good: dict, where: dict) -> Action:
     )
 
 
-def _docker_action(suspect: dict, good: dict, where: dict) -> Action:
-    frm, to = suspect["detail"]["image"], good["detail"]["image"]
-    names = [c["name"] for c in where["containers"] if c["image"] != to]
+def _docker_action(suspect: Deploy, good: Deploy, where: dict[str, Any]) -> Action:
+    place = DockerWhere.model_validate(where)
+    frm, to = suspect.detail["image"], good.detail["image"]
+    names = [c.name for c in place.containers if c.image != to]
     items = [{"container": n, "from_image": frm, "to_image": to} for n in names]
-    compose = where.get("compose")
+    compose = place.compose
     return Action(
         id="rollback-docker",
         kind=RollbackAction.DOCKER,
@@ -112,16 +115,16 @@ def _docker_action(suspect: dict, good: dict, where: dict) -> Action:
     )
 
 
-def _vercel_action(suspect: dict, good: dict, where: dict) -> Action:
-    project = where["project"]
-    frm, to = suspect["ref"], good["ref"]
+def _vercel_action(suspect: Deploy, good: Deploy, where: dict[str, Any]) -> Action:
+    project = VercelWhere.model_validate(where).project
+    frm, to = suspect.ref, good.ref
     return Action(
         id="rollback-vercel",
         kind=RollbackAction.VERCEL,
         target=f"vercel {project}",
         risk=Risk.RISKY,
         title=f"Promote {to} back to production",
-        preview=f"Vercel production: {suspect['label']} → {good['label']}\n"
+        preview=f"Vercel production: {suspect.label} → {good.label}\n"
         f"as Deployments → {to} → Promote to Production (POST /v10/projects/{project}/promote/"
         f"{to}), no rebuild\nBlast radius: every production domain and alias serves {to}"
         " within seconds.",
@@ -131,7 +134,7 @@ def _vercel_action(suspect: dict, good: dict, where: dict) -> Action:
     )
 
 
-_BUILDERS: dict[str, Callable[[dict, dict, dict], Action]] = {
+_BUILDERS: dict[str, Callable[[Deploy, Deploy, dict[str, Any]], Action]] = {
     "kubernetes_deploys": _kubernetes_action,
     "docker_deploys": _docker_action,
     "vercel_deploys": _vercel_action,
@@ -142,18 +145,18 @@ def rollback_actions(findings: list[Finding]) -> tuple[list[Action], list[dict[s
     """A rollback action per platform whose live deploy is the suspect; why not, otherwise."""
     actions, spared = [], []
     for f in findings:
-        if f.check not in _BUILDERS or not f.evidence.get("suspect"):
+        if f.check not in _BUILDERS or f.status is Status.ERROR:
             continue
-        suspect, good = f.evidence["suspect"], f.evidence.get("last_good")
+        found = f.evidence_as(DeployEvidence)
+        suspect, good = found.suspect, found.last_good
+        if suspect is None:
+            continue
         if good is None:
             spared.append(
-                {
-                    "target": f.target,
-                    "reason": f"no rollback of {suspect['label']}: {f.evidence.get('no_good')}",
-                }
+                {"target": f.target, "reason": f"no rollback of {suspect.label}: {found.no_good}"}
             )
             continue
-        actions.append(_BUILDERS[f.check](suspect, good, f.evidence["where"]))
+        actions.append(_BUILDERS[f.check](suspect, good, found.where))
     return actions, spared
 
 

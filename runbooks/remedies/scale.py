@@ -12,7 +12,8 @@ import asyncio
 import math
 from typing import Any
 
-from checks.findings import Finding
+from checks.evidence.http import CapacityEvidence
+from checks.findings import Finding, Status
 from integrations.docker import DockerOperator, DockerTarget
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.service import Service
@@ -21,12 +22,32 @@ from runbooks.engine.model import Action, ActionResult, Risk
 from runbooks.engine.runbook import ActionKind, Remedy
 from runbooks.remedies.configured import Recheck, configured_action, skipped, still_needed
 
-__all__ = ["SCALE", "SCALE_EXECUTORS", "Scale", "scale_action", "scale_back", "scale_out"]
+__all__ = [
+    "SCALE",
+    "SCALE_EXECUTORS",
+    "Scale",
+    "capacity",
+    "scale_action",
+    "scale_back",
+    "scale_out",
+]
 
 
 class Scale(ActionKind):
     KUBERNETES = "kubernetes.scale"
     DOCKER = "docker.scale"
+
+
+def capacity(findings: list[Finding]) -> CapacityEvidence | None:
+    """The replicas running now, from the ``capacity`` check, if it could read them."""
+    return next(
+        (
+            f.evidence_as(CapacityEvidence)
+            for f in findings
+            if f.check == "capacity" and f.status is not Status.ERROR
+        ),
+        None,
+    )
 
 
 def scale_action(
@@ -45,25 +66,23 @@ def scale_action(
     """
     if configured := configured_action(service, "scale", why=why, recheck=recheck):
         return configured, None
-    cap = next(
-        (f.evidence for f in findings if f.check == "capacity" and "replicas" in f.evidence), None
-    )
+    cap = capacity(findings)
     if cap is None:
         return None, "no way to scale is configured (actions.scale, kubernetes or compose)"
-    now = cap["replicas"]
+    now = cap.replicas
     to = min(max_replicas, max(now + 1, math.ceil(now * factor)))
     if to <= now:
         return None, f"already at {now} replicas, the max_replicas cap"
-    if cap["mechanism"] == "kubernetes":
-        where = f"deployment/{cap['name']} -n {cap['namespace']}"
+    if cap.mechanism == "kubernetes":
+        where = f"deployment/{cap.name} -n {cap.namespace}"
         preview = f"kubectl scale {where} --replicas={to} (from {now})"
         undo = f"kubectl scale {where} --replicas={now}"
-        target, kind = f"kubernetes {cap['namespace']}/{cap['name']}", Scale.KUBERNETES
+        target, kind = f"kubernetes {cap.namespace}/{cap.name}", Scale.KUBERNETES
     else:
-        where = f"-p {cap['project']} up -d --scale {cap['service']}"
+        where = f"-p {cap.project} up -d --scale {cap.service}"
         preview = f"docker compose {where}={to} (from {now} running containers)"
         undo = f"docker compose {where}={now}"
-        target, kind = f"docker {cap['project']}/{cap['service']}", Scale.DOCKER
+        target, kind = f"docker {cap.project}/{cap.service}", Scale.DOCKER
     action = Action(
         id="scale-out",
         kind=kind,
@@ -75,7 +94,7 @@ def scale_action(
         items=[{"from": now, "to": to}],
         undo=undo,
         params={
-            **cap,
+            **cap.dump(),
             "from": now,
             "to": to,
             "recheck": recheck.model_dump() if recheck is not None else None,

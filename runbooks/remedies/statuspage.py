@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from checks import providers
+from checks.evidence.providers import ProviderEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.errors import OncallError, TargetError
 from integrations.service import Service
@@ -61,22 +62,18 @@ def our_status(found: list[Finding]) -> str:
     """The status our incident takes: identified, or monitoring once every provider monitors."""
     # Our cause is identified (the provider); once every provider incident is being
     # monitored (their fix is out) we monitor too. Resolving is the incident flow's job.
-    incidents = [i for f in found for i in f.evidence.get("incidents", [])]
-    if incidents and all(i.get("status") == "monitoring" for i in incidents):
+    incidents = [i for f in found for i in f.evidence_as(ProviderEvidence).incidents]
+    if incidents and all(i.status == "monitoring" for i in incidents):
         return "monitoring"
     return "identified"
 
 
 def provider_items(found: list[Finding]) -> list[dict[str, Any]]:
     """The affected providers as an action re-validates them: name, page, components, state."""
+    pages = [f.evidence_as(ProviderEvidence) for f in found]
     return [
-        {
-            "name": f.evidence["provider"],
-            "url": f.evidence["page_url"],
-            "components": f.evidence.get("components_we_use") or [],
-            "state": f.evidence["state"],
-        }
-        for f in found
+        {"name": p.provider, "url": p.page_url, "components": p.components_we_use, "state": p.state}
+        for p in pages
     ]
 
 
@@ -91,7 +88,7 @@ def status_action(
     """The status-page post for our users while these providers are affected."""
     page = service.target(StatuspageManageTarget)
     status = our_status(found)
-    down = any(f.evidence.get("state") == "down" for f in found)
+    down = any(f.evidence_as(ProviderEvidence).state == "down" for f in found)
     component_status = "major_outage" if down else "degraded_performance"
     marks = f"; mark components {', '.join(components)} {component_status}" if components else ""
     preview = (
@@ -246,11 +243,10 @@ class InformedWhileDown(BaseModel):
 
     @staticmethod
     def _mitigated(down: list[Finding], told: Finding) -> Judgement:
-        names = " and ".join(str(f.evidence.get("provider", f.target)) for f in down)
-        states = ", ".join(
-            f"{f.evidence.get('provider', f.target)} {f.evidence.get('state')}" for f in down
-        )
-        pages = ", ".join(str(f.evidence.get("page_url")) for f in down)
+        seen = [f.evidence_as(ProviderEvidence) for f in down]
+        names = " and ".join(p.provider for p in seen)
+        states = ", ".join(f"{p.provider} {p.state}" for p in seen)
+        pages = ", ".join(p.page_url for p in seen)
         worst = min((f.severity for f in down if f.severity), key=lambda s: s.rank, default=None)
         every = UPDATE_EVERY[worst or Severity.P2]
         return Judgement(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from checks import postgres as pg
+from checks.evidence.postgres import LockChainsEvidence, SessionRow, SessionsEvidence
 from checks.findings import Status
 from integrations.postgres import PostgresReader, PostgresTarget
 
@@ -48,6 +49,7 @@ async def test_lock_chain_names_the_root_blocker_and_its_waiters(pgdb, faults):
     async with PostgresReader(_target(pgdb)) as db:
         [finding] = await pg.lock_chains(db, database=pgdb.name)
     assert finding.status.is_problem
+    assert finding.evidence_as(LockChainsEvidence).dump() == finding.evidence
     [chain] = finding.evidence["chains"]
     assert chain["root"]["pid"] == blocker
     assert sorted(chain["waiters"]) == sorted(waiters)
@@ -114,8 +116,10 @@ async def test_superuser_sessions_are_labelled_superuser_not_replication(pgdb, f
     time.sleep(1.1)
     async with PostgresReader(_target(pgdb)) as db:
         [finding] = await pg.idle_in_transaction(db, older_than_s=1, database=pgdb.name)
-    sessions = [s for s in finding.evidence["sessions"] if s["pid"] in pids]
-    assert len(sessions) == 2 and all(s["superuser"] for s in sessions)
+    typed = finding.evidence_as(SessionsEvidence)
+    assert typed.dump() == finding.evidence  # the typed view holds the same JSON
+    sessions = [s for s in typed.sessions if s.pid in pids]
+    assert len(sessions) == 2 and all(s.superuser for s in sessions)
     assert [pg.protected_reason(s) for s in sessions] == ["superuser session"] * 2
 
 
@@ -129,4 +133,5 @@ def test_protected_reasons_name_what_the_session_is():
         ({**client, "replication": True}, "session of a role with REPLICATION"),
         ({**client, "superuser": False, "replication": False}, None),
     ]
-    assert [pg.protected_reason(session) for session, _ in cases] == [r for _, r in cases]
+    reasons = [pg.protected_reason(SessionRow(pid=1, **session)) for session, _ in cases]
+    assert reasons == [r for _, r in cases]

@@ -322,6 +322,8 @@ def test_plan_moves_to_monitoring_once_the_provider_monitors_its_fix(supabase, v
             "provider": "Supabase",
             "page_url": "https://status.supabase.com",
             "state": "degraded",
+            "indicator": "major",
+            "description": "Partial outage",
             "incidents": [incident],
             "components_we_use": ["Database"],
         },
@@ -341,7 +343,13 @@ def test_the_verdict_never_calls_an_unread_provider_page_fixed():
     from runbooks.provider_outage import RUNBOOK
 
     def page(status: Status) -> Finding:
-        evidence = {"provider": "Neon", "state": "down", "page_url": "https://neonstatus.com"}
+        evidence = {
+            "provider": "Neon",
+            "state": "down",
+            "page_url": "https://neonstatus.com",
+            "indicator": "critical",
+            "description": "Major outage",
+        }
         return Finding(
             check="provider_status.neon",
             target="Neon",

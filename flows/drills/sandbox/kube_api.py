@@ -77,13 +77,13 @@ class KubeApiServer(KubeCluster):
         self.requests: list[RecordedRequest] = []
         self._forbidden: set[tuple[str, str, str | None]] = set()
         self._failures: list[list[Any]] = []
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _Server | None = None
 
     def start(self) -> KubeApiServer:
         """Starts serving in a daemon thread."""
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
-        self._httpd.api = self  # type: ignore[attr-defined]
+        self._httpd.api = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
@@ -249,11 +249,12 @@ class KubeApiServer(KubeCluster):
                 " value: null: exactly one of nonResourceAttributes or resourceAttributes"
                 " must be specified",
             )
-        if attrs is not None:
+        if isinstance(attrs, dict):
             resource = "/".join(filter(None, (attrs.get("resource"), attrs.get("subresource"))))
             allowed = self._allowed(attrs.get("verb", ""), resource, attrs.get("namespace"))
         else:  # system:discovery lets everyone read the discovery paths, nothing else
-            allowed = non_resource.get("verb") == "get" and non_resource.get("path") in (
+            asked = non_resource if isinstance(non_resource, dict) else {}
+            allowed = asked.get("verb") == "get" and asked.get("path") in (
                 "/version",
                 "/healthz",
                 "/livez",
@@ -357,13 +358,18 @@ class KubeApiServer(KubeCluster):
         return "".join(f"{line}\n" for line in lines[len(lines) - tail :] if tail)
 
 
+class _Server(ThreadingHTTPServer):
+    api: KubeApiServer  # the fake API server its handlers answer for
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server: _Server
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        api: KubeApiServer = self.server.api  # type: ignore[attr-defined]
+        api = self.server.api
         code, payload = api.handle(self.command, self.path, dict(self.headers), raw)
         text = isinstance(payload, str)
         data = payload.encode() if text else json.dumps(payload).encode()

@@ -12,11 +12,16 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from integrations.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
 
 __all__ = ["ConnectionExhaustion", "EmbeddedPostgres"]
 
@@ -48,7 +53,8 @@ class EmbeddedPostgres:
         self.max_connections = max_connections
         self.superuser_reserved = superuser_reserved
         self._dir: Path | None = None
-        self._server = None
+        self._server: PostgresServer | None = None
+        self._pg_ctl: Callable[..., str] | None = None
         self._template: Path | None = None
         self._from_template = False
 
@@ -68,7 +74,7 @@ class EmbeddedPostgres:
                 import pgserver
             except ImportError as exc:  # pragma: no cover - pgserver is a dependency
                 raise ConfigError("the drill needs the `pgserver` package") from exc
-            self._pgserver = pgserver
+            self._pg_ctl = pgserver.pg_ctl  # type: ignore[attr-defined]  # made at import time
             self._template = self._template_path()
             if self._template is not None and (self._template / "PG_VERSION").is_file():
                 try:
@@ -82,14 +88,12 @@ class EmbeddedPostgres:
                     if self._dir is not None:
                         shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = Path(tempfile.mkdtemp(prefix="oncall-drill-pg-"))
-            self._server = pgserver.get_server(self._dir, cleanup_mode="delete")
-        self._server.psql(
+            server = self._server = pgserver.get_server(self._dir, cleanup_mode="delete")
+        server.psql(
             f"ALTER SYSTEM SET max_connections = {int(self.max_connections)};"
             f"ALTER SYSTEM SET superuser_reserved_connections = {int(self.superuser_reserved)};"
         )
-        self._pgserver.pg_ctl(
-            ["-w", "restart"], pgdata=self._server.pgdata, user=self._server.system_user
-        )
+        self._pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for statement in SCHEMA:
                 conn.execute(statement)
@@ -97,6 +101,8 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the embedded PostgreSQL is not started (use it as a context)")
         return self._server.get_uri()
 
     @property
@@ -111,9 +117,9 @@ class EmbeddedPostgres:
             and exc_info[0] is None
         )
         stopped = False
-        if self._server is not None:
+        if self._server is not None and self._pg_ctl is not None:
             try:
-                self._pgserver.pg_ctl(
+                self._pg_ctl(
                     ["-w", "-m", "fast" if keep else "immediate", "stop"],
                     pgdata=self._server.pgdata,
                     user=self._server.system_user,

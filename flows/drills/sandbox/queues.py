@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, Field, SecretStr
 
 from integrations.rabbitmq import RabbitTarget
-from integrations.redis_queue import Kind, RedisQueueTarget
+from integrations.redis_queue import Kind, RedisQueueTarget, text
 
 __all__ = ["Behaviour", "Counters", "RabbitBacklog", "RedisBacklog"]
 
@@ -250,7 +250,8 @@ class RabbitBacklog(_Backlog):
             await message.reject(requeue=False)  # the queue's dead-letter exchange routes it
         else:
             headers = dict(message.headers or {})
-            headers["x-retry-count"] = int(headers.get("x-retry-count", 0)) + 1
+            count = headers.get("x-retry-count", 0)
+            headers["x-retry-count"] = (count if isinstance(count, int) else 0) + 1
             copy = aio_pika.Message(
                 message.body,
                 headers=headers,
@@ -301,13 +302,20 @@ class RedisBacklog(_Backlog):
         n, now = self.counters.published, time.time()
         item_id = f"{self.name}-{n}"
         if self.kind == "stream":
-            return await self.redis.xadd(self.key, {"id": item_id, "n": str(n)})
+            return text(await self.redis.xadd(self.key, {"id": item_id, "n": str(n)}))
         if self.kind == "rq":
             job = f"rq:job:{item_id}"
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # rq.utils.utcformat
             self._keys.add(job)
-            fields = {"status": "queued", "origin": self.key, "enqueued_at": stamp}
-            await self.redis.hset(job, mapping=fields | {"created_at": stamp})
+            await self.redis.hset(
+                job,
+                mapping={
+                    "status": "queued",
+                    "origin": self.key,
+                    "enqueued_at": stamp,
+                    "created_at": stamp,
+                },
+            )
             await self.redis.rpush(self.queue_key, item_id)
             return item_id
         if self.kind == "celery":
@@ -342,9 +350,10 @@ class RedisBacklog(_Backlog):
         """Handles one message; False when there was none."""
         if self.kind == "stream":
             return await self._stream_step(worker)
-        raw = await (self.redis.lpop if self.kind == "rq" else self.redis.rpop)(self.queue_key)
-        if raw is None:
+        popped = await (self.redis.lpop if self.kind == "rq" else self.redis.rpop)(self.queue_key)
+        if not isinstance(popped, bytes | str):  # None: empty (never a list: no count given)
             return False
+        raw = text(popped)
         await self._pace()
         failing = self.behaviour.kind == "failing"
         self.counters.failed += failing
@@ -352,8 +361,10 @@ class RedisBacklog(_Backlog):
         if self.kind == "rq":
             ended = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             status = "failed" if failing else "finished"
-            fields = {"status": status, "ended_at": ended, "exc_info": "RuntimeError: boom"}
-            await self.redis.hset(f"rq:job:{raw}", mapping=fields)
+            await self.redis.hset(
+                f"rq:job:{raw}",
+                mapping={"status": status, "ended_at": ended, "exc_info": "RuntimeError: boom"},
+            )
             registry = "failed" if failing else "finished"
             await self.redis.zadd(f"rq:{registry}:{self.key}", {raw: time.time() + 3600})
         elif failing:
@@ -379,7 +390,8 @@ class RedisBacklog(_Backlog):
             entries = claimed[1]
         if not entries:
             read = await self.redis.xreadgroup(self.group, worker, {self.key: ">"}, count=1)
-            entries = read[0][1] if read else []
+            # RESP2 (our connection) answers [[stream, entries]]; RESP3 would answer a map.
+            entries = read[0][1] if isinstance(read, list) and read else []
         if not entries:
             return False
         entry_id, fields = entries[0]

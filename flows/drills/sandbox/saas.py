@@ -84,6 +84,17 @@ class RecordedRequest(BaseModel):
 class SaasSandbox:
     """The fake SaaS world: start/stop it, inject faults, inspect what it received."""
 
+    # What it holds; reset() fills it.
+    requests: list[RecordedRequest]
+    faults: dict[str, Fault]
+    slack_messages: list[dict[str, Any]]
+    pd_alerts: dict[str, dict[str, Any]]
+    incidents: dict[str, dict[str, Any]]
+    provider_state: ProviderState
+    components: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    deployments: list[dict[str, Any]]
+
     def __init__(
         self,
         *,
@@ -227,18 +238,18 @@ class SaasSandbox:
     def reset(self) -> None:
         """Forgets requests, faults and state: back to three idle rooms and three deploys."""
         with self._lock:
-            self.requests: list[RecordedRequest] = []
-            self.faults: dict[str, Fault] = {}
-            self.slack_messages: list[dict[str, Any]] = []
-            self.pd_alerts: dict[str, dict[str, Any]] = {}
-            self.incidents: dict[str, dict[str, Any]] = {}
-            self.provider_state: ProviderState = "operational"
+            self.requests = []
+            self.faults = {}
+            self.slack_messages = []
+            self.pd_alerts = {}
+            self.incidents = {}
+            self.provider_state = "operational"
             self.components = [
                 {"id": f"cmp{i}", "name": n, "status": "operational", "group": False}
                 for i, n in enumerate(("API", "Video rooms", "Dashboard"))
             ]
-            self.sessions: list[dict[str, Any]] = []
-            self.deployments: list[dict[str, Any]] = []
+            self.sessions = []
+            self.deployments = []
             self._seed()
 
     def _seed(self) -> None:

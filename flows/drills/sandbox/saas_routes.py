@@ -87,7 +87,8 @@ def _pd_errors(event: dict[str, Any], routing_key: str) -> list[str]:
         return ["'event_action' is invalid (must be one of: trigger, acknowledge, resolve)"]
     if action != "trigger":
         return [] if event.get("dedup_key") else ["'dedup_key' is missing or blank"]
-    payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
+    payload = event.get("payload")
+    payload = payload if isinstance(payload, dict) else {}
     errors = [
         f"'payload.{f}' is missing or blank" for f in ("summary", "source") if not payload.get(f)
     ]
