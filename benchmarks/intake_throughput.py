@@ -45,6 +45,7 @@ import httpx
 
 from benchmarks._common import Figure, free_port, percentile, print_figures, private_prefect, save
 from benchmarks.runbook_overhead import postgres
+from flows.server import auth_headers
 
 TOKEN = "bench-receiver-token-0123456789"
 FINGERPRINTS = 5
@@ -222,7 +223,7 @@ def _ready(url: str, proc: subprocess.Popen, log: Path, path: str = "/healthz") 
 def first_findings(api_url: str, opened_at: dict[str, float]) -> dict[str, float]:
     """Per service: seconds from the POST that opened its incident to its first finding."""
     out = {}
-    with httpx.Client(base_url=api_url, timeout=30) as api:
+    with httpx.Client(base_url=api_url, timeout=30, headers=auth_headers(api_url)) as api:
         for service, sent in opened_at.items():
             runs = api.post(
                 "/flow_runs/filter",

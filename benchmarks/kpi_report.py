@@ -34,10 +34,12 @@ def _raw(
     """The reader's requests with plain httpx; returns the bytes received."""
     import httpx
 
+    from flows.server import auth_headers
+
     received = 0
     first = (since - timedelta(days=30)).isoformat()
 
-    with httpx.Client(base_url=api_url, timeout=60) as client:
+    with httpx.Client(base_url=api_url, timeout=60, headers=auth_headers(api_url)) as client:
 
         def post(path: str, body: dict[str, Any]) -> Any:
             nonlocal received
@@ -115,8 +117,10 @@ def _raw(
 def _incident_runs_only(api_url: str, since: datetime) -> int:
     import httpx
 
+    from flows.server import auth_headers
+
     count, offset = 0, 0
-    with httpx.Client(base_url=api_url, timeout=60) as client:
+    with httpx.Client(base_url=api_url, timeout=60, headers=auth_headers(api_url)) as client:
         while True:
             page = client.post(
                 "/flow_runs/filter",

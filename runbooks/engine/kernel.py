@@ -290,6 +290,16 @@ class RunbookRun:
                 if ok and first_ok is None:
                     first_ok = now
                     self.mark("verified")
+                # Each sample, for whoever follows the verification (a terminal, a test).
+                live.publish(
+                    "verifying",
+                    {
+                        "runbook": self.runbook,
+                        "flow_run_id": self.report.flow_run_id,
+                        "healthy": ok,
+                        "elapsed_s": now,
+                    },
+                )
                 if ok and now == first_ok:  # recovered: now the fix must hold
                     self._waiting(f"{self.runbook}'s fix to hold for {hold:.0f}s", hold)
                 if first_ok is None and now >= timeout:

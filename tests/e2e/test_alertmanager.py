@@ -348,7 +348,7 @@ def test_alertmanager_alert_opens_incident_and_its_resolution_closes_it(
         # The app recovers → the alert resolves → the resolution cancels the unapproved plan.
         stack.app.control(error_rate=0)
         timeline = _timeline(prefect_api, incident["id"], since, "alert resolved")
-        assert f"alert resolved: {summary}" in timeline
+        assert f"alert resolved: {summary}; no alert fires any more" in timeline
         done = _wait(
             lambda: _run_in(api, child["id"], "COMPLETED", "FAILED", "CRASHED"),
             60,
@@ -362,7 +362,7 @@ def test_alertmanager_alert_opens_incident_and_its_resolution_closes_it(
         )
         assert [e["event"] for e in decisions] == ["oncall.approval.rejected"]
         assert decisions[0]["payload"]["approver"] == "oncall"
-        assert decisions[0]["payload"]["reason"] == "the alert resolved before approval"
+        assert decisions[0]["payload"]["reason"] == "every alert resolved before approval"
         assert _events(prefect_api, child["id"], "oncall.action.", since) == []
         assert stack.app.state()["version"] == "v1", "the unapproved flag switch-off ran"
 
@@ -381,7 +381,7 @@ def test_alertmanager_alert_opens_incident_and_its_resolution_closes_it(
                 "alertmanager alert:",
                 "high-error-rate waits for approval",
                 "alert resolved:",
-                "high-error-rate: plan cancelled: the alert resolved before approval",
+                "high-error-rate: plan cancelled: every alert resolved before approval",
                 "status monitoring",
                 "checks healthy",
                 "resolved by oncall",
@@ -391,7 +391,7 @@ def test_alertmanager_alert_opens_incident_and_its_resolution_closes_it(
         # Alertmanager's repeats of the firing alert are duplicates, not joined alerts.
         assert [t for t in timeline if t.startswith(("alertmanager alert", "alert "))] == [
             f"alertmanager alert: {summary}",
-            f"alert resolved: {summary}",
+            f"alert resolved: {summary}; no alert fires any more",
         ]
         artifact = api.latest_artifact(f"{final['name'].split()[0].lower()}-timeline")
         assert artifact is not None and f"alert resolved: {summary}" in artifact["data"]

@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from flows.spool import Spool
 from tests.e2e import test_scale_out
 from tests.e2e.test_scale_out import _PROBLEM, PrefectOnPostgres
@@ -134,6 +135,7 @@ class RunnerPoll:
                     f"{self.api_url}/deployments/get_scheduled_flow_runs",
                     json={"deployment_ids": [self.deployment_id], "limit": 1},
                     timeout=5,
+                    headers=auth_headers(self.api_url),
                 )
             self.stopped.wait(2)
 
@@ -148,7 +150,7 @@ class RunnerPoll:
 
 def _incident_deployment(api_url: str) -> str:
     """An ``incident/incident`` deployment with no pool (as ``oncall serve`` makes it)."""
-    with httpx.Client(base_url=api_url, timeout=30) as http:
+    with httpx.Client(base_url=api_url, timeout=30, headers=auth_headers(api_url)) as http:
         flow_id = http.post("/flows/", json={"name": "incident"}).json()["id"]
         answer = http.post("/deployments/", json={"name": "incident", "flow_id": flow_id})
         answer.raise_for_status()

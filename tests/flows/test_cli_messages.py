@@ -85,7 +85,8 @@ def test_the_prompt_holds_other_output_until_it_is_answered(monkeypatch):
     monkeypatch.setattr(sys, "stdin", os.fdopen(read_end, "r"))
     answered: list[tuple[str, bool]] = []
     monkeypatch.setattr(
-        "flows.live_view._answer", lambda view, run_id, ok: answered.append((run_id, ok))
+        "flows.live_view._answer",
+        lambda view, gate, ok: answered.append((gate["flow_run_id"], ok)),
     )
     view, out = _view()
     gate = {

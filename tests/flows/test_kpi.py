@@ -23,6 +23,7 @@ from flows.intake import creation_tags, send_control
 from flows.kpi.build import build_handoff, build_report, catalog
 from flows.kpi.reader import read_snapshot
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from integrations.alerts import parse_alerts
 from integrations.postgres import PostgresTarget
 from integrations.service import Service
@@ -46,7 +47,9 @@ def _oncall(*args: str) -> subprocess.CompletedProcess:
 
 
 def _event_retention(api_url: str) -> timedelta:
-    period = httpx.get(f"{api_url}/admin/settings", timeout=30).json()["server"]["events"]
+    period = httpx.get(
+        f"{api_url}/admin/settings", timeout=30, headers=auth_headers(api_url)
+    ).json()["server"]["events"]
     text = period["retention_period"]  # ISO 8601, e.g. P7D
     assert text.startswith("P") and text.endswith("D"), text
     return timedelta(days=float(text[1:-1]))

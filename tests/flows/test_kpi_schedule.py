@@ -13,6 +13,7 @@ import pytest
 from flows.config import OncallConfig
 from flows.kpi.build import build_handoff, build_report, catalog
 from flows.prefect_api import PrefectAPI
+from flows.server import auth_headers
 from tests.oncall_proc import oncall, start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -87,7 +88,12 @@ report:
         deadline = time.monotonic() + 150  # the next minute boundary, then the runner's poll
         done, seen = None, []
         while time.monotonic() < deadline and done is None:
-            seen = httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=30).json()
+            seen = httpx.post(
+                f"{prefect_api}/flow_runs/filter",
+                json=body,
+                timeout=30,
+                headers=auth_headers(prefect_api),
+            ).json()
             done = next(
                 (r for r in seen if r["auto_scheduled"] and r["state_type"] == "COMPLETED"), None
             )
@@ -102,6 +108,7 @@ report:
             f"{prefect_api}/artifacts/filter",
             json={"artifacts": {"flow_run_id": {"any_": [done["id"]]}}},
             timeout=30,
+            headers=auth_headers(prefect_api),
         ).json()
         [report] = [a for a in artifacts if a["key"] == "oncall-report"]
         assert report["data"].startswith("# On-call report — last 7 days")
@@ -109,12 +116,18 @@ report:
         assert report["description"].startswith("7 days: ")
     finally:
         stop(proc)
-        for run in httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=30).json():
+        for run in httpx.post(
+            f"{prefect_api}/flow_runs/filter",
+            json=body,
+            timeout=30,
+            headers=auth_headers(prefect_api),
+        ).json():
             if run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING"):
                 httpx.post(
                     f"{prefect_api}/flow_runs/{run['id']}/set_state",
                     json={"state": {"type": "CANCELLED", "message": "test over"}, "force": True},
                     timeout=30,
+                    headers=auth_headers(prefect_api),
                 )
     assert "Traceback" not in log.read_text()
 
@@ -130,6 +143,7 @@ def test_report_writes_its_file_and_publishes_the_same_markdown(tmp_path, prefec
         f"{prefect_api}/artifacts/latest/filter",
         json={"artifacts": {"key": {"any_": ["oncall-report"]}}},
         timeout=30,
+        headers=auth_headers(prefect_api),
     ).json()
     assert published[0]["data"] == text and published[0]["type"] == "markdown"
 
@@ -153,6 +167,7 @@ def test_bad_input_is_one_line_and_exit_2_and_records_nothing(args, message, pre
         f"{prefect_api}/events/count-by/event",
         json={"filter": {"event": {"prefix": ["oncall.handoff."]}}},
         timeout=30,
+        headers=auth_headers(prefect_api),
     ).json()
     result = oncall(*args)
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -162,5 +177,6 @@ def test_bad_input_is_one_line_and_exit_2_and_records_nothing(args, message, pre
         f"{prefect_api}/events/count-by/event",
         json={"filter": {"event": {"prefix": ["oncall.handoff."]}}},
         timeout=30,
+        headers=auth_headers(prefect_api),
     ).json()
     assert after == before

@@ -160,6 +160,7 @@ def poll_as_runner(api_url: str, deployment_id: str) -> None:
         f"{api_url}/deployments/get_scheduled_flow_runs",
         json={"deployment_ids": [deployment_id], "limit": 1},
         timeout=30,
+        headers=auth_headers(api_url),
     ).raise_for_status()
 
 

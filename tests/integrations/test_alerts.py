@@ -321,7 +321,7 @@ BAD = [
         GENERIC,
         "nagios",
         "unknown alert source 'nagios'; expected one of alertmanager, sentry, pagerduty, "
-        "generic, health-check, person",
+        "generic, health-check, person, drill",
     ),
     # Alertmanager
     (

@@ -143,11 +143,15 @@ async def test_management_rates_unacked_and_oldest_age() -> None:
             RabbitReader(classic.target()) as reader,
             RabbitReader(quorum.target(age_peek=True)) as peeker,
         ):
-            # The management API emits queue statistics every 5 s; wait for one with rates.
+            # The management API emits queue statistics every 5 s; wait for one with rates of
+            # both sides: a sample can carry the publisher's rate before the consumer's first ack.
             stats = await _eventually(
                 reader.stats,
-                lambda s: bool(s.publish_rate) and s.oldest_age_seconds is not None,
-                timeout=15,
+                lambda s: (
+                    bool(s.publish_rate and s.ack_rate and s.deliver_rate)
+                    and s.oldest_age_seconds is not None
+                ),
+                timeout=20,
             )
             peeked = await _eventually(
                 peeker.stats, lambda s: s.oldest_age_seconds is not None, timeout=15

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -11,10 +13,17 @@ from flows.drills.sandbox.postgres import EmbeddedPostgres
 
 
 @pytest.fixture
-def own_tempdir(tmp_path, monkeypatch):
-    """Templates go to a directory of this test's own (tempfile.gettempdir() reads this)."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return tmp_path
+def own_tempdir(monkeypatch):
+    """Templates go to a directory of this test's own (tempfile.gettempdir() reads this).
+
+    Not pytest's tmp_path: as root, pgserver runs PostgreSQL as its own user, which cannot
+    enter /tmp/pytest-of-root (mode 0700); the drill itself uses the system temp directory.
+    """
+    path = Path(tempfile.mkdtemp(prefix="oncall-test-pg-", dir=tempfile.gettempdir()))
+    path.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _usable(pg: EmbeddedPostgres) -> None:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from checks.findings import Severity
 from checks.sla import DEFAULT_SLA
+from flows.server import auth_headers
 
 __all__ = ["GenGate", "GenIncident", "GenRunbookRun", "Plan", "make_plan", "write_plan"]
 
@@ -208,7 +209,7 @@ def _labels(inc: GenIncident) -> dict[str, str]:
 
 class _Writer:
     def __init__(self, api: str) -> None:
-        self.client = httpx.Client(base_url=api.rstrip("/"), timeout=60)
+        self.client = httpx.Client(base_url=api.rstrip("/"), timeout=60, headers=auth_headers(api))
         self.flows: dict[str, str] = {}
 
     def call(self, method: str, path: str, body: Any) -> Any:
