@@ -222,7 +222,8 @@ def _settled(store_url: str, ids: list[str]) -> dict[str, Any]:
 
 def _check(api: PrefectAPI, settled: dict[str, Any], expected: dict[str, int]) -> dict[str, int]:
     """Exactly the expected incidents per service; every joined alert delivered once."""
-    assert {e.state for e in settled.values()} == {"done"}, "nothing quarantined, nothing lost"
+    errors = {e.error for e in settled.values() if e.state != "done"}
+    assert {e.state for e in settled.values()} == {"done"}, f"quarantined or lost: {errors}"
     figures = Counter(e.outcome["action"] for e in settled.values())
     runs = {s: api.incident_runs([f"service:{s}"], limit=50) for s in expected}
     assert {s: len(r) for s, r in runs.items()} == expected
@@ -247,6 +248,7 @@ def test_two_receivers_share_the_store_and_a_receiver_killed_mid_storm_loses_not
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
         "PREFECT_API_URL": prefect_pg.api,
         "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"],  # the server's
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RECEIVER_TOKEN": TOKEN,
         "INTAKE_STORE": store,
@@ -287,6 +289,7 @@ def test_prefect_down_for_60_seconds_loses_and_repeats_nothing(
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"],  # the server's
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "RECEIVER_TOKEN": TOKEN,
         "INTAKE_STORE": store,

@@ -193,10 +193,10 @@ def _generic(service: str, title: str, severity: str):
     return alert
 
 
-def _alertmanager(service: str, fingerprint: str):
+def _alertmanager(service: str, fingerprint: str, status: str = "firing"):
     body = {
         "version": "4",
-        "status": "firing",
+        "status": status,
         "receiver": "oncall",
         "groupLabels": {},
         "commonLabels": {},
@@ -204,7 +204,7 @@ def _alertmanager(service: str, fingerprint: str):
         "externalURL": "http://alertmanager:9093",
         "alerts": [
             {
-                "status": "firing",
+                "status": status,
                 "labels": {
                     "alertname": "PostgresTooManyConnections",
                     "service": service,
@@ -329,7 +329,8 @@ async def test_kpis_of_incidents_through_the_real_flow_match_their_own_timestamp
     # terminates the sessions, verifies: fixed; the incident resolves itself.
     faults.idle_in_transaction(5)
     time.sleep(1.1)
-    d, d_run = await flows.start(cfg, _alertmanager(service, uuid.uuid4().hex[:16]))
+    d_fingerprint = uuid.uuid4().hex[:16]
+    d, d_run = await flows.start(cfg, _alertmanager(service, d_fingerprint))
     d_gate = await flows.wait("gate", lambda g: True)
     await asyncio.sleep(1)
     handoff = await asyncio.to_thread(
@@ -343,12 +344,23 @@ async def test_kpis_of_incidents_through_the_real_flow_match_their_own_timestamp
     recent = {i.id: i for i in handoff.recent}
     assert {r["id"] for r in results} <= set(recent)
     assert {"generic", "alertmanager"} <= set(handoff.alerting.last_alert)
-    decided = await asyncio.to_thread(
-        api.resume,
-        d_gate["flow_run_id"],
-        {"approved": True, "approver": "carol", "reason": "kpi test", "channel": "cli"},
+    from flows.decisions import sealed_input
+
+    decision = sealed_input(  # as `oncall approve` sends it: sealed, as an OS user
+        d_gate["record"],
+        run_id=d_gate["flow_run_id"],
+        approved=True,
+        reason="kpi test",
+        approver="carol",
+        identity="os:carol",
+        channel="cli",
     )
+    decided = await asyncio.to_thread(api.resume, d_gate["flow_run_id"], decision)
     assert decided["status"] == "ACCEPT", decided
+    await flows.wait("report", lambda r: r["report"].outcome == "fixed")
+    # Alertmanager says the alert resolved: with its checks healthy, the incident may close.
+    resolved = _alertmanager(service, d_fingerprint, "resolved")
+    flows.control(d_run, kind="alert", alert=resolved.model_dump(mode="json"))
     results.append(await asyncio.wait_for(d, 120))
 
     # E: the same runbook on the same service (a recurrence), its gate times out after 5 s.
