@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from tests.conftest import server_log_errors
 
 
-def test_the_canary_finds_errors_in_any_server_log_below_its_roots(tmp_path):
+def test_the_canary_finds_errors_in_any_server_log_below_its_roots():
+    # Outside pytest's basetemp: the suite-wide canary scans basetemp at the end, and this
+    # test's deliberately bad log must not fail the suite it checks.
+    with tempfile.TemporaryDirectory(prefix="oncall-canary-") as root:
+        _finds_errors_below(Path(root))
+
+
+def _finds_errors_below(tmp_path: Path) -> None:
     clean = tmp_path / "a" / "oncall-server.log"
     clean.parent.mkdir()
     clean.write_text("03:21:00.000 | INFO    | uvicorn.error - Application startup complete.\n")

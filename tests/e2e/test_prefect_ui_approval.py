@@ -9,8 +9,9 @@ serves: the classic Vue UI that the link printed by ``oncall`` opens
 (``/v2/runs/flow-run/<id>``). The engineer logs in with the server's secret, reads the
 evidence and the exact plan in the approval artifact while the run is paused, and
 decides in a form that asks only for the decision and a reason. The classic run saves
-the artifact to ``docs/approval-artifact.png`` and the filled form to
-``docs/approval-form.png``.
+screenshots of the artifact and the filled form to the test's temp dir; with
+``ONCALL_UPDATE_DOCS=1`` it refreshes ``docs/approval-artifact.png`` and
+``docs/approval-form.png`` (a test run never edits the checkout otherwise).
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ pytestmark = [
 VIEWPORT = {"width": 1400, "height": 1600}
 STEP_MS = 15_000  # the longest any single browser step may take
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-DOCS_SCREENSHOT = DOCS / "approval-form.png"
-ARTIFACT_SCREENSHOT = DOCS / "approval-artifact.png"
+UPDATE_DOCS = os.environ.get("ONCALL_UPDATE_DOCS") == "1"
 REASON = "PIDs match the evidence; ending the stale sessions"
 REPORT_CARD = re.compile(r"^db-connections-")  # the report artifact's key, as shown on its card
 REQUEST_CARD = re.compile(r"^approval-db-connections")  # the approval request's key
@@ -334,7 +334,7 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         )
         assert widths and all(scroll <= client + 1 for scroll, client in widths), widths
         if ui is ClassicUI:
-            page.screenshot(path=str(ARTIFACT_SCREENSHOT), full_page=True)
+            page.screenshot(path=str(_shot(tmp_path, "approval-artifact.png")), full_page=True)
 
         page.goto(ui.run_url(base, run.run_id))
         form = ui.open_resume_form(page)
@@ -353,7 +353,11 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
         expect(approved).to_have_attribute("aria-checked", "true")
         ui.text_field(form, "Reason").fill(REASON)
         expect(ui.text_field(form, "Reason")).to_have_value(REASON)
-        shot = DOCS_SCREENSHOT if ui is ClassicUI else tmp_path / "approval-form-v2.png"
+        shot = (
+            _shot(tmp_path, "approval-form.png")
+            if ui is ClassicUI
+            else tmp_path / "approval-form-v2.png"
+        )
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot))
 
@@ -392,3 +396,8 @@ def test_engineer_approves_the_plan_in_the_prefect_ui(
             ["approved", "prefect-ui", "prefect-ui", "unverified", REASON,
              re.compile(r"^\d\d:\d\d:\d\d$")]
         )  # fmt: skip
+
+
+def _shot(tmp_path: Path, name: str) -> Path:
+    """Where a screenshot goes: docs/ when refreshing the docs, else the test's temp dir."""
+    return (DOCS if UPDATE_DOCS else tmp_path) / name
