@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.play import play
+from flows.drills.play import Player, scenario
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["Supervisor", "drill"]
@@ -127,39 +127,22 @@ class Supervisor:
         self._thread.join(timeout=10)
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario("app-down", Severity.P0)
+def drill(player: Player) -> Scorecard:
     """Kills a real app's process and lets app-down restart it through its supervisor."""
     from flows.drills.sandbox.apps import SandboxApp
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import require
 
-    spec = require("app-down")
-    params = spec.params(
-        approval_timeout_seconds=300, verify_timeout_seconds=30, verify_hold_seconds=5
-    )
     with Supervisor(SandboxApp("faulty", rps=0)) as supervisor:
         app = supervisor.app
         supervisor.crash()
-        injected = time.monotonic()
-        if show:
-            console.print(
-                f"[bold]Drill app-down[/bold]: app {app.url} under a local process supervisor"
-                f" {supervisor.url}; killed it (SIGKILL): {app.url}/health refuses connections."
-            )
+        player.inject(
+            f"[bold]Drill app-down[/bold]: app {app.url} under a local process supervisor"
+            f" {supervisor.url}; killed it (SIGKILL): {app.url}/health refuses connections."
+        )
         service = Service(
             name=SERVICE,
             http=[HttpEndpoint(name="health", url=f"{app.url}/health", timeout_s=2)],
             actions={"restart": supervisor.restart_action()},
         )
-        card = play(
-            spec,
-            Severity.P0,
-            service=service,
-            params=params,
-            injected=injected,
-            approve_as=approve_as,
-            console=console,
-            interactive=interactive,
-            show=show,
-        )
-    return card
+        return player.play(service)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.play import play
+from flows.drills.play import Player, scenario
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["IMAGES", "HealthApp", "drill"]
@@ -78,29 +77,22 @@ class HealthApp:
         self.stop()
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario("rollback", Severity.P1, lookback_minutes=30)
+def drill(player: Player) -> Scorecard:
     """Deploys a crash-looping image to a local Kubernetes API and lets rollback undo it."""
     from pydantic import SecretStr
 
     from flows.drills.sandbox.kube_api import KubeApiServer
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import require
 
-    spec = require("rollback")
-    params = spec.params(
-        lookback_minutes=30,
-        approval_timeout_seconds=300,
-        verify_timeout_seconds=30,
-        verify_hold_seconds=5,
-    )
     with KubeApiServer(token=TOKEN, namespace="prod") as kube, HealthApp(kube, "api") as health:
         kube.crashing_images.add(IMAGES[-1])
         kube.seed_deployment("api", IMAGES, replicas=3, deployed_ago=timedelta(0))
-        injected = time.monotonic()
-        if show:
+        player.inject()
+        if player.show:  # /health asks the Kubernetes API: only when it is shown
             code, body = health.status()
-            console.print(
+            player.say(
                 f"[bold]Drill rollback[/bold]: local Kubernetes API {kube.url}, deployment "
                 f"prod/api; deployed {IMAGES[-1]} (crash-looping); /health answers {code} "
                 f"({body['ready']} ready pods)."
@@ -113,15 +105,4 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             kubernetes=target,
             http=[HttpEndpoint(name="health", url=f"{health.url}/health", timeout_s=2)],
         )
-        card = play(
-            spec,
-            Severity.P1,
-            service=service,
-            params=params,
-            injected=injected,
-            approve_as=approve_as,
-            console=console,
-            interactive=interactive,
-            show=show,
-        )
-    return card
+        return player.play(service)
