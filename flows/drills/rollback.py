@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
 from flows.drills.play import Player, scenario
+from flows.drills.sandbox.loopback import LoopbackServer
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["IMAGES", "HealthApp", "drill"]
@@ -27,7 +25,7 @@ class HealthApp:
 
     def __init__(self, kube: Any, deployment: str, namespace: str | None = None) -> None:
         self.kube, self.deployment, self.namespace = kube, deployment, namespace
-        self._server: ThreadingHTTPServer | None = None
+        self._server = LoopbackServer(self._answer)
         self.url = ""
 
     def status(self) -> tuple[int, dict[str, Any]]:
@@ -38,37 +36,17 @@ class HealthApp:
         body = {"status": "ok" if ready else "unavailable", "ready": ready, "images": images}
         return (200 if ready else 503), body
 
+    def _answer(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, Any]:
+        return self.status() if path == "/health" else (404, {"error": "no"})
+
     def start(self) -> HealthApp:
         """Serves on a free loopback port in a daemon thread."""
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                code, body = app.status() if self.path == "/health" else (404, {"error": "no"})
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Keeps request lines off the drill's terminal."""
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = self._server.start()
         return self
 
     def stop(self) -> None:
         """Stops serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server.stop()
 
     def __enter__(self) -> HealthApp:
         return self.start()
