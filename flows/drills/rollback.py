@@ -7,7 +7,7 @@ from typing import Any
 
 from checks.findings import Severity
 from flows.drills.play import Player, scenario
-from flows.drills.sandbox.loopback import LoopbackServer
+from flows.drills.sandbox.loopback import LoopbackServer, Served
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["IMAGES", "HealthApp", "drill"]
@@ -16,7 +16,7 @@ IMAGES = ["ghcr.io/acme/api:1.4.0", "ghcr.io/acme/api:1.4.1", "ghcr.io/acme/api:
 TOKEN = "drill-kube-token"
 
 
-class HealthApp:
+class HealthApp(Served):
     """``GET /health``: 200 while the deployment has a ready pod, 503 otherwise.
 
     It stands for the service in front of the pods: with no ready endpoint behind it, the
@@ -26,7 +26,6 @@ class HealthApp:
     def __init__(self, kube: Any, deployment: str, namespace: str | None = None) -> None:
         self.kube, self.deployment, self.namespace = kube, deployment, namespace
         self._server = LoopbackServer(self._answer)
-        self.url = ""
 
     def status(self) -> tuple[int, dict[str, Any]]:
         """What ``/health`` answers now."""
@@ -38,21 +37,6 @@ class HealthApp:
 
     def _answer(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, Any]:
         return self.status() if path == "/health" else (404, {"error": "no"})
-
-    def start(self) -> HealthApp:
-        """Serves on a free loopback port in a daemon thread."""
-        self.url = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stops serving."""
-        self._server.stop()
-
-    def __enter__(self) -> HealthApp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @scenario("rollback", Severity.P1, lookback_minutes=30)

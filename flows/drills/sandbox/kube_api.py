@@ -37,7 +37,7 @@ from flows.drills.sandbox.kube_objects import (
     selector_matches,
     strategic_merge,
 )
-from flows.drills.sandbox.loopback import LoopbackServer
+from flows.drills.sandbox.loopback import LoopbackServer, Served
 
 __all__ = ["KubeApiServer", "RecordedRequest", "json_patch", "merge_patch", "strategic_merge"]
 
@@ -60,7 +60,7 @@ class RecordedRequest(BaseModel):
     authenticated: bool = False
 
 
-class KubeApiServer(KubeCluster):
+class KubeApiServer(KubeCluster, Served):
     """An in-memory Kubernetes API on 127.0.0.1 and a free port; use as a context manager.
 
     ``token`` makes every request need ``Authorization: Bearer <token>`` (else 401);
@@ -72,26 +72,12 @@ class KubeApiServer(KubeCluster):
     def __init__(self, *, token: str | None = None, namespace: str = "default") -> None:
         super().__init__(namespace)
         self.token = token
-        self.url = ""
         self.requests: list[RecordedRequest] = []
         self._forbidden: set[tuple[str, str, str | None]] = set()
         self._failures: list[list[Any]] = []
-        self._httpd = LoopbackServer(self.handle, methods=("GET", "POST", "PUT", "PATCH", "DELETE"))
-
-    def start(self) -> KubeApiServer:
-        """Starts serving in a daemon thread."""
-        self.url = self._httpd.start()
-        return self
-
-    def stop(self) -> None:
-        """Stops serving and closes the socket."""
-        self._httpd.stop()
-
-    def __enter__(self) -> KubeApiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._server = LoopbackServer(
+            self.handle, methods=("GET", "POST", "PUT", "PATCH", "DELETE")
+        )
 
     def writes(self) -> list[RecordedRequest]:
         """The recorded requests that could change state (anything but GET)."""

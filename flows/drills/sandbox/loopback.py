@@ -3,7 +3,8 @@
 :class:`LoopbackServer` serves ``answer(method, path, headers, body) -> (status, payload)``
 from daemon threads: a ``str`` payload goes out as ``text/plain``, anything else as JSON.
 Only the ``methods`` it is given are served (others get the standard library's 501), and
-request lines stay off the terminal.
+request lines stay off the terminal. :class:`Served` gives a stand-in that owns one its
+``start``/``stop`` and ``with``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["Answer", "LoopbackServer"]
+__all__ = ["Answer", "LoopbackServer", "Served"]
 
 Answer = Callable[[str, str, dict[str, str], bytes], tuple[int, Any]]
 
@@ -65,3 +66,26 @@ class LoopbackServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class Served:
+    """A stand-in served by the :class:`LoopbackServer` it made (``_server``): ``start()``
+    and ``stop()``, or ``with``; ``url`` once it serves."""
+
+    _server: LoopbackServer
+    url = ""
+
+    def start(self) -> Self:
+        """Serves on a free loopback port in a daemon thread."""
+        self.url = self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving and closes the socket."""
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
