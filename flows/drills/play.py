@@ -8,7 +8,6 @@ the stage the registry's ``drill(approve_as=, console=, interactive=, show=)``.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -100,7 +99,6 @@ def scenario(
     """
 
     def declare(stage: Callable[[Player], Scorecard]) -> Drill:
-        @functools.wraps(stage)
         def drill(
             *, approve_as: str | None, console: Any, interactive: bool, show: bool
         ) -> Scorecard:
@@ -115,6 +113,9 @@ def scenario(
                 player.load()
             return stage(player)
 
+        # The stage's name and help, but the registry's signature (no ``__wrapped__``).
+        drill.__module__, drill.__qualname__ = stage.__module__, stage.__qualname__
+        drill.__doc__ = stage.__doc__
         return drill
 
     return declare
