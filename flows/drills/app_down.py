@@ -9,18 +9,17 @@ same port — what systemd or supervisord would do when asked.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import threading
 import time
 from concurrent.futures import Future
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.play import play
+from flows.drills.play import Player, scenario
+from flows.drills.sandbox.loopback import LoopbackServer
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["Supervisor", "drill"]
@@ -42,7 +41,7 @@ class Supervisor:
         self.url = ""
         self._jobs: queue.Queue[tuple[str, Future[Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="supervisor", daemon=True)
-        self._server: ThreadingHTTPServer | None = None
+        self._server = LoopbackServer(self._answer, methods=("POST",))
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -84,82 +83,43 @@ class Supervisor:
             undo="nothing to undo: the same app starts again with the same config",
         )
 
+    def _answer(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, Any]:
+        if path != "/restart":
+            return 404, {"error": f"no route {path}"}
+        try:
+            return 200, {"restarted": True, "pid": self._ask("restart")}
+        except Exception as exc:  # the restart failed: the caller's action fails with it
+            return 500, {"error": str(exc)}
+
     def __enter__(self) -> Supervisor:
         self._thread.start()
         self._ask("start")
-        sup = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body: dict[str, Any]
-                if self.path != "/restart":
-                    code, body = 404, {"error": f"no route {self.path}"}
-                else:
-                    try:
-                        code, body = 200, {"restarted": True, "pid": sup._ask("restart")}
-                    except Exception as exc:
-                        code, body = 500, {"error": str(exc)}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Keeps request lines off the drill's terminal."""
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self._server.stop()
         self._ask("stop")
         self._jobs.put(None)
         self._thread.join(timeout=10)
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario("app-down", Severity.P0)
+def drill(player: Player) -> Scorecard:
     """Kills a real app's process and lets app-down restart it through its supervisor."""
     from flows.drills.sandbox.apps import SandboxApp
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import require
 
-    spec = require("app-down")
-    params = spec.params(
-        approval_timeout_seconds=300, verify_timeout_seconds=30, verify_hold_seconds=5
-    )
     with Supervisor(SandboxApp("faulty", rps=0)) as supervisor:
         app = supervisor.app
         supervisor.crash()
-        injected = time.monotonic()
-        if show:
-            console.print(
-                f"[bold]Drill app-down[/bold]: app {app.url} under a local process supervisor"
-                f" {supervisor.url}; killed it (SIGKILL): {app.url}/health refuses connections."
-            )
+        player.inject(
+            f"[bold]Drill app-down[/bold]: app {app.url} under a local process supervisor"
+            f" {supervisor.url}; killed it (SIGKILL): {app.url}/health refuses connections."
+        )
         service = Service(
             name=SERVICE,
             http=[HttpEndpoint(name="health", url=f"{app.url}/health", timeout_s=2)],
             actions={"restart": supervisor.restart_action()},
         )
-        card = play(
-            spec,
-            Severity.P0,
-            service=service,
-            params=params,
-            injected=injected,
-            approve_as=approve_as,
-            console=console,
-            interactive=interactive,
-            show=show,
-        )
-    return card
+        return player.play(service)

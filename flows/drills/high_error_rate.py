@@ -8,74 +8,31 @@ same ``/control`` setting the error rate back to 0 — the sandbox's feature fla
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from checks.findings import Severity
-from flows.drills.play import play, scraped_app
-from flows.drills.sandbox.prometheus import wait_for
+from flows.drills.play import Player, scenario
 from flows.drills.scorecard import Scorecard
+from flows.drills.scraped import FAST_WINDOWS, loaded_app
 
 __all__ = ["drill"]
 
 SERVICE = "drill-api"
 ERROR_RATE = 0.3  # above 10 %: P0 (seed 000 Part H)
+ERRORS = f'sum(rate(http_requests_total{{job="{SERVICE}",status=~"5.."}}[5s]))'
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario("high-error-rate", Severity.P0, **FAST_WINDOWS)
+def drill(player: Player) -> Scorecard:
     """Makes a real app fail 30 % of requests and lets high-error-rate switch the flag off."""
-    from integrations.prometheus import PrometheusTarget
-    from integrations.service import ConfiguredAction, HttpCall, Service
-    from runbooks.catalog import require
-
-    spec = require("high-error-rate")
-    params = spec.params(
-        window_seconds=5,
-        verify_window_seconds=5,
-        lookback_seconds=60,
-        step_seconds=1,
-        deploy_window_seconds=5,
-        approval_timeout_seconds=300,
-        verify_timeout_seconds=30,
-        verify_hold_seconds=5,
+    intro = (
+        "[bold]Drill high-error-rate[/bold]: faulty app {app} under its own"
+        " load, scraped every second by Prometheus {prometheus}."
     )
-    began = time.monotonic()
-    with scraped_app(
-        "faulty", SERVICE, history="app_build_info", samples=4, latency=0.02, rps=20
-    ) as (app, prometheus):
-        if show:
-            console.print(
-                f"[bold]Drill high-error-rate[/bold]: faulty app {app.url} under its own"
-                f" load, scraped every second by Prometheus {prometheus.url}."
-            )
-        # The app's start is a deploy too: keep it out of the 5 s deploy window.
-        time.sleep(max(0.0, began + 10 - time.monotonic()))
-        app.control(error_rate=ERROR_RATE)
-        injected = time.monotonic()
-        if show:
-            console.print(f"Feature on: every endpoint now fails {ERROR_RATE:.0%} of requests.")
-        errors = f'sum(rate(http_requests_total{{job="{SERVICE}",status=~"5.."}}[5s]))'
-        wait_for(prometheus.url, errors, 1.0)
-        flag = ConfiguredAction(
-            description="Disable the failing feature",
-            risk="risky",
-            http=HttpCall(method="POST", url=f"{app.url}/control", json={"error_rate": 0}),
-            undo=f"POST {app.url}/control {{'error_rate': {ERROR_RATE}}} turns it back on",
+    with loaded_app(player, SERVICE, intro, latency=0.02, rps=20) as scraped:
+        scraped.app.control(error_rate=ERROR_RATE)
+        player.inject(f"Feature on: every endpoint now fails {ERROR_RATE:.0%} of requests.")
+        scraped.wait_for(ERRORS, 1.0)
+        undo = f"POST {scraped.app.url}/control {{'error_rate': {ERROR_RATE}}} turns it back on"
+        flag = scraped.control_action(
+            "Disable the failing feature", {"error_rate": 0}, risk="risky", undo=undo
         )
-        service = Service(
-            name=SERVICE,
-            prometheus=PrometheusTarget(name="drill-prometheus", url=prometheus.url),
-            actions={"disable_feature_flag": flag},
-        )
-        card = play(
-            spec,
-            Severity.P0,
-            service=service,
-            params=params,
-            injected=injected,
-            approve_as=approve_as,
-            console=console,
-            interactive=interactive,
-            show=show,
-        )
-    return card
+        return player.play(scraped.service(disable_feature_flag=flag))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.play import play
+from flows.drills.play import Player, scenario
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["ProviderFix", "drill"]
@@ -65,16 +65,12 @@ class ProviderFix(threading.Thread):
         self.join(timeout=5)
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario("provider-outage", Severity.P0)
+def drill(player: Player) -> Scorecard:
     """Takes a provider down and lets provider-outage tell users and degrade gracefully."""
     from flows.drills.sandbox.saas import SaasSandbox
     from integrations.service import ConfiguredAction, Service
-    from runbooks.catalog import require
 
-    spec = require("provider-outage")
-    params = spec.params(
-        approval_timeout_seconds=300, verify_timeout_seconds=30, verify_hold_seconds=5
-    )
     with (
         SaasSandbox() as provider,
         SaasSandbox() as ours,
@@ -96,28 +92,15 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             },
         )
         provider.set_provider("down")
-        injected = time.monotonic()
+        player.inject()
         fix = ProviderFix(provider, ours, flag)
         fix.start()
-        if show:
-            console.print(
-                f"[bold]Drill provider-outage[/bold]: {PROVIDER}'s status page {provider.url}"
-                f" reports a major outage; our status page is {ours.url}. {PROVIDER}'s fix"
-                f" lands {RECOVERY_S:g} s after our users are told and degradation is on."
-            )
+        player.say(
+            f"[bold]Drill provider-outage[/bold]: {PROVIDER}'s status page {provider.url}"
+            f" reports a major outage; our status page is {ours.url}. {PROVIDER}'s fix"
+            f" lands {RECOVERY_S:g} s after our users are told and degradation is on."
+        )
         try:
-            card = play(
-                spec,
-                Severity.P0,
-                service=service,
-                params=params,
-                injected=injected,
-                approve_as=approve_as,
-                console=console,
-                interactive=interactive,
-                show=show,
-                expect="fixed-or-mitigated",
-            )
+            return player.play(service, "fixed-or-mitigated")
         finally:
             fix.stop()
-    return card

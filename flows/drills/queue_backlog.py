@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from checks.findings import Severity
 from flows.drills.needs import MANAGEMENT_URL, amqp_url, lacking, reachable
-from flows.drills.play import play
+from flows.drills.play import Player, scenario
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["WorkerControl", "drill"]
@@ -135,28 +135,27 @@ async def _rates_ready(target: Any, timeout_s: float) -> bool:
     return True
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario(
+    "queue-backlog",
+    Severity.P2,
+    load_first=False,
+    sample_seconds=2,
+    depth_warn=100,
+    depth_critical=300,
+    drain_target_seconds=60,
+    drain_eta_warn_seconds=300,
+)
+def drill(player: Player) -> Scorecard:
     """Backs a RabbitMQ queue up behind slow workers and lets queue-backlog scale them."""
     from flows.drills.sandbox.queues import RabbitBacklog
     from integrations.errors import ConfigError
     from integrations.service import Service
-    from runbooks.catalog import require
 
     management_url = os.environ.get("ONCALL_DRILL_RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL)
     if lack := lacking(["rabbitmq"]):
         raise ConfigError(f"the queue-backlog drill {lack[0]}")
     management = management_url if reachable(management_url, 15672) else None
-    spec = require("queue-backlog")
-    params = spec.params(
-        sample_seconds=2,
-        depth_warn=100,
-        depth_critical=300,
-        drain_target_seconds=60,
-        drain_eta_warn_seconds=300,
-        approval_timeout_seconds=300,
-        verify_timeout_seconds=30,
-        verify_hold_seconds=5,
-    )
+    player.load()
 
     async def inject(stack: contextlib.AsyncExitStack) -> tuple[Any, WorkerControl]:
         backlog = await stack.enter_async_context(
@@ -171,32 +170,19 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
     loop, stack = _Loop(), contextlib.AsyncExitStack()
     try:
         backlog, control = loop.run(inject(stack))
-        injected = time.monotonic()
-        if show:
-            console.print(
-                f"[bold]Drill queue-backlog[/bold]: RabbitMQ queue {backlog.queue}: 400 e-mails"
-                " waiting, 12/s arriving, 2 workers sending 4/s each"
-                f" (management API {'on' if management else 'off: workers sized by factor'})."
-            )
+        player.inject(
+            f"[bold]Drill queue-backlog[/bold]: RabbitMQ queue {backlog.queue}: 400 e-mails"
+            " waiting, 12/s arriving, 2 workers sending 4/s each"
+            f" (management API {'on' if management else 'off: workers sized by factor'})."
+        )
         time.sleep(6)  # the backlog grows; the management API emits its rates every 5 s
         if management:  # a new queue's first emission may carry no rates: wait for them
             loop.run(_rates_ready(backlog.target(), timeout_s=15))
         service = Service(
             name=SERVICE, rabbitmq=backlog.target(), actions={"scale": control.scale_action()}
         )
-        card = play(
-            spec,
-            Severity.P2,
-            service=service,
-            params=params,
-            injected=injected,
-            approve_as=approve_as,
-            console=console,
-            interactive=interactive,
-            show=show,
-        )
+        return player.play(service)
     finally:
         with contextlib.suppress(Exception):
             loop.run(stack.aclose())
         loop.close()
-    return card

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from checks.findings import Severity
-from flows.drills.play import play
+from flows.drills.play import Player, scenario
+from flows.drills.sandbox.loopback import LoopbackServer, Served
 from flows.drills.scorecard import Scorecard
 
 __all__ = ["IMAGES", "HealthApp", "drill"]
@@ -19,7 +16,7 @@ IMAGES = ["ghcr.io/acme/api:1.4.0", "ghcr.io/acme/api:1.4.1", "ghcr.io/acme/api:
 TOKEN = "drill-kube-token"
 
 
-class HealthApp:
+class HealthApp(Served):
     """``GET /health``: 200 while the deployment has a ready pod, 503 otherwise.
 
     It stands for the service in front of the pods: with no ready endpoint behind it, the
@@ -28,8 +25,7 @@ class HealthApp:
 
     def __init__(self, kube: Any, deployment: str, namespace: str | None = None) -> None:
         self.kube, self.deployment, self.namespace = kube, deployment, namespace
-        self._server: ThreadingHTTPServer | None = None
-        self.url = ""
+        self._server = LoopbackServer(self._answer)
 
     def status(self) -> tuple[int, dict[str, Any]]:
         """What ``/health`` answers now."""
@@ -39,68 +35,26 @@ class HealthApp:
         body = {"status": "ok" if ready else "unavailable", "ready": ready, "images": images}
         return (200 if ready else 503), body
 
-    def start(self) -> HealthApp:
-        """Serves on a free loopback port in a daemon thread."""
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                code, body = app.status() if self.path == "/health" else (404, {"error": "no"})
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                """Keeps request lines off the drill's terminal."""
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        """Stops serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> HealthApp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _answer(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, Any]:
+        return self.status() if path == "/health" else (404, {"error": "no"})
 
 
-def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool) -> Scorecard:
+@scenario("rollback", Severity.P1, lookback_minutes=30)
+def drill(player: Player) -> Scorecard:
     """Deploys a crash-looping image to a local Kubernetes API and lets rollback undo it."""
     from pydantic import SecretStr
 
     from flows.drills.sandbox.kube_api import KubeApiServer
     from integrations.kubernetes import KubernetesTarget
     from integrations.service import HttpEndpoint, Service
-    from runbooks.catalog import require
 
-    spec = require("rollback")
-    params = spec.params(
-        lookback_minutes=30,
-        approval_timeout_seconds=300,
-        verify_timeout_seconds=30,
-        verify_hold_seconds=5,
-    )
     with KubeApiServer(token=TOKEN, namespace="prod") as kube, HealthApp(kube, "api") as health:
         kube.crashing_images.add(IMAGES[-1])
         kube.seed_deployment("api", IMAGES, replicas=3, deployed_ago=timedelta(0))
-        injected = time.monotonic()
-        if show:
+        player.inject()
+        if player.show:  # /health asks the Kubernetes API: only when it is shown
             code, body = health.status()
-            console.print(
+            player.say(
                 f"[bold]Drill rollback[/bold]: local Kubernetes API {kube.url}, deployment "
                 f"prod/api; deployed {IMAGES[-1]} (crash-looping); /health answers {code} "
                 f"({body['ready']} ready pods)."
@@ -113,15 +67,4 @@ def drill(*, approve_as: str | None, console: Any, interactive: bool, show: bool
             kubernetes=target,
             http=[HttpEndpoint(name="health", url=f"{health.url}/health", timeout_s=2)],
         )
-        card = play(
-            spec,
-            Severity.P1,
-            service=service,
-            params=params,
-            injected=injected,
-            approve_as=approve_as,
-            console=console,
-            interactive=interactive,
-            show=show,
-        )
-    return card
+        return player.play(service)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,6 +37,7 @@ from flows.drills.sandbox.kube_objects import (
     selector_matches,
     strategic_merge,
 )
+from flows.drills.sandbox.loopback import LoopbackServer, Served
 
 __all__ = ["KubeApiServer", "RecordedRequest", "json_patch", "merge_patch", "strategic_merge"]
 
@@ -61,7 +60,7 @@ class RecordedRequest(BaseModel):
     authenticated: bool = False
 
 
-class KubeApiServer(KubeCluster):
+class KubeApiServer(KubeCluster, Served):
     """An in-memory Kubernetes API on 127.0.0.1 and a free port; use as a context manager.
 
     ``token`` makes every request need ``Authorization: Bearer <token>`` (else 401);
@@ -73,33 +72,12 @@ class KubeApiServer(KubeCluster):
     def __init__(self, *, token: str | None = None, namespace: str = "default") -> None:
         super().__init__(namespace)
         self.token = token
-        self.url = ""
         self.requests: list[RecordedRequest] = []
         self._forbidden: set[tuple[str, str, str | None]] = set()
         self._failures: list[list[Any]] = []
-        self._httpd: _Server | None = None
-
-    def start(self) -> KubeApiServer:
-        """Starts serving in a daemon thread."""
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.api = self
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        """Stops serving and closes the socket."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> KubeApiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._server = LoopbackServer(
+            self.handle, methods=("GET", "POST", "PUT", "PATCH", "DELETE")
+        )
 
     def writes(self) -> list[RecordedRequest]:
         """The recorded requests that could change state (anything but GET)."""
@@ -356,30 +334,3 @@ class KubeApiServer(KubeCluster):
         lines = self._logs[key]
         tail = int(query["tailLines"]) if query.get("tailLines") else len(lines)
         return "".join(f"{line}\n" for line in lines[len(lines) - tail :] if tail)
-
-
-class _Server(ThreadingHTTPServer):
-    api: KubeApiServer  # the fake API server its handlers answer for
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        api = self.server.api
-        code, payload = api.handle(self.command, self.path, dict(self.headers), raw)
-        text = isinstance(payload, str)
-        data = payload.encode() if text else json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain" if text else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
-        """Keeps request lines out of stderr; requests are recorded instead."""

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -150,50 +150,33 @@ def _copy_tree(source: Path, target: Path) -> None:
     subprocess.run(["cp", "-a", f"{source}/.", str(target)], check=True, capture_output=True)
 
 
-class ConnectionExhaustion:
-    """Injects the seed's incident: a leaking pool of idle-in-transaction sessions plus a
-    lock chain (one root blocker holding a row lock, ``waiters`` sessions stuck behind it).
-    """
+class _HeldSessions:
+    """A fault's sessions on the app's database, and the threads stuck in some of them;
+    leaving closes every session (the database ends what they held) and joins the threads."""
 
-    def __init__(self, app_dsn: str, idle_sessions: int = 13, waiters: int = 2) -> None:
+    def __init__(self, app_dsn: str) -> None:
         self.app_dsn = app_dsn
-        self.idle_sessions = idle_sessions
-        self.waiters = waiters
         self._conns: list[psycopg.Connection] = []
         self._threads: list[threading.Thread] = []
-        self.idle_pids: list[int] = []
-        self.blocker_pid: int | None = None
-        self.waiter_pids: list[int] = []
 
-    def _open(self) -> psycopg.Connection:
-        conn = psycopg.connect(self.app_dsn, application_name="leaky-api")
+    def _open(self, name: str, **options: Any) -> psycopg.Connection:
+        conn = psycopg.connect(self.app_dsn, application_name=name, **options)
         self._conns.append(conn)
         return conn
 
-    def __enter__(self) -> ConnectionExhaustion:
-        for _ in range(self.idle_sessions):
-            conn = self._open()
-            conn.execute("SELECT balance FROM accounts WHERE id = 1")  # opens a transaction
-            self.idle_pids.append(conn.info.backend_pid)
-        blocker = self._open()
-        blocker.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 2")
-        self.blocker_pid = blocker.info.backend_pid
-        for _ in range(self.waiters):
-            conn = self._open()
-            self.waiter_pids.append(conn.info.backend_pid)
-            thread = threading.Thread(target=self._wait_on_lock, args=(conn,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        time.sleep(0.2)
-        return self
+    def _stuck(self, conn: psycopg.Connection, sql: str) -> int:
+        """Runs ``sql`` on ``conn`` in a daemon thread (it waits on a lock); the session's pid."""
+        pid = conn.info.backend_pid
+        thread = threading.Thread(target=self._wait, args=(conn, sql), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return pid
 
     @staticmethod
-    def _wait_on_lock(conn: psycopg.Connection) -> None:
-        try:
-            conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+    def _wait(conn: psycopg.Connection, sql: str) -> None:
+        with contextlib.suppress(psycopg.Error):  # the drill may end while we wait
+            conn.execute(sql)
             conn.commit()
-        except psycopg.Error:
-            pass  # the drill may end while we wait
 
     def __exit__(self, *exc_info: object) -> None:
         for conn in self._conns:
@@ -203,43 +186,52 @@ class ConnectionExhaustion:
             thread.join(timeout=2)
 
 
-class MigrationLock:
+class ConnectionExhaustion(_HeldSessions):
+    """Injects the seed's incident: a leaking pool of idle-in-transaction sessions plus a
+    lock chain (one root blocker holding a row lock, ``waiters`` sessions stuck behind it).
+    """
+
+    def __init__(self, app_dsn: str, idle_sessions: int = 13, waiters: int = 2) -> None:
+        super().__init__(app_dsn)
+        self.idle_sessions = idle_sessions
+        self.waiters = waiters
+        self.idle_pids: list[int] = []
+        self.blocker_pid: int | None = None
+        self.waiter_pids: list[int] = []
+
+    def __enter__(self) -> ConnectionExhaustion:
+        for _ in range(self.idle_sessions):
+            conn = self._open("leaky-api")
+            conn.execute("SELECT balance FROM accounts WHERE id = 1")  # opens a transaction
+            self.idle_pids.append(conn.info.backend_pid)
+        blocker = self._open("leaky-api")
+        blocker.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 2")
+        self.blocker_pid = blocker.info.backend_pid
+        for _ in range(self.waiters):
+            wait = "UPDATE accounts SET balance = balance + 1 WHERE id = 2"
+            self.waiter_pids.append(self._stuck(self._open("leaky-api"), wait))
+        time.sleep(0.2)
+        return self
+
+
+class MigrationLock(_HeldSessions):
     """Injects seed 000 Incident 3's "migrations causing locks": a schema migration (a
     session named ``alembic``) holds ACCESS EXCLUSIVE on ``accounts`` in an open
     transaction, and ``readers`` API sessions queue behind it: to the app, the database
     is down."""
 
     def __init__(self, app_dsn: str, readers: int = 4) -> None:
-        self.app_dsn = app_dsn
+        super().__init__(app_dsn)
         self.readers = readers
-        self._conns: list[psycopg.Connection] = []
-        self._threads: list[threading.Thread] = []
         self.migration_pid: int | None = None
         self.reader_pids: list[int] = []
 
     def __enter__(self) -> MigrationLock:
-        migration = psycopg.connect(self.app_dsn, application_name="alembic")
-        self._conns.append(migration)
+        migration = self._open("alembic")
         migration.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
         self.migration_pid = migration.info.backend_pid
         for _ in range(self.readers):
-            conn = psycopg.connect(self.app_dsn, application_name="api", autocommit=True)
-            self._conns.append(conn)
-            self.reader_pids.append(conn.info.backend_pid)
-            thread = threading.Thread(target=self._read, args=(conn,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            conn = self._open("api", autocommit=True)
+            self.reader_pids.append(self._stuck(conn, "SELECT count(*) FROM accounts"))
         time.sleep(0.2)
         return self
-
-    @staticmethod
-    def _read(conn: psycopg.Connection) -> None:
-        with contextlib.suppress(psycopg.Error):
-            conn.execute("SELECT count(*) FROM accounts")
-
-    def __exit__(self, *exc_info: object) -> None:
-        for conn in self._conns:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-        for thread in self._threads:
-            thread.join(timeout=2)
