@@ -120,11 +120,6 @@ class StatuspagePublic(TargetClient[StatuspagePage]):
 
     _shown = ("url",)
 
-    def __init__(
-        self, page: StatuspagePage, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(page, transport=transport)
-
     @property
     def page(self) -> StatuspagePage:
         return self.target

@@ -98,12 +98,7 @@ class VercelClient(TargetClient[VercelTarget]):
     """Read-only Vercel client for one project. ``async with VercelClient(target) as v``."""
 
     _shown = ("project",)
-
-    def __init__(
-        self, target: VercelTarget, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(target, transport=transport)
-        self._project_id: str | None = None
+    _project_id: str | None = None  # resolved once per client, on first use
 
     def _open(self) -> httpx.AsyncClient:
         token = self.target.token.get_secret_value()
