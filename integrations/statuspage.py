@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, TargetError
 from integrations.http import TargetClient, backoff_field, retries_field, timeout_field
-from integrations.preflight import BLOCKING, Shortfall, shortfall
+from integrations.preflight import Shortfall, probe_in_turn, shortfall
 
 __all__ = [
     "INCIDENT_STATUSES",
@@ -257,16 +257,12 @@ class StatuspageManage(StatuspageIncidents):
 
     async def preflight(self) -> dict[str, bool | str]:
         """Checks the key can read the page and its incidents (safe reads of the manage API)."""
-        result: dict[str, bool | str] = {}
-        for capability, path in (("page", ""), ("incidents", "/incidents/unresolved")):
-            try:
-                await self._call("GET", path)
-                result[capability] = True
-            except TargetError as exc:
-                short = result[capability] = shortfall(exc)
-                if short.kind in BLOCKING:
-                    break
-        return result
+        return await probe_in_turn(
+            {
+                "page": lambda: self._call("GET", ""),
+                "incidents": lambda: self._call("GET", "/incidents/unresolved"),
+            }
+        )
 
 
 def _check_status(status: str) -> None:

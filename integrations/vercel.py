@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field, SecretStr
 
-from integrations.errors import ConfigError, NotFound, TargetError
+from integrations.errors import ConfigError, NotFound
 from integrations.http import TargetClient, backoff_field, retries_field, timeout_field
-from integrations.preflight import BLOCKING, shortfall
+from integrations.preflight import probe_in_turn
 
 __all__ = ["Deployment", "PromotePlan", "VercelClient", "VercelOperator", "VercelTarget"]
 
@@ -154,19 +154,9 @@ class VercelClient(TargetClient[VercelTarget]):
 
     async def preflight(self) -> dict[str, bool | str]:
         """Checks the token can read the project and list its deployments."""
-        result: dict[str, bool | str] = {}
-        for capability, call in (
-            ("project", self.project),
-            ("deployments", lambda: self.deployments(limit=1)),
-        ):
-            try:
-                await call()
-                result[capability] = True
-            except TargetError as exc:
-                short = result[capability] = shortfall(exc)
-                if short.kind in BLOCKING:
-                    break
-        return result
+        return await probe_in_turn(
+            {"project": self.project, "deployments": lambda: self.deployments(limit=1)}
+        )
 
 
 class VercelOperator(VercelClient):
