@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 from pydantic import SecretStr
@@ -20,23 +21,16 @@ __all__ = ["SourceKind", "TokenSource"]
 SourceKind = Literal["kubernetes", "docker", "config", "self-signed"]
 
 
+@dataclass(eq=False, repr=False)
 class TokenSource:
     """Where the app reads its management token; reads it without ever showing it."""
 
-    def __init__(
-        self,
-        hms: HmsTarget,
-        *,
-        kubernetes: KubernetesReader | None = None,
-        docker: DockerReader | None = None,
-        secret: str = "hms-credentials",
-        key: str = "HMS_MANAGEMENT_TOKEN",
-    ) -> None:
-        self.hms = hms
-        self.kubernetes = kubernetes
-        self.docker = docker
-        self.secret = secret
-        self.key = key
+    hms: HmsTarget
+    _: KW_ONLY
+    kubernetes: KubernetesReader | None = None
+    docker: DockerReader | None = None
+    secret: str = "hms-credentials"
+    key: str = "HMS_MANAGEMENT_TOKEN"
 
     def __repr__(self) -> str:
         return f"TokenSource({self.where})"

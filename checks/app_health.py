@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rx
 from pydantic import SecretStr
 
+from checks._helpers import finding
 from checks._workloads import docker_workload, kubernetes_workload, scrub_log
 from checks.deploys import ERROR_RATE_PROMQL, error_rate_at
 from checks.findings import Finding, Severity, Status
@@ -103,16 +104,7 @@ async def http_endpoints(endpoints: list[HttpEndpoint], *, transport: Any = None
             }.get(kind, f"answered HTTP {code} (expected {ep.expect_status})")
             if code in (502, 504):
                 summary += ": the proxy in front has no healthy upstream"
-        findings.append(
-            Finding(
-                check="http_endpoints",
-                target=where,
-                status=status,
-                summary=summary,
-                evidence=row,
-                severity=severity,
-            )
-        )
+        findings.append(finding("http_endpoints", where, status, summary, row, severity))
     return findings
 
 
@@ -140,16 +132,7 @@ async def error_rate(
     else:
         status, severity = Status.OK, None
         summary = f"error rate {pct:.2f}% over the last {window_s:g} s"
-    return [
-        Finding(
-            check="error_rate",
-            target=prom.target.display,
-            status=status,
-            summary=summary,
-            evidence=evidence,
-            severity=severity,
-        )
-    ]
+    return [finding("error_rate", prom.target.display, status, summary, evidence, severity)]
 
 
 def _dependency(

@@ -13,6 +13,7 @@ import statistics
 import time
 from typing import Any
 
+from checks._helpers import finding
 from checks.evidence.postgres import (
     Attempt,
     ConnectivityEvidence,
@@ -20,7 +21,7 @@ from checks.evidence.postgres import (
     MigrationLocksEvidence,
 )
 from checks.findings import Finding, Severity, Status
-from checks.postgres import _jsonable, sessions
+from checks.postgres import _jsonable, _p1_or_p2, sessions
 from integrations.errors import AuthError, OncallError, ProviderError
 from integrations.postgres import PostgresReader, PostgresTarget
 
@@ -62,7 +63,11 @@ async def connectivity(
             attempts=tries, connect_timeout_s=target.connect_timeout, **more
         ).dump()
 
-    name = target.name
+    def found(
+        status: Status, text: str, ev: dict[str, Any], severity: Severity | None = None
+    ) -> list[Finding]:
+        return [finding("connectivity", target.name, status, text, ev, severity)]
+
     if len(failed) == len(tries):
         last = failed[-1]
         why = (
@@ -72,49 +77,20 @@ async def connectivity(
             if last.auth
             else last.reason
         )
-        return [
-            Finding(
-                check="connectivity",
-                target=name,
-                status=Status.CRITICAL,
-                summary=f"cannot connect ({len(tries)} of {len(tries)} attempts): {why}",
-                evidence=evidence(down=True),
-                severity=Severity.P0,
-            )
-        ]
+        text = f"cannot connect ({len(tries)} of {len(tries)} attempts): {why}"
+        return found(Status.CRITICAL, text, evidence(down=True), Severity.P0)
     median = statistics.median(t.ms for t in tries if t.ok)
     if failed:
-        return [
-            Finding(
-                check="connectivity",
-                target=name,
-                status=Status.CRITICAL,
-                summary=f"intermittent: {len(failed)} of {len(tries)} connection attempts failed"
-                f" ({failed[-1].reason})",
-                evidence=evidence(down=False),
-                severity=Severity.P1,
-            )
-        ]
-    if median >= slow_ms:
-        return [
-            Finding(
-                check="connectivity",
-                target=name,
-                status=Status.WARN,
-                summary=f"connects slowly: {median:.0f} ms (median of {len(tries)})",
-                evidence=evidence(down=False, median_ms=median),
-                severity=Severity.P2,
-            )
-        ]
-    return [
-        Finding(
-            check="connectivity",
-            target=name,
-            status=Status.OK,
-            summary=f"connects in {median:.0f} ms (median of {len(tries)})",
-            evidence=evidence(down=False, median_ms=median),
+        text = (
+            f"intermittent: {len(failed)} of {len(tries)} connection attempts failed"
+            f" ({failed[-1].reason})"
         )
-    ]
+        return found(Status.CRITICAL, text, evidence(down=False), Severity.P1)
+    timing = evidence(down=False, median_ms=median)
+    if median >= slow_ms:
+        text = f"connects slowly: {median:.0f} ms (median of {len(tries)})"
+        return found(Status.WARN, text, timing, Severity.P2)
+    return found(Status.OK, f"connects in {median:.0f} ms (median of {len(tries)})", timing)
 
 
 _LAG_SQL = """
@@ -144,32 +120,15 @@ async def replication_lag(
         summary = (
             "no streaming replica" if not lags else "replicas report no lag (caught up or idle)"
         )
-        return [
-            Finding(
-                check="replication_lag",
-                target=db.target.name,
-                status=Status.OK,
-                summary=summary,
-                evidence={"replicas": lags, "replica": bool(row["replica"])},
-            )
-        ]
+        evidence = {"replicas": lags, "replica": bool(row["replica"])}
+        return [finding("replication_lag", db.target.name, Status.OK, summary, evidence)]
     worst = max(known, key=lambda r: r["replay_lag_s"])
     lag = float(worst["replay_lag_s"])
     status = Status.CRITICAL if lag >= critical_s else Status.WARN if lag >= warn_s else Status.OK
-    return [
-        Finding(
-            check="replication_lag",
-            target=db.target.name,
-            status=status,
-            summary=f"replication lag {lag:.0f}s ({worst.get('application_name') or '?'})",
-            evidence={"replicas": lags, "replica": bool(row["replica"]), "worst_lag_s": lag},
-            severity=Severity.P1
-            if status is Status.CRITICAL
-            else Severity.P2
-            if status is Status.WARN
-            else None,
-        )
-    ]
+    summary = f"replication lag {lag:.0f}s ({worst.get('application_name') or '?'})"
+    evidence = {"replicas": lags, "replica": bool(row["replica"]), "worst_lag_s": lag}
+    severity = _p1_or_p2(status) if status.is_problem else None
+    return [finding("replication_lag", db.target.name, status, summary, evidence, severity)]
 
 
 _EXCLUSIVE_SQL = """
@@ -213,28 +172,18 @@ async def migration_locks(
             )
         )
     if not holders:
-        return [
-            Finding(
-                check="migration_locks",
-                target=db.target.name,
-                status=Status.OK,
-                summary="no migration or DDL lock is holding sessions up",
-                evidence=MigrationLocksEvidence(holders=[]).dump(),
-            )
-        ]
+        text = "no migration or DDL lock is holding sessions up"
+        evidence = MigrationLocksEvidence(holders=[])
+        return [finding("migration_locks", db.target.name, Status.OK, text, evidence)]
     holders.sort(key=lambda h: -len(h.waiters))
     head = holders[0]
     blocked = sum(len(h.waiters) for h in holders)
     status = Status.CRITICAL if blocked >= 3 else Status.WARN
     what = f"on {', '.join(head.tables)}" if head.tables else "in a long transaction"
-    return [
-        Finding(
-            check="migration_locks",
-            target=db.target.name,
-            status=status,
-            summary=f"pid {head.pid} ({head.application_name or head.usename}) holds a"
-            f" lock {what} for {head.xact_age_s or 0:.0f}s; {blocked} session(s) wait",
-            evidence=MigrationLocksEvidence(holders=holders, blocked=blocked).dump(),
-            severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
-        )
-    ]
+    summary = (
+        f"pid {head.pid} ({head.application_name or head.usename}) holds a"
+        f" lock {what} for {head.xact_age_s or 0:.0f}s; {blocked} session(s) wait"
+    )
+    evidence = MigrationLocksEvidence(holders=holders, blocked=blocked)
+    name = db.target.name
+    return [finding("migration_locks", name, status, summary, evidence, _p1_or_p2(status))]

@@ -8,9 +8,11 @@ its target later: pid, backend_start and xact_start/query_start.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+from checks._helpers import finding
 from checks.evidence.postgres import (
     LockChain,
     LockChainsEvidence,
@@ -89,6 +91,56 @@ def _top(counter: Counter, n: int = 10) -> dict[str, int]:
     return {str(k): v for k, v in counter.most_common(n)}
 
 
+def _p1_or_p2(status: Status) -> Severity:
+    return Severity.P1 if status is Status.CRITICAL else Severity.P2
+
+
+class _AgedSessions(NamedTuple):
+    """A check for sessions past an age threshold: which age, which sessions, what OK says."""
+
+    check: str
+    age: Callable[[SessionRow], float | None]
+    wanted: Callable[[SessionRow], bool]
+    none_text: str  # formatted with the threshold in seconds
+
+
+_IDLE_IN_TRANSACTION = _AgedSessions(
+    "idle_in_transaction",
+    lambda s: s.state_age_s,
+    lambda s: (s.state or "").startswith("idle in transaction"),
+    "no session idle in transaction for {:g}s or more",
+)
+_LONG_RUNNING = _AgedSessions(
+    "long_running_queries",
+    lambda s: s.query_age_s,
+    lambda s: s.state == "active" and s.backend_type == "client backend",
+    "no query running for {:g}s or more",
+)
+
+
+async def _aged_sessions(
+    spec: _AgedSessions,
+    db: PostgresReader,
+    database: str | None,
+    older_than_s: float,
+    describe: Callable[[list[SessionRow]], tuple[Status, str]],
+) -> list[Finding]:
+    """The spec's sessions (never our own) at least ``older_than_s`` old, oldest first; if
+    there are any, ``describe`` gives the status and summary (P1 if critical, else P2)."""
+    old = [
+        s
+        for s in await sessions(db, database)
+        if spec.wanted(s) and (spec.age(s) or 0) >= older_than_s and not s.own
+    ]
+    old.sort(key=lambda s: -(spec.age(s) or 0))
+    evidence = SessionsEvidence(older_than_s=older_than_s, sessions=old)
+    if not old:
+        text = spec.none_text.format(older_than_s)
+        return [finding(spec.check, db.target.name, Status.OK, text, evidence)]
+    status, summary = describe(old)
+    return [finding(spec.check, db.target.name, status, summary, evidence, _p1_or_p2(status))]
+
+
 async def connection_utilisation(
     db: PostgresReader, warn_pct: float = 70.0, critical_pct: float = 90.0
 ) -> list[Finding]:
@@ -125,97 +177,39 @@ async def connection_utilisation(
         f"{in_use} of {usable} usable connections in use ({pct}%);"
         f" most are '{top_state[0]}' ({top_state[1]})"
     )
-    return [
-        Finding(
-            check="connection_utilisation",
-            target=db.target.name,
-            status=status,
-            summary=summary,
-            evidence=evidence.dump(),
-            severity=severity,
-        )
-    ]
+    name = db.target.name
+    return [finding("connection_utilisation", name, status, summary, evidence, severity)]
 
 
 async def idle_in_transaction(
     db: PostgresReader, older_than_s: float = 300.0, database: str | None = None
 ) -> list[Finding]:
     """Sessions idle inside an open transaction for longer than the threshold."""
-    old = [
-        s
-        for s in await sessions(db, database)
-        if (s.state or "").startswith("idle in transaction")
-        and (s.state_age_s or 0) >= older_than_s
-        and not s.own
-    ]
-    old.sort(key=lambda s: -(s.state_age_s or 0))
-    evidence = SessionsEvidence(older_than_s=older_than_s, sessions=old).dump()
-    if not old:
-        return [
-            Finding(
-                check="idle_in_transaction",
-                target=db.target.name,
-                status=Status.OK,
-                summary=f"no session idle in transaction for {older_than_s:g}s or more",
-                evidence=evidence,
-            )
-        ]
-    status = Status.CRITICAL if len(old) >= 5 else Status.WARN
-    oldest = old[0]
-    return [
-        Finding(
-            check="idle_in_transaction",
-            target=db.target.name,
-            status=status,
-            summary=(
-                f"{len(old)} session(s) idle in transaction for {older_than_s:g}s or more;"
-                f" oldest pid {oldest.pid} ({oldest.usename}/"
-                f"{oldest.application_name or '-'}) for {oldest.state_age_s or 0:.0f}s"
-            ),
-            evidence=evidence,
-            severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
+
+    def describe(old: list[SessionRow]) -> tuple[Status, str]:
+        oldest = old[0]
+        return Status.CRITICAL if len(old) >= 5 else Status.WARN, (
+            f"{len(old)} session(s) idle in transaction for {older_than_s:g}s or more;"
+            f" oldest pid {oldest.pid} ({oldest.usename}/"
+            f"{oldest.application_name or '-'}) for {oldest.state_age_s or 0:.0f}s"
         )
-    ]
+
+    return await _aged_sessions(_IDLE_IN_TRANSACTION, db, database, older_than_s, describe)
 
 
 async def long_running_queries(
     db: PostgresReader, older_than_s: float = 300.0, database: str | None = None
 ) -> list[Finding]:
     """Active queries running for longer than the threshold."""
-    slow = [
-        s
-        for s in await sessions(db, database)
-        if s.state == "active"
-        and s.backend_type == "client backend"
-        and (s.query_age_s or 0) >= older_than_s
-        and not s.own
-    ]
-    slow.sort(key=lambda s: -(s.query_age_s or 0))
-    evidence = SessionsEvidence(older_than_s=older_than_s, sessions=slow).dump()
-    if not slow:
-        return [
-            Finding(
-                check="long_running_queries",
-                target=db.target.name,
-                status=Status.OK,
-                summary=f"no query running for {older_than_s:g}s or more",
-                evidence=evidence,
-            )
-        ]
-    top = slow[0]
-    return [
-        Finding(
-            check="long_running_queries",
-            target=db.target.name,
-            status=Status.WARN,
-            summary=(
-                f"{len(slow)} query(ies) running for {older_than_s:g}s or more; longest pid"
-                f" {top.pid} for {top.query_age_s or 0:.0f}s: {(top.query or '')[:60]!r}"
-            ),
-            evidence=evidence,
-            severity=Severity.P2,
+
+    def describe(slow: list[SessionRow]) -> tuple[Status, str]:
+        top = slow[0]
+        return Status.WARN, (
+            f"{len(slow)} query(ies) running for {older_than_s:g}s or more; longest pid"
+            f" {top.pid} for {top.query_age_s or 0:.0f}s: {(top.query or '')[:60]!r}"
         )
-    ]
+
+    return await _aged_sessions(_LONG_RUNNING, db, database, older_than_s, describe)
 
 
 async def lock_chains(db: PostgresReader, database: str | None = None) -> list[Finding]:
@@ -223,16 +217,10 @@ async def lock_chains(db: PostgresReader, database: str | None = None) -> list[F
     found = await sessions(db)
     by_pid = {s.pid: s for s in found}
     blocked = [s for s in found if s.blocked_by and database in (None, s.datname)]
+    name = db.target.name
     if not blocked:
-        return [
-            Finding(
-                check="lock_chains",
-                target=db.target.name,
-                status=Status.OK,
-                summary="no session is waiting on a lock held by another",
-                evidence=LockChainsEvidence(chains=[]).dump(),
-            )
-        ]
+        text = "no session is waiting on a lock held by another"
+        return [finding("lock_chains", name, Status.OK, text, LockChainsEvidence(chains=[]))]
     parents = {s.pid: list(s.blocked_by) for s in blocked}
 
     def roots_of(pid: int, seen: frozenset[int] = frozenset()) -> set[int]:
@@ -260,19 +248,12 @@ async def lock_chains(db: PostgresReader, database: str | None = None) -> list[F
     longest = max(c.longest_wait_s for c in chains)
     status = Status.CRITICAL if total >= 5 or longest >= 60 else Status.WARN
     head = chains[0]
-    return [
-        Finding(
-            check="lock_chains",
-            target=db.target.name,
-            status=status,
-            summary=(
-                f"{total} session(s) waiting on locks; root blocker pid {head.root.pid}"
-                f" ({head.root.state}) holds up {head.waiter_count}"
-            ),
-            evidence=LockChainsEvidence(chains=chains).dump(),
-            severity=Severity.P1 if status is Status.CRITICAL else Severity.P2,
-        )
-    ]
+    summary = (
+        f"{total} session(s) waiting on locks; root blocker pid {head.root.pid}"
+        f" ({head.root.state}) holds up {head.waiter_count}"
+    )
+    evidence = LockChainsEvidence(chains=chains)
+    return [finding("lock_chains", name, status, summary, evidence, _p1_or_p2(status))]
 
 
 async def top_statements(
@@ -283,17 +264,11 @@ async def top_statements(
     Informational unless ``slow_mean_ms`` is given: then statements slower than that
     on average make it a warning.
     """
+    name = db.target.name
     installed = await db.fetch("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'")
     if not installed:
-        return [
-            Finding(
-                check="top_statements",
-                target=db.target.name,
-                status=Status.UNKNOWN,
-                summary="pg_stat_statements is not installed: no per-statement history",
-                evidence={"installed": False},
-            )
-        ]
+        text = "pg_stat_statements is not installed: no per-statement history"
+        return [finding("top_statements", name, Status.UNKNOWN, text, {"installed": False})]
     try:
         rows = await db.fetch(
             "SELECT queryid::text, calls, round(total_exec_time::numeric, 1)::float8 AS total_ms,"
@@ -303,15 +278,8 @@ async def top_statements(
             {"limit": limit},
         )
     except ProviderError as exc:
-        return [
-            Finding(
-                check="top_statements",
-                target=db.target.name,
-                status=Status.UNKNOWN,
-                summary=f"pg_stat_statements is installed but unreadable: {exc}",
-                evidence={"installed": True},
-            )
-        ]
+        text = f"pg_stat_statements is installed but unreadable: {exc}"
+        return [finding("top_statements", name, Status.UNKNOWN, text, {"installed": True})]
     slow = [r for r in rows if slow_mean_ms is not None and r["mean_ms"] >= slow_mean_ms]
     summary = (
         f"top statement by total time: {rows[0]['total_ms']:.0f} ms over {rows[0]['calls']}"
@@ -319,20 +287,14 @@ async def top_statements(
         if rows
         else "pg_stat_statements has no statements yet"
     )
-    return [
-        Finding(
-            check="top_statements",
-            target=db.target.name,
-            status=Status.WARN if slow else Status.OK,
-            summary=summary,
-            evidence={"installed": True, "statements": [_jsonable(r) for r in rows]},
-            severity=Severity.P2 if slow else None,
-        )
-    ]
+    status, severity = (Status.WARN, Severity.P2) if slow else (Status.OK, None)
+    evidence = {"installed": True, "statements": [_jsonable(r) for r in rows]}
+    return [finding("top_statements", name, status, summary, evidence, severity)]
 
 
 async def reachability(db: PostgresReader) -> list[Finding]:
     """Can we connect at all, and how fast; a full server refusing us is itself the diagnosis."""
+    name = db.target.name
     try:
         row = await db.fetch_one(
             "SELECT current_setting('server_version') AS version,"
@@ -340,24 +302,11 @@ async def reachability(db: PostgresReader) -> list[Finding]:
         )
     except ProviderError as exc:
         if exc.status == 53300:
-            return [
-                Finding(
-                    check="reachability",
-                    target=db.target.name,
-                    status=Status.CRITICAL,
-                    summary=f"the server refused our connection: all slots taken ({exc})",
-                    evidence={"exhausted": True},
-                    severity=Severity.P1,
-                )
-            ]
+            text = f"the server refused our connection: all slots taken ({exc})"
+            evidence = {"exhausted": True}
+            return [finding("reachability", name, Status.CRITICAL, text, evidence, Severity.P1)]
         raise
     role = "replica" if row["in_recovery"] else "primary"
-    return [
-        Finding(
-            check="reachability",
-            target=db.target.name,
-            status=Status.OK,
-            summary=f"connected to PostgreSQL {row['version']} ({role})",
-            evidence={"version": row["version"], "in_recovery": row["in_recovery"]},
-        )
-    ]
+    text = f"connected to PostgreSQL {row['version']} ({role})"
+    evidence = {"version": row["version"], "in_recovery": row["in_recovery"]}
+    return [finding("reachability", name, Status.OK, text, evidence)]

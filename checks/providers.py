@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from checks._helpers import finding
 from checks.evidence.providers import ProviderEvidence, ProviderState
 from checks.findings import Finding, Severity, Status
 from integrations.statuspage import (
@@ -99,15 +100,7 @@ async def provider_status(
         if ignored:
             names = ", ".join(f"{c.name} {c.status}" for c in ignored)
             summary += f"; {names} is not a component {who} uses"
-        return [
-            Finding(
-                check=check,
-                target=status.name,
-                status=Status.OK,
-                summary=summary + ".",
-                evidence=evidence,
-            )
-        ]
+        return [finding(check, status.name, Status.OK, summary + ".", evidence)]
     hit = relevant_components(status, components)
     parts = [f"{c.name} {c.status}" for c in hit]
     parts += [f"incident '{i.name}' ({i.status})" for i in status.incidents]
@@ -125,16 +118,7 @@ async def provider_status(
             f"watch {link} and tell users if it affects them."
         )
         severity, level = _milder(down_severity), Status.WARN
-    return [
-        Finding(
-            check=check,
-            target=status.name,
-            status=level,
-            summary=summary,
-            evidence=evidence,
-            severity=severity,
-        )
-    ]
+    return [finding(check, status.name, level, summary, evidence, severity)]
 
 
 async def our_incident(

@@ -10,19 +10,32 @@ from pydantic import TypeAdapter, ValidationError
 
 from integrations.errors import ConfigError
 
-__all__ = ["alert_status", "alert_time", "key_name", "kind_of", "shown", "string_map"]
+__all__ = [
+    "alert_status",
+    "alert_time",
+    "key_name",
+    "kind_of",
+    "object_items",
+    "shown",
+    "string_map",
+]
 
 _STATUSES = ("firing", "resolved")
 
 
-def string_map(value: Any, where: str) -> dict[str, str]:
-    """Reads a labels/annotations object as strings; booleans become "true"/"false"."""
+def object_items(value: Any, where: str) -> list[tuple[Any, Any]]:
+    """The key/value pairs of a sender's JSON object; none for null, a ConfigError otherwise."""
     if value is None:
-        return {}
+        return []
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be an object, got {kind_of(value)}")
+    return list(value.items())
+
+
+def string_map(value: Any, where: str) -> dict[str, str]:
+    """Reads a labels/annotations object as strings; booleans become "true"/"false"."""
     out: dict[str, str] = {}
-    for key, item in value.items():
+    for key, item in object_items(value, where):
         if isinstance(item, bool):
             out[str(key)] = "true" if item else "false"
         elif isinstance(item, str | int | float):

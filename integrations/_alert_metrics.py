@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any
 
-from integrations._alert_fields import key_name, kind_of, shown
+from integrations._alert_fields import key_name, object_items, shown
 from integrations.errors import ConfigError
 
 __all__ = ["read_metrics", "strict_metrics"]
@@ -112,12 +112,8 @@ def read_metrics(*sources: dict[str, Any]) -> dict[str, float]:
 
 def strict_metrics(value: Any, where: str) -> dict[str, float]:
     """Reads a generic alert's ``metrics`` object, where every value must be a number."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be an object, got {kind_of(value)}")
     found: dict[str, float] = {}
-    for key, raw in value.items():
+    for key, raw in object_items(value, where):
         metric, millis = _metric_name(str(key))
         scalar = isinstance(raw, str | int | float)
         number = _number(metric or "", raw, millis) if scalar else None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 from kubernetes.utils.quantity import parse_quantity
@@ -27,6 +29,8 @@ from integrations.errors import ConfigError, NotFound, ProviderError
 
 __all__ = ["KubernetesOperator"]
 
+T = TypeVar("T")
+
 # Deployment annotations that `kubectl rollout undo` keeps instead of copying from the ReplicaSet.
 _KEEP_ON_UNDO = {
     "kubectl.kubernetes.io/last-applied-configuration",
@@ -47,8 +51,27 @@ def _quantity(value: str, what: str) -> Decimal:
         ) from exc
 
 
+_STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
+_MERGE_PATCH = "application/merge-patch+json"
+
+
 class KubernetesOperator(KubeSession):
     """Changes deployments and secrets like kubectl; built only inside approved remediations."""
+
+    def _patch(
+        self, what: str, method: Callable[..., T], name: str, body: Any, content_type: str
+    ) -> T:
+        """Sends one patch of the given content type to a named object of our namespace."""
+        return self._call(
+            what, method, name, self.target.namespace, body, _content_type=content_type
+        )
+
+    def _patch_deployment(
+        self, what: str, deployment: str, body: Any, content_type: str = _STRATEGIC_MERGE
+    ) -> k8s.V1Deployment:
+        method = self._apps().patch_namespaced_deployment
+        return self._patch(what, method, deployment, body, content_type)
 
     def _where(self, deployment: str) -> str:
         return f"deployment {self.target.namespace}/{deployment}"
@@ -83,14 +106,7 @@ class KubernetesOperator(KubeSession):
             return f"{self._where(deployment)} was already restarted at {previous}"
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
-        after = self._call(
-            f"restart {deployment}",
-            self._apps().patch_namespaced_deployment,
-            deployment,
-            self.target.namespace,
-            patch,
-            _content_type="application/strategic-merge-patch+json",
-        )
+        after = self._patch_deployment(f"restart {deployment}", deployment, patch)
         revision = annotations_of(after).get(REVISION, "?")
         return (
             f"restarted {self._where(deployment)} at {stamp}: revision {revision} replaces "
@@ -175,13 +191,8 @@ class KubernetesOperator(KubeSession):
             {"op": "add", "path": "/metadata/annotations", "value": notes},
         ]
         try:
-            after = self._call(
-                f"roll back {deployment}",
-                self._apps().patch_namespaced_deployment,
-                deployment,
-                self.target.namespace,
-                patch,
-                _content_type="application/json-patch+json",
+            after = self._patch_deployment(
+                f"roll back {deployment}", deployment, patch, _JSON_PATCH
             )
         except ProviderError as exc:
             if exc.status == 422 and "resourceVersion" in str(exc):
@@ -233,13 +244,12 @@ class KubernetesOperator(KubeSession):
         preview = self.preview_scale(deployment, replicas)
         if preview.noop:
             return preview.summary
-        self._call(
+        self._patch(
             f"scale {deployment}",
             self._apps().patch_namespaced_deployment_scale,
             deployment,
-            self.target.namespace,
             {"spec": {"replicas": replicas}},
-            _content_type="application/merge-patch+json",
+            _MERGE_PATCH,
         )
         before = preview.before["replicas"]
         return f"scaled {self._where(deployment)} from {before} to {replicas} replicas"
@@ -300,14 +310,7 @@ class KubernetesOperator(KubeSession):
                 }
             }
         }
-        after = self._call(
-            f"set memory limit of {deployment}",
-            self._apps().patch_namespaced_deployment,
-            deployment,
-            self.target.namespace,
-            patch,
-            _content_type="application/strategic-merge-patch+json",
-        )
+        after = self._patch_deployment(f"set memory limit of {deployment}", deployment, patch)
         revision = annotations_of(after).get(REVISION, "?")
         return (
             f"set the memory limit of container {container} in {self._where(deployment)} from "
@@ -346,13 +349,12 @@ class KubernetesOperator(KubeSession):
         preview = self.preview_secret(name, key, value)
         if preview.noop:
             return preview.summary
-        self._call(
+        self._patch(
             f"patch secret {name}",
             self._core().patch_namespaced_secret,
             name,
-            self.target.namespace,
             {"data": {key: _b64(value)}},
-            _content_type="application/strategic-merge-patch+json",
+            _STRATEGIC_MERGE,
         )
         return (
             f"updated key {key} of secret {self.target.namespace}/{name} (value not shown); "

@@ -178,17 +178,11 @@ class KubeSession(SyncSession[k8s.ApiClient]):
 
     def _replicasets(self, dep: k8s.V1Deployment) -> list[k8s.V1ReplicaSet]:
         # As kubectl does: the ReplicaSets matching the selector that this deployment controls.
-        selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
-        found = self._call(
-            f"list replicasets of {meta(dep).name}",
-            self._apps().list_namespaced_replica_set,
-            self.target.namespace,
-            label_selector=selector,
-        )
+        found = self._selected("replicasets", self._apps().list_namespaced_replica_set, dep)
         return sorted(
             (
                 rs
-                for rs in found.items
+                for rs in found
                 if any(
                     ref.controller and ref.uid == meta(dep).uid
                     for ref in meta(rs).owner_references or []
@@ -198,10 +192,14 @@ class KubeSession(SyncSession[k8s.ApiClient]):
         )
 
     def _pods(self, dep: k8s.V1Deployment) -> list[k8s.V1Pod]:
+        return self._selected("pods", self._core().list_namespaced_pod, dep)
+
+    def _selected(self, what: str, lister: Callable[..., Any], dep: k8s.V1Deployment) -> list[Any]:
+        """The objects of our namespace that the deployment's label selector matches."""
         selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
         found = self._call(
-            f"list pods of {meta(dep).name}",
-            self._core().list_namespaced_pod,
+            f"list {what} of {meta(dep).name}",
+            lister,
             self.target.namespace,
             label_selector=selector,
         )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
@@ -12,6 +13,7 @@ import aiormq.exceptions as amqp_errors
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from integrations._closing import AsyncClosing
 from integrations._rabbit_models import RabbitTarget
 from integrations.errors import (
     AuthError,
@@ -54,7 +56,7 @@ def translate_amqp_error(exc: BaseException, target: str, secrets: list[str]) ->
     return ProviderError(f"{target}: {type(exc).__name__}: {text}", target=target)
 
 
-class Broker:
+class Broker(AsyncClosing):
     """One lazily opened AMQP connection (and management client) for a target."""
 
     def __init__(
@@ -69,12 +71,6 @@ class Broker:
         self._transport = transport
         self._connection: AbstractConnection | None = None
         self._http: httpx.AsyncClient | None = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Closes the AMQP connection and HTTP client."""
@@ -110,18 +106,24 @@ class Broker:
         except Exception as exc:
             raise self._error(exc) from exc
 
-    async def queue_counts(self, name: str) -> tuple[int, int]:
-        """Ready messages and consumers of ``name`` via a passive declare (changes nothing)."""
+    @asynccontextmanager
+    async def _using_channel(self) -> AsyncIterator[AbstractChannel]:
+        """A channel, closed after use; what fails inside comes out as our error tree."""
         channel = await self._channel()
         try:
-            queue = await channel.declare_queue(name, passive=True, timeout=self.target.timeout)
-            result = queue.declaration_result
-            return result.message_count or 0, result.consumer_count or 0
+            yield channel
         except Exception as exc:
             raise self._error(exc) from exc
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    async def queue_counts(self, name: str) -> tuple[int, int]:
+        """Ready messages and consumers of ``name`` via a passive declare (changes nothing)."""
+        async with self._using_channel() as channel:
+            queue = await channel.declare_queue(name, passive=True, timeout=self.target.timeout)
+            result = queue.declaration_result
+            return result.message_count or 0, result.consumer_count or 0
 
     def _mgmt_path(self, name: str, suffix: str = "") -> str:
         vhost = quote(self.target.effective_vhost, safe="")

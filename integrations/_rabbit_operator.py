@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -11,6 +12,18 @@ from integrations._rabbit_broker import Broker
 from integrations._rabbit_models import SAMPLES, MessageInfo, Predicate, RabbitMovePreview
 
 __all__ = ["RabbitOperator"]
+
+
+class _Transfer(NamedTuple):
+    """One pass moving messages from ``source`` to ``dest``: which, and at most how many."""
+
+    action: str
+    source: str
+    dest: str
+    most: int
+    predicate: Predicate | None = None
+    keys: list[str] | None = None
+    scan_limit: int | None = None
 
 
 class RabbitOperator(Broker):
@@ -26,7 +39,8 @@ class RabbitOperator(Broker):
         scan_limit: int | None = None,
     ) -> RabbitMovePreview:
         """Which messages ``move_to_dead_letter`` would move; removes nothing."""
-        preview, _ = await self._transfer("move", queue, dlq, count, predicate, None, scan_limit)
+        move = _Transfer("move", queue, dlq, count, predicate, scan_limit=scan_limit)
+        preview, _ = await self._transfer(move)
         return preview
 
     async def move_to_dead_letter(
@@ -40,43 +54,31 @@ class RabbitOperator(Broker):
         scan_limit: int | None = None,
     ) -> str:
         """Moves up to ``count`` matching messages from ``queue`` to ``dlq``; says how many."""
-        args = ("move", queue, dlq, count, predicate, keys, scan_limit)
-        return await self._apply("dead-lettered", *args)
+        move = _Transfer("move", queue, dlq, count, predicate, keys, scan_limit)
+        return await self._apply("dead-lettered", move)
 
     async def preview_requeue(self, dlq: str, queue: str, count: int) -> RabbitMovePreview:
         """Which messages ``requeue_from_dead_letter`` would send back; removes nothing."""
-        preview, _ = await self._transfer("requeue", dlq, queue, count, None, None, None)
+        preview, _ = await self._transfer(_Transfer("requeue", dlq, queue, count))
         return preview
 
     async def requeue_from_dead_letter(
         self, dlq: str, queue: str, count: int, *, keys: list[str] | None = None
     ) -> str:
         """Sends up to ``count`` messages from the head of ``dlq`` back to ``queue``."""
-        return await self._apply("requeued", "requeue", dlq, queue, count, None, keys, None)
+        return await self._apply("requeued", _Transfer("requeue", dlq, queue, count, keys=keys))
 
-    async def _apply(
-        self,
-        verb: str,
-        action: str,
-        source: str,
-        dest: str,
-        count: int,
-        predicate: Predicate | None,
-        keys: list[str] | None,
-        scan_limit: int | None,
-    ) -> str:
-        args = (action, source, dest)
-        preview, moved = await self._transfer(*args, count, predicate, keys, scan_limit, apply=True)
-        if keys is not None and moved < min(count, len(keys)):
+    async def _apply(self, verb: str, move: _Transfer) -> str:
+        preview, moved = await self._transfer(move, apply=True)
+        if move.keys is not None and moved < min(move.most, len(move.keys)):
             # Quorum queues put returned messages back asynchronously, so one that a
             # preview has just returned may not be gettable yet: take one second look.
             await asyncio.sleep(0.25)
-            left = [k for k in keys if k not in preview.keys]
-            again, more = await self._transfer(
-                *args, count - moved, predicate, left, scan_limit, apply=True
-            )
+            left = [k for k in move.keys if k not in preview.keys]
+            rest = move._replace(most=move.most - moved, keys=left)
+            again, more = await self._transfer(rest, apply=True)
             moved, preview.scanned = moved + more, preview.scanned + again.scanned
-        return self._said(verb, preview, moved, keys)
+        return self._said(verb, preview, moved, move.keys)
 
     async def preview_purge(self, queue: str) -> RabbitMovePreview:
         """How many ready messages ``purge`` would delete; reads counts only."""
@@ -100,15 +102,9 @@ class RabbitOperator(Broker):
         Blast radius: all ready messages of this one queue are gone for good, for every
         consumer of it; unacknowledged (in-flight) messages and other queues are untouched.
         """
-        channel = await self._channel()
-        try:
+        async with self._using_channel() as channel:
             declared = await channel.declare_queue(queue, passive=True)
             result = await declared.purge(timeout=self.target.timeout)
-        except Exception as exc:
-            raise self._error(exc) from exc
-        finally:
-            if not channel.is_closed:
-                await channel.close()
         purged = result.message_count if result else 0
         if not purged:
             return f"{queue} had no ready messages; nothing purged"
@@ -129,61 +125,49 @@ class RabbitOperator(Broker):
         )
 
     async def _transfer(
-        self,
-        action: str,
-        source: str,
-        dest: str,
-        count: int,
-        predicate: Predicate | None,
-        keys: list[str] | None,
-        scan_limit: int | None,
-        *,
-        apply: bool = False,
+        self, move: _Transfer, *, apply: bool = False
     ) -> tuple[RabbitMovePreview, int]:
-        if count < 0:
+        if move.most < 0:
             raise ValueError("count must be >= 0")
-        channel = await self._channel()
         held: list[AbstractIncomingMessage] = []
         matched: list[MessageInfo] = []
         scanned = moved = 0
-        try:
-            src = await channel.declare_queue(source, passive=True)
-            dst = await channel.declare_queue(dest, passive=True)
-            ready = src.declaration_result.message_count or 0
-            limit = min(ready, scan_limit) if scan_limit is not None else ready
-            wanted = set(keys) if keys is not None else None
-            while scanned < limit and len(matched) < count:
-                msg = await src.get(no_ack=False, fail=False, timeout=self.target.timeout)
-                if msg is None:
-                    break
-                scanned += 1
-                info = MessageInfo.of(msg)
-                hit = (wanted is None or info.key in wanted) and (
-                    predicate is None or predicate(info)
-                )
-                if hit:
-                    matched.append(info)
-                if hit and apply:
-                    # Confirmed copy first, then ack: a crash in between duplicates, never loses.
-                    await channel.default_exchange.publish(
-                        _copy(msg, source), routing_key=dest, mandatory=True
+        async with self._using_channel() as channel:
+            try:
+                src = await channel.declare_queue(move.source, passive=True)
+                dst = await channel.declare_queue(move.dest, passive=True)
+                ready = src.declaration_result.message_count or 0
+                limit = min(ready, move.scan_limit) if move.scan_limit is not None else ready
+                wanted = set(move.keys) if move.keys is not None else None
+                while scanned < limit and len(matched) < move.most:
+                    msg = await src.get(no_ack=False, fail=False, timeout=self.target.timeout)
+                    if msg is None:
+                        break
+                    scanned += 1
+                    info = MessageInfo.of(msg)
+                    hit = (wanted is None or info.key in wanted) and (
+                        move.predicate is None or move.predicate(info)
                     )
-                    await msg.ack()
-                    moved += 1
-                else:
-                    held.append(msg)
-        except Exception as exc:
-            raise self._error(exc) from exc
-        finally:
-            for msg in held:
-                if not channel.is_closed:
-                    await msg.nack(requeue=True)
-            if not channel.is_closed:
-                await channel.close()
+                    if hit:
+                        matched.append(info)
+                    if hit and apply:
+                        # Confirmed copy first, then ack: a crash in between duplicates,
+                        # never loses.
+                        await channel.default_exchange.publish(
+                            _copy(msg, move.source), routing_key=move.dest, mandatory=True
+                        )
+                        await msg.ack()
+                        moved += 1
+                    else:
+                        held.append(msg)
+            finally:
+                for msg in held:
+                    if not channel.is_closed:
+                        await msg.nack(requeue=True)
         preview = RabbitMovePreview(
-            action=action,
-            source=source,
-            destination=dest,
+            action=move.action,
+            source=move.source,
+            destination=move.dest,
             source_ready=ready,
             destination_ready=dst.declaration_result.message_count or 0,
             scanned=scanned,

@@ -7,12 +7,13 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
 from redis.typing import StreamRangeResponse
 
+from integrations._closing import AsyncClosing
 from integrations._redis_models import QueueItem, RedisQueueTarget, StreamGroup
 from integrations.errors import (
     AuthError,
@@ -119,7 +120,7 @@ def entries(found: StreamRangeResponse | None) -> list[tuple[str, dict[str, str]
     ]
 
 
-class RedisClient:
+class RedisClient(AsyncClosing):
     """A lazily built redis.asyncio client for one target; closes on exit."""
 
     def __init__(
@@ -131,12 +132,6 @@ class RedisClient:
         self.target = target
         self._factory = client_factory
         self._client: aioredis.Redis | None = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Closes the Redis connection pool."""

@@ -65,18 +65,22 @@ class RedisQueueOperator(RedisClient):
             and (min_deliveries is None or (item.deliveries or 0) >= min_deliveries)
             and (predicate is None or predicate(item))
         ][:count]
-        preview = RedisMovePreview(
-            action="move to dead letter",
-            source=key,
-            destination=dlq,
-            source_depth=await self.depth(key),
-            destination_depth=await self.depth(dlq),
+        return await self._preview("move to dead letter", key, dlq, scanned, chosen), chosen
+
+    async def _preview(
+        self, action: str, source: str, dest: str, scanned: list[QueueItem], chosen: list[QueueItem]
+    ) -> RedisMovePreview:
+        return RedisMovePreview(
+            action=action,
+            source=source,
+            destination=dest,
+            source_depth=await self.depth(source),
+            destination_depth=await self.depth(dest),
             scanned=len(scanned),
             matched=len(chosen),
             ids=[item.id for item in chosen],
             samples=chosen[:SAMPLES],
         )
-        return preview, chosen
 
     @translated
     async def preview_move(
@@ -167,18 +171,7 @@ class RedisQueueOperator(RedisClient):
         else:
             scanned = await self._list_items(dlq, limit)
         chosen = [i for i in scanned if ids is None or i.id in set(ids)][:count]
-        preview = RedisMovePreview(
-            action="requeue",
-            source=dlq,
-            destination=key,
-            source_depth=await self.depth(dlq),
-            destination_depth=await self.depth(key),
-            scanned=len(scanned),
-            matched=len(chosen),
-            ids=[i.id for i in chosen],
-            samples=chosen[:SAMPLES],
-        )
-        return preview, chosen
+        return await self._preview("requeue", dlq, key, scanned, chosen), chosen
 
     @translated
     async def requeue_from_dead_letter(self, count: int, *, ids: list[str] | None = None) -> str:

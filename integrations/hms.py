@@ -25,7 +25,7 @@ import jwt
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from integrations.errors import AuthError, ConfigError, TargetError
-from integrations.http import HttpClient, async_client, request
+from integrations.http import TargetClient, backoff_field, retries_field, timeout_field
 from integrations.preflight import Shortfall, shortfall
 from integrations.redact import scrub
 
@@ -129,9 +129,9 @@ class HmsTarget(BaseModel):
     api_base: str = Field(default=API_BASE, description="REST API base URL")
     status_page: str = Field(default=STATUS_PAGE, description="Public Statuspage URL")
     room_limit: int = Field(default=100, gt=0, description="Concurrent active rooms allowed")
-    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
-    retries: int = Field(default=1, ge=0, le=5, description="Retries on 429/5xx/timeouts")
-    backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds")
+    timeout: float = timeout_field()
+    retries: int = retries_field(1)
+    backoff: float = backoff_field()
 
     @model_validator(mode="after")
     def _has_credentials(self) -> HmsTarget:
@@ -171,24 +171,20 @@ class RoomUsage(BaseModel):
         return self.active_rooms >= self.limit
 
 
-class HmsClient(HttpClient):
+class HmsClient(TargetClient[HmsTarget]):
     """Read-only 100ms REST client that measures every call. ``async with HmsClient(t)``."""
+
+    _shown = ("api_base",)
 
     def __init__(
         self, target: HmsTarget, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        super().__init__(transport=transport)
-        self.target = target
+        super().__init__(target, transport=transport)
         self._token: str | None = None
         self.calls: list[CallStat] = []
 
-    def __repr__(self) -> str:
-        return f"HmsClient(name={self.target.name!r}, api_base={self.target.api_base!r})"
-
     def _open(self) -> httpx.AsyncClient:
-        return async_client(
-            self.target.api_base, timeout=self.target.timeout, transport=self._transport
-        )
+        return self._async_client(self.target.api_base)
 
     def token(self) -> str:
         """The token we send: the configured one, or a fresh one signed from the secret."""
@@ -211,18 +207,10 @@ class HmsClient(HttpClient):
             return str(exc)
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        client = self._http()
         started = time.perf_counter()
         try:
-            response = await request(
-                client,
-                "GET",
-                path,
-                target=self.target.name,
-                retries=self.target.retries,
-                backoff=self.target.backoff,
-                params=params,
-                headers={"Authorization": f"Bearer {self.token()}"},
+            response = await self._send_to_target(
+                "GET", path, params=params, headers={"Authorization": f"Bearer {self.token()}"}
             )
         except TargetError as exc:
             message = scrub(str(exc), self.target.secrets() + [self._token or ""])

@@ -15,9 +15,10 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import httpx
+from pydantic import Field
 
 from integrations.errors import (
     ConfigError,
@@ -30,7 +31,17 @@ from integrations.errors import (
 )
 from integrations.redact import scrub
 
-__all__ = ["USER_AGENT", "HttpClient", "async_client", "raise_for_status", "request"]
+__all__ = [
+    "USER_AGENT",
+    "HttpClient",
+    "TargetClient",
+    "async_client",
+    "backoff_field",
+    "raise_for_status",
+    "request",
+    "retries_field",
+    "timeout_field",
+]
 
 USER_AGENT = "oncall-runbooks/0.1"
 log = logging.getLogger("oncall.http")
@@ -48,6 +59,21 @@ def async_client(
     return httpx.AsyncClient(
         base_url=base_url, headers=merged, timeout=timeout, transport=transport
     )
+
+
+def timeout_field(default: float = 10.0) -> Any:
+    """A target's ``timeout`` setting: seconds per HTTP call."""
+    return Field(default=default, gt=0, description="Seconds per HTTP call")
+
+
+def retries_field(default: int = 2, most: int = 5) -> Any:
+    """A target's ``retries`` setting: how often :func:`request` retries."""
+    return Field(default=default, ge=0, le=most, description="Retries on 429/5xx/timeouts")
+
+
+def backoff_field(default: float = 0.5) -> Any:
+    """A target's ``backoff`` setting: the first retry delay."""
+    return Field(default=default, ge=0, description="First retry delay in seconds")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -176,3 +202,61 @@ class HttpClient(ABC):
             if secrets is not None:
                 exc.args = (scrub(str(exc), secrets),)
             raise
+
+
+class _HttpSettings(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def backoff(self) -> float: ...
+
+
+S = TypeVar("S", bound=_HttpSettings)
+
+
+class TargetClient(HttpClient, Generic[S]):
+    """An :class:`HttpClient` for one target's settings, kept as ``target``: it opens with
+    their timeout and sends with their name, retries and backoff. Its repr shows the name
+    and the ``_shown`` settings, never a secret."""
+
+    _shown: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, target: S, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(transport=transport)
+        self.target = target
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{key}={getattr(self.target, key)!r}" for key in ("name", *self._shown))
+        return f"{type(self).__name__}({shown})"
+
+    def _label(self) -> str:
+        """The target name errors carry."""
+        return self.target.name
+
+    def _async_client(
+        self, base_url: str = "", headers: Mapping[str, str] | None = None
+    ) -> httpx.AsyncClient:
+        return async_client(
+            base_url, headers=headers, timeout=self.target.timeout, transport=self._transport
+        )
+
+    async def _send_to_target(
+        self, method: str, url: str, *, secrets: list[str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Sends through :meth:`_send` with the target's name, retries and backoff."""
+        return await self._send(
+            method,
+            url,
+            target=self._label(),
+            retries=self.target.retries,
+            backoff=self.target.backoff,
+            secrets=secrets,
+            **kwargs,
+        )

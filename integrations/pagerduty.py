@@ -23,7 +23,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from integrations.errors import ConfigError, ProviderError, TargetError
-from integrations.http import HttpClient, async_client, request
+from integrations.http import (
+    TargetClient,
+    backoff_field,
+    request,
+    retries_field,
+    timeout_field,
+)
 from integrations.preflight import Shortfall, shortfall
 from integrations.redact import scrub
 
@@ -63,40 +69,24 @@ class PagerDutyTarget(BaseModel):
     name: str = Field(default="pagerduty", description="Short name shown in reports")
     routing_key: SecretStr = Field(description="32-character Events API v2 integration key")
     base_url: str = Field(default=EVENTS_URL, description="Events API host")
-    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
-    retries: int = Field(default=3, ge=0, le=6, description="Retries on 429/5xx/timeouts")
-    backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds")
+    timeout: float = timeout_field()
+    retries: int = retries_field(3, most=6)
+    backoff: float = backoff_field()
 
 
-class PagerDutyEvents(HttpClient):
+class PagerDutyEvents(TargetClient[PagerDutyTarget]):
     """Sends alert events to one PD service. ``async with PagerDutyEvents(target) as pd``."""
 
-    def __init__(
-        self, target: PagerDutyTarget, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(transport=transport)
-        self.target = target
-
-    def __repr__(self) -> str:
-        return f"PagerDutyEvents(name={self.target.name!r}, base_url={self.target.base_url!r})"
+    _shown = ("base_url",)
 
     def _open(self) -> httpx.AsyncClient:
-        return async_client(
-            self.target.base_url, timeout=self.target.timeout, transport=self._transport
-        )
+        return self._async_client(self.target.base_url)
 
     async def _enqueue(self, event: dict[str, Any]) -> dict[str, Any]:
-        client = self._http()
         key = self.target.routing_key.get_secret_value()
         try:
-            response = await request(
-                client,
-                "POST",
-                "/v2/enqueue",
-                target=self.target.name,
-                retries=self.target.retries,
-                backoff=self.target.backoff,
-                json={"routing_key": key, **event},
+            response = await self._send_to_target(
+                "POST", "/v2/enqueue", json={"routing_key": key, **event}
             )
         except ProviderError as exc:
             if exc.status == 400:

@@ -23,17 +23,19 @@ move messages); the others say whether it can reach and read it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 from integrations.errors import (
     AuthError,
     ConfigError,
     OncallError,
+    TargetError,
     Timeout,
     Unreachable,
 )
 
-__all__ = ["BLOCKING", "FAILING", "Kind", "Shortfall", "kind_of", "shortfall"]
+__all__ = ["BLOCKING", "FAILING", "Kind", "Shortfall", "kind_of", "probe_in_turn", "shortfall"]
 
 Kind = Literal["unreachable", "auth", "denied", "config", "error", "limited", "unverified", "off"]
 FAILING: frozenset[str] = frozenset({"unreachable", "auth", "denied", "config", "error"})
@@ -75,3 +77,20 @@ def kind_of(value: bool | str) -> Kind | Literal["ok"]:
     if isinstance(value, Shortfall):
         return value.kind
     return "error"
+
+
+async def probe_in_turn(
+    probes: Mapping[str, Callable[[], Awaitable[object]]],
+) -> dict[str, bool | str]:
+    """Awaits each safe read in order: True when it answers, its :class:`Shortfall` when the
+    target fails it; after a :data:`BLOCKING` one the later probes are not tried."""
+    result: dict[str, bool | str] = {}
+    for capability, probe in probes.items():
+        try:
+            await probe()
+            result[capability] = True
+        except TargetError as exc:
+            short = result[capability] = shortfall(exc)
+            if short.kind in BLOCKING:
+                break
+    return result

@@ -39,7 +39,7 @@ from integrations._slack_blocks import (
     parse_approval_value,
 )
 from integrations.errors import ConfigError, OncallError, TargetError
-from integrations.http import HttpClient, async_client
+from integrations.http import TargetClient, backoff_field, retries_field, timeout_field
 from integrations.preflight import Shortfall, shortfall
 
 __all__ = [
@@ -64,26 +64,17 @@ class SlackWebhookTarget(BaseModel):
 
     name: str = Field(default="slack", description="Short name shown in reports")
     webhook_url: SecretStr = Field(description="https://hooks.slack.com/services/T…/B…/…")
-    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
-    retries: int = Field(default=2, ge=0, le=5, description="Retries on 429/5xx/timeouts")
-    backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds")
+    timeout: float = timeout_field()
+    retries: int = retries_field()
+    backoff: float = backoff_field()
 
 
-class SlackWebhook(HttpClient):
+class SlackWebhook(TargetClient[SlackWebhookTarget]):
     """Posts Block Kit messages to one incoming webhook. ``async with SlackWebhook(t) as s``."""
-
-    def __init__(
-        self, target: SlackWebhookTarget, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(transport=transport)
-        self.target = target
-
-    def __repr__(self) -> str:
-        return f"SlackWebhook(name={self.target.name!r})"
 
     def _open(self) -> httpx.AsyncClient:
         # No base_url: httpx would append a slash to the webhook path we were given.
-        return async_client(timeout=self.target.timeout, transport=self._transport)
+        return self._async_client()
 
     def _secrets(self) -> list[str]:
         url = self.target.webhook_url.get_secret_value()
@@ -91,15 +82,7 @@ class SlackWebhook(HttpClient):
 
     async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         # Both the webhook URL and an interaction's response_url work as bearer credentials.
-        return await self._send(
-            "POST",
-            url,
-            target=self.target.name,
-            retries=self.target.retries,
-            backoff=self.target.backoff,
-            secrets=[*self._secrets(), url],
-            json=body,
-        )
+        return await self._send_to_target("POST", url, secrets=[*self._secrets(), url], json=body)
 
     async def post(self, message: Mapping[str, Any]) -> str:
         """Posts one message (``{"text", "blocks"}``) and says what it posted."""

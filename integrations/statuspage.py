@@ -18,8 +18,8 @@ import httpx
 from pydantic import BaseModel, Field, SecretStr
 
 from integrations.errors import ConfigError, TargetError
-from integrations.http import HttpClient, async_client
-from integrations.preflight import BLOCKING, Shortfall, shortfall
+from integrations.http import TargetClient, backoff_field, retries_field, timeout_field
+from integrations.preflight import Shortfall, probe_in_turn, shortfall
 
 __all__ = [
     "INCIDENT_STATUSES",
@@ -43,9 +43,9 @@ class StatuspagePage(BaseModel):
 
     name: str = Field(description="Provider name shown in reports")
     url: str = Field(description="Page base URL, without /api/v2")
-    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
-    retries: int = Field(default=2, ge=0, le=5, description="Retries on 429/5xx/timeouts")
-    backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds")
+    timeout: float = timeout_field()
+    retries: int = retries_field()
+    backoff: float = backoff_field()
 
 
 class Component(BaseModel):
@@ -115,33 +115,23 @@ def _incident(doc: dict[str, Any]) -> IncidentSummary:
     )
 
 
-class StatuspagePublic(HttpClient):
+class StatuspagePublic(TargetClient[StatuspagePage]):
     """Read-only client for a provider's public page. ``async with StatuspagePublic(page)``."""
 
-    def __init__(
-        self, page: StatuspagePage, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(transport=transport)
-        self.page = page
+    _shown = ("url",)
 
-    def __repr__(self) -> str:
-        return f"StatuspagePublic(name={self.page.name!r}, url={self.page.url!r})"
+    @property
+    def page(self) -> StatuspagePage:
+        return self.target
+
+    def _label(self) -> str:
+        return f"{self.page.name} status page"
 
     def _open(self) -> httpx.AsyncClient:
-        return async_client(
-            self.page.url.rstrip("/") + "/api/v2",
-            timeout=self.page.timeout,
-            transport=self._transport,
-        )
+        return self._async_client(self.page.url.rstrip("/") + "/api/v2")
 
     async def _get(self, path: str) -> dict[str, Any]:
-        response = await self._send(
-            "GET",
-            path,
-            target=f"{self.page.name} status page",
-            retries=self.page.retries,
-            backoff=self.page.backoff,
-        )
+        response = await self._send_to_target("GET", path)
         return response.json()
 
     async def status(self) -> dict[str, str]:
@@ -193,45 +183,26 @@ class StatuspageManageTarget(BaseModel):
     api_key: SecretStr = Field(description="Statuspage API key (user profile > API info)")
     page_id: str = Field(description="Page id from the manage URL")
     base_url: str = Field(default=MANAGE_URL, description="Manage API base URL")
-    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
-    retries: int = Field(default=2, ge=0, le=5, description="Retries on 429/5xx/timeouts")
-    backoff: float = Field(default=1.0, ge=0, description="First retry delay in seconds")
+    timeout: float = timeout_field()
+    retries: int = retries_field()
+    backoff: float = backoff_field(1.0)
 
 
-class StatuspageIncidents(HttpClient):
+class StatuspageIncidents(TargetClient[StatuspageManageTarget]):
     """Reads our own page's open incidents through the manage API. Its public methods only
     read, so a check (did our users get the message?) may hold one; the writes are
     :class:`StatuspageManage`'s. ``async with StatuspageIncidents(target)``."""
 
-    def __init__(
-        self, target: StatuspageManageTarget, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(transport=transport)
-        self.target = target
-
-    def __repr__(self) -> str:
-        kind = type(self).__name__
-        return f"{kind}(name={self.target.name!r}, page_id={self.target.page_id!r})"
+    _shown = ("page_id",)
 
     def _open(self) -> httpx.AsyncClient:
         key = self.target.api_key.get_secret_value()
-        return async_client(
-            self.target.base_url,
-            headers={"Authorization": f"OAuth {key}"},
-            timeout=self.target.timeout,
-            transport=self._transport,
-        )
+        return self._async_client(self.target.base_url, {"Authorization": f"OAuth {key}"})
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = await self._send(
-            method,
-            f"/pages/{self.target.page_id}{path}",
-            target=self.target.name,
-            retries=self.target.retries,
-            backoff=self.target.backoff,
-            secrets=[self.target.api_key.get_secret_value()],
-            json=body,
-        )
+        key = self.target.api_key.get_secret_value()
+        url = f"/pages/{self.target.page_id}{path}"
+        response = await self._send_to_target(method, url, secrets=[key], json=body)
         return response.json()
 
     async def unresolved(self) -> list[IncidentSummary]:
@@ -286,16 +257,12 @@ class StatuspageManage(StatuspageIncidents):
 
     async def preflight(self) -> dict[str, bool | str]:
         """Checks the key can read the page and its incidents (safe reads of the manage API)."""
-        result: dict[str, bool | str] = {}
-        for capability, path in (("page", ""), ("incidents", "/incidents/unresolved")):
-            try:
-                await self._call("GET", path)
-                result[capability] = True
-            except TargetError as exc:
-                short = result[capability] = shortfall(exc)
-                if short.kind in BLOCKING:
-                    break
-        return result
+        return await probe_in_turn(
+            {
+                "page": lambda: self._call("GET", ""),
+                "incidents": lambda: self._call("GET", "/incidents/unresolved"),
+            }
+        )
 
 
 def _check_status(status: str) -> None:

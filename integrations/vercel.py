@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field, SecretStr
 
-from integrations.errors import ConfigError, NotFound, TargetError
-from integrations.http import HttpClient, async_client
-from integrations.preflight import BLOCKING, shortfall
+from integrations.errors import ConfigError, NotFound
+from integrations.http import TargetClient, backoff_field, retries_field, timeout_field
+from integrations.preflight import probe_in_turn
 
 __all__ = ["Deployment", "PromotePlan", "VercelClient", "VercelOperator", "VercelTarget"]
 
@@ -37,9 +37,9 @@ class VercelTarget(BaseModel):
     project: str = Field(description="Project id (prj_…) or name")
     team_id: str | None = Field(default=None, description="Team id when the project is a team's")
     base_url: str = Field(default=API_URL, description="REST API base URL")
-    timeout: float = Field(default=10.0, gt=0, description="Seconds per HTTP call")
-    retries: int = Field(default=2, ge=0, le=5, description="Retries on 429/5xx/timeouts")
-    backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds")
+    timeout: float = timeout_field()
+    retries: int = retries_field()
+    backoff: float = backoff_field()
 
 
 class Deployment(BaseModel):
@@ -94,41 +94,22 @@ class PromotePlan(BaseModel):
         return f"production moves from {source} to {self.candidate.label}"
 
 
-class VercelClient(HttpClient):
+class VercelClient(TargetClient[VercelTarget]):
     """Read-only Vercel client for one project. ``async with VercelClient(target) as v``."""
 
-    def __init__(
-        self, target: VercelTarget, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(transport=transport)
-        self.target = target
-        self._project_id: str | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.target.name!r}, project={self.target.project!r})"
+    _shown = ("project",)
+    _project_id: str | None = None  # resolved once per client, on first use
 
     def _open(self) -> httpx.AsyncClient:
         token = self.target.token.get_secret_value()
-        return async_client(
-            self.target.base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=self.target.timeout,
-            transport=self._transport,
-        )
+        return self._async_client(self.target.base_url, {"Authorization": f"Bearer {token}"})
 
     async def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         query = dict(params or {})
         if self.target.team_id:
             query["teamId"] = self.target.team_id
-        response = await self._send(
-            method,
-            path,
-            target=self.target.name,
-            retries=self.target.retries,
-            backoff=self.target.backoff,
-            secrets=[self.target.token.get_secret_value()],
-            params=query,
-        )
+        secrets = [self.target.token.get_secret_value()]
+        response = await self._send_to_target(method, path, secrets=secrets, params=query)
         return response.json() if response.content else {}
 
     async def project(self) -> dict[str, Any]:
@@ -173,19 +154,9 @@ class VercelClient(HttpClient):
 
     async def preflight(self) -> dict[str, bool | str]:
         """Checks the token can read the project and list its deployments."""
-        result: dict[str, bool | str] = {}
-        for capability, call in (
-            ("project", self.project),
-            ("deployments", lambda: self.deployments(limit=1)),
-        ):
-            try:
-                await call()
-                result[capability] = True
-            except TargetError as exc:
-                short = result[capability] = shortfall(exc)
-                if short.kind in BLOCKING:
-                    break
-        return result
+        return await probe_in_turn(
+            {"project": self.project, "deployments": lambda: self.deployments(limit=1)}
+        )
 
 
 class VercelOperator(VercelClient):
