@@ -251,21 +251,21 @@ def create_app(
             {"accepted": len(alerts), "duplicates": duplicates, "ids": keys}, status_code=202
         )
 
-    @app.post("/alerts/alertmanager", status_code=202, tags=["alerts"])
-    async def alertmanager(request: Request) -> JSONResponse:
-        """Alertmanager webhook (v4). Authorization: Bearer <receiver.token>."""
+    async def accept_bearer(request: Request, source: str) -> JSONResponse:
         if not bearer_ok(request):
             return _problem(401, "missing or wrong bearer token")
         body = await body_of(request)
-        return body if isinstance(body, JSONResponse) else await accept(body, "alertmanager")
+        return body if isinstance(body, JSONResponse) else await accept(body, source)
+
+    @app.post("/alerts/alertmanager", status_code=202, tags=["alerts"])
+    async def alertmanager(request: Request) -> JSONResponse:
+        """Alertmanager webhook (v4). Authorization: Bearer <receiver.token>."""
+        return await accept_bearer(request, "alertmanager")
 
     @app.post("/alerts/generic", status_code=202, tags=["alerts"])
     async def generic(request: Request) -> JSONResponse:
         """Generic JSON {service, title, severity?, labels?}. Authorization: Bearer <token>."""
-        if not bearer_ok(request):
-            return _problem(401, "missing or wrong bearer token")
-        body = await body_of(request)
-        return body if isinstance(body, JSONResponse) else await accept(body, "generic")
+        return await accept_bearer(request, "generic")
 
     @app.post("/alerts/sentry", status_code=202, tags=["alerts"])
     async def sentry(request: Request) -> JSONResponse:
