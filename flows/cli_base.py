@@ -45,21 +45,24 @@ class PlainHelpGroup(TyperGroup):
                 formatter.write_dl(rows)
 
 
+# Plain help: Typer's rich help imports rich.markdown & co (~0.3 s of every --help).
+_PLAIN_HELP: dict[str, Any] = {
+    "no_args_is_help": True,
+    "rich_markup_mode": None,
+    "cls": PlainHelpGroup,
+}
 app = typer.Typer(
     name="oncall",
     help="Runbooks as code for on-call engineers, on Prefect.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Plain help: Typer's rich help imports rich.markdown & co (~0.3 s of every --help).
-    rich_markup_mode=None,
-    cls=PlainHelpGroup,
+    **_PLAIN_HELP,
 )
 
 
 def sub_app(name: str, help: str) -> typer.Typer:
     """The command group ``oncall <name> …``, with the same plain help as ``app``."""
-    group = typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None, cls=PlainHelpGroup)
+    group = typer.Typer(help=help, **_PLAIN_HELP)
     app.add_typer(group, name=name)
     return group
 
