@@ -24,25 +24,21 @@ import typer  # noqa: E402
 
 from flows.cli_base import (  # noqa: E402
     JsonOpt,
-    PlainHelpGroup,
+    _api,
     _approver,
     _console,
     _ensure_server,
     _errors,
     _print_json,
+    _print_rows,
     _say,
     _secrets,
     app,
+    sub_app,
 )
 from integrations.errors import ConfigError, TargetError  # noqa: E402
 
-server_app = typer.Typer(
-    help="Manage the local Prefect server.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    cls=PlainHelpGroup,
-)
-app.add_typer(server_app, name="server")
+server_app = sub_app("server", "Manage the local Prefect server.")
 
 
 def _spec(name: str):
@@ -211,10 +207,7 @@ def run_cmd(
 @app.command("pending")
 def pending_cmd(json_out: JsonOpt = False) -> None:
     """Lists approval gates waiting for a decision."""
-    from flows.prefect_api import PrefectAPI
-    from flows.server import DEFAULT_API_URL
-
-    with _errors(), PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL)) as api:
+    with _errors(), _api() as api:
         rows = []
         for run in api.paused_runs():
             gate = api.gate(run) or {}
@@ -231,27 +224,21 @@ def pending_cmd(json_out: JsonOpt = False) -> None:
                     "state": (run.get("state") or {}).get("name"),
                 }
             )
-        if json_out:
-            _print_json(rows)
-            return
-        if not rows:
-            _console().print("No gate is waiting for a decision.")
-            return
-        from rich.table import Table
-
-        table = Table(title="Waiting for approval")
-        for column in ("run id", "runbook", "target", "plan", "risk", "waiting since"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(
+        _print_rows(
+            rows,
+            json_out,
+            title="Waiting for approval",
+            columns=("run id", "runbook", "target", "plan", "risk", "waiting since"),
+            cells=lambda row: (
                 row["run_id"],
                 row["runbook"],
                 row["target"] or "",
                 row["plan"],
                 row["risk"] or "",
                 (row["waiting_since"] or "")[:19],
-            )
-        _console().print(table)
+            ),
+            empty="No gate is waiting for a decision.",
+        )
 
 
 @app.command("approve")
@@ -267,10 +254,7 @@ def approve_cmd(
     ] = 15.0,
 ) -> None:
     """Decides a waiting approval gate (approve, or --reject), sealed as your OS user."""
-    from flows.prefect_api import PrefectAPI
-    from flows.server import DEFAULT_API_URL
-
-    with _errors(), PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL)) as api:
+    with _errors(), _api() as api:
         approver = _approver(as_, "--as")
         if len(reason) > 500:
             raise ConfigError("--reason is limited to 500 characters")

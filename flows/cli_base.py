@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -28,7 +28,7 @@ from integrations.errors import (
 )
 from integrations.redact import scrub
 
-__all__ = ["JsonOpt", "PlainHelpGroup", "app"]
+__all__ = ["ConfigOpt", "JsonOpt", "PlainHelpGroup", "app", "sub_app"]
 
 
 class PlainHelpGroup(TyperGroup):
@@ -45,19 +45,34 @@ class PlainHelpGroup(TyperGroup):
                 formatter.write_dl(rows)
 
 
+# Plain help: Typer's rich help imports rich.markdown & co (~0.3 s of every --help).
+_PLAIN_HELP: dict[str, Any] = {
+    "no_args_is_help": True,
+    "rich_markup_mode": None,
+    "cls": PlainHelpGroup,
+}
 app = typer.Typer(
     name="oncall",
     help="Runbooks as code for on-call engineers, on Prefect.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Plain help: Typer's rich help imports rich.markdown & co (~0.3 s of every --help).
-    rich_markup_mode=None,
-    cls=PlainHelpGroup,
+    **_PLAIN_HELP,
 )
+
+
+def sub_app(name: str, help: str) -> typer.Typer:
+    """The command group ``oncall <name> …``, with the same plain help as ``app``."""
+    group = typer.Typer(help=help, **_PLAIN_HELP)
+    app.add_typer(group, name=name)
+    return group
+
 
 _secrets: list[str] = []
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="oncall.yaml (default: $ONCALL_CONFIG or ./oncall.yaml)"),
+]
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -109,8 +124,42 @@ def _console(json_mode: bool = False):
     return Console(stderr=json_mode, highlight=False, emoji=False)
 
 
+def _api():
+    """The Prefect REST API at $PREFECT_API_URL (default: the local server)."""
+    from flows.prefect_api import PrefectAPI
+    from flows.server import DEFAULT_API_URL
+
+    return PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL))
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _print_rows(
+    rows: list[dict[str, Any]],
+    json_out: bool,
+    *,
+    title: str,
+    columns: tuple[str, ...],
+    cells: Callable[[dict[str, Any]], tuple[str, ...]],
+    empty: str,
+) -> None:
+    """``rows`` as JSON (--json); else a table with ``cells(row)`` a row, or ``empty`` if none."""
+    if json_out:
+        _print_json(rows)
+        return
+    if not rows:
+        _console().print(empty)
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*cells(row))
+    _console().print(table)
 
 
 def _approver(name: str | None, option: str) -> str | None:

@@ -17,36 +17,21 @@ from uuid import UUID
 import typer
 
 from flows.cli_base import (
+    ConfigOpt,
     JsonOpt,
-    PlainHelpGroup,
+    _api,
     _approver,
     _console,
     _ensure_server,
     _errors,
     _print_json,
+    _print_rows,
     app,
+    sub_app,
 )
 from integrations.errors import ConfigError
 
-incident_app = typer.Typer(
-    help="Open or declare incidents.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    cls=PlainHelpGroup,
-)
-app.add_typer(incident_app, name="incident")
-
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="oncall.yaml (default: $ONCALL_CONFIG or ./oncall.yaml)"),
-]
-
-
-def _api():
-    from flows.prefect_api import PrefectAPI
-    from flows.server import DEFAULT_API_URL
-
-    return PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL))
+incident_app = sub_app("incident", "Open or declare incidents.")
 
 
 def _read_payload(source: str) -> bytes:
@@ -322,45 +307,33 @@ def incidents_cmd(
                 len(api.paused_children(info["id"])) if info["status"] != "resolved" else 0
             )
             rows.append(info)
-        if json_out:
-            _print_json(rows)
-            return
-        if not rows:
-            _console().print("No incidents.")
-            return
-        from rich.table import Table
+        _print_rows(
+            rows,
+            json_out,
+            title="Incidents",
+            columns=("id", "sev", "service", "status", "age", "SLA", "acked", "approvals", "title"),
+            cells=_incident_cells,
+            empty="No incidents.",
+        )
 
-        table = Table(title="Incidents")
-        for column in (
-            "id",
-            "sev",
-            "service",
-            "status",
-            "age",
-            "SLA",
-            "acked",
-            "approvals",
-            "title",
-        ):
-            table.add_column(column, overflow="fold")
-        for r in rows:
-            style = {"breached": "red", "pending": "yellow"}.get(r["sla"], "")
-            sla = r["sla"]
-            if r["sla_due"]:
-                left = datetime.fromisoformat(r["sla_due"]) - datetime.now(UTC)
-                sla += f", {max(0.0, left.total_seconds()) // 60:.0f}m left"
-            table.add_row(
-                r["id"],
-                r["severity"] or "",
-                r["service"] or "",
-                r["status"],
-                f"{r['age_s'] // 60}m",
-                f"[{style}]{sla}[/{style}]" if style else sla,
-                "yes" if r["acked"] else "no",
-                str(r["pending_approvals"] or ""),
-                r["title"],
-            )
-        _console().print(table)
+
+def _incident_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    style = {"breached": "red", "pending": "yellow"}.get(r["sla"], "")
+    sla = r["sla"]
+    if r["sla_due"]:
+        left = datetime.fromisoformat(r["sla_due"]) - datetime.now(UTC)
+        sla += f", {max(0.0, left.total_seconds()) // 60:.0f}m left"
+    return (
+        r["id"],
+        r["severity"] or "",
+        r["service"] or "",
+        r["status"],
+        f"{r['age_s'] // 60}m",
+        f"[{style}]{sla}[/{style}]" if style else sla,
+        "yes" if r["acked"] else "no",
+        str(r["pending_approvals"] or ""),
+        r["title"],
+    )
 
 
 def _control(incident_id: str, message: dict[str, Any], verb: str) -> None:

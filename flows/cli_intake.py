@@ -12,23 +12,12 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_base import JsonOpt, PlainHelpGroup, _console, _errors, _print_json, app
+from flows.cli_base import ConfigOpt, JsonOpt, _console, _errors, _print_json, sub_app
 from integrations.errors import ConfigError
 
 __all__ = ["intake_app"]
 
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="oncall.yaml (default: $ONCALL_CONFIG or ./oncall.yaml)"),
-]
-
-intake_app = typer.Typer(
-    help="Alerts the intake holds: pending, quarantined, replay.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    cls=PlainHelpGroup,
-)
-app.add_typer(intake_app, name="intake")
+intake_app = sub_app("intake", "Alerts the intake holds: pending, quarantined, replay.")
 
 
 def _store(config: str | None):

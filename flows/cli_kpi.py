@@ -1,13 +1,12 @@
 """``oncall report`` and ``oncall handoff``: the KPIs and the on-call handoff, read from Prefect.
 
-Registered on the ``oncall`` app by ``flows.cli`` (:func:`register`); the shared helpers come from
-``flows.cli_base``, imported when a command runs.
+Registered on the ``oncall`` app by ``flows.cli`` (:func:`register`); the shared helpers and
+options come from ``flows.cli_base``.
 Both read the Prefect REST API directly (no ``import prefect``), like ``oncall incidents``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,26 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.cli_base import ConfigOpt, JsonOpt, _api, _approver, _errors, _print_json
 from integrations.errors import ConfigError
 
 __all__ = ["handoff_cmd", "register", "report_cmd"]
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="oncall.yaml (default: $ONCALL_CONFIG or ./oncall.yaml)"),
-]
 OutputOpt = Annotated[
     str | None, typer.Option("-o", "--output", help="Write the markdown to this file")
 ]
-
-
-def _api():
-    from flows.prefect_api import PrefectAPI
-    from flows.server import DEFAULT_API_URL
-
-    return PrefectAPI(os.environ.get("PREFECT_API_URL", DEFAULT_API_URL))
 
 
 def _since(text: str) -> float:
@@ -74,8 +61,6 @@ def report_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Prints the on-call KPIs: MTTA/MTTR vs SLA, updates, recurrence, post-mortems, drills."""
-    from flows.cli_base import _errors, _print_json
-
     with _errors():
         seconds = _since(since)
         cfg = _config(config)
@@ -116,8 +101,6 @@ def handoff_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Shows the on-call handoff: open issues, recent incidents, stale drills, alerting health."""
-    from flows.cli_base import _approver, _errors, _print_json
-
     with _errors():
         seconds = _since(since)
         who = _approver(as_, "--as")

@@ -28,7 +28,6 @@ from prefect.context import TagsContext
 from checks.findings import Finding
 from flows.config import OncallConfig
 from flows.decisions import sealed_input
-from flows.incident_model import Incident
 from flows.incident_timeline import Timeline
 from flows.intake import served
 from flows.prefect_api import PrefectAPI
@@ -82,19 +81,17 @@ class Launcher:
     def __init__(
         self,
         config: OncallConfig,
-        incident: Incident,
         timeline: Timeline,
         *,
         api_url: str,
         approve_as: str | None,
-        extra_tags: list[str],
     ) -> None:
         self.config = config
-        self.inc = incident
         self.timeline = timeline
+        self.inc = timeline.inc  # the incident and its tags: the timeline's
+        self.extra_tags = timeline.extra_tags
         self.api_url = api_url
         self.approve_as = approve_as
-        self.extra_tags = extra_tags
         self.remote = False  # runbooks as deployment runs (the incident itself is one)
         self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         # Set when a runbook reports: the incident handles it at once, not at its next tick.

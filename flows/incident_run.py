@@ -54,14 +54,7 @@ class IncidentRun:
         self.timeline = Timeline(incident, extra_tags, self.logger, config.sla_for)
         self.notifier = Notifier(config.notifications, report=self._notified)
         self.escalation = Escalation(config, incident, self.timeline, self.notifier)
-        self.launcher = Launcher(
-            config,
-            incident,
-            self.timeline,
-            api_url=_api_url(),
-            approve_as=approve_as,
-            extra_tags=extra_tags,
-        )
+        self.launcher = Launcher(config, self.timeline, api_url=_api_url(), approve_as=approve_as)
         self.verifier = Verifier(config.verification)
         self.book = AlertBook(incident)
         self.control_keys: set[str] = set()

@@ -251,60 +251,72 @@ def create_app(
             {"accepted": len(alerts), "duplicates": duplicates, "ids": keys}, status_code=202
         )
 
-    @app.post("/alerts/alertmanager", status_code=202, tags=["alerts"])
-    async def alertmanager(request: Request) -> JSONResponse:
-        """Alertmanager webhook (v4). Authorization: Bearer <receiver.token>."""
+    async def accept_bearer(request: Request, source: str) -> JSONResponse:
         if not bearer_ok(request):
             return _problem(401, "missing or wrong bearer token")
         body = await body_of(request)
-        return body if isinstance(body, JSONResponse) else await accept(body, "alertmanager")
+        return body if isinstance(body, JSONResponse) else await accept(body, source)
+
+    @app.post("/alerts/alertmanager", status_code=202, tags=["alerts"])
+    async def alertmanager(request: Request) -> JSONResponse:
+        """Alertmanager webhook (v4). Authorization: Bearer <receiver.token>."""
+        return await accept_bearer(request, "alertmanager")
 
     @app.post("/alerts/generic", status_code=202, tags=["alerts"])
     async def generic(request: Request) -> JSONResponse:
         """Generic JSON {service, title, severity?, labels?}. Authorization: Bearer <token>."""
-        if not bearer_ok(request):
-            return _problem(401, "missing or wrong bearer token")
+        return await accept_bearer(request, "generic")
+
+    async def signed_body(
+        request: Request, signed: Callable[[bytes], bool], refusal: str
+    ) -> bytes | JSONResponse:
+        """The body when ``signed(body)``; else the problem response (401 ``refusal``)."""
         body = await body_of(request)
-        return body if isinstance(body, JSONResponse) else await accept(body, "generic")
+        if isinstance(body, JSONResponse):
+            return body
+        return body if signed(body) else _problem(401, refusal)
 
     @app.post("/alerts/sentry", status_code=202, tags=["alerts"])
     async def sentry(request: Request) -> JSONResponse:
         """Sentry issue-alert webhook, verified with Sentry-Hook-Signature."""
-        body = await body_of(request)
-        if isinstance(body, JSONResponse):
-            return body
         signature = _header(request, "sentry-hook-signature")
         secret = rc.sentry_client_secret
-        if secret is None or not signature or not verify_sentry_signature(secret, body, signature):
-            return _problem(401, "missing or wrong Sentry-Hook-Signature")
-        return await accept(body, "sentry")
+
+        def signed(body: bytes) -> bool:
+            if secret is None or not signature:
+                return False
+            return verify_sentry_signature(secret, body, signature)
+
+        body = await signed_body(request, signed, "missing or wrong Sentry-Hook-Signature")
+        return body if isinstance(body, JSONResponse) else await accept(body, "sentry")
 
     @app.post("/alerts/pagerduty", status_code=202, tags=["alerts"])
     async def pagerduty(request: Request) -> JSONResponse:
         """PagerDuty v3 webhook, verified with X-PagerDuty-Signature."""
-        body = await body_of(request)
-        if isinstance(body, JSONResponse):
-            return body
         header = _header(request, "x-pagerduty-signature")
-        if (
-            not rc.pagerduty_webhook_secrets
-            or not header
-            or not verify_pagerduty_signature(rc.pagerduty_webhook_secrets, body, header)
-        ):
-            return _problem(401, "missing or wrong X-PagerDuty-Signature")
-        return await accept(body, "pagerduty")
+        secrets = rc.pagerduty_webhook_secrets
+
+        def signed(body: bytes) -> bool:
+            return bool(secrets and header and verify_pagerduty_signature(secrets, body, header))
+
+        body = await signed_body(request, signed, "missing or wrong X-PagerDuty-Signature")
+        return body if isinstance(body, JSONResponse) else await accept(body, "pagerduty")
 
     @app.post("/approvals/slack", tags=["approvals"])
     async def slack_approval(request: Request) -> JSONResponse:
         """Slack interactive buttons (Approve/Reject), verified with the signing secret."""
-        body = await body_of(request)
-        if isinstance(body, JSONResponse):
-            return body
         secret = rc.slack_signing_secret
         timestamp = _header(request, "x-slack-request-timestamp")
         signature = _header(request, "x-slack-signature")
-        if secret is None or not slack.verify_slack_signature(secret, timestamp, body, signature):
-            return _problem(401, "missing, wrong or stale Slack signature")
+
+        def signed(body: bytes) -> bool:
+            return secret is not None and slack.verify_slack_signature(
+                secret, timestamp, body, signature
+            )
+
+        body = await signed_body(request, signed, "missing, wrong or stale Slack signature")
+        if isinstance(body, JSONResponse):
+            return body
         try:
             if _too_deep(_slack_payload(body)):
                 raise ConfigError(f"payload nested deeper than {MAX_DEPTH} levels")

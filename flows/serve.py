@@ -239,6 +239,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# The cron deployments: name -> (tag, description). One run of each at a time: a slow sweep
+# never overlaps the next one, and game days share the machine.
+_SCHEDULED = {
+    "health-sweep": ("health", "Checks every configured target."),
+    "drills": ("drills", "Game day in the sandbox; a failing drill opens a P3 incident."),
+    "kpi-report": ("report", "The on-call KPI report as the artifact oncall-report."),
+}
+
+
+async def _scheduled(flow: Any, name: str, cron: str, config_path: str) -> Any:
+    """A cron deployment of ``flow`` that never overlaps its own previous run."""
+    tag, description = _SCHEDULED[name]
+    return await flow.ato_deployment(
+        name,
+        cron=cron,
+        parameters={"config_path": config_path},
+        tags=["oncall", tag],
+        concurrency_limit=1,
+        description=description,
+    )
+
+
 async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]:
     """The RunnerDeployments ``oncall serve`` runs (and prefect.yaml mirrors)."""
     from flows.incident import incident
@@ -267,40 +289,17 @@ async def build_deployments(config: OncallConfig, config_path: str) -> list[Any]
         from flows.health import health_sweep
 
         deployments.append(
-            await health_sweep.ato_deployment(
-                "health-sweep",
-                cron=config.health.cron,
-                parameters={"config_path": config_path},
-                tags=["oncall", "health"],
-                concurrency_limit=1,  # a slow sweep never overlaps the next one
-                description="Checks every configured target.",
-            )
+            await _scheduled(health_sweep, "health-sweep", config.health.cron, config_path)
         )
     if config.drills.enabled:
         from flows.drills.schedule import drills
 
-        deployments.append(
-            await drills.ato_deployment(
-                "drills",
-                cron=config.drills.cron,
-                parameters={"config_path": config_path},
-                tags=["oncall", "drills"],
-                concurrency_limit=1,  # one game day at a time: they share the machine
-                description="Game day in the sandbox; a failing drill opens a P3 incident.",
-            )
-        )
+        deployments.append(await _scheduled(drills, "drills", config.drills.cron, config_path))
     if config.report.enabled:
         from flows.kpi.flow import kpi_report
 
         deployments.append(
-            await kpi_report.ato_deployment(
-                "kpi-report",
-                cron=config.report.cron,
-                parameters={"config_path": config_path},
-                tags=["oncall", "report"],
-                concurrency_limit=1,
-                description="The on-call KPI report as the artifact oncall-report.",
-            )
+            await _scheduled(kpi_report, "kpi-report", config.report.cron, config_path)
         )
     return deployments
 
