@@ -39,6 +39,7 @@ from integrations.errors import TargetError
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, Service
+from runbooks.engine.fields import lookback, percent, seconds, step, switch, verify_window
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
@@ -65,26 +66,12 @@ AFTER = "memory_after_restart"  # the verification check that measures the slope
 class MemoryLeakParams(RunbookParams):
     """Parameters of the memory-leak runbook (seed 000 Part E Incident 4)."""
 
-    lookback_seconds: float = Field(
-        default=3_600.0, ge=10, le=7 * 86_400, description="Memory history to fit (s)"
-    )
-    step_seconds: float = Field(
-        default=15.0,
-        gt=0,
-        le=3_600,
-        description="Resolution of that history (s): the scrape interval",
-    )
-    usage_warn_pct: float = Field(
-        default=80.0,
-        gt=0,
-        le=100,
-        description="Warn above this share of the limit (seed 000: 80 %)",
-    )
-    usage_critical_pct: float = Field(
-        default=95.0, gt=0, le=100, description="Critical (P1) above this share of the memory limit"
-    )
-    leak_horizon_seconds: float = Field(
-        default=3_600.0, gt=0, description="A leak reaching the limit sooner than this is P1 (s)"
+    lookback_seconds: float = lookback(3_600.0, "Memory history to fit (s)")
+    step_seconds: float = step(15.0, "Resolution of that history (s): the scrape interval")
+    usage_warn_pct: float = percent(80.0, "Warn above this share of the limit (seed 000: 80 %)")
+    usage_critical_pct: float = percent(95.0, "Critical (P1) above this share of the memory limit")
+    leak_horizon_seconds: float = seconds(
+        3_600.0, "A leak reaching the limit sooner than this is P1 (s)", gt=0
     )
     min_r2: float = Field(
         default=0.8,
@@ -92,20 +79,11 @@ class MemoryLeakParams(RunbookParams):
         le=1,
         description="How well a straight line must fit growth (R²) for a leak",
     )
-    min_growth_pct: float = Field(
-        default=2.0,
-        gt=0,
-        le=100,
-        description="Growth over the window, in % of the level, that counts",
+    min_growth_pct: float = percent(2.0, "Growth over the window, in % of the level, that counts")
+    deploy_window_seconds: float = seconds(
+        900.0, "A deploy this long before the growth began is its suspect (s)"
     )
-    deploy_window_seconds: float = Field(
-        default=900.0,
-        ge=0,
-        description="A deploy this long before the growth began is its suspect (s)",
-    )
-    restart: bool = Field(
-        default=True, description="Propose a rolling restart for a leak, high usage or OOM kills"
-    )
+    restart: bool = switch(True, "Propose a rolling restart for a leak, high usage or OOM kills")
     memory_limit: str | None = Field(
         default=None,
         description="New Kubernetes memory limit (e.g. 1Gi); default: current × limit_raise_factor",
@@ -113,15 +91,13 @@ class MemoryLeakParams(RunbookParams):
     limit_raise_factor: float = Field(
         default=1.5, gt=1, le=4, description="How much to raise a limit a spike outgrew"
     )
-    verify_timeout_seconds: float = Field(
-        default=120.0, ge=0, le=3_600, description="How long to wait for memory to go back down (s)"
+    verify_timeout_seconds: float = verify_window(
+        120.0, "How long to wait for memory to go back down (s)"
     )
-    verify_hold_seconds: float = Field(
-        default=120.0,
-        ge=0,
-        le=3_600,
-        description="How long memory must stay down and flat after the restart to count as"
-        " fixed (s): long enough for several scrapes, so a leak that goes on shows its slope",
+    verify_hold_seconds: float = verify_window(
+        120.0,
+        "How long memory must stay down and flat after the restart to count as fixed (s): long"
+        " enough for several scrapes, so a leak that goes on shows its slope",
     )
 
 
