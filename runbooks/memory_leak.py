@@ -61,6 +61,7 @@ NAME = "memory-leak"
 MemoryEvidenceT = TypeVar("MemoryEvidenceT", bound=MemoryEvidence)
 MiB = 2**20
 AFTER = "memory_after_restart"  # the verification check that measures the slope
+RESTART_UNDO = "nothing to undo: a restart only drops the memory the processes held"
 
 
 class MemoryLeakParams(RunbookParams):
@@ -298,55 +299,44 @@ def _restart_action(
     items = [{"series": f.target, "memory_bytes": e.current_bytes} for f, e in seen]
     why = "Why: " + "; ".join(reasons)
     memory = "\n".join(["Memory now:", *_memory_lines(findings)]) if trend else ""
-    undo = "nothing to undo: a restart only drops the memory the processes held"
+    extra: list[dict[str, Any]]
+    how: dict[str, Any]
     if cfg := service.actions.get("restart"):
         call = describe(cfg)
-        return Action(
-            id="restart",
-            kind=MemoryAction.RESTART,
-            target=service.name,
-            risk=Risk(cfg.risk),
-            title=f"Restart {service.name} (configured action 'restart')",
-            preview=f"{call}\n{cfg.description}\n{why}\n{memory}".strip(),
-            items=items,
-            undo=cfg.undo or undo,
-            params={**common, "mechanism": "configured", "call": call},
-        )
-    if k := service.kubernetes:
+        target, risk, undo = service.name, Risk(cfg.risk), cfg.undo or RESTART_UNDO
+        title = f"Restart {service.name} (configured action 'restart')"
+        head, extra = f"{call}\n{cfg.description}", []
+        how = {"mechanism": "configured", "call": call}
+    elif k := service.kubernetes:
         pods = [p.pod for p in runtime.kubernetes.pods] if runtime.kubernetes else []
-        return Action(
-            id="restart",
-            kind=MemoryAction.RESTART,
-            target=k.label,
-            risk=Risk.RISKY,
-            title=f"Rolling restart of deployment {k.namespace}/{k.deployment}",
-            preview=(
-                f"kubectl rollout restart deployment/{k.deployment} -n {k.namespace}: replaces"
-                f" its {len(pods) or 'current'} pod(s) one at a time at its rolling-update pace"
-                + (f" ({', '.join(pods)})" if pods else "")
-                + f"\n{why}\n{memory}"
-            ).strip(),
-            items=items + [{"pod": p} for p in pods],
-            undo=undo,
-            params={**common, "mechanism": "kubernetes"},
+        target, risk, undo = k.label, Risk.RISKY, RESTART_UNDO
+        title = f"Rolling restart of deployment {k.namespace}/{k.deployment}"
+        head = (
+            f"kubectl rollout restart deployment/{k.deployment} -n {k.namespace}: replaces"
+            f" its {len(pods) or 'current'} pod(s) one at a time at its rolling-update pace"
+            + (f" ({', '.join(pods)})" if pods else "")
         )
-    if d := service.docker:
+        extra, how = [{"pod": p} for p in pods], {"mechanism": "kubernetes"}
+    elif d := service.docker:
         names = [c.name for c in runtime.docker or []] or [d.container or ""]
-        return Action(
-            id="restart",
-            kind=MemoryAction.RESTART,
-            target=d.label,
-            risk=Risk.RISKY,
-            title=f"Restart {len(names)} container(s) of {service.name}",
-            preview=(
-                f"docker restart {' '.join(names)} (one at a time; each is down for a few"
-                f" seconds)\n{why}\n{memory}"
-            ).strip(),
-            items=items + [{"container": n} for n in names],
-            undo=undo,
-            params={**common, "mechanism": "docker", "containers": names},
-        )
-    return None
+        target, risk, undo = d.label, Risk.RISKY, RESTART_UNDO
+        title = f"Restart {len(names)} container(s) of {service.name}"
+        head = f"docker restart {' '.join(names)} (one at a time; each is down for a few seconds)"
+        extra = [{"container": n} for n in names]
+        how = {"mechanism": "docker", "containers": names}
+    else:
+        return None
+    return Action(
+        id="restart",
+        kind=MemoryAction.RESTART,
+        target=target,
+        risk=risk,
+        title=title,
+        preview=f"{head}\n{why}\n{memory}".strip(),
+        items=items + extra,
+        undo=undo,
+        params={**common, **how},
+    )
 
 
 def _round_mi(value: float, quantum: int = 1) -> str:
@@ -642,9 +632,7 @@ RUNBOOK: Runbook[MemoryLeakParams] = Runbook(
     executors={
         MemoryAction.RESTART: Remedy(
             run=rolling_restart,
-            undo=NoUndo(
-                reason="nothing to undo: a restart only drops the memory the processes held"
-            ),
+            undo=NoUndo(reason=RESTART_UNDO),
         ),
         MemoryAction.MEMORY_LIMIT: Remedy(run=set_memory_limit, undo=restore_memory_limit),
     },

@@ -31,7 +31,7 @@ from integrations.statuspage import StatuspagePublic
 from runbooks.engine.fields import count, seconds, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Moment
-from runbooks.engine.verify import Judgement, Sample, Verdict, healthy
+from runbooks.engine.verify import Judgement, Sample, Verdict, healthy, held_short
 
 __all__ = [
     "Drains",
@@ -287,12 +287,8 @@ class Drains(BaseModel):
                 next_step=next_step(window[-1].findings),
             )
         held = window[-1].at_s - window[0].at_s
-        if held + 1e-6 < hold:
-            return Judgement(
-                verdict=Verdict.MITIGATED,
-                reason=f"drained for {held:.0f}s of the {hold:.0f}s the fix must hold",
-                next_step="watch it: the verification window ended before the drain had held",
-            )
+        if short := held_short(held, hold, state="drained", what="drain"):
+            return short
         return Judgement(
             verdict=Verdict.FIXED,
             reason=f"drains: depth {start:,} → {depth:,} over {span:.0f}s ({_rates(drains)});"
