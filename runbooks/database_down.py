@@ -29,6 +29,7 @@ from checks.providers import provider_status
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.service import HttpEndpoint, Service
 from integrations.statuspage import StatuspagePage, StatuspagePublic
+from runbooks.engine.fields import count, seconds, switch, verify_window
 from runbooks.engine.model import Plan, Risk, RunbookParams
 from runbooks.engine.runbook import Change, Check, Moment, Runbook
 from runbooks.engine.targets import Targets
@@ -51,38 +52,29 @@ class DatabaseDownParams(RunbookParams):
     database: str | None = Field(
         default=None, description="Only consider sessions of this database (default: all)"
     )
-    connect_attempts: int = Field(
-        default=3, ge=1, le=10, description="Connection attempts (an intermittent failure shows)"
+    connect_attempts: int = count(
+        3, "Connection attempts (an intermittent failure shows)", ge=1, le=10
     )
     slow_connect_ms: float = Field(
         default=1000.0, gt=0, description="A median connect time above this is a warning (ms)"
     )
-    long_query_seconds: float = Field(
-        default=300.0, ge=0, description="Cancel active queries running this long (s)"
+    long_query_seconds: float = seconds(300.0, "Cancel active queries running this long (s)")
+    migration_seconds: float = seconds(
+        30.0, "A migration tool's transaction open this long counts even if nobody waits"
     )
-    migration_seconds: float = Field(
-        default=30.0,
-        ge=0,
-        description="A migration tool's transaction open this long counts even if nobody waits",
+    replication_lag_warn_seconds: float = seconds(30.0, "Warn above (s)")
+    replication_lag_critical_seconds: float = seconds(300.0, "Critical above (s)")
+    end_blocking_migrations: bool = switch(
+        True, "Terminate a migration/DDL session that others wait on (rolls it back)"
     )
-    replication_lag_warn_seconds: float = Field(default=30.0, ge=0, description="Warn above (s)")
-    replication_lag_critical_seconds: float = Field(
-        default=300.0, ge=0, description="Critical above (s)"
-    )
-    end_blocking_migrations: bool = Field(
-        default=True,
-        description="Terminate a migration/DDL session that others wait on (rolls it back)",
-    )
-    cancel_long_queries: bool = Field(default=True, description="Cancel long-running queries")
-    max_terminations: int = Field(
-        default=5, ge=0, le=100, description="Most backends one run may cancel or terminate"
-    )
+    cancel_long_queries: bool = switch(True, "Cancel long-running queries")
+    max_terminations: int = count(5, "Most backends one run may cancel or terminate", le=100)
     provider_down_severity: Severity = Field(
         default=Severity.P0,
         description="What the database provider being down means (seed 000: Supabase down P0)",
     )
-    verify_timeout_seconds: float = Field(
-        default=60.0, ge=0, le=3_600, description="How long to wait for the database to answer"
+    verify_timeout_seconds: float = verify_window(
+        60.0, "How long to wait for the database to answer"
     )
 
 

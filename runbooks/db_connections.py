@@ -18,6 +18,7 @@ from checks.evidence.postgres import LockChainsEvidence, SessionRow, SessionsEvi
 from checks.findings import Finding
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.service import Service
+from runbooks.engine.fields import count, percent, seconds, switch
 from runbooks.engine.model import Plan, Risk, RunbookParams
 from runbooks.engine.runbook import Change, Check, Moment, Runbook
 from runbooks.engine.targets import Targets
@@ -41,26 +42,18 @@ class DbConnectionsParams(RunbookParams):
         default=None,
         description="Only consider sessions of this database (default: every database)",
     )
-    idle_in_transaction_seconds: float = Field(
-        default=300.0, ge=0, description="Terminate sessions idle in a transaction this long (s)"
+    idle_in_transaction_seconds: float = seconds(
+        300.0, "Terminate sessions idle in a transaction this long (s)"
     )
-    long_query_seconds: float = Field(
-        default=300.0, ge=0, description="Cancel active queries running this long (s)"
+    long_query_seconds: float = seconds(300.0, "Cancel active queries running this long (s)")
+    max_terminations: int = count(20, "Most backends one run may cancel or terminate", le=1000)
+    utilisation_warn_pct: float = percent(70.0, "Warn above this share of usable connections")
+    utilisation_critical_pct: float = percent(
+        90.0, "Critical above this share of usable connections"
     )
-    max_terminations: int = Field(
-        default=20, ge=0, le=1000, description="Most backends one run may cancel or terminate"
-    )
-    utilisation_warn_pct: float = Field(
-        default=70.0, gt=0, le=100, description="Warn above this share of usable connections"
-    )
-    utilisation_critical_pct: float = Field(
-        default=90.0, gt=0, le=100, description="Critical above this share of usable connections"
-    )
-    terminate_root_blockers: bool = Field(
-        default=True, description="Terminate the root blocker of each lock chain"
-    )
-    cancel_long_queries: bool = Field(
-        default=True, description="Cancel long-running queries (the session stays connected)"
+    terminate_root_blockers: bool = switch(True, "Terminate the root blocker of each lock chain")
+    cancel_long_queries: bool = switch(
+        True, "Cancel long-running queries (the session stays connected)"
     )
 
 

@@ -37,6 +37,7 @@ from integrations.hms import HmsTarget, management_token
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.service import Service
 from integrations.statuspage import StatuspageManageTarget, StatuspagePage, StatuspagePublic
+from runbooks.engine.fields import count, percent, seconds, switch
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
@@ -68,23 +69,20 @@ class HmsFailuresParams(RunbookParams):
         default="HMS_MANAGEMENT_TOKEN",
         description="Key of that secret, or the container's environment variable (Docker)",
     )
-    token_ttl_seconds: int = Field(
-        default=86_400,
+    token_ttl_seconds: int = seconds(
+        86_400,
+        "Lifetime of a regenerated management token (100ms documents 24 h)",
         ge=300,
         le=30 * 86_400,
-        description="Lifetime of a regenerated management token (100ms documents 24 h)",
     )
-    token_warn_seconds: float = Field(
-        default=3_600, ge=0, description="Warn when the token expires within this many seconds"
+    token_warn_seconds: float = seconds(
+        3_600, "Warn when the token expires within this many seconds"
     )
-    probe_calls: int = Field(
-        default=5, ge=1, le=50, description="Calls made to the 100ms REST API to measure it"
-    )
-    failure_pct_p1: float = Field(
-        default=20.0,
-        ge=0,
-        le=100,
-        description="Intermittent failures above this share of calls are P1 (video failures > 20%)",
+    probe_calls: int = count(5, "Calls made to the 100ms REST API to measure it", ge=1, le=50)
+    failure_pct_p1: float = percent(
+        20.0,
+        "Intermittent failures above this share of calls are P1 (video failures > 20%)",
+        zero=True,
     )
     latency_warn_ms: float = Field(
         default=5_000.0, gt=0, description="Median latency above which 100ms is slow (> 5 s)"
@@ -92,12 +90,7 @@ class HmsFailuresParams(RunbookParams):
     latency_critical_ms: float = Field(
         default=10_000.0, gt=0, description="Median latency above which 100ms is unusable (> 10 s)"
     )
-    room_warn_pct: float = Field(
-        default=80.0,
-        gt=0,
-        le=100,
-        description="Warn when concurrent rooms reach this % of the limit",
-    )
+    room_warn_pct: float = percent(80.0, "Warn when concurrent rooms reach this % of the limit")
     deploy_window_minutes: float = Field(
         default=60.0,
         ge=0,
@@ -107,9 +100,8 @@ class HmsFailuresParams(RunbookParams):
         default_factory=list,
         description="Components of status.100ms.live the service uses (default: every one)",
     )
-    post_status_page: bool = Field(
-        default=True,
-        description="Propose fallback messaging on our status page when 100ms is down or degraded",
+    post_status_page: bool = switch(
+        True, "Propose fallback messaging on our status page when 100ms is down or degraded"
     )
     our_components: list[str] = Field(
         default_factory=list, description="Component ids on our status page to mark while affected"

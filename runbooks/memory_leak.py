@@ -39,6 +39,7 @@ from integrations.errors import TargetError
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, Service
+from runbooks.engine.fields import lookback, percent, seconds, step, switch, verify_window
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
@@ -60,31 +61,18 @@ NAME = "memory-leak"
 MemoryEvidenceT = TypeVar("MemoryEvidenceT", bound=MemoryEvidence)
 MiB = 2**20
 AFTER = "memory_after_restart"  # the verification check that measures the slope
+RESTART_UNDO = "nothing to undo: a restart only drops the memory the processes held"
 
 
 class MemoryLeakParams(RunbookParams):
     """Parameters of the memory-leak runbook (seed 000 Part E Incident 4)."""
 
-    lookback_seconds: float = Field(
-        default=3_600.0, ge=10, le=7 * 86_400, description="Memory history to fit (s)"
-    )
-    step_seconds: float = Field(
-        default=15.0,
-        gt=0,
-        le=3_600,
-        description="Resolution of that history (s): the scrape interval",
-    )
-    usage_warn_pct: float = Field(
-        default=80.0,
-        gt=0,
-        le=100,
-        description="Warn above this share of the limit (seed 000: 80 %)",
-    )
-    usage_critical_pct: float = Field(
-        default=95.0, gt=0, le=100, description="Critical (P1) above this share of the memory limit"
-    )
-    leak_horizon_seconds: float = Field(
-        default=3_600.0, gt=0, description="A leak reaching the limit sooner than this is P1 (s)"
+    lookback_seconds: float = lookback(3_600.0, "Memory history to fit (s)")
+    step_seconds: float = step(15.0, "Resolution of that history (s): the scrape interval")
+    usage_warn_pct: float = percent(80.0, "Warn above this share of the limit (seed 000: 80 %)")
+    usage_critical_pct: float = percent(95.0, "Critical (P1) above this share of the memory limit")
+    leak_horizon_seconds: float = seconds(
+        3_600.0, "A leak reaching the limit sooner than this is P1 (s)", gt=0
     )
     min_r2: float = Field(
         default=0.8,
@@ -92,20 +80,11 @@ class MemoryLeakParams(RunbookParams):
         le=1,
         description="How well a straight line must fit growth (R²) for a leak",
     )
-    min_growth_pct: float = Field(
-        default=2.0,
-        gt=0,
-        le=100,
-        description="Growth over the window, in % of the level, that counts",
+    min_growth_pct: float = percent(2.0, "Growth over the window, in % of the level, that counts")
+    deploy_window_seconds: float = seconds(
+        900.0, "A deploy this long before the growth began is its suspect (s)"
     )
-    deploy_window_seconds: float = Field(
-        default=900.0,
-        ge=0,
-        description="A deploy this long before the growth began is its suspect (s)",
-    )
-    restart: bool = Field(
-        default=True, description="Propose a rolling restart for a leak, high usage or OOM kills"
-    )
+    restart: bool = switch(True, "Propose a rolling restart for a leak, high usage or OOM kills")
     memory_limit: str | None = Field(
         default=None,
         description="New Kubernetes memory limit (e.g. 1Gi); default: current × limit_raise_factor",
@@ -113,15 +92,13 @@ class MemoryLeakParams(RunbookParams):
     limit_raise_factor: float = Field(
         default=1.5, gt=1, le=4, description="How much to raise a limit a spike outgrew"
     )
-    verify_timeout_seconds: float = Field(
-        default=120.0, ge=0, le=3_600, description="How long to wait for memory to go back down (s)"
+    verify_timeout_seconds: float = verify_window(
+        120.0, "How long to wait for memory to go back down (s)"
     )
-    verify_hold_seconds: float = Field(
-        default=120.0,
-        ge=0,
-        le=3_600,
-        description="How long memory must stay down and flat after the restart to count as"
-        " fixed (s): long enough for several scrapes, so a leak that goes on shows its slope",
+    verify_hold_seconds: float = verify_window(
+        120.0,
+        "How long memory must stay down and flat after the restart to count as fixed (s): long"
+        " enough for several scrapes, so a leak that goes on shows its slope",
     )
 
 
@@ -322,55 +299,44 @@ def _restart_action(
     items = [{"series": f.target, "memory_bytes": e.current_bytes} for f, e in seen]
     why = "Why: " + "; ".join(reasons)
     memory = "\n".join(["Memory now:", *_memory_lines(findings)]) if trend else ""
-    undo = "nothing to undo: a restart only drops the memory the processes held"
+    extra: list[dict[str, Any]]
+    how: dict[str, Any]
     if cfg := service.actions.get("restart"):
         call = describe(cfg)
-        return Action(
-            id="restart",
-            kind=MemoryAction.RESTART,
-            target=service.name,
-            risk=Risk(cfg.risk),
-            title=f"Restart {service.name} (configured action 'restart')",
-            preview=f"{call}\n{cfg.description}\n{why}\n{memory}".strip(),
-            items=items,
-            undo=cfg.undo or undo,
-            params={**common, "mechanism": "configured", "call": call},
-        )
-    if k := service.kubernetes:
+        target, risk, undo = service.name, Risk(cfg.risk), cfg.undo or RESTART_UNDO
+        title = f"Restart {service.name} (configured action 'restart')"
+        head, extra = f"{call}\n{cfg.description}", []
+        how = {"mechanism": "configured", "call": call}
+    elif k := service.kubernetes:
         pods = [p.pod for p in runtime.kubernetes.pods] if runtime.kubernetes else []
-        return Action(
-            id="restart",
-            kind=MemoryAction.RESTART,
-            target=k.label,
-            risk=Risk.RISKY,
-            title=f"Rolling restart of deployment {k.namespace}/{k.deployment}",
-            preview=(
-                f"kubectl rollout restart deployment/{k.deployment} -n {k.namespace}: replaces"
-                f" its {len(pods) or 'current'} pod(s) one at a time at its rolling-update pace"
-                + (f" ({', '.join(pods)})" if pods else "")
-                + f"\n{why}\n{memory}"
-            ).strip(),
-            items=items + [{"pod": p} for p in pods],
-            undo=undo,
-            params={**common, "mechanism": "kubernetes"},
+        target, risk, undo = k.label, Risk.RISKY, RESTART_UNDO
+        title = f"Rolling restart of deployment {k.namespace}/{k.deployment}"
+        head = (
+            f"kubectl rollout restart deployment/{k.deployment} -n {k.namespace}: replaces"
+            f" its {len(pods) or 'current'} pod(s) one at a time at its rolling-update pace"
+            + (f" ({', '.join(pods)})" if pods else "")
         )
-    if d := service.docker:
+        extra, how = [{"pod": p} for p in pods], {"mechanism": "kubernetes"}
+    elif d := service.docker:
         names = [c.name for c in runtime.docker or []] or [d.container or ""]
-        return Action(
-            id="restart",
-            kind=MemoryAction.RESTART,
-            target=d.label,
-            risk=Risk.RISKY,
-            title=f"Restart {len(names)} container(s) of {service.name}",
-            preview=(
-                f"docker restart {' '.join(names)} (one at a time; each is down for a few"
-                f" seconds)\n{why}\n{memory}"
-            ).strip(),
-            items=items + [{"container": n} for n in names],
-            undo=undo,
-            params={**common, "mechanism": "docker", "containers": names},
-        )
-    return None
+        target, risk, undo = d.label, Risk.RISKY, RESTART_UNDO
+        title = f"Restart {len(names)} container(s) of {service.name}"
+        head = f"docker restart {' '.join(names)} (one at a time; each is down for a few seconds)"
+        extra = [{"container": n} for n in names]
+        how = {"mechanism": "docker", "containers": names}
+    else:
+        return None
+    return Action(
+        id="restart",
+        kind=MemoryAction.RESTART,
+        target=target,
+        risk=risk,
+        title=title,
+        preview=f"{head}\n{why}\n{memory}".strip(),
+        items=items + extra,
+        undo=undo,
+        params={**common, **how},
+    )
 
 
 def _round_mi(value: float, quantum: int = 1) -> str:
@@ -666,9 +632,7 @@ RUNBOOK: Runbook[MemoryLeakParams] = Runbook(
     executors={
         MemoryAction.RESTART: Remedy(
             run=rolling_restart,
-            undo=NoUndo(
-                reason="nothing to undo: a restart only drops the memory the processes held"
-            ),
+            undo=NoUndo(reason=RESTART_UNDO),
         ),
         MemoryAction.MEMORY_LIMIT: Remedy(run=set_memory_limit, undo=restore_memory_limit),
     },

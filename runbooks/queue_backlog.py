@@ -40,6 +40,7 @@ from runbooks.diagnosis.queues import (
     provider_names,
     queue_checks,
 )
+from runbooks.engine.fields import count, seconds, switch
 from runbooks.engine.model import Action, Plan, Risk
 from runbooks.engine.runbook import Change, Runbook
 from runbooks.engine.targets import Targets
@@ -63,26 +64,19 @@ NAME = "queue-backlog"
 class QueueBacklogParams(QueueReadParams):
     """Parameters of the queue-backlog runbook (seed 004 "Email Queue Backed Up"; seed 000)."""
 
-    drain_target_seconds: float = Field(
-        default=600.0, gt=0, description="Size workers so the backlog drains in about this (s)"
+    drain_target_seconds: float = seconds(
+        600.0, "Size workers so the backlog drains in about this (s)", gt=0
     )
-    min_workers: int = Field(default=2, ge=1, le=1_000, description="Workers to start from none")
-    max_workers: int = Field(
-        default=10, ge=1, le=1_000, description="Never scale beyond this (seed 004 scales to 10)"
-    )
+    min_workers: int = count(2, "Workers to start from none", ge=1, le=1_000)
+    max_workers: int = count(10, "Never scale beyond this (seed 004 scales to 10)", ge=1, le=1_000)
     scale_factor: float = Field(
         default=2.0, gt=1, le=10, description="Scale by this much when the rates are unknown"
     )
-    max_dead_letter: int = Field(
-        default=100, ge=1, le=100_000, description="Most poison messages one run moves"
+    max_dead_letter: int = count(100, "Most poison messages one run moves", ge=1, le=100_000)
+    requeue_dead_letters: bool = switch(
+        True, "Propose requeueing dead letters once the provider is up and consumers keep up"
     )
-    requeue_dead_letters: bool = Field(
-        default=True,
-        description="Propose requeueing dead letters once the provider is up and consumers keep up",
-    )
-    max_requeue: int = Field(
-        default=100, ge=1, le=100_000, description="Most dead letters one run requeues"
-    )
+    max_requeue: int = count(100, "Most dead letters one run requeues", ge=1, le=100_000)
 
 
 def _size(now: int, ev: QueueEvidence, params: QueueBacklogParams) -> tuple[int, str]:

@@ -22,6 +22,7 @@ from integrations.kubernetes import KubernetesReader
 from integrations.prometheus import PrometheusClient
 from integrations.service import Service
 from integrations.vercel import VercelClient
+from runbooks.engine.fields import HOUR, count, percent, seconds
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check
 
@@ -54,25 +55,25 @@ class DeployWindowParams(RunbookParams):
     grace_minutes: float = Field(
         default=15.0, ge=0, le=1_440, description="A deploy this long before the start is recent"
     )
-    error_window_seconds: float = Field(
-        default=300.0, ge=5, le=86_400, description="Error-rate window before/after each deploy"
+    error_window_seconds: float = seconds(
+        300.0, "Error-rate window before/after each deploy", ge=5, le=86_400
     )
-    verify_error_window_seconds: float = Field(
-        default=60.0, ge=5, le=3_600, description="Error-rate window when verifying recovery"
+    verify_error_window_seconds: float = seconds(
+        60.0, "Error-rate window when verifying recovery", ge=5, le=HOUR
     )
-    error_rate_warn_pct: float = Field(
-        default=1.0, ge=0, le=100, description="Error rate that is a problem (seed 000: P2 1-5%)"
+    error_rate_warn_pct: float = percent(
+        1.0, "Error rate that is a problem (seed 000: P2 1-5%)", zero=True
     )
-    error_rate_critical_pct: float = Field(
-        default=5.0, ge=0, le=100, description="Error rate that is critical (seed 000: P1 5-10%)"
+    error_rate_critical_pct: float = percent(
+        5.0, "Error rate that is critical (seed 000: P1 5-10%)", zero=True
     )
-    error_rate_outage_pct: float = Field(
-        default=10.0, ge=0, le=100, description="Error rate of an outage (seed 000: P0 above 10%)"
+    error_rate_outage_pct: float = percent(
+        10.0, "Error rate of an outage (seed 000: P0 above 10%)", zero=True
     )
     regression_factor: float = Field(
         default=2.0, ge=1, description="A deploy regressed when its error rate rose this many times"
     )
-    max_deploys: int = Field(default=10, ge=2, le=100, description="Recent deploys to list")
+    max_deploys: int = count(10, "Recent deploys to list", ge=2, le=100)
 
 
 class Readers(BaseModel):

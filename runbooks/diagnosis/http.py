@@ -24,6 +24,7 @@ from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import HttpEndpoint, Service
+from runbooks.engine.fields import HOUR, count, lookback, seconds, step, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Checks, Moment
 from runbooks.engine.targets import Targets
@@ -46,24 +47,18 @@ __all__ = [
 class HttpSymptomParams(RunbookParams):
     """What high-error-rate and performance-degradation share: windows, deploys, scaling."""
 
-    window_seconds: float = Field(
-        default=300.0, ge=2, le=86_400, description="rate() window of the diagnosis (s)"
+    window_seconds: float = seconds(300.0, "rate() window of the diagnosis (s)", ge=2, le=86_400)
+    verify_window_seconds: float = seconds(
+        60.0, "rate() window when verifying recovery (s)", ge=2, le=HOUR
     )
-    verify_window_seconds: float = Field(
-        default=60.0, ge=2, le=3_600, description="rate() window when verifying recovery (s)"
-    )
-    lookback_seconds: float = Field(
-        default=3_600.0, ge=10, le=7 * 86_400, description="History searched for when it began (s)"
-    )
-    step_seconds: float = Field(
-        default=15.0, gt=0, le=3_600, description="Resolution of that history (s)"
-    )
+    lookback_seconds: float = lookback(3_600.0, "History searched for when it began (s)")
+    step_seconds: float = step(15.0, "Resolution of that history (s)")
     endpoint_label: str = Field(
         default="endpoint", description="Label naming the endpoint (handler, route, path …)"
     )
-    top_endpoints: int = Field(default=5, ge=1, le=50, description="Endpoints to list")
-    deploy_window_seconds: float = Field(
-        default=900.0, ge=0, description="A deploy this long before the rise coincides with it (s)"
+    top_endpoints: int = count(5, "Endpoints to list", ge=1, le=50)
+    deploy_window_seconds: float = seconds(
+        900.0, "A deploy this long before the rise coincides with it (s)"
     )
     traffic_spike_ratio: float = Field(
         default=2.0,
@@ -76,10 +71,8 @@ class HttpSymptomParams(RunbookParams):
     scale_factor: float = Field(
         default=2.0, gt=1, le=10, description="Scale out to this many times the current replicas"
     )
-    max_replicas: int = Field(default=20, ge=1, le=1_000, description="Never scale beyond this")
-    verify_timeout_seconds: float = Field(
-        default=180.0, ge=0, le=3_600, description="How long to wait for recovery (s)"
-    )
+    max_replicas: int = count(20, "Never scale beyond this", ge=1, le=1_000)
+    verify_timeout_seconds: float = verify_window(180.0, "How long to wait for recovery (s)")
 
 
 P = TypeVar("P", bound=HttpSymptomParams)

@@ -28,9 +28,10 @@ from integrations.rabbitmq import RabbitReader
 from integrations.redis_queue import RedisQueueReader, RedisQueueTarget
 from integrations.service import Service
 from integrations.statuspage import StatuspagePublic
+from runbooks.engine.fields import count, seconds, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Moment
-from runbooks.engine.verify import Judgement, Sample, Verdict, healthy
+from runbooks.engine.verify import Judgement, Sample, Verdict, healthy, held_short
 
 __all__ = [
     "Drains",
@@ -48,29 +49,23 @@ __all__ = [
 class QueueReadParams(RunbookParams):
     """How a backlog is read and judged: sampling, thresholds, providers, verification."""
 
-    sample_seconds: float = Field(
-        default=5.0, ge=0.2, le=120, description="Seconds between the two looks that give rates (s)"
+    sample_seconds: float = seconds(
+        5.0, "Seconds between the two looks that give rates (s)", ge=0.2, le=120
     )
-    depth_warn: int = Field(default=1_000, ge=0, description="Waiting messages that are a backlog")
-    depth_critical: int = Field(
-        default=10_000, ge=1, description="Critical depth (seed 004: above 10,000; P2)"
+    depth_warn: int = count(1_000, "Waiting messages that are a backlog")
+    depth_critical: int = count(10_000, "Critical depth (seed 004: above 10,000; P2)", ge=1)
+    oldest_age_warn_seconds: float = seconds(
+        300.0, "Age of the oldest message that is a problem (s)", gt=0
     )
-    oldest_age_warn_seconds: float = Field(
-        default=300.0, gt=0, description="Age of the oldest message that is a problem (s)"
+    oldest_age_critical_seconds: float = seconds(
+        1_800.0, "Age of the oldest message that is critical (s)", gt=0
     )
-    oldest_age_critical_seconds: float = Field(
-        default=1_800.0, gt=0, description="Age of the oldest message that is critical (s)"
+    drain_eta_warn_seconds: float = seconds(
+        900.0, "A backlog that needs longer than this to drain is slow", gt=0
     )
-    drain_eta_warn_seconds: float = Field(
-        default=900.0, gt=0, description="A backlog that needs longer than this to drain is slow"
-    )
-    dead_letter_warn: int = Field(
-        default=0, ge=0, description="Dead-lettered messages above this need a review"
-    )
-    poison_deliveries: int | None = Field(
-        default=None,
-        ge=1,
-        description="Deliveries that make a message poison (default: the Redis target's, or 3)",
+    dead_letter_warn: int = count(0, "Dead-lettered messages above this need a review")
+    poison_deliveries: int | None = count(
+        None, "Deliveries that make a message poison (default: the Redis target's, or 3)", ge=1
     )
     provider_components: list[str] = Field(
         default_factory=list,
@@ -80,15 +75,14 @@ class QueueReadParams(RunbookParams):
         default=Severity.P1,
         description="Severity of the provider being down (seed 004: e-mail sending failed, SEV-2)",
     )
-    failed_jobs: int = Field(default=5, ge=0, le=100, description="Failed RQ jobs to show")
-    verify_timeout_seconds: float = Field(
-        default=60.0, ge=0, le=3_600, description="How long to wait for the queue to drain (s)"
+    failed_jobs: int = count(5, "Failed RQ jobs to show", le=100)
+    verify_timeout_seconds: float = verify_window(
+        60.0, "How long to wait for the queue to drain (s)"
     )
-    verify_growth_tolerance: int = Field(
-        default=10,
-        ge=0,
-        description="Messages the depth may grow by over the hold window and still count as"
-        " consumers keeping up (in-flight batches); more means arrivals outpace them",
+    verify_growth_tolerance: int = count(
+        10,
+        "Messages the depth may grow by over the hold window and still count as consumers keeping"
+        " up (in-flight batches); more means arrivals outpace them",
     )
 
 
@@ -293,12 +287,8 @@ class Drains(BaseModel):
                 next_step=next_step(window[-1].findings),
             )
         held = window[-1].at_s - window[0].at_s
-        if held + 1e-6 < hold:
-            return Judgement(
-                verdict=Verdict.MITIGATED,
-                reason=f"drained for {held:.0f}s of the {hold:.0f}s the fix must hold",
-                next_step="watch it: the verification window ended before the drain had held",
-            )
+        if short := held_short(held, hold, state="drained", what="drain"):
+            return short
         return Judgement(
             verdict=Verdict.FIXED,
             reason=f"drains: depth {start:,} → {depth:,} over {span:.0f}s ({_rates(drains)});"

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from checks.findings import Finding, Severity, Status, worst
+from runbooks.engine.fields import seconds, verify_window
 from runbooks.engine.verify import Judgement
 
 __all__ = [
@@ -293,18 +294,16 @@ class RunbookParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    approval_timeout_seconds: int = Field(
-        default=900, ge=5, le=86_400, description="How long the gate waits before it rejects"
+    approval_timeout_seconds: int = seconds(
+        900, "How long the gate waits before it rejects", ge=5, le=86_400
     )
-    verify_timeout_seconds: float = Field(
-        default=15.0, ge=0, le=3_600, description="How long to re-check for recovery after acting"
+    verify_timeout_seconds: float = verify_window(
+        15.0, "How long to re-check for recovery after acting"
     )
-    verify_hold_seconds: float = Field(
-        default=30.0,
-        ge=0,
-        le=3_600,
-        description="How long the checks must stay healthy after recovering to count as fixed"
-        " (a relapse inside it is only mitigated)",
+    verify_hold_seconds: float = verify_window(
+        30.0,
+        "How long the checks must stay healthy after recovering to count as fixed (a relapse"
+        " inside it is only mitigated)",
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from checks.findings import Severity
 from integrations.errors import ApprovalRequired
-from runbooks.engine.guard import mint, open_decision, plan_digest
+from runbooks.engine.guard import DecisionClaims, mint, open_decision, plan_digest
 from runbooks.engine.model import (
     UNVERIFIED,
     Approval,
@@ -25,6 +25,8 @@ from runbooks.engine.model import (
 __all__ = ["SEALED_CHANNELS", "Tally"]
 
 SEALED_CHANNELS = ("cli", "slack", "incident")
+# What a decision says and who said it how: carried over when it is sealed again.
+_SAID = ("approved", "approver", "channel", "reason", "identity")
 
 
 class Tally:
@@ -83,16 +85,12 @@ class Tally:
             **fields,
         )
 
+    def again(self, said: Approval | DecisionClaims, **fields: Any) -> Approval:
+        """A decision on this gate that says what ``said`` says, and who said it how."""
+        return self.decision(**{name: getattr(said, name) for name in _SAID}, **fields)
+
     def remint(self, approval: Approval, *, counted: bool, why: str) -> Approval:
-        return self.decision(
-            approved=approval.approved,
-            approver=approval.approver,
-            channel=approval.channel,
-            reason=approval.reason,
-            identity=approval.identity,
-            counted=counted,
-            why=why,
-        )
+        return self.again(approval, counted=counted, why=why)
 
     def refusal(self, why: str, *, approver: str = "oncall", channel: Any = "oncall") -> Approval:
         why = why if why.startswith("refused") else f"refused: {why}"
@@ -144,10 +142,4 @@ class Tally:
                 " replayed, or the plan changed since it was shown",
                 approver=claims.approver,
             )
-        return self.decision(
-            approved=claims.approved,
-            approver=claims.approver,
-            channel=claims.channel,
-            reason=claims.reason,
-            identity=claims.identity,
-        )
+        return self.again(claims)

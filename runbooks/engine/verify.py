@@ -25,7 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from checks.findings import Finding
 
-__all__ = ["Holds", "Judgement", "Sample", "Verdict", "VerifyRule", "healthy", "recovered"]
+__all__ = [
+    "Holds",
+    "Judgement",
+    "Sample",
+    "Verdict",
+    "VerifyRule",
+    "healthy",
+    "held_short",
+    "recovered",
+]
 
 
 def healthy(findings: Sequence[Finding]) -> bool:
@@ -58,6 +67,18 @@ class Sample(BaseModel):
 
     at_s: float
     findings: list[Finding] = Field(default_factory=list)
+
+
+def held_short(held: float, hold: float, *, state: str, what: str) -> Judgement | None:
+    """Mitigated when the samples were ``state`` for less than the ``hold`` window (the
+    verification ended before ``what`` had held), else None."""
+    if held + 1e-6 >= hold:
+        return None
+    return Judgement(
+        verdict=Verdict.MITIGATED,
+        reason=f"{state} for {held:.0f}s of the {hold:.0f}s the fix must hold",
+        next_step=f"watch it: the verification window ended before the {what} had held",
+    )
 
 
 @runtime_checkable
@@ -117,12 +138,8 @@ class Holds(BaseModel):
                 next_step=self.next_step.format(hold=f"{hold:.0f}"),
             )
         held = after[-1].at_s - first_ok.at_s
-        if held + 1e-6 < hold:
-            return Judgement(
-                verdict=Verdict.MITIGATED,
-                reason=f"healthy for {held:.0f}s of the {hold:.0f}s the fix must hold",
-                next_step="watch it: the verification window ended before the fix had held",
-            )
+        if short := held_short(held, hold, state="healthy", what="fix"):
+            return short
         return Judgement(
             verdict=Verdict.FIXED,
             reason=f"healthy {first_ok.at_s:.0f}s after acting and for {held:.0f}s since",
