@@ -12,10 +12,7 @@ is restarted: it would not help.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
 
 from pydantic import Field
 
@@ -30,25 +27,17 @@ from integrations.postgres import PostgresTarget
 from integrations.prometheus import PrometheusTarget
 from integrations.service import ConfiguredAction, HttpEndpoint, Service
 from integrations.vercel import VercelTarget
-from runbooks.diagnosis.deploys import (
-    DeployWindowParams,
-    Readers,
-    Workload,
-    deploy_checks,
-    deploy_policy,
-    health_checks,
-    open_readers,
-)
+from runbooks.diagnosis.deploys import DeployWindowParams, Readers, Workload, health_checks
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
-from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
+from runbooks.engine.runbook import ActionKind, Change, Check, NoUndo, Remedy, Runbook
 from runbooks.engine.targets import Targets
+from runbooks.remedies.results import action_result, step_result, two_way
 from runbooks.remedies.rollback import (
     ROLLBACK_REMEDIES,
     Recovery,
-    action_result,
+    deploy_aware_checks,
     rollback_actions,
-    rollback_checks,
 )
 
 __all__ = ["RUNBOOK", "AppAction", "AppDownParams", "plan_remediation"]
@@ -111,20 +100,6 @@ def _app_checks(
         url = service.redis_url
         checks["redis"] = lambda: app_health.redis_dependency(url)
     return checks
-
-
-@asynccontextmanager
-async def _checks(
-    service: Service, params: AppDownParams, moment: Moment
-) -> AsyncIterator[Mapping[str, Check]]:
-    async with open_readers(service) as readers:
-        if moment.verifying:
-            checks = _app_checks(readers, service, params, params.verify_error_window_seconds)
-            yield {**checks, **rollback_checks(readers, moment.plan)}
-        else:
-            # A recent deploy alone is no problem here: only a broken app makes it a suspect.
-            deploys = deploy_checks(readers, service, deploy_policy(params, Status.OK))
-            yield {**_app_checks(readers, service, params, params.error_window_seconds), **deploys}
 
 
 def _pods(findings: list[Finding]) -> PodsEvidence | None:
@@ -269,18 +244,6 @@ def plan_remediation(service: Service, findings: list[Finding], params: AppDownP
     return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
 
 
-def _done(
-    action: Action, status: Literal["done", "skipped", "failed"], detail: str, **extra: Any
-) -> ActionResult:
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status=status,
-        detail=detail,
-        items=[{"outcome": detail, **extra}],
-    )
-
-
 @remediation
 async def restart_kubernetes(action: Action, *, service: Service) -> ActionResult:
     """Rollout-restarts the deployment unless it was restarted since the plan."""
@@ -293,38 +256,26 @@ async def restart_kubernetes(action: Action, *, service: Service) -> ActionResul
                 not_before=datetime.fromisoformat(item["planned_at"]),
             )
     except TargetError as exc:
-        return _done(action, "failed", f"failed: {exc}")
-    return _done(action, "skipped" if "already" in said else "done", said)
+        return step_result(action, "failed", f"failed: {exc}")
+    return step_result(action, "skipped" if "already" in said else "done", said)
 
 
-async def _scale_kubernetes(action: Action, service: Service, *, back: bool) -> ActionResult:
+async def _scale_kubernetes(action: Action, service: Service, back: bool) -> ActionResult:
     item = action.items[0]
     expected, to = (item["to"], item["from"]) if back else (item["from"], item["to"])
     try:
         with KubernetesOperator(service.target(KubernetesTarget)) as op:
             live = await asyncio.to_thread(op.preview_scale, item["deployment"], to)
             if live.before["replicas"] != expected:
-                return _done(
+                return step_result(
                     action,
                     "skipped",
                     f"skipped: the deployment has {live.before['replicas']} replicas now",
                 )
             said = await asyncio.to_thread(op.scale, item["deployment"], to)
     except TargetError as exc:
-        return _done(action, "failed", f"failed: {exc}")
-    return _done(action, "done", said)
-
-
-@remediation
-async def scale_kubernetes(action: Action, *, service: Service) -> ActionResult:
-    """Scales the deployment up unless someone already did."""
-    return await _scale_kubernetes(action, service, back=False)
-
-
-@remediation
-async def scale_kubernetes_back(action: Action, *, service: Service) -> ActionResult:
-    """Undoes a scale-up: back to the replicas of the plan, unless someone changed them since."""
-    return await _scale_kubernetes(action, service, back=True)
+        return step_result(action, "failed", f"failed: {exc}")
+    return step_result(action, "done", said)
 
 
 @remediation
@@ -366,8 +317,8 @@ async def scale_docker(action: Action, *, service: Service) -> ActionResult:
                 op.scale_service, item["project"], item["service"], item["to"]
             )
     except (TargetError, ConfigError) as exc:
-        return _done(action, "failed", f"failed: {exc}")
-    return _done(action, "skipped" if "already" in said else "done", said)
+        return step_result(action, "failed", f"failed: {exc}")
+    return step_result(action, "skipped" if "already" in said else "done", said)
 
 
 @remediation
@@ -375,12 +326,12 @@ async def restart_configured(action: Action, *, service: Service) -> ActionResul
     """Runs the service's configured ``restart`` action once."""
     configured = service.actions.get("restart")
     if configured is None:
-        return _done(action, "skipped", "skipped: the service no longer has a restart action")
+        return step_result(action, "skipped", "skipped: the service no longer has a restart action")
     try:
         said = await run_configured(configured)
     except OncallError as exc:
-        return _done(action, "failed", f"failed: {exc}")
-    return _done(action, "done", said)
+        return step_result(action, "failed", f"failed: {exc}")
+    return step_result(action, "done", said)
 
 
 def _notes(
@@ -424,12 +375,18 @@ RUNBOOK: Runbook[AppDownParams] = Runbook(
         any_of=(HttpEndpoint, KubernetesTarget, DockerTarget),
         uses=(PrometheusTarget, VercelTarget, PostgresTarget, ConfiguredAction),
     ),
-    checks=_checks,
+    # A recent deploy alone is no problem here: only a broken app makes it a suspect.
+    checks=deploy_aware_checks(_app_checks, unconfirmed=Status.OK, deploys_first=False),
     plan=plan_remediation,
     executors={
         **ROLLBACK_REMEDIES,
         AppAction.KUBERNETES_RESTART: Remedy(run=restart_kubernetes, undo=_SAME_VERSION),
-        AppAction.KUBERNETES_SCALE: Remedy(run=scale_kubernetes, undo=scale_kubernetes_back),
+        AppAction.KUBERNETES_SCALE: two_way(
+            _scale_kubernetes,
+            run="Scales the deployment up unless someone already did.",
+            undo="Undoes a scale-up: back to the replicas of the plan, unless someone changed"
+            " them since.",
+        ),
         AppAction.DOCKER_RESTART: Remedy(run=restart_docker, undo=_SAME_VERSION),
         AppAction.DOCKER_SCALE: Remedy(
             run=scale_docker,

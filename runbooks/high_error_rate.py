@@ -22,7 +22,6 @@ from runbooks.diagnosis.http import (
     HttpSymptomParams,
     Measured,
     Readers,
-    handed_to_rollback,
     http_checks,
     notes,
     problems,
@@ -30,8 +29,8 @@ from runbooks.diagnosis.http import (
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
-from runbooks.remedies.configured import CONFIGURED, Configured, Recheck, configured_actions
-from runbooks.remedies.scale import SCALE_EXECUTORS, scale_action
+from runbooks.remedies.configured import CONFIGURED, Configured, Recheck
+from runbooks.remedies.scale import SCALE_EXECUTORS, relief_plan
 
 __all__ = ["RUNBOOK", "HighErrorRateParams", "plan_remediation"]
 
@@ -81,33 +80,25 @@ def plan_remediation(
     failing = problems(findings, "error_rate") or problems(findings, "top_failing_endpoints")
     if not failing:
         return Plan(runbook=NAME, target=service.name)
-    why = failing[0].summary
-    recheck = Recheck(
-        query=hm.PromQL.for_service(service, params.verify_window_seconds).error_ratio(),
-        threshold=params.error_rate_warn_pct / 100,
-        what="error rate",
-        unit="ratio",
+    spikes = problems(findings, "traffic_spike")
+    return relief_plan(
+        NAME,
+        service,
+        findings,
+        params,
+        wanted={
+            "disable_feature_flag": params.disable_feature_flag,
+            "clear_cache": params.clear_cache,
+        },
+        why=failing[0].summary,
+        recheck=Recheck(
+            query=hm.PromQL.for_service(service, params.verify_window_seconds).error_ratio(),
+            threshold=params.error_rate_warn_pct / 100,
+            what="error rate",
+            unit="ratio",
+        ),
+        scale_why=spikes[0].summary if spikes else None,
     )
-    wanted = {
-        "disable_feature_flag": params.disable_feature_flag,
-        "clear_cache": params.clear_cache,
-    }
-    actions, spared = configured_actions(service, wanted, why=why, recheck=recheck)
-    spared = handed_to_rollback(findings) + spared
-    if spikes := problems(findings, "traffic_spike"):
-        scale, why_not = scale_action(
-            service,
-            findings,
-            factor=params.scale_factor,
-            max_replicas=params.max_replicas,
-            why=spikes[0].summary,
-            recheck=recheck,
-        )
-        if scale:
-            actions.append(scale)
-        else:
-            spared.append({"action": "scale", "reason": why_not})
-    return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
 
 
 def _notes(

@@ -22,7 +22,6 @@ from runbooks.diagnosis.http import (
     HttpSymptomParams,
     Measured,
     Readers,
-    handed_to_rollback,
     http_checks,
     notes,
     problems,
@@ -30,8 +29,8 @@ from runbooks.diagnosis.http import (
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
-from runbooks.remedies.configured import CONFIGURED, Configured, Recheck, configured_actions
-from runbooks.remedies.scale import SCALE_EXECUTORS, scale_action
+from runbooks.remedies.configured import CONFIGURED, Configured, Recheck
+from runbooks.remedies.scale import SCALE_EXECUTORS, relief_plan
 
 __all__ = ["RUNBOOK", "PerformanceDegradationParams", "plan_remediation"]
 
@@ -86,37 +85,28 @@ def plan_remediation(
     slow = problems(findings, "latency") or problems(findings, "slowest_endpoints")
     if not slow:
         return Plan(runbook=NAME, target=service.name)
-    why = slow[0].summary
-    recheck = Recheck(
-        query=hm.PromQL.for_service(service, params.verify_window_seconds).quantile(0.95),
-        threshold=params.p95_warn_seconds,
-        what="p95 latency",
-        unit="seconds",
-    )
-    wanted = {
-        "clear_cache": params.clear_cache,
-        "disable_feature_flag": params.disable_feature_flag,
-    }
-    actions, spared = configured_actions(service, wanted, why=why, recheck=recheck)
-    spared = handed_to_rollback(findings) + spared
     spike = problems(findings, "traffic_spike")
-    if problems(findings, "deploy_coincidence") and not spike:
-        # More replicas of a regression stay slow and cost connections; roll back instead.
-        spared.append({"action": "scale", "reason": "the slowdown follows a deploy, not load"})
-    else:
-        scale, why_not = scale_action(
-            service,
-            findings,
-            factor=params.scale_factor,
-            max_replicas=params.max_replicas,
-            why=spike[0].summary if spike else why,
-            recheck=recheck,
-        )
-        if scale:
-            actions.append(scale)
-        elif why_not:
-            spared.append({"action": "scale", "reason": why_not})
-    return Plan(runbook=NAME, target=service.name, actions=actions, spared=spared)
+    # More replicas of a regression stay slow and cost connections; roll back instead.
+    by_deploy = bool(problems(findings, "deploy_coincidence")) and not spike
+    return relief_plan(
+        NAME,
+        service,
+        findings,
+        params,
+        wanted={
+            "clear_cache": params.clear_cache,
+            "disable_feature_flag": params.disable_feature_flag,
+        },
+        why=slow[0].summary,
+        recheck=Recheck(
+            query=hm.PromQL.for_service(service, params.verify_window_seconds).quantile(0.95),
+            threshold=params.p95_warn_seconds,
+            what="p95 latency",
+            unit="seconds",
+        ),
+        scale_why=None if by_deploy else (spike or slow)[0].summary,
+        not_scaled="the slowdown follows a deploy, not load" if by_deploy else None,
+    )
 
 
 def _notes(

@@ -28,12 +28,12 @@ from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParam
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
 from runbooks.engine.targets import Targets
 from runbooks.engine.verify import Holds
+from runbooks.remedies.results import step_result
 from runbooks.remedies.statuspage import (
     STATUS_REMEDY,
     UPDATE_EVERY,
     InformedWhileDown,
     StatusAction,
-    action_result,
     informed_checks,
     our_status,
     provider_items,
@@ -212,16 +212,16 @@ async def enable_degradation(action: Action, *, service: Service) -> ActionResul
     item = action.items[0]
     configured = service.actions.get(item["action"])
     if configured is None:
-        return action_result(action, "failed", f"action '{item['action']}' is no longer configured")
+        return step_result(action, "failed", f"action '{item['action']}' is no longer configured")
     try:
         if not await still_affected(item["providers"]):
-            return action_result(
+            return step_result(
                 action, "skipped", "providers operational again: degradation not needed"
             )
         detail = await run_configured(configured)
     except OncallError as exc:
-        return action_result(action, "failed", str(exc))
-    return action_result(action, "done", detail)
+        return step_result(action, "failed", str(exc))
+    return step_result(action, "done", detail)
 
 
 def _notes(

@@ -10,9 +10,6 @@ roll-forward) is in each action and in the report's notes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-
 from pydantic import Field
 
 from checks.evidence.deploys import DeployEvidence
@@ -22,22 +19,15 @@ from integrations.kubernetes import KubernetesTarget
 from integrations.prometheus import PrometheusTarget
 from integrations.service import HttpEndpoint, Service
 from integrations.vercel import VercelTarget
-from runbooks.diagnosis.deploys import (
-    DEPLOY_CHECKS,
-    DeployWindowParams,
-    deploy_checks,
-    deploy_policy,
-    health_checks,
-    open_readers,
-)
+from runbooks.diagnosis.deploys import DEPLOY_CHECKS, DeployWindowParams, health_checks
 from runbooks.engine.model import Plan, Risk
-from runbooks.engine.runbook import Change, Check, Moment, Runbook
+from runbooks.engine.runbook import Change, Runbook
 from runbooks.engine.targets import Targets
 from runbooks.remedies.rollback import (
     ROLLBACK_REMEDIES,
     Recovery,
+    deploy_aware_checks,
     rollback_actions,
-    rollback_checks,
 )
 
 __all__ = ["RUNBOOK", "RollbackParams", "plan_remediation"]
@@ -59,22 +49,6 @@ class RollbackParams(DeployWindowParams):
         le=3_600,
         description="How long to wait for recovery (rollouts take minutes)",
     )
-
-
-@asynccontextmanager
-async def _checks(
-    service: Service, params: RollbackParams, moment: Moment
-) -> AsyncIterator[Mapping[str, Check]]:
-    async with open_readers(service) as readers:
-        if moment.verifying:
-            # After acting the deploy history is settled: what counts is that the good
-            # version stays live and the application answers.
-            health = health_checks(readers, service, params, params.verify_error_window_seconds)
-            yield {**health, **rollback_checks(readers, moment.plan)}
-        else:
-            deploys = deploy_checks(readers, service, deploy_policy(params))
-            health = health_checks(readers, service, params, params.error_window_seconds)
-            yield {**deploys, **health}
 
 
 def plan_remediation(service: Service, findings: list[Finding], params: RollbackParams) -> Plan:
@@ -115,7 +89,9 @@ RUNBOOK: Runbook[RollbackParams] = Runbook(
         any_of=(KubernetesTarget, DockerTarget, VercelTarget),
         uses=(HttpEndpoint, PrometheusTarget),
     ),
-    checks=_checks,
+    # After acting the deploy history is settled: what counts is that the good version
+    # stays live and the application answers.
+    checks=deploy_aware_checks(health_checks),
     plan=plan_remediation,
     executors=ROLLBACK_REMEDIES,
     # Fixed: the good version stays live and the health checks stay healthy for the hold

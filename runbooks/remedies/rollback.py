@@ -12,7 +12,8 @@ the ``rolled_back`` check says whether the good version is still the live one, a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -25,26 +26,27 @@ from integrations.errors import ConfigError, TargetError
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.service import Service
 from integrations.vercel import VercelOperator, VercelTarget
-from runbooks.diagnosis.deploys import Readers
-from runbooks.engine.guard import remediation
+from runbooks.diagnosis.deploys import (
+    DeployWindowParams,
+    Readers,
+    deploy_checks,
+    deploy_policy,
+    open_readers,
+)
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
-from runbooks.engine.runbook import ActionKind, Check, Remedy
+from runbooks.engine.runbook import ActionKind, Check, Checks, Moment, Remedy
 from runbooks.engine.verify import Holds, Judgement, Sample, Verdict, healthy
+from runbooks.remedies.results import action_result, two_way
 
 __all__ = [
     "ROLLBACK_REMEDIES",
     "ROLLED_BACK",
     "Recovery",
-    "action_result",
+    "HealthChecks",
     "RollbackAction",
-    "roll_forward_docker",
-    "roll_forward_kubernetes",
-    "roll_forward_vercel",
+    "deploy_aware_checks",
     "rollback_actions",
     "rollback_checks",
-    "rollback_docker",
-    "rollback_kubernetes",
-    "rollback_vercel",
 ]
 
 ROLLED_BACK = "rolled_back"
@@ -163,20 +165,6 @@ def rollback_actions(findings: list[Finding]) -> tuple[list[Action], list[dict[s
 # -- act ---------------------------------------------------------------------------------------
 
 
-def action_result(action: Action, outcomes: list[dict[str, Any]], planned: int) -> ActionResult:
-    """Done, partial, failed or skipped from per-item outcomes (``ok``, ``failed``, ``outcome``)."""
-    done = sum(o["ok"] for o in outcomes)
-    failed = sum(o.get("failed", False) for o in outcomes)
-    status = "done" if done == planned else "partial" if done else "failed" if failed else "skipped"
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status=status,
-        detail="; ".join(o["outcome"] for o in outcomes),
-        items=[{k: v for k, v in o.items() if k != "ok"} for o in outcomes],
-    )
-
-
 def _ends(item: dict[str, Any], forward: bool, key: str) -> tuple[Any, Any]:
     """(what must be live now, what to go to): the plan's way, or back for the roll-forward."""
     frm, to = item[f"from_{key}"], item[f"to_{key}"]
@@ -192,7 +180,7 @@ def _revision_with(reader: KubernetesReader, dep: str, images: list[str], planne
     return max((r.revision for r in history if r.images == images), default=planned)
 
 
-async def _kubernetes(action: Action, service: Service, *, forward: bool) -> ActionResult:
+async def _kubernetes(action: Action, service: Service, forward: bool) -> ActionResult:
     item = action.items[0]
     dep, target = item["deployment"], service.target(KubernetesTarget)
     live_images, want_images = _ends(item, forward, "images")
@@ -223,7 +211,7 @@ async def _kubernetes(action: Action, service: Service, *, forward: bool) -> Act
     return action_result(action, [outcome], 1)
 
 
-async def _docker(action: Action, service: Service, *, forward: bool) -> ActionResult:
+async def _docker(action: Action, service: Service, forward: bool) -> ActionResult:
     outcomes = []
     with DockerOperator(service.target(DockerTarget)) as op:
         for item in action.items:
@@ -249,7 +237,7 @@ async def _docker(action: Action, service: Service, *, forward: bool) -> ActionR
     return action_result(action, outcomes, len(action.items))
 
 
-async def _vercel(action: Action, service: Service, *, forward: bool) -> ActionResult:
+async def _vercel(action: Action, service: Service, forward: bool) -> ActionResult:
     item = action.items[0]
     expected, to = (item["to"], item["from"]) if forward else (item["from"], item["to"])
     try:
@@ -270,46 +258,23 @@ async def _vercel(action: Action, service: Service, *, forward: bool) -> ActionR
     return action_result(action, [outcome], 1)
 
 
-@remediation
-async def rollback_kubernetes(action: Action, *, service: Service) -> ActionResult:
-    """Rolls the deployment back to the planned revision if it still runs the suspect one."""
-    return await _kubernetes(action, service, forward=False)
-
-
-@remediation
-async def roll_forward_kubernetes(action: Action, *, service: Service) -> ActionResult:
-    """Undoes a rollback: back to the rolled-back revision if the good one still runs."""
-    return await _kubernetes(action, service, forward=True)
-
-
-@remediation
-async def rollback_docker(action: Action, *, service: Service) -> ActionResult:
-    """Recreates each planned container with the good image if it still runs the suspect one."""
-    return await _docker(action, service, forward=False)
-
-
-@remediation
-async def roll_forward_docker(action: Action, *, service: Service) -> ActionResult:
-    """Undoes a rollback: recreates each container with the rolled-back image again."""
-    return await _docker(action, service, forward=True)
-
-
-@remediation
-async def rollback_vercel(action: Action, *, service: Service) -> ActionResult:
-    """Promotes the good deployment if production still serves the suspect one."""
-    return await _vercel(action, service, forward=False)
-
-
-@remediation
-async def roll_forward_vercel(action: Action, *, service: Service) -> ActionResult:
-    """Undoes a rollback: promotes the rolled-back deployment if the good one still serves."""
-    return await _vercel(action, service, forward=True)
-
-
 ROLLBACK_REMEDIES: dict[ActionKind, Remedy] = {
-    RollbackAction.KUBERNETES: Remedy(run=rollback_kubernetes, undo=roll_forward_kubernetes),
-    RollbackAction.DOCKER: Remedy(run=rollback_docker, undo=roll_forward_docker),
-    RollbackAction.VERCEL: Remedy(run=rollback_vercel, undo=roll_forward_vercel),
+    RollbackAction.KUBERNETES: two_way(
+        _kubernetes,
+        run="Rolls the deployment back to the planned revision if it still runs the suspect one.",
+        undo="Undoes a rollback: back to the rolled-back revision if the good one still runs.",
+    ),
+    RollbackAction.DOCKER: two_way(
+        _docker,
+        run="Recreates each planned container with the good image if it still runs the suspect"
+        " one.",
+        undo="Undoes a rollback: recreates each container with the rolled-back image again.",
+    ),
+    RollbackAction.VERCEL: two_way(
+        _vercel,
+        run="Promotes the good deployment if production still serves the suspect one.",
+        undo="Undoes a rollback: promotes the rolled-back deployment if the good one still serves.",
+    ),
 }
 
 
@@ -368,6 +333,33 @@ def rollback_checks(readers: Readers, plan: Plan | None) -> dict[str, Check]:
     if not actions:
         return {}
     return {ROLLED_BACK: lambda: _rolled_back(readers, actions)}
+
+
+# (readers, service, params, error-rate window) -> the application's health checks, by name
+HealthChecks = Callable[[Readers, Service, Any, float], Mapping[str, Check]]
+
+
+def deploy_aware_checks(
+    health: HealthChecks, *, unconfirmed: Status = Status.WARN, deploys_first: bool = True
+) -> Checks:
+    """The checks of a runbook that may roll back. Diagnosing: each platform's recent
+    deploys (a suspect by timing alone gets ``unconfirmed``) and the application's health;
+    verifying: its health over the shorter window and whether each rollback stays in place."""
+
+    @asynccontextmanager
+    async def checks(
+        service: Service, params: DeployWindowParams, moment: Moment
+    ) -> AsyncIterator[Mapping[str, Check]]:
+        async with open_readers(service) as readers:
+            if moment.verifying:
+                now = health(readers, service, params, params.verify_error_window_seconds)
+                yield {**now, **rollback_checks(readers, moment.plan)}
+                return
+            deploys = deploy_checks(readers, service, deploy_policy(params, unconfirmed))
+            then = health(readers, service, params, params.error_window_seconds)
+            yield {**deploys, **then} if deploys_first else {**then, **deploys}
+
+    return checks
 
 
 REDEPLOYED = (

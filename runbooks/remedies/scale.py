@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from checks.evidence.http import CapacityEvidence
@@ -17,16 +18,24 @@ from checks.findings import Finding, Status
 from integrations.docker import DockerOperator, DockerTarget
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.service import Service
+from runbooks.diagnosis.http import HttpSymptomParams, handed_to_rollback
 from runbooks.engine.guard import remediation
-from runbooks.engine.model import Action, ActionResult, Risk
+from runbooks.engine.model import Action, ActionResult, Plan, Risk
 from runbooks.engine.runbook import ActionKind, Remedy
-from runbooks.remedies.configured import Recheck, configured_action, skipped, still_needed
+from runbooks.remedies.configured import (
+    Recheck,
+    configured_action,
+    configured_actions,
+    skipped,
+    still_needed,
+)
 
 __all__ = [
     "SCALE",
     "SCALE_EXECUTORS",
     "Scale",
     "capacity",
+    "relief_plan",
     "scale_action",
     "scale_back",
     "scale_out",
@@ -101,6 +110,39 @@ def scale_action(
         },
     )
     return action, None
+
+
+def relief_plan(
+    runbook: str,
+    service: Service,
+    findings: list[Finding],
+    params: HttpSymptomParams,
+    *,
+    wanted: Mapping[str, bool],
+    why: str,
+    recheck: Recheck,
+    scale_why: str | None,
+    not_scaled: str | None = None,
+) -> Plan:
+    """The plan relieving an HTTP symptom: a coinciding deploy handed to rollback, the
+    configured actions ``wanted`` switches on, and a scale-out for ``scale_why`` (none when
+    it is None; ``not_scaled`` then says why, if anything)."""
+    actions, spared = configured_actions(service, wanted, why=why, recheck=recheck)
+    spared = handed_to_rollback(findings) + spared
+    if scale_why is not None:
+        scale, not_scaled = scale_action(
+            service,
+            findings,
+            factor=params.scale_factor,
+            max_replicas=params.max_replicas,
+            why=scale_why,
+            recheck=recheck,
+        )
+        if scale:
+            actions.append(scale)
+    if not_scaled:
+        spared.append({"action": "scale", "reason": not_scaled})
+    return Plan(runbook=runbook, target=service.name, actions=actions, spared=spared)
 
 
 async def _scale_to(action: Action, service: Service, to: int, *, up: bool) -> ActionResult:

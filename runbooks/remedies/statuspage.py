@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,7 @@ from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
 from runbooks.engine.runbook import ActionKind, Check, Moment, NoUndo, Remedy
 from runbooks.engine.verify import Holds, Judgement, Sample, Verdict
+from runbooks.remedies.results import step_result
 
 __all__ = [
     "INFORMED",
@@ -40,7 +41,6 @@ __all__ = [
     "UPDATE_EVERY",
     "InformedWhileDown",
     "StatusAction",
-    "action_result",
     "informed_checks",
     "our_status",
     "post_status",
@@ -131,22 +131,6 @@ async def still_affected(items: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def action_result(
-    action: Action,
-    status: Literal["done", "partial", "skipped", "failed"],
-    detail: str,
-    **extra: Any,
-) -> ActionResult:
-    """An ActionResult of one step whose outcome is ``detail``."""
-    return ActionResult(
-        action_id=action.id,
-        title=action.title,
-        status=status,
-        detail=detail,
-        items=[{"outcome": detail, **extra}],
-    )
-
-
 @remediation
 async def post_status(action: Action, *, service: Service) -> ActionResult:
     """Opens our status-page incident, or posts the update on it when it is already open."""
@@ -154,7 +138,7 @@ async def post_status(action: Action, *, service: Service) -> ActionResult:
     try:
         if not await still_affected(item["providers"]):
             names = ", ".join(p["name"] for p in item["providers"])
-            return action_result(action, "skipped", f"{names} operational again: nothing posted")
+            return step_result(action, "skipped", f"{names} operational again: nothing posted")
         async with StatuspageManage(service.target(StatuspageManageTarget)) as page:
             same = [i for i in await page.unresolved() if i.name == item["name"]]
             if same:
@@ -170,8 +154,8 @@ async def post_status(action: Action, *, service: Service) -> ActionResult:
                 )
                 incident_id = incident.id
     except OncallError as exc:
-        return action_result(action, "failed", str(exc))
-    return action_result(action, "done", detail, incident_id=incident_id)
+        return step_result(action, "failed", str(exc))
+    return step_result(action, "done", detail, incident_id=incident_id)
 
 
 STATUS_REMEDY = Remedy(
