@@ -110,15 +110,8 @@ class Spool(IncidentRegistry):
         # Two connections: accepting (every commit durable before the 202) and the rest
         # (claims, outcomes, incidents), whose commits need not wait for the disk — a state
         # lost to a power cut is redone idempotently (input keys, run idempotency keys).
-        # SQLite has one writer lock per file: both connections take one Python lock, so a
-        # durable commit waits exactly as long as a claim holds the file, not for SQLite's
-        # busy handler (it sleeps 1, 2, 5 … 100 ms between tries: the accept p99 of a storm).
-        writer = threading.Lock()
-        self._durable = (self._connect(durable=True), writer)
-        self._relaxed = (
-            self._connect(durable=False),
-            threading.Lock() if self.postgres else writer,
-        )
+        self._durable = (self._connect(durable=True), threading.Lock())
+        self._relaxed = (self._connect(durable=False), threading.Lock())
         with self._tx() as cur:
             if self.postgres:
                 cur.execute("SELECT pg_advisory_xact_lock(4242001)")  # one creator at a time
