@@ -89,8 +89,8 @@ class ProviderOutageParams(RunbookParams):
 
 
 class ProviderAction(ActionKind):
-    # A configured action: its executor moves to runbooks/remedies/configured.py once that
-    # module exists (it is shared with high-error-rate and performance-degradation).
+    # A configured action of the service (oncall.yaml `actions:`), run by enable_degradation
+    # below: it first re-reads the providers' status pages and skips when they recovered.
     DEGRADATION = "configured.degradation"
 
 
