@@ -28,6 +28,7 @@ from integrations.prometheus import PrometheusTarget
 from integrations.service import ConfiguredAction, HttpEndpoint, Service
 from integrations.vercel import VercelTarget
 from runbooks.diagnosis.deploys import DeployWindowParams, Readers, Workload, health_checks
+from runbooks.engine.fields import count, percent, verify_window
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
 from runbooks.engine.runbook import ActionKind, Change, Check, NoUndo, Remedy, Runbook
@@ -51,26 +52,18 @@ DOWN_CHECKS = {"http_endpoints", "pods", "containers"}
 class AppDownParams(DeployWindowParams):
     """Parameters of the app-down runbook (seed 004 "Application Down"; seed 000 Incident 3)."""
 
-    logs_tail_lines: int = Field(
-        default=100, ge=1, le=5_000, description="Log lines to show (seed 004: --tail=100)"
-    )
-    restart_warn: int = Field(
-        default=3, ge=1, description="Warn at this many pod restarts within restart_window_minutes"
+    logs_tail_lines: int = count(100, "Log lines to show (seed 004: --tail=100)", ge=1, le=5_000)
+    restart_warn: int = count(
+        3, "Warn at this many pod restarts within restart_window_minutes", ge=1
     )
     restart_window_minutes: float = Field(
         default=15.0, gt=0, description="Restarts and OOM kills this recent count"
     )
-    memory_warn_pct: float = Field(
-        default=80.0, gt=0, le=100, description="Warn above this share of the memory limit"
-    )
-    memory_critical_pct: float = Field(
-        default=95.0, gt=0, le=100, description="Critical above this share of the memory limit"
-    )
-    scale_to: int = Field(
-        default=2, ge=1, le=100, description="Replicas to start when none is running"
-    )
-    verify_timeout_seconds: float = Field(
-        default=120.0, ge=0, le=3_600, description="How long to wait for recovery after acting"
+    memory_warn_pct: float = percent(80.0, "Warn above this share of the memory limit")
+    memory_critical_pct: float = percent(95.0, "Critical above this share of the memory limit")
+    scale_to: int = count(2, "Replicas to start when none is running", ge=1, le=100)
+    verify_timeout_seconds: float = verify_window(
+        120.0, "How long to wait for recovery after acting"
     )
 
 

@@ -12,8 +12,6 @@ and comes back is mitigated.
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from checks import http_metrics as hm
 from checks.findings import Finding
 from integrations.service import Service
@@ -26,6 +24,7 @@ from runbooks.diagnosis.http import (
     notes,
     problems,
 )
+from runbooks.engine.fields import percent, switch
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
@@ -40,18 +39,16 @@ NAME = "high-error-rate"
 class HighErrorRateParams(HttpSymptomParams):
     """Parameters of the high-error-rate runbook (seed 000 Incident 5 and Part H; seed 003)."""
 
-    error_rate_warn_pct: float = Field(
-        default=1.0, ge=0, le=100, description="Error rate that is a problem (seed 000: P2 1-5%)"
+    error_rate_warn_pct: float = percent(
+        1.0, "Error rate that is a problem (seed 000: P2 1-5%)", zero=True
     )
-    error_rate_critical_pct: float = Field(
-        default=5.0, ge=0, le=100, description="Error rate that is critical (seed 000: P1 5-10%)"
+    error_rate_critical_pct: float = percent(
+        5.0, "Error rate that is critical (seed 000: P1 5-10%)", zero=True
     )
-    disable_feature_flag: bool = Field(
-        default=True, description="Propose the configured 'disable_feature_flag' action"
+    disable_feature_flag: bool = switch(
+        True, "Propose the configured 'disable_feature_flag' action"
     )
-    clear_cache: bool = Field(
-        default=False, description="Also propose the configured 'clear_cache' action"
-    )
+    clear_cache: bool = switch(False, "Also propose the configured 'clear_cache' action")
 
 
 def _symptoms(

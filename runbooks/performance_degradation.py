@@ -12,8 +12,6 @@ p95 that drops and comes back is mitigated.
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from checks import http_metrics as hm
 from checks.findings import Finding
 from integrations.service import Service
@@ -26,6 +24,7 @@ from runbooks.diagnosis.http import (
     notes,
     problems,
 )
+from runbooks.engine.fields import seconds, switch
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
@@ -40,17 +39,17 @@ NAME = "performance-degradation"
 class PerformanceDegradationParams(HttpSymptomParams):
     """Parameters of the performance-degradation runbook (seed 000 Incident 6; seed 003)."""
 
-    p95_warn_seconds: float = Field(
-        default=2.0, gt=0, description="p95 that is a problem (seed 000 Incident 6: P2 above 2 s)"
+    p95_warn_seconds: float = seconds(
+        2.0, "p95 that is a problem (seed 000 Incident 6: P2 above 2 s)", gt=0
     )
-    p95_critical_seconds: float = Field(
-        default=5.0, gt=0, description="p95 that is critical (seed 000 Incident 6: P1 above 5 s)"
+    p95_critical_seconds: float = seconds(
+        5.0, "p95 that is critical (seed 000 Incident 6: P1 above 5 s)", gt=0
     )
-    clear_cache: bool = Field(
-        default=True, description="Propose the configured 'clear_cache' action (seed 000 quick win)"
+    clear_cache: bool = switch(
+        True, "Propose the configured 'clear_cache' action (seed 000 quick win)"
     )
-    disable_feature_flag: bool = Field(
-        default=False, description="Also propose the configured 'disable_feature_flag' action"
+    disable_feature_flag: bool = switch(
+        False, "Also propose the configured 'disable_feature_flag' action"
     )
 
 

@@ -20,6 +20,7 @@ from integrations.prometheus import PrometheusTarget
 from integrations.service import HttpEndpoint, Service
 from integrations.vercel import VercelTarget
 from runbooks.diagnosis.deploys import DEPLOY_CHECKS, DeployWindowParams, health_checks
+from runbooks.engine.fields import verify_window
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Runbook
 from runbooks.engine.targets import Targets
@@ -43,11 +44,8 @@ class RollbackParams(DeployWindowParams):
         description="Roll back to this revision (Kubernetes), image tag (Docker) or deployment"
         " id (Vercel) instead of the last known good one",
     )
-    verify_timeout_seconds: float = Field(
-        default=300.0,
-        ge=0,
-        le=3_600,
-        description="How long to wait for recovery (rollouts take minutes)",
+    verify_timeout_seconds: float = verify_window(
+        300.0, "How long to wait for recovery (rollouts take minutes)"
     )
 
 
