@@ -7,8 +7,10 @@ their fingerprints fires; alerts from people, health checks and generic senders,
 never say "resolved", do not.
 
 Joined alerts, acknowledgements and resolutions reach the incident as flow run inputs
-(``oncall-ctl-*``); each joined alert carries its intake id, so a re-sent input and an
-alert read at closing time (flows/spool.py ``close_incident``) count once.
+(``oncall-ctl-*``); alerts joined together during a storm share one input. Each joined
+alert carries its intake id, so a re-sent input, an alert grouped differently after a
+receiver crash, and an alert read at closing time (flows/spool.py ``close_incident``)
+count once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flows.incident_model import Incident
 from flows.intake import CONTROL_PREFIX
 from integrations.alerts import Alert
 
-__all__ = ["RESOLVING_SOURCES", "AlertBook", "Change", "poll_controls"]
+__all__ = ["RESOLVING_SOURCES", "AlertBook", "Change", "joined_items", "poll_controls"]
 
 RESOLVING_SOURCES = frozenset({"alertmanager", "sentry", "pagerduty"})
 Change = Literal["new", "repeat", "resolved", "refired", "stale-resolve", "seen"]
@@ -67,6 +69,16 @@ class AlertBook:
 
     def any_resolved(self) -> bool:
         return any(s["status"] == "resolved" for s in self.inc.alert_states.values())
+
+
+def joined_items(message: dict[str, Any]) -> list[Any]:
+    """The joined alerts a control message carries, each ``{"id": intake id, "alert": {...}}``:
+    one (``kind: alert``) or several the intake joined together (``kind: alerts``)."""
+    if message.get("kind") == "alert":
+        return [message]
+    if message.get("kind") == "alerts" and isinstance(message.get("alerts"), list):
+        return list(message["alerts"])
+    return []
 
 
 async def poll_controls(run_id: str, seen: set[str]) -> list[dict[str, Any]]:

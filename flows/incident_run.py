@@ -17,7 +17,7 @@ from prefect import get_run_logger
 
 from checks.findings import Finding
 from flows.config import OncallConfig
-from flows.incident_alerts import AlertBook, poll_controls
+from flows.incident_alerts import AlertBook, joined_items, poll_controls
 from flows.incident_escalation import Escalation
 from flows.incident_launch import Launcher, runbook
 from flows.incident_model import Incident, IncidentStatus
@@ -208,13 +208,18 @@ class IncidentRun:
             await self.resolve(
                 str(message.get("by")), str(message.get("note") or "resolved by hand")
             )
-        elif kind == "alert":
-            try:
-                alert = Alert.model_validate(message["alert"])
-            except (KeyError, ValueError) as exc:
-                self.record("alert", f"unreadable alert input ignored: {exc}"[:300])
-                return
-            await self.on_alert(alert, message.get("id"))
+        else:
+            for item in joined_items(message):  # in the order the intake joined them
+                await self.joined(item)
+
+    async def joined(self, item: Any) -> None:
+        """One joined alert, as the intake sends it: ``{"id": intake id, "alert": {...}}``."""
+        try:
+            alert = Alert.model_validate(item["alert"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self.record("alert", f"unreadable alert input ignored: {exc}"[:300])
+            return
+        await self.on_alert(alert, item.get("id"))
 
     async def on_alert(self, alert: Alert, intake_id: str | None) -> None:
         """One alert of this incident: its fingerprint's state, and what follows from it."""

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import inspect
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from flows.incident_model import fingerprint_tag
 from flows.prefect_api import PrefectAPI
-from flows.spool import Entry, Spool
+from flows.spool import Entry, Registration, Spool
 from integrations.alerts import Alert
 from integrations.errors import NotFound, OncallError, ProviderError, TargetError, Unreachable
 
@@ -60,6 +61,7 @@ __all__ = [
 CONTROL_PREFIX = "oncall-ctl-"
 # Prefect refuses flow run parameters over 512 KB: an alert is trimmed well below that.
 MAX_ALERT_JSON = 64 * 1024
+JOIN_BYTES = 256 * 1024  # joined alerts per run input (several trimmed alerts fit)
 _FIELD_STEPS = (8192, 1024, 128)
 _TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 STATE_TTL_S = 5.0
@@ -90,6 +92,33 @@ def creation_tags(alert: Alert) -> list[str]:
 
 def alert_input_key(entry_id: str) -> str:
     return f"{CONTROL_PREFIX}alert-{entry_id}"
+
+
+def _alert_messages(batch: list[tuple[Entry, Alert]]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(run input, key) carrying joined alerts: one alert keyed by its intake id, several
+    in inputs of at most JOIN_BYTES keyed by their ids (a re-send writes the same keys; a
+    different grouping after a crash is counted once by the incident, by intake id)."""
+    if len(batch) == 1:
+        entry, alert = batch[0]
+        message = {"kind": "alert", "id": entry.id, "alert": alert.model_dump(mode="json")}
+        yield message, alert_input_key(entry.id)
+        return
+    items: list[dict[str, Any]] = []
+    size = 0
+    for entry, alert in batch:
+        item = {"id": entry.id, "alert": alert.model_dump(mode="json")}
+        length = len(json.dumps(item))
+        if items and size + length > JOIN_BYTES:
+            yield _alerts_input(items)
+            items, size = [], 0
+        items.append(item)
+        size += length
+    yield _alerts_input(items)
+
+
+def _alerts_input(items: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    digest = hashlib.sha256("|".join(i["id"] for i in items).encode()).hexdigest()[:32]
+    return {"kind": "alerts", "alerts": items}, f"{CONTROL_PREFIX}alerts-{digest}"
 
 
 def send_control(api: PrefectAPI, run_id: str, message: dict[str, Any], key: str = "") -> None:
@@ -279,24 +308,13 @@ class Intake:
         for _ in range(3):  # an incident closing under our feet: look again
             reg = await asyncio.to_thread(self.store.registration, alert.service)
             if reg is not None and reg.state == "open" and reg.run_id:
-                state = await self._run_state(api, reg.run_id)
-                if state in _TERMINAL:  # killed without closing: it takes no more alerts
-                    await asyncio.to_thread(
-                        self.store.close_run, reg.run_id, f"its run ended {state.lower()}"
-                    )
+                joined = await self._join(reg, [(entry, alert)], api)
+                if joined is None:
                     continue
-                if not await asyncio.to_thread(self.store.join, reg.id, entry.id):
-                    continue
-                message = {"kind": "alert", "id": entry.id, "alert": alert.model_dump(mode="json")}
-                await asyncio.to_thread(
-                    send_control, api, reg.run_id, message, alert_input_key(entry.id)
-                )
-                done = Submission(action="joined", incident_run_id=reg.run_id)
-                await asyncio.to_thread(self.store.finish, entry.id, done.model_dump())
-                return done
+                return joined
             if reg is None and alert.status == "resolved":
                 done = Submission(action="ignored", reason="resolved alert with no open incident")
-                await asyncio.to_thread(self.store.finish, entry.id, done.model_dump())
+                await asyncio.to_thread(self.store.finish, done.model_dump(), entry.id)
                 return done
             claim = await asyncio.to_thread(self.store.claim_opening, alert, self.owner)
             if claim is None:
@@ -312,6 +330,53 @@ class Intake:
             )
             return opened
         return None
+
+    async def join_many(
+        self, entries: list[Entry], api: PrefectAPI
+    ) -> tuple[int, Submission | None]:
+        """Joins the leading ``entries`` (one service's, oldest first) to the service's open
+        incident together: one store transaction and one run input per JOIN_BYTES, where one
+        at a time costs a Prefect write per alert. Returns how many joined (and are done)
+        and what became of them; 0 leaves the rest to :meth:`handle` (no open incident, an
+        unreadable alert first, Prefect refusing the input). A wait (Prefect away) is
+        raised, nothing done."""
+        reg = await asyncio.to_thread(self.store.registration, entries[0].service)
+        if reg is None or reg.state != "open" or not reg.run_id:
+            return 0, None
+        batch = []
+        for entry in entries:
+            try:
+                batch.append((entry, trimmed(entry.alert, entry.id)))
+            except ValidationError:  # handle() quarantines it, in its turn
+                break
+        if not batch:
+            return 0, None
+        try:
+            joined = await self._join(reg, batch, api)
+        except Exception as exc:
+            if _wait(exc):
+                raise
+            return 0, None  # refused: one by one, each with its own retries and quarantine
+        return (len(batch), joined) if joined else (0, None)
+
+    async def _join(
+        self, reg: Registration, batch: list[tuple[Entry, Alert]], api: PrefectAPI
+    ) -> Submission | None:
+        """Joins the alerts to the open incident ``reg`` and hands them to its run; None when
+        the incident is no longer open (its run ended without closing it: closed here)."""
+        run_id = str(reg.run_id)
+        state = await self._run_state(api, run_id)
+        if state in _TERMINAL:  # killed without closing: it takes no more alerts
+            await asyncio.to_thread(self.store.close_run, run_id, f"its run ended {state.lower()}")
+            return None
+        ids = [entry.id for entry, _ in batch]
+        if not await asyncio.to_thread(self.store.join, reg.id, *ids):
+            return None
+        for message, key in _alert_messages(batch):
+            await asyncio.to_thread(send_control, api, run_id, message, key)
+        done = Submission(action="joined", incident_run_id=run_id)
+        await asyncio.to_thread(self.store.finish, done.model_dump(), *ids)
+        return done
 
     async def _abandon(self, entry: Entry, reason: str) -> None:
         """A quarantined alert gives up the incident it was opening, so others can open it."""

@@ -133,23 +133,33 @@ class Dispatcher:
     async def _service(self, api: PrefectAPI, entries: list[Entry]) -> tuple[int, Exception | None]:
         done = 0
         async with self._slots:
-            for i, entry in enumerate(entries):
+            i = 0
+            while i < len(entries):
+                first = i  # on a wait, entries[first:] go back to the queue
                 try:
-                    result = await self.intake.handle(entry, api)
+                    # The service's incident is open: its alerts join it together.
+                    joined, result = await self.intake.join_many(entries[i:], api)
+                    handled = entries[i : i + joined]
+                    if not joined:
+                        first = i + 1  # handle() puts its own alert back
+                        result = await self.intake.handle(entries[i], api)
+                        handled = [entries[i]]
                 except Exception as exc:  # a wait: the rest of this service waits too
-                    for rest in entries[i + 1 :]:
+                    for rest in entries[first:]:
                         await asyncio.to_thread(
                             self.spool.retry, rest.id, str(exc)[:300], delay_s=1.0, count=False
                         )
                     return done, exc
+                i += len(handled)
                 if result is None:
-                    if entry.error:
-                        self.last_error = entry.error[:300]
-                        log.warning("alert %s not handled: %s", entry.id, entry.error)
+                    if handled[-1].error:
+                        self.last_error = handled[-1].error[:300]
+                        log.warning("alert %s not handled: %s", handled[-1].id, handled[-1].error)
                     continue
-                done += 1
+                done += len(handled)
                 if self.on_result is not None:
-                    self.on_result(entry.alert, result)
+                    for entry in handled:
+                        self.on_result(entry.alert, result)
         return done, None
 
     async def run(self) -> None:

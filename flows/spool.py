@@ -223,8 +223,10 @@ class Spool(IncidentRegistry):
     def claim(
         self, owner: str, *, limit: int = 64, lease_s: float = 30.0, only: str | None = None
     ) -> list[Entry]:
-        """Due pending alerts (or the one ``only`` names), oldest first, leased to ``owner``;
-        never a service another live owner is working on (its alerts stay in order)."""
+        """Due pending alerts (or the one ``only`` names), leased to ``owner``: those of
+        services without an incident first (an opening is what a storm of joins must not
+        delay), then oldest first; never a service another live owner is working on (a
+        service's alerts stay in order)."""
         now = self.clock()
         which, args = ("AND id = ?", (only,)) if only else ("", ())
         with self._tx() as cur:
@@ -233,7 +235,9 @@ class Spool(IncidentRegistry):
                 f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts a WHERE state = 'pending' AND due <= ?"
                 f" AND (lease < ? OR owner = ?) {which} AND NOT EXISTS (SELECT 1 FROM"
                 f" {self.p}alerts b WHERE b.service = a.service AND b.state = 'pending'"
-                f" AND b.lease >= ? AND b.owner <> ?) ORDER BY received, id LIMIT ?",
+                f" AND b.lease >= ? AND b.owner <> ?) ORDER BY EXISTS (SELECT 1 FROM"
+                f" {self.p}incidents i WHERE i.service = a.service AND i.state <> 'closed'),"
+                f" received, id LIMIT ?",
                 (now, now, owner, *args, now, owner, limit),
             )
             entries = [entry_of(r) for r in cur.fetchall()]
@@ -244,14 +248,16 @@ class Spool(IncidentRegistry):
                 )
         return entries
 
-    def finish(self, entry_id: str, outcome: dict[str, Any]) -> None:
-        """The alert is handled: done, with what happened to it."""
+    def finish(self, outcome: dict[str, Any], *entry_ids: str) -> None:
+        """The alerts are handled: done, with what happened to them (one transaction)."""
+        now, text = self.clock(), json.dumps(outcome)
         with self._tx() as cur:
-            cur.execute(
-                f"UPDATE {self.p}alerts SET state = 'done', outcome = ?, finished = ?,"
-                f" owner = NULL, lease = 0, error = '' WHERE id = ?",
-                (json.dumps(outcome), self.clock(), entry_id),
-            )
+            for entry_id in entry_ids:
+                cur.execute(
+                    f"UPDATE {self.p}alerts SET state = 'done', outcome = ?, finished = ?,"
+                    f" owner = NULL, lease = 0, error = '' WHERE id = ?",
+                    (text, now, entry_id),
+                )
 
     def retry(
         self, entry_id: str, error: str, *, delay_s: float, count: bool = True

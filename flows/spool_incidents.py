@@ -130,12 +130,16 @@ class IncidentRegistry:
         row = cur.fetchone()
         return row[0] if row else None
 
-    def join(self, reg_id: str, entry_id: str) -> bool:
-        """Ties the alert to the incident if, and only if, it is still open (atomically)."""
+    def join(self, reg_id: str, *entry_ids: str) -> bool:
+        """Ties the alerts to the incident if, and only if, it is still open (atomically,
+        all of them or none)."""
         with self._tx() as cur:
             if self._locked_state(cur, reg_id) != "open":
                 return False
-            cur.execute(f"UPDATE {self.p}alerts SET incident = ? WHERE id = ?", (reg_id, entry_id))
+            for entry_id in entry_ids:
+                cur.execute(
+                    f"UPDATE {self.p}alerts SET incident = ? WHERE id = ?", (reg_id, entry_id)
+                )
             return True
 
     def close_incident(

@@ -14,6 +14,7 @@ from checks.findings import Severity, Status
 from checks.health import Result
 from flows.config import HealthConfig, OncallConfig
 from flows.health import alert_for, alert_groups, health_sweep, set_opener
+from flows.incident_alerts import joined_items
 from flows.intake import CONTROL_PREFIX, creation_tags
 from flows.prefect_api import PrefectAPI
 from flows.server import auth_headers
@@ -230,7 +231,11 @@ async def test_one_failing_service_among_many_opens_one_incident(targets, opened
     assert [s.action for s in summary.submissions] == ["opened", "joined", "joined"]
     assert {s.incident_run_id for s in summary.submissions} == {run_id}
     with PrefectAPI(prefect_api) as api:
-        joined = [json.loads(i["value"]) for i in api.run_inputs(run_id, CONTROL_PREFIX)]
+        joined = [
+            item
+            for i in api.run_inputs(run_id, CONTROL_PREFIX)
+            for item in joined_items(json.loads(i["value"]))
+        ]
     assert sorted(m["alert"]["labels"]["target"].split()[0] for m in joined) == ["t36", "t37"]
     [table] = _post(
         prefect_api,

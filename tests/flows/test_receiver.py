@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flows.config import OncallConfig, ReceiverConfig
+from flows.incident_alerts import joined_items
 from flows.incident_model import fingerprint_tag
 from flows.intake import CONTROL_PREFIX, open_by_deployment
 from flows.prefect_api import PrefectAPI
@@ -308,7 +309,13 @@ async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> Any
 
 
 def _control_inputs(api: PrefectAPI, run_id: str) -> list[dict[str, Any]]:
-    return [json.loads(i["value"]) for i in api.run_inputs(run_id, CONTROL_PREFIX, limit=2000)]
+    """The run's control messages, alerts joined together counted one by one."""
+    messages = [json.loads(i["value"]) for i in api.run_inputs(run_id, CONTROL_PREFIX, limit=2000)]
+    return [
+        {"kind": "alert", **item} if message.get("kind") == "alerts" else message
+        for message in messages
+        for item in (joined_items(message) or [message])
+    ]
 
 
 # --- 1. fuzzing every operation of the receiver's own OpenAPI --------------------------
@@ -1202,6 +1209,70 @@ def test_joining_and_closing_are_atomic_and_closing_sees_every_alert_that_joined
         assert store.registration(service) is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_new_services_first_alert_is_claimed_ahead_of_older_joins(backend, tmp_path, pgdb):
+    """During a storm of joins, the alert that opens a new incident does not queue behind
+    them; each service's own alerts stay in the order they came."""
+    url = (
+        f"postgresql://postgres@127.0.0.1:5432/{pgdb.name}"
+        if backend == "postgresql"
+        else str(tmp_path / "intake.db")
+    )
+    now = [1_000.0]
+    store = Spool(url, clock=lambda: now[0])
+    try:
+        busy, new = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("busy", "new"))
+
+        def alert(service: str, fp: str) -> Alert:
+            return Alert(source="alertmanager", service=service, title=fp, fingerprint=fp)
+
+        opening = alert(busy, "b0")
+        first = store.put(opening)[0]
+        reg = store.claim_opening(opening, "me")
+        assert reg is not None
+        store.opened(reg.id, "run-1", first, {"action": "opened"})
+        joins = []
+        for i in range(5):
+            now[0] += 1
+            joins.append(store.put(alert(busy, f"b{i + 1}"))[0])
+        now[0] += 1
+        newcomer = store.put(alert(new, "n0"))[0]
+        now[0] += 1
+        claimed = store.claim("me", limit=3)
+        assert [e.id for e in claimed] == [newcomer, *joins[:2]]
+        assert [e.id for e in store.claim("me", limit=10)] == [newcomer, *joins]
+    finally:
+        store.close()
+
+
+async def test_alerts_of_an_open_incident_join_it_together_in_one_input(
+    make_receiver, prefect_api, incident_deployment
+):
+    """A drain that finds many alerts of a service with an open incident joins them in one
+    store transaction and one run input (not one Prefect write per alert), in order."""
+    service = f"together-{uuid.uuid4().hex[:8]}"
+    opener = CountingOpener()
+    rx = make_receiver(prefect_api, opener=opener)
+    async with rx.client() as http:
+        for body in [_am(service, "fp-0")] + [_am(service, f"fp-{i}") for i in range(1, 8)]:
+            assert (
+                await http.post("/alerts/alertmanager", json=body, headers=_bearer())
+            ).is_success
+    assert await rx.dispatcher.drain() == 8
+    assert len(opener.calls) == 1 and opener.calls[0].fingerprint == "fp-0"
+    outcomes = Counter(o["action"] for o in rx.outcomes())
+    assert outcomes == {"opened": 1, "joined": 7}
+    run_id = rx.outcomes()[0]["incident_run_id"]
+    with PrefectAPI(prefect_api) as api:
+        raw = [json.loads(i["value"]) for i in api.run_inputs(run_id, CONTROL_PREFIX)]
+    assert [m["kind"] for m in raw] == ["alerts"]
+    items = joined_items(raw[0])
+    assert [i["alert"]["fingerprint"] for i in items] == [f"fp-{i}" for i in range(1, 8)]
+    done = {e.id: e for e in rx.spool.entries("done", limit=100)}
+    assert {i["id"] for i in items} <= set(done)
+    assert all(done[i["id"]].outcome["incident_run_id"] == run_id for i in items)
 
 
 async def test_two_receivers_on_one_postgres_store_open_exactly_one_incident_per_service(
