@@ -152,16 +152,16 @@ async def change_timeline(
     events = await deploy_events(prom, q, start, end, step_s, revisions)
     deploy = matching_deploy(events, rise.at, deploy_window_s, step_s)
     when = f"{what} rose above the threshold at {clock_utc(rise.at)}"
-    deploy_finding = Finding(
-        check="deploy_coincidence",
-        target=target,
-        status=Status.WARN if deploy else Status.OK,
-        summary=(
+    deploy_finding = finding(
+        "deploy_coincidence",
+        target,
+        Status.WARN if deploy else Status.OK,
+        (
             f"{when}, {deploy.after(rise.at)}: roll back with the rollback runbook"
             if deploy
             else f"{when}; no deploy in the {deploy_window_s:.0f}s before it"
         ),
-        evidence={
+        {
             **base,
             "deploy": deploy.model_dump() if deploy else None,
             "deploys": [e.model_dump() for e in events[-5:]],

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from checks._helpers import finding
 from checks.evidence.workloads import ContainerRow, ContainersEvidence, PodRow, PodsEvidence
 from checks.findings import Finding, Severity, Status
 from integrations.docker import DockerReader
@@ -112,16 +113,7 @@ async def kubernetes_workload(
         summary = (
             f"{status.ready}/{status.desired} pods of {where} ready ({', '.join(status.images)})"
         )
-    findings = [
-        Finding(
-            check="pods",
-            target=where,
-            status=state,
-            summary=summary,
-            evidence=evidence.dump(),
-            severity=sev,
-        )
-    ]
+    findings = [finding("pods", where, state, summary, evidence, sev)]
     if pods:
         worst = min(pods, key=lambda p: (p.ready, -p.restarts))
         findings.append(
@@ -169,14 +161,9 @@ def _logs_finding(where: str, source: str, evidence: dict[str, Any], failing: bo
         )
     else:
         summary = f"no error lines in the last {evidence['tail']} of {source}"
-    return Finding(
-        check="logs",
-        target=where,
-        status=Status.WARN if errors and failing else Status.OK,
-        summary=summary,
-        evidence=evidence,
-        severity=Severity.P1 if errors and failing else None,
-    )
+    if errors and failing:
+        return finding("logs", where, Status.WARN, summary, evidence, Severity.P1)
+    return finding("logs", where, Status.OK, summary, evidence)
 
 
 async def docker_workload(
@@ -189,13 +176,7 @@ async def docker_workload(
 ) -> list[Finding]:
     """Container state, health, restarts and OOM kills; the worst one's logs; memory and CPU."""
     t = reader.target
-    members = await asyncio.to_thread(
-        lambda: (
-            reader.service_containers()
-            if t.compose_project and t.compose_service and not t.container
-            else [reader.container()]
-        )
-    )
+    members = await asyncio.to_thread(reader.containers)
     failing = [
         m for m in members if m.status != "running" or m.health == "unhealthy" or m.oom_killed
     ]
@@ -233,16 +214,7 @@ async def docker_workload(
             if any(m.restart_count for m in members)
             else ""
         )
-    findings = [
-        Finding(
-            check="containers",
-            target=t.label,
-            status=state,
-            summary=summary,
-            evidence=evidence.dump(),
-            severity=sev,
-        )
-    ]
+    findings = [finding("containers", t.label, state, summary, evidence, sev)]
     if members:
         worst = failing[0] if failing else members[0]
 
@@ -279,11 +251,4 @@ async def _docker_resources(
         f"{top.name} uses {top.memory_usage / 2**20:.0f} MiB of {top.memory_limit / 2**20:.0f} MiB"
         f" ({top.memory_percent:.0f}%), CPU {max(s.cpu_percent for s in stats):.0f}%"
     )
-    return Finding(
-        check="resources",
-        target=reader.target.label,
-        status=state,
-        summary=summary,
-        evidence={"stats": rows},
-        severity=sev,
-    )
+    return finding("resources", reader.target.label, state, summary, {"stats": rows}, sev)

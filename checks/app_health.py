@@ -140,21 +140,13 @@ def _dependency(
 ) -> Finding:
     ms = round((time.perf_counter() - start) * 1000, 1)
     if exc is None:
-        return Finding(
-            check=check,
-            target=target,
-            status=Status.OK,
-            summary=f"answers in {ms:.0f} ms",
-            evidence={"reachable": True, "latency_ms": ms, **extra},
-        )
+        evidence = {"reachable": True, "latency_ms": ms, **extra}
+        return finding(check, target, Status.OK, f"answers in {ms:.0f} ms", evidence)
     auth = isinstance(exc, AuthError)
-    return Finding(
-        check=check,
-        target=target,
-        status=Status.CRITICAL,
-        summary=("refuses our credentials: " if auth else "unreachable: ") + str(exc),
-        evidence={"reachable": False, "error": type(exc).__name__, "latency_ms": ms, **extra},
-        severity=Severity.P1 if auth else Severity.P0,
+    text = ("refuses our credentials: " if auth else "unreachable: ") + str(exc)
+    evidence = {"reachable": False, "error": type(exc).__name__, "latency_ms": ms, **extra}
+    return finding(
+        check, target, Status.CRITICAL, text, evidence, Severity.P1 if auth else Severity.P0
     )
 
 

@@ -94,16 +94,20 @@ async def _with_rates(
     return None
 
 
-def _finding(
+async def _judged(
     check: str,
     target: str,
     deploys: list[Deploy],
-    verdict: Verdict,
     policy: DeployPolicy,
     where: KubernetesWhere | DockerWhere | VercelWhere,
     symptom: Symptom | None,
-    rates_problem: str | None,
-) -> Finding:
+    prom: PrometheusClient | None,
+    promql: str,
+) -> list[Finding]:
+    """What every platform ends with: the error rates around its deploys, the verdict on
+    them, and the one finding that names the suspect and the last known good."""
+    rates_problem = await _with_rates(deploys, policy, prom, promql)
+    verdict = assess(deploys, policy, symptom)
     if verdict.suspect is None:
         status, severity, summary = Status.OK, None, verdict.why
     else:
@@ -132,7 +136,7 @@ def _finding(
     )
     if rates_problem:
         evidence.error_rates = rates_problem
-    return finding(check, target, status, summary, evidence, severity)
+    return [finding(check, target, status, summary, evidence, severity)]
 
 
 def _images(images: list[str]) -> str:
@@ -174,26 +178,14 @@ async def kubernetes_deploys(
         symptom = Symptom(
             text=f"{status.ready}/{status.desired} pods ready{extra}", outage=status.ready == 0
         )
-    problem = await _with_rates(deploys, policy, prom, promql)
-    verdict = assess(deploys, policy, symptom)
     where = KubernetesWhere(
         deployment=status.name,
         namespace=status.namespace,
         replicas=status.desired,
         pods=[p.name for p in pods],
     )
-    return [
-        _finding(
-            "kubernetes_deploys",
-            reader.target.label,
-            deploys,
-            verdict,
-            policy,
-            where,
-            symptom,
-            problem,
-        )
-    ]
+    label = reader.target.label
+    return await _judged("kubernetes_deploys", label, deploys, policy, where, symptom, prom, promql)
 
 
 async def docker_deploys(
@@ -206,11 +198,7 @@ async def docker_deploys(
     t = reader.target
 
     def collect() -> tuple[list[Any], list[Any]]:
-        members = (
-            reader.service_containers()
-            if t.compose_project and t.compose_service and not t.container
-            else [reader.container()]
-        )
+        members = reader.containers()
         primary = next((m for m in members if m.running), members[0] if members else None)
         return members, reader.image_history(primary.name if primary else None)
 
@@ -243,13 +231,11 @@ async def docker_deploys(
         if failing
         else None
     )
-    problem = await _with_rates(deploys, policy, prom, promql)
-    verdict = assess(deploys, policy, symptom)
     where = DockerWhere(
         containers=[DockerContainer(name=m.name, image=m.image, status=m.status) for m in members],
         compose=f"{t.compose_project}/{t.compose_service}" if t.compose_service else None,
     )
-    return [_finding("docker_deploys", t.label, deploys, verdict, policy, where, symptom, problem)]
+    return await _judged("docker_deploys", t.label, deploys, policy, where, symptom, prom, promql)
 
 
 async def vercel_deploys(
@@ -276,18 +262,6 @@ async def vercel_deploys(
         )
         for d in listed
     ]
-    problem = await _with_rates(deploys, policy, prom, promql)
-    verdict = assess(deploys, policy, None)
     where = VercelWhere(project=client.target.project, name=client.target.name)
-    return [
-        _finding(
-            "vercel_deploys",
-            f"vercel {client.target.project}",
-            deploys,
-            verdict,
-            policy,
-            where,
-            None,
-            problem,
-        )
-    ]
+    label = f"vercel {client.target.project}"
+    return await _judged("vercel_deploys", label, deploys, policy, where, None, prom, promql)

@@ -132,8 +132,8 @@ async def our_incident(
     where = page.target.name
     if not found:
         text = f"no open incident named {' or '.join(repr(n) for n in names)} on {where}"
-        return [Finding(check=check, target=where, status=Status.UNKNOWN, summary=text)]
+        return [finding(check, where, Status.UNKNOWN, text, {})]
     incident = found[0]
     text = f"{where} tells users: '{incident.name}' ({incident.status})"
     evidence = {"incident": incident.model_dump(), "page_id": page.target.page_id}
-    return [Finding(check=check, target=where, status=Status.OK, summary=text, evidence=evidence)]
+    return [finding(check, where, Status.OK, text, evidence)]

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from checks._helpers import finding
 from checks._queue_snapshot import Snapshot, rabbit_snapshot, redis_snapshot
 from checks.evidence.queues import (
     Cause,
@@ -141,14 +142,8 @@ def _finding(
     **extra: Any,
 ) -> Finding:
     evidence = model(**snap.evidence(), **extra)
-    return Finding(
-        check=check,
-        target=snap.target,
-        status=status,
-        summary=summary,
-        evidence=evidence.dump(),
-        severity=severity if status.is_problem else None,
-    )
+    kept = severity if status.is_problem else None
+    return finding(check, snap.target, status, summary, evidence, kept)
 
 
 def _depth_severity(depth: int, critical: int) -> tuple[Severity | None, str | None]:

@@ -69,6 +69,15 @@ class DockerReader(DockerSession):
             raise ConfigError(f"{self.target.label}: no compose project and service to list")
         return [container_info(c) for c in self._members(project, service)]
 
+    def containers(self) -> list[ContainerInfo]:
+        """Returns the containers the target stands for: those of its compose service when it
+        names a project and service but no container (the checks look at every replica), else
+        the one container :meth:`container` picks."""
+        t = self.target
+        if t.compose_project and t.compose_service and not t.container:
+            return self.service_containers()
+        return [self.container()]
+
     def stats(self, name: str | None = None) -> ContainerStats:
         """Returns one memory and CPU sample, with the docker CLI's formulas."""
         name = self._resolve(name)
