@@ -89,6 +89,18 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._reconciled = 0.0
         self._pruned = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
+
+    def poke(self) -> None:
+        """Wakes the dispatcher: from its own loop, or from the receiver's (another thread)."""
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if self._loop is None or here is self._loop:
+            self.wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self.wake.set)
 
     @property
     def api_url(self) -> str:
@@ -102,6 +114,7 @@ class Dispatcher:
         """Handles every due alert; raises the first outage after doing what it could."""
         done = 0
         waited: Exception | None = None
+        self._loop = asyncio.get_running_loop()
         with PrefectAPI(self.api_url) as api:
             if time.monotonic() - self._reconciled > RECONCILE_S:
                 self._reconciled = time.monotonic()
@@ -163,6 +176,7 @@ class Dispatcher:
         return done, None
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         delay = 1.0
         while True:
             # Cleared before draining: an alert stored during the drain wakes the next one.
@@ -256,7 +270,7 @@ def create_app(
         stored = await accepting.put_many(alerts)  # committed: durable
         keys = [key for key, _ in stored]
         duplicates = sum(not new for _, new in stored)
-        dispatcher.wake.set()
+        dispatcher.poke()
         return JSONResponse(
             {"accepted": len(alerts), "duplicates": duplicates, "ids": keys}, status_code=202
         )

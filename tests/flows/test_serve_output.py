@@ -183,6 +183,24 @@ def test_serve_stops_within_5s_whatever_its_stdout(config, stdout):
     assert serve.returncode == 0
 
 
+def test_serve_on_a_port_already_taken_says_so_and_exits_non_zero(config, tmp_path):
+    """The receiver answers on a thread of its own: a bind that fails still ends serve."""
+    path, env, port = config
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        log = tmp_path / "serve.log"
+        with log.open("w") as out:
+            serve = _serve(path, env, out)
+            try:
+                serve.wait(timeout=120)
+            finally:
+                if serve.poll() is None:
+                    _stop(serve)
+    assert serve.returncode not in (0, None), log.read_text()[-2000:]
+    assert "address already in use" in log.read_text()
+
+
 def test_the_example_config_serves_once_doctor_s_variables_are_set(prefect_api, tmp_path):
     """A newcomer: `oncall doctor` names every variable; with them set, serve starts."""
     doctor = subprocess.run(
