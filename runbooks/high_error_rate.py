@@ -28,8 +28,8 @@ from runbooks.engine.fields import percent, switch
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
-from runbooks.remedies.configured import CONFIGURED, Configured, Recheck
-from runbooks.remedies.scale import SCALE_EXECUTORS, relief_plan
+from runbooks.remedies.configured import Recheck
+from runbooks.remedies.scale import RELIEF_EXECUTORS, relief_plan
 
 __all__ = ["RUNBOOK", "HighErrorRateParams", "plan_remediation"]
 
@@ -57,16 +57,7 @@ def _symptoms(
     q, name = hm.PromQL.for_service(service, window_s), service.name
     warn, critical = params.error_rate_warn_pct / 100, params.error_rate_critical_pct / 100
     return {
-        "error_rate": lambda: hm.error_rate(r.prom, q, warn=warn, critical=critical, target=name),
-        "top_failing_endpoints": lambda: hm.top_endpoints(
-            r.prom,
-            q,
-            signal="error_ratio",
-            label=params.endpoint_label,
-            warn=warn,
-            limit=params.top_endpoints,
-            target=name,
-        ),
+        "error_rate": lambda: hm.error_rate(r.prom, q, warn=warn, critical=critical, target=name)
     }
 
 
@@ -124,10 +115,13 @@ RUNBOOK: Runbook[HighErrorRateParams] = Runbook(
     params=HighErrorRateParams,
     targets=HTTP_TARGETS,
     checks=http_checks(
-        _symptoms, signal="error_ratio", threshold=lambda p: p.error_rate_warn_pct / 100
+        _symptoms,
+        signal="error_ratio",
+        threshold=lambda p: p.error_rate_warn_pct / 100,
+        endpoints="top_failing_endpoints",
     ),
     plan=plan_remediation,
-    executors={Configured.RUN: CONFIGURED, **SCALE_EXECUTORS},
+    executors=RELIEF_EXECUTORS,
     # Fixed only if the error rate stays measured under error_rate_warn_pct for the window.
     verify=Measured(
         check="error_rate",

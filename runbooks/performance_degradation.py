@@ -28,8 +28,8 @@ from runbooks.engine.fields import seconds, switch
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
-from runbooks.remedies.configured import CONFIGURED, Configured, Recheck
-from runbooks.remedies.scale import SCALE_EXECUTORS, relief_plan
+from runbooks.remedies.configured import Recheck
+from runbooks.remedies.scale import RELIEF_EXECUTORS, relief_plan
 
 __all__ = ["RUNBOOK", "PerformanceDegradationParams", "plan_remediation"]
 
@@ -64,16 +64,7 @@ def _symptoms(
             warn_s=params.p95_warn_seconds,
             critical_s=params.p95_critical_seconds,
             target=name,
-        ),
-        "slowest_endpoints": lambda: hm.top_endpoints(
-            r.prom,
-            q,
-            signal="p95",
-            label=params.endpoint_label,
-            warn=params.p95_warn_seconds,
-            limit=params.top_endpoints,
-            target=name,
-        ),
+        )
     }
 
 
@@ -138,9 +129,14 @@ RUNBOOK: Runbook[PerformanceDegradationParams] = Runbook(
     ),
     params=PerformanceDegradationParams,
     targets=HTTP_TARGETS,
-    checks=http_checks(_symptoms, signal="p95", threshold=lambda p: p.p95_warn_seconds),
+    checks=http_checks(
+        _symptoms,
+        signal="p95",
+        threshold=lambda p: p.p95_warn_seconds,
+        endpoints="slowest_endpoints",
+    ),
     plan=plan_remediation,
-    executors={Configured.RUN: CONFIGURED, **SCALE_EXECUTORS},
+    executors=RELIEF_EXECUTORS,
     # Fixed only if p95 stays measured under p95_warn_seconds for the whole window.
     verify=Measured(
         check="latency",

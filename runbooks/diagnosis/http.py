@@ -2,10 +2,11 @@
 
 high-error-rate and performance-degradation diagnose the same way and differ only in the
 symptom (the 5xx share, or p95): each declares its symptom checks, and :func:`http_checks`
-adds what explains a symptom (:func:`context_checks`: when it began and whether a deploy or a
-traffic spike coincides, slow statements, the external calls, the replicas). Verifying, only
-the symptom is sampled, over the shorter ``verify_window_seconds``; :class:`Measured` judges
-it: fixed only when it is *measured* under its threshold for the whole hold window.
+adds the endpoints ranked by that symptom and what explains it (:func:`context_checks`: when
+it began and whether a deploy or a traffic spike coincides, slow statements, the external
+calls, the replicas). Verifying, only the symptom and its ranking are sampled, over the
+shorter ``verify_window_seconds``; :class:`Measured` judges it: fixed only when it is
+*measured* under its threshold for the whole hold window.
 """
 
 from __future__ import annotations
@@ -154,14 +155,41 @@ def context_checks(
     return checks
 
 
+def _ranked(
+    r: Readers,
+    service: Service,
+    params: HttpSymptomParams,
+    window_s: float,
+    signal: hm.Signal,
+    warn: float,
+) -> Check:
+    """The endpoints worst for the signal: one above the symptom's own threshold is a
+    problem, so the ranking and the symptom never disagree on what is too much."""
+    q = hm.PromQL.for_service(service, window_s)
+    return lambda: hm.top_endpoints(
+        r.prom,
+        q,
+        signal=signal,
+        label=params.endpoint_label,
+        warn=warn,
+        limit=params.top_endpoints,
+        target=service.name,
+    )
+
+
 # (service, readers, params, rate window) -> the symptom's checks, by name
 Symptoms = Callable[[Service, Readers, Any, float], Mapping[str, Check]]
 
 
 def http_checks(
-    symptoms: Symptoms, *, signal: hm.Signal, threshold: Callable[[Any], float]
+    symptoms: Symptoms,
+    *,
+    signal: hm.Signal,
+    threshold: Callable[[Any], float],
+    endpoints: str,
 ) -> Checks:
-    """A runbook's checks: its symptom (guarded against a failing Prometheus) and, when
+    """A runbook's checks: its symptom and the ``endpoints`` check ranking the endpoints by
+    the same signal and threshold (both guarded against a failing Prometheus) and, when
     diagnosing, its context; verifying, the symptom alone over the verification window."""
 
     @contextlib.asynccontextmanager
@@ -170,9 +198,13 @@ def http_checks(
     ) -> AsyncIterator[Mapping[str, Check]]:
         window = params.verify_window_seconds if moment.verifying else params.window_seconds
         async with readers(service) as r:
+            calls = {
+                **symptoms(service, r, params, window),
+                endpoints: _ranked(r, service, params, window, signal, threshold(params)),
+            }
             found = {
                 key: hm.metrics_check(r.prom, key, service.name, call)
-                for key, call in symptoms(service, r, params, window).items()
+                for key, call in calls.items()
             }
             if not moment.verifying:
                 found |= context_checks(

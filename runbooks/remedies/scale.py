@@ -23,6 +23,8 @@ from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
 from runbooks.engine.runbook import ActionKind, Remedy
 from runbooks.remedies.configured import (
+    CONFIGURED,
+    Configured,
     Recheck,
     configured_action,
     configured_actions,
@@ -31,6 +33,7 @@ from runbooks.remedies.configured import (
 )
 
 __all__ = [
+    "RELIEF_EXECUTORS",
     "SCALE",
     "SCALE_EXECUTORS",
     "Scale",
@@ -184,3 +187,5 @@ async def scale_back(action: Action, *, service: Service) -> ActionResult:
 SCALE = Remedy(run=scale_out, undo=scale_back)
 # A runbook's executors for every kind scale_action proposes (``**SCALE_EXECUTORS``).
 SCALE_EXECUTORS: dict[ActionKind, Remedy] = {Scale.KUBERNETES: SCALE, Scale.DOCKER: SCALE}
+# The executors of every kind relief_plan proposes: the configured actions and the scale-out.
+RELIEF_EXECUTORS: dict[ActionKind, Remedy] = {Configured.RUN: CONFIGURED, **SCALE_EXECUTORS}
