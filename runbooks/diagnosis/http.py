@@ -25,6 +25,7 @@ from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import HttpEndpoint, Service
+from runbooks.diagnosis.findings import problems
 from runbooks.engine.fields import HOUR, count, lookback, seconds, step, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Checks, Moment
@@ -222,11 +223,6 @@ def http_checks(symptom: Symptom) -> Checks:
             yield found
 
     return checks
-
-
-def problems(findings: Sequence[Finding], check: str) -> list[Finding]:
-    """The findings of one check that report a problem."""
-    return [f for f in findings if f.check == check and f.status.is_problem]
 
 
 def handed_to_rollback(findings: Sequence[Finding]) -> list[dict[str, Any]]:

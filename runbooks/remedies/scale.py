@@ -15,10 +15,11 @@ from typing import Any
 
 from checks import http_metrics as hm
 from checks.evidence.http import CapacityEvidence
-from checks.findings import Finding, Status
+from checks.findings import Finding
 from integrations.docker import DockerOperator, DockerTarget
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.service import Service
+from runbooks.diagnosis.findings import seen
 from runbooks.diagnosis.http import HttpSymptomParams, Symptom, handed_to_rollback
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
@@ -53,14 +54,7 @@ class Scale(ActionKind):
 
 def capacity(findings: list[Finding]) -> CapacityEvidence | None:
     """The replicas running now, from the ``capacity`` check, if it could read them."""
-    return next(
-        (
-            f.evidence_as(CapacityEvidence)
-            for f in findings
-            if f.check == "capacity" and f.status is not Status.ERROR
-        ),
-        None,
-    )
+    return seen(findings, "capacity", CapacityEvidence)
 
 
 def scale_action(
