@@ -195,7 +195,7 @@ def _ranked(
 
 def http_checks(symptom: Symptom) -> Checks:
     """A runbook's checks: its symptom and the endpoints ranked by it (both guarded against a
-    failing Prometheus) and, when diagnosing, its context; verifying, the symptom alone over
+    failing Prometheus) and, when diagnosing, its context; verifying, those two alone over
     the verification window."""
 
     @contextlib.asynccontextmanager
