@@ -28,6 +28,7 @@ from integrations.prometheus import PrometheusTarget
 from integrations.service import ConfiguredAction, HttpEndpoint, Service
 from integrations.vercel import VercelTarget
 from runbooks.diagnosis.deploys import DeployWindowParams, Readers, Workload, health_checks
+from runbooks.diagnosis.findings import seen
 from runbooks.engine.fields import count, percent, verify_window
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
@@ -97,14 +98,12 @@ def _app_checks(
 
 def _pods(findings: list[Finding]) -> PodsEvidence | None:
     """What the ``pods`` check saw, if it could read the deployment."""
-    found = (f for f in findings if f.check == "pods" and f.status is not Status.ERROR)
-    return next((f.evidence_as(PodsEvidence) for f in found), None)
+    return seen(findings, "pods", PodsEvidence)
 
 
 def _containers(findings: list[Finding]) -> ContainersEvidence | None:
     """What the ``containers`` check saw, if it could read them."""
-    found = (f for f in findings if f.check == "containers" and f.status is not Status.ERROR)
-    return next((f.evidence_as(ContainersEvidence) for f in found), None)
+    return seen(findings, "containers", ContainersEvidence)
 
 
 def _scale_actions(

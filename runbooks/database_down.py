@@ -29,6 +29,7 @@ from checks.providers import provider_status
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.service import HttpEndpoint, Service
 from integrations.statuspage import StatuspagePage, StatuspagePublic
+from runbooks.diagnosis.findings import problems
 from runbooks.engine.fields import count, seconds, switch, verify_window
 from runbooks.engine.model import Plan, Risk, RunbookParams
 from runbooks.engine.runbook import Change, Check, Moment, Runbook
@@ -39,6 +40,7 @@ from runbooks.remedies.postgres import (
     backend_item,
     cancel_action,
     terminate_action,
+    within_cap,
 )
 
 __all__ = ["RUNBOOK", "DatabaseDownParams", "plan_remediation"]
@@ -130,10 +132,6 @@ def _provider(page: StatuspagePublic, service: Service, params: DatabaseDownPara
     )
 
 
-def _problems(findings: list[Finding], check: str) -> list[Finding]:
-    return [f for f in findings if f.check == check and f.status.is_problem]
-
-
 def plan_remediation(service: Service, findings: list[Finding], params: DatabaseDownParams) -> Plan:
     """Ends what holds the database up (a blocking migration, runaway queries), capped."""
     target = service.target(PostgresTarget).name
@@ -141,7 +139,7 @@ def plan_remediation(service: Service, findings: list[Finding], params: Database
     cancel: dict[int, dict[str, Any]] = {}
     spared: list[dict[str, Any]] = []
     if params.end_blocking_migrations:
-        for f in _problems(findings, "migration_locks"):
+        for f in problems(findings, "migration_locks"):
             for holder in f.evidence_as(MigrationLocksEvidence).holders:
                 guard = pg.protected_reason(holder)
                 tables = ", ".join(holder.tables) or "its transaction"
@@ -155,7 +153,7 @@ def plan_remediation(service: Service, findings: list[Finding], params: Database
                         {"pid": holder.pid, "reason": "a migration nobody waits on: let it end"}
                     )
     if params.cancel_long_queries:
-        for f in _problems(findings, "long_running_queries"):
+        for f in problems(findings, "long_running_queries"):
             for s in f.evidence_as(SessionsEvidence).sessions:
                 if s.pid in terminate:
                     continue
@@ -166,9 +164,8 @@ def plan_remediation(service: Service, findings: list[Finding], params: Database
                     why = f"query running for {s.query_age_s or 0:.0f}s"
                     cancel[s.pid] = backend_item(s, why, s.query_age_s)
     budget = params.max_terminations
-    chosen_terminate = list(terminate.values())[:budget]
-    chosen_cancel = list(cancel.values())[: max(0, budget - len(chosen_terminate))]
-    for item in list(terminate.values())[budget:] + list(cancel.values())[len(chosen_cancel) :]:
+    chosen_terminate, chosen_cancel, over = within_cap(terminate, cancel, budget)
+    for item in over:
         spared.append({"pid": item["pid"], "reason": f"over the cap of {budget} per run"})
     actions = []
     if chosen_terminate:
@@ -188,20 +185,20 @@ def _notes(
             f"{f.summary} Tell users and degrade gracefully (oncall run provider-outage);"
             " re-test every connection once it recovers"
         )
-    if _problems(findings, "connectivity") and not down:
+    if problems(findings, "connectivity") and not down:
         reachable = not any(
-            f.evidence_as(ConnectivityEvidence).down for f in _problems(findings, "connectivity")
+            f.evidence_as(ConnectivityEvidence).down for f in problems(findings, "connectivity")
         )
         out.append(
             "the database refuses or drops connections and no provider reports an incident:"
             " check the server's CPU, memory, disk and logs in its dashboard"
             + ("" if reachable else "; restart the API's deployment once it answers (app-down)")
         )
-    if _problems(findings, "connection_utilisation"):
+    if problems(findings, "connection_utilisation"):
         out.append("connection slots are full: hand over to db-connections")
-    if _problems(findings, "replication_lag"):
+    if problems(findings, "replication_lag"):
         out.append("replicas lag: reads from them are stale; move reads to the primary")
-    migrating = [f for f in _problems(findings, "migration_locks")]
+    migrating = [f for f in problems(findings, "migration_locks")]
     if migrating and plan.actions:
         out.append(
             "after ending the migration's session, roll the migration back or re-run it in a"

@@ -28,6 +28,7 @@ from runbooks.remedies.postgres import (
     backend_item,
     cancel_action,
     terminate_action,
+    within_cap,
 )
 
 __all__ = ["RUNBOOK", "DbConnectionsParams", "plan_remediation"]
@@ -137,9 +138,8 @@ def plan_remediation(
             consider(s, f"query running for {s.query_age_s or 0:.0f}s", cancel, s.query_age_s)
 
     budget = params.max_terminations
-    chosen_terminate = list(terminate.values())[:budget]
-    chosen_cancel = list(cancel.values())[: max(0, budget - len(chosen_terminate))]
-    for item in list(terminate.values())[budget:] + list(cancel.values())[len(chosen_cancel) :]:
+    chosen_terminate, chosen_cancel, over = within_cap(terminate, cancel, budget)
+    for item in over:
         spared.append(
             {
                 "pid": item["pid"],

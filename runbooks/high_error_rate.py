@@ -20,16 +20,16 @@ from runbooks.diagnosis.http import (
     HttpSymptomParams,
     Measured,
     Readers,
+    Symptom,
     http_checks,
     notes,
     problems,
 )
-from runbooks.engine.fields import percent, switch
+from runbooks.engine.fields import error_rate_critical, error_rate_warn, switch
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
-from runbooks.remedies.configured import CONFIGURED, Configured, Recheck
-from runbooks.remedies.scale import SCALE_EXECUTORS, relief_plan
+from runbooks.remedies.scale import RELIEF_EXECUTORS, relief_plan
 
 __all__ = ["RUNBOOK", "HighErrorRateParams", "plan_remediation"]
 
@@ -39,42 +39,36 @@ NAME = "high-error-rate"
 class HighErrorRateParams(HttpSymptomParams):
     """Parameters of the high-error-rate runbook (seed 000 Incident 5 and Part H; seed 003)."""
 
-    error_rate_warn_pct: float = percent(
-        1.0, "Error rate that is a problem (seed 000: P2 1-5%)", zero=True
-    )
-    error_rate_critical_pct: float = percent(
-        5.0, "Error rate that is critical (seed 000: P1 5-10%)", zero=True
-    )
+    error_rate_warn_pct: float = error_rate_warn()
+    error_rate_critical_pct: float = error_rate_critical()
     disable_feature_flag: bool = switch(
         True, "Propose the configured 'disable_feature_flag' action"
     )
     clear_cache: bool = switch(False, "Also propose the configured 'clear_cache' action")
 
 
-def _symptoms(
-    service: Service, r: Readers, params: HighErrorRateParams, window_s: float
-) -> dict[str, Check]:
+def _measure(service: Service, r: Readers, params: HighErrorRateParams, window_s: float) -> Check:
     q, name = hm.PromQL.for_service(service, window_s), service.name
     warn, critical = params.error_rate_warn_pct / 100, params.error_rate_critical_pct / 100
-    return {
-        "error_rate": lambda: hm.error_rate(r.prom, q, warn=warn, critical=critical, target=name),
-        "top_failing_endpoints": lambda: hm.top_endpoints(
-            r.prom,
-            q,
-            signal="error_ratio",
-            label=params.endpoint_label,
-            warn=warn,
-            limit=params.top_endpoints,
-            target=name,
-        ),
-    }
+    return lambda: hm.error_rate(r.prom, q, warn=warn, critical=critical, target=name)
+
+
+# What the checks measure, the plan relieves and the verdict judges: the 5xx share.
+ERRORS = Symptom(
+    check="error_rate",
+    endpoints="top_failing_endpoints",
+    signal="error_ratio",
+    what="error rate",
+    threshold=lambda p: p.error_rate_warn_pct / 100,
+    measure=_measure,
+)
 
 
 def plan_remediation(
     service: Service, findings: list[Finding], params: HighErrorRateParams
 ) -> Plan:
     """Turns findings into a flag switch-off, a scale-out or a cache clear; hands rollback on."""
-    failing = problems(findings, "error_rate") or problems(findings, "top_failing_endpoints")
+    failing = ERRORS.found(findings)
     if not failing:
         return Plan(runbook=NAME, target=service.name)
     spikes = problems(findings, "traffic_spike")
@@ -83,17 +77,12 @@ def plan_remediation(
         service,
         findings,
         params,
+        symptom=ERRORS,
         wanted={
             "disable_feature_flag": params.disable_feature_flag,
             "clear_cache": params.clear_cache,
         },
         why=failing[0].summary,
-        recheck=Recheck(
-            query=hm.PromQL.for_service(service, params.verify_window_seconds).error_ratio(),
-            threshold=params.error_rate_warn_pct / 100,
-            what="error rate",
-            unit="ratio",
-        ),
         scale_why=spikes[0].summary if spikes else None,
     )
 
@@ -123,15 +112,13 @@ RUNBOOK: Runbook[HighErrorRateParams] = Runbook(
     ),
     params=HighErrorRateParams,
     targets=HTTP_TARGETS,
-    checks=http_checks(
-        _symptoms, signal="error_ratio", threshold=lambda p: p.error_rate_warn_pct / 100
-    ),
+    checks=http_checks(ERRORS),
     plan=plan_remediation,
-    executors={Configured.RUN: CONFIGURED, **SCALE_EXECUTORS},
+    executors=RELIEF_EXECUTORS,
     # Fixed only if the error rate stays measured under error_rate_warn_pct for the window.
     verify=Measured(
-        check="error_rate",
-        what="error rate",
+        check=ERRORS.check,
+        what=ERRORS.what,
         holds=Holds(
             relapse="the error rate came back within {hold}s of the fix",
             next_step="the change only masked the cause: find what makes the requests fail"

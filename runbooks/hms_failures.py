@@ -37,7 +37,7 @@ from integrations.hms import HmsTarget, management_token
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.service import Service
 from integrations.statuspage import StatuspageManageTarget, StatuspagePage, StatuspagePublic
-from runbooks.engine.fields import count, percent, seconds, switch
+from runbooks.engine.fields import count, percent, seconds, status_components, switch
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
@@ -103,9 +103,7 @@ class HmsFailuresParams(RunbookParams):
     post_status_page: bool = switch(
         True, "Propose fallback messaging on our status page when 100ms is down or degraded"
     )
-    our_components: list[str] = Field(
-        default_factory=list, description="Component ids on our status page to mark while affected"
-    )
+    our_components: list[str] = status_components()
 
 
 RotationStatus = Literal["done", "skipped"]

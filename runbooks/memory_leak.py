@@ -39,6 +39,7 @@ from integrations.errors import TargetError
 from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, Service
+from runbooks.diagnosis.findings import problems, seen
 from runbooks.engine.fields import lookback, percent, seconds, step, switch, verify_window
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
@@ -237,14 +238,10 @@ def _mib(value: float | None) -> str:
     return "?" if value is None else f"{value / MiB:.1f} MiB"
 
 
-def _problems(findings: list[Finding], check: str) -> list[Finding]:
-    return [f for f in findings if f.check == check and f.status.is_problem]
-
-
 def _leaks(findings: list[Finding]) -> list[Finding]:
     return [
         f
-        for f in _problems(findings, "memory_trend")
+        for f in problems(findings, "memory_trend")
         if f.evidence_as(MemoryTrendEvidence).kind == "leak"
     ]
 
@@ -405,16 +402,9 @@ def _limit_action(
 def plan_remediation(service: Service, findings: list[Finding], params: MemoryLeakParams) -> Plan:
     """Turns findings into a restart and, on Kubernetes, a memory limit; rollback is handed on."""
     leaks = _leaks(findings)
-    pressure = _problems(findings, "memory_usage")
+    pressure = problems(findings, "memory_usage")
     oom = [f for f in findings if f.check == "restarts" and f.status is Status.CRITICAL]
-    runtime = next(
-        (
-            f.evidence_as(RestartsEvidence)
-            for f in findings
-            if f.check == "restarts" and f.status is not Status.ERROR
-        ),
-        RestartsEvidence(),
-    )
+    runtime = seen(findings, "restarts", RestartsEvidence) or RestartsEvidence()
     actions: list[Action] = []
     spared: list[dict[str, Any]] = []
     reasons = [f"{f.target}: {f.summary}" for f in leaks + pressure + oom]
@@ -443,7 +433,7 @@ def plan_remediation(service: Service, findings: list[Finding], params: MemoryLe
             actions.append(limit)
         if why_not:
             spared.append({"action": "memory-limit", "reason": why_not})
-    for f in _problems(findings, "deploy_correlation"):
+    for f in problems(findings, "deploy_correlation"):
         event = f.evidence_as(DeployCorrelationEvidence).deploy
         deploy = event.what if event else None
         why = f"handed to the rollback runbook: {f.summary}"
@@ -598,7 +588,7 @@ def _notes(
     notes = [
         f"{f.summary.split(': roll back')[0]}: hand over to the rollback runbook"
         " (oncall run rollback)"
-        for f in _problems(findings, "deploy_correlation")
+        for f in problems(findings, "deploy_correlation")
     ]
     for f in _leaks(findings)[:1]:
         slope = (f.evidence_as(MemoryTrendEvidence).slope_bytes_per_s or 0) * 60

@@ -20,6 +20,7 @@ from runbooks.diagnosis.http import (
     HttpSymptomParams,
     Measured,
     Readers,
+    Symptom,
     http_checks,
     notes,
     problems,
@@ -28,8 +29,7 @@ from runbooks.engine.fields import seconds, switch
 from runbooks.engine.model import Plan, Risk
 from runbooks.engine.runbook import Change, Check, Runbook
 from runbooks.engine.verify import Holds
-from runbooks.remedies.configured import CONFIGURED, Configured, Recheck
-from runbooks.remedies.scale import SCALE_EXECUTORS, relief_plan
+from runbooks.remedies.scale import RELIEF_EXECUTORS, relief_plan
 
 __all__ = ["RUNBOOK", "PerformanceDegradationParams", "plan_remediation"]
 
@@ -53,35 +53,35 @@ class PerformanceDegradationParams(HttpSymptomParams):
     )
 
 
-def _symptoms(
+def _measure(
     service: Service, r: Readers, params: PerformanceDegradationParams, window_s: float
-) -> dict[str, Check]:
+) -> Check:
     q, name = hm.PromQL.for_service(service, window_s), service.name
-    return {
-        "latency": lambda: hm.latency(
-            r.prom,
-            q,
-            warn_s=params.p95_warn_seconds,
-            critical_s=params.p95_critical_seconds,
-            target=name,
-        ),
-        "slowest_endpoints": lambda: hm.top_endpoints(
-            r.prom,
-            q,
-            signal="p95",
-            label=params.endpoint_label,
-            warn=params.p95_warn_seconds,
-            limit=params.top_endpoints,
-            target=name,
-        ),
-    }
+    return lambda: hm.latency(
+        r.prom,
+        q,
+        warn_s=params.p95_warn_seconds,
+        critical_s=params.p95_critical_seconds,
+        target=name,
+    )
+
+
+# What the checks measure, the plan relieves and the verdict judges: p95.
+LATENCY = Symptom(
+    check="latency",
+    endpoints="slowest_endpoints",
+    signal="p95",
+    what="p95 latency",
+    threshold=lambda p: p.p95_warn_seconds,
+    measure=_measure,
+)
 
 
 def plan_remediation(
     service: Service, findings: list[Finding], params: PerformanceDegradationParams
 ) -> Plan:
     """Turns findings into a cache clear and a scale-out; a deploy-made slowdown is handed on."""
-    slow = problems(findings, "latency") or problems(findings, "slowest_endpoints")
+    slow = LATENCY.found(findings)
     if not slow:
         return Plan(runbook=NAME, target=service.name)
     spike = problems(findings, "traffic_spike")
@@ -92,17 +92,12 @@ def plan_remediation(
         service,
         findings,
         params,
+        symptom=LATENCY,
         wanted={
             "clear_cache": params.clear_cache,
             "disable_feature_flag": params.disable_feature_flag,
         },
         why=slow[0].summary,
-        recheck=Recheck(
-            query=hm.PromQL.for_service(service, params.verify_window_seconds).quantile(0.95),
-            threshold=params.p95_warn_seconds,
-            what="p95 latency",
-            unit="seconds",
-        ),
         scale_why=None if by_deploy else (spike or slow)[0].summary,
         not_scaled="the slowdown follows a deploy, not load" if by_deploy else None,
     )
@@ -138,13 +133,13 @@ RUNBOOK: Runbook[PerformanceDegradationParams] = Runbook(
     ),
     params=PerformanceDegradationParams,
     targets=HTTP_TARGETS,
-    checks=http_checks(_symptoms, signal="p95", threshold=lambda p: p.p95_warn_seconds),
+    checks=http_checks(LATENCY),
     plan=plan_remediation,
-    executors={Configured.RUN: CONFIGURED, **SCALE_EXECUTORS},
+    executors=RELIEF_EXECUTORS,
     # Fixed only if p95 stays measured under p95_warn_seconds for the whole window.
     verify=Measured(
-        check="latency",
-        what="p95 latency",
+        check=LATENCY.check,
+        what=LATENCY.what,
         holds=Holds(
             relapse="p95 went back over its threshold within {hold}s of the fix",
             next_step="the cache clear or scale-out only bought time: find the slow path"

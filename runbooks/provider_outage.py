@@ -23,6 +23,7 @@ from integrations.commands import describe, run_configured
 from integrations.errors import OncallError
 from integrations.service import ConfiguredAction, Service
 from integrations.statuspage import StatuspageManageTarget, StatuspagePage, StatuspagePublic
+from runbooks.engine.fields import status_components
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
 from runbooks.engine.runbook import ActionKind, Change, Check, Moment, NoUndo, Remedy, Runbook
@@ -79,9 +80,7 @@ class ProviderOutageParams(RunbookParams):
     incident_name: str | None = Field(
         default=None, description="Title of our status-page incident (default: names the providers)"
     )
-    our_components: list[str] = Field(
-        default_factory=list, description="Component ids on our status page to mark while affected"
-    )
+    our_components: list[str] = status_components()
     degradation_action: str = Field(
         default="enable_degradation_flag",
         description="The service's configured action that turns graceful degradation on",

@@ -6,6 +6,8 @@ imports another runbook; changes they share live in :mod:`runbooks.remedies`.
 
 - :mod:`runbooks.diagnosis.deploys`: recent deploys and the error rate around them
   (rollback, app-down);
+- :mod:`runbooks.diagnosis.findings`: reading a diagnosis back, the same in every runbook:
+  a check's problems, and what a check saw when it could read;
 - :mod:`runbooks.diagnosis.http`: an HTTP service's symptom from Prometheus (error rate,
   latency) and what explains it — deploys, traffic, slow statements, dependencies,
   replicas (high-error-rate, performance-degradation);

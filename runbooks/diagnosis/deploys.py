@@ -22,7 +22,14 @@ from integrations.kubernetes import KubernetesReader
 from integrations.prometheus import PrometheusClient
 from integrations.service import Service
 from integrations.vercel import VercelClient
-from runbooks.engine.fields import HOUR, count, percent, seconds
+from runbooks.engine.fields import (
+    HOUR,
+    count,
+    error_rate_critical,
+    error_rate_warn,
+    percent,
+    seconds,
+)
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check
 
@@ -61,12 +68,8 @@ class DeployWindowParams(RunbookParams):
     verify_error_window_seconds: float = seconds(
         60.0, "Error-rate window when verifying recovery", ge=5, le=HOUR
     )
-    error_rate_warn_pct: float = percent(
-        1.0, "Error rate that is a problem (seed 000: P2 1-5%)", zero=True
-    )
-    error_rate_critical_pct: float = percent(
-        5.0, "Error rate that is critical (seed 000: P1 5-10%)", zero=True
-    )
+    error_rate_warn_pct: float = error_rate_warn()
+    error_rate_critical_pct: float = error_rate_critical()
     error_rate_outage_pct: float = percent(
         10.0, "Error rate of an outage (seed 000: P0 above 10%)", zero=True
     )

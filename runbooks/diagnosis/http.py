@@ -1,11 +1,12 @@
 """An HTTP service's symptom and its context, read from Prometheus and the service's targets.
 
 high-error-rate and performance-degradation diagnose the same way and differ only in the
-symptom (the 5xx share, or p95): each declares its symptom checks, and :func:`http_checks`
-adds what explains a symptom (:func:`context_checks`: when it began and whether a deploy or a
-traffic spike coincides, slow statements, the external calls, the replicas). Verifying, only
-the symptom is sampled, over the shorter ``verify_window_seconds``; :class:`Measured` judges
-it: fixed only when it is *measured* under its threshold for the whole hold window.
+symptom (the 5xx share, or p95): each declares its :class:`Symptom`, and :func:`http_checks`
+measures it, ranks the endpoints by it and adds what explains it (:func:`context_checks`:
+when it began and whether a deploy or a traffic spike coincides, slow statements, the external
+calls, the replicas). Verifying, only the symptom and its ranking are sampled, over the
+shorter ``verify_window_seconds``; :class:`Measured` judges it: fixed only when it is
+*measured* under its threshold for the whole hold window.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from integrations.kubernetes import KubernetesReader, KubernetesTarget
 from integrations.postgres import PostgresReader, PostgresTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import HttpEndpoint, Service
+from runbooks.diagnosis.findings import problems
 from runbooks.engine.fields import HOUR, count, lookback, seconds, step, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Checks, Moment
@@ -35,6 +37,7 @@ __all__ = [
     "HttpSymptomParams",
     "Measured",
     "Readers",
+    "Symptom",
     "context_checks",
     "handed_to_rollback",
     "http_checks",
@@ -154,15 +157,46 @@ def context_checks(
     return checks
 
 
-# (service, readers, params, rate window) -> the symptom's checks, by name
-Symptoms = Callable[[Service, Readers, Any, float], Mapping[str, Check]]
+# (service, readers, params, rate window) -> the check measuring the symptom
+Measure = Callable[[Service, Readers, Any, float], Check]
 
 
-def http_checks(
-    symptoms: Symptoms, *, signal: hm.Signal, threshold: Callable[[Any], float]
-) -> Checks:
-    """A runbook's checks: its symptom (guarded against a failing Prometheus) and, when
-    diagnosing, its context; verifying, the symptom alone over the verification window."""
+class Symptom(NamedTuple):
+    """What an HTTP runbook relieves, stated once for its checks, its plan and its verdict."""
+
+    check: str  # the check measuring it (and judged by :class:`Measured`)
+    endpoints: str  # the check ranking the endpoints by it
+    signal: hm.Signal
+    what: str  # as the report and the re-check name it
+    threshold: Callable[[Any], float]  # params -> what it must stay under, in signal units
+    measure: Measure
+
+    def found(self, findings: Sequence[Finding]) -> list[Finding]:
+        """The symptom's problem findings, else those of the endpoints ranked by it."""
+        return problems(findings, self.check) or problems(findings, self.endpoints)
+
+
+def _ranked(
+    r: Readers, service: Service, params: HttpSymptomParams, window_s: float, symptom: Symptom
+) -> Check:
+    """The endpoints worst for the symptom: one above the symptom's own threshold is a
+    problem, so the ranking and the symptom never disagree on what is too much."""
+    q = hm.PromQL.for_service(service, window_s)
+    return lambda: hm.top_endpoints(
+        r.prom,
+        q,
+        signal=symptom.signal,
+        label=params.endpoint_label,
+        warn=symptom.threshold(params),
+        limit=params.top_endpoints,
+        target=service.name,
+    )
+
+
+def http_checks(symptom: Symptom) -> Checks:
+    """A runbook's checks: its symptom and the endpoints ranked by it (both guarded against a
+    failing Prometheus) and, when diagnosing, its context; verifying, those two alone over
+    the verification window."""
 
     @contextlib.asynccontextmanager
     async def checks(
@@ -170,22 +204,25 @@ def http_checks(
     ) -> AsyncIterator[Mapping[str, Check]]:
         window = params.verify_window_seconds if moment.verifying else params.window_seconds
         async with readers(service) as r:
+            calls = {
+                symptom.check: symptom.measure(service, r, params, window),
+                symptom.endpoints: _ranked(r, service, params, window, symptom),
+            }
             found = {
                 key: hm.metrics_check(r.prom, key, service.name, call)
-                for key, call in symptoms(service, r, params, window).items()
+                for key, call in calls.items()
             }
             if not moment.verifying:
                 found |= context_checks(
-                    service, r, params, signal=signal, threshold=threshold(params)
+                    service,
+                    r,
+                    params,
+                    signal=symptom.signal,
+                    threshold=symptom.threshold(params),
                 )
             yield found
 
     return checks
-
-
-def problems(findings: Sequence[Finding], check: str) -> list[Finding]:
-    """The findings of one check that report a problem."""
-    return [f for f in findings if f.check == check and f.status.is_problem]
 
 
 def handed_to_rollback(findings: Sequence[Finding]) -> list[dict[str, Any]]:

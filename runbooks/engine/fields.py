@@ -4,7 +4,8 @@ A runbook's ``...Params`` model declares every field with a description (the CLI
 the Prefect UI's help); these build the pydantic ``Field`` for the kinds that recur — a
 share in %, a duration, a count, a switch — so a threshold in % is bounded the same way in
 every runbook, and the verification windows every runbook may tune keep the engine's
-bounds when a runbook changes their default.
+bounds when a runbook changes their default. The fields more than one runbook declares
+alike (seed 000's error-rate levels, our status page's components) are built here once.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pydantic import Field
 __all__ = [
     "HOUR",
     "count",
+    "error_rate_critical",
+    "error_rate_warn",
     "lookback",
     "percent",
     "seconds",
+    "status_components",
     "step",
     "switch",
     "verify_window",
@@ -73,3 +77,21 @@ def verify_window(default: float, description: str) -> Any:
     """``verify_timeout_seconds`` (how long to wait for recovery) or ``verify_hold_seconds`` (how
     long it must hold to count as fixed): an hour at most."""
     return seconds(default, description, le=HOUR)
+
+
+def error_rate_warn() -> Any:
+    """``error_rate_warn_pct``: the 5xx share that is a problem (seed 000's P2 level)."""
+    return percent(1.0, "Error rate that is a problem (seed 000: P2 1-5%)", zero=True)
+
+
+def error_rate_critical() -> Any:
+    """``error_rate_critical_pct``: the 5xx share that is critical (seed 000's P1 level)."""
+    return percent(5.0, "Error rate that is critical (seed 000: P1 5-10%)", zero=True)
+
+
+def status_components() -> Any:
+    """``our_components``: the components of our status page that a runbook posting there
+    (provider-outage, hms-failures) marks while a provider is affected."""
+    return Field(
+        default_factory=list, description="Component ids on our status page to mark while affected"
+    )

@@ -8,6 +8,7 @@ another session, or a session whose transaction or query changed, is spared).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from checks.evidence.postgres import SessionRow
@@ -25,6 +26,7 @@ __all__ = [
     "cancel_queries",
     "terminate_action",
     "terminate_sessions",
+    "within_cap",
 ]
 
 
@@ -50,6 +52,22 @@ _ITEM = (
 def backend_item(session: SessionRow, reason: str, age_s: float | None) -> dict[str, Any]:
     """A planned backend: who it is, what re-validates it, its age and why it was chosen."""
     return {**{k: getattr(session, k) for k in _ITEM}, "age_s": age_s, "reason": reason}
+
+
+_Items = list[dict[str, Any]]
+
+
+def within_cap(
+    terminate: Mapping[int, dict[str, Any]], cancel: Mapping[int, dict[str, Any]], cap: int
+) -> tuple[_Items, _Items, _Items]:
+    """The planned backends (by pid) one run may signal, at most ``cap`` in all: the
+    terminations first (they end what the others wait on), then the cancels; and the ones
+    past the cap, which the plan spares."""
+    terminating, cancelling = list(terminate.values()), list(cancel.values())
+    chosen_terminate = terminating[:cap]
+    chosen_cancel = cancelling[: max(0, cap - len(chosen_terminate))]
+    over = terminating[cap:] + cancelling[len(chosen_cancel) :]
+    return chosen_terminate, chosen_cancel, over
 
 
 def _preview(items: list[dict[str, Any]], verb: str) -> str:

@@ -13,16 +13,20 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from checks import http_metrics as hm
 from checks.evidence.http import CapacityEvidence
-from checks.findings import Finding, Status
+from checks.findings import Finding
 from integrations.docker import DockerOperator, DockerTarget
 from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.service import Service
-from runbooks.diagnosis.http import HttpSymptomParams, handed_to_rollback
+from runbooks.diagnosis.findings import seen
+from runbooks.diagnosis.http import HttpSymptomParams, Symptom, handed_to_rollback
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk
 from runbooks.engine.runbook import ActionKind, Remedy
 from runbooks.remedies.configured import (
+    CONFIGURED,
+    Configured,
     Recheck,
     configured_action,
     configured_actions,
@@ -31,6 +35,7 @@ from runbooks.remedies.configured import (
 )
 
 __all__ = [
+    "RELIEF_EXECUTORS",
     "SCALE",
     "SCALE_EXECUTORS",
     "Scale",
@@ -49,14 +54,7 @@ class Scale(ActionKind):
 
 def capacity(findings: list[Finding]) -> CapacityEvidence | None:
     """The replicas running now, from the ``capacity`` check, if it could read them."""
-    return next(
-        (
-            f.evidence_as(CapacityEvidence)
-            for f in findings
-            if f.check == "capacity" and f.status is not Status.ERROR
-        ),
-        None,
-    )
+    return seen(findings, "capacity", CapacityEvidence)
 
 
 def scale_action(
@@ -112,21 +110,34 @@ def scale_action(
     return action, None
 
 
+def _recheck(symptom: Symptom, service: Service, params: HttpSymptomParams) -> Recheck:
+    """The symptom re-measured before an action runs: its signal over the verification
+    window, against the threshold the diagnosis judged it by."""
+    return Recheck(
+        query=hm.PromQL.for_service(service, params.verify_window_seconds).signal(symptom.signal),
+        threshold=symptom.threshold(params),
+        what=symptom.what,
+        unit="ratio" if symptom.signal == "error_ratio" else "seconds",
+    )
+
+
 def relief_plan(
     runbook: str,
     service: Service,
     findings: list[Finding],
     params: HttpSymptomParams,
     *,
+    symptom: Symptom,
     wanted: Mapping[str, bool],
     why: str,
-    recheck: Recheck,
     scale_why: str | None,
     not_scaled: str | None = None,
 ) -> Plan:
     """The plan relieving an HTTP symptom: a coinciding deploy handed to rollback, the
     configured actions ``wanted`` switches on, and a scale-out for ``scale_why`` (none when
-    it is None; ``not_scaled`` then says why, if anything)."""
+    it is None; ``not_scaled`` then says why, if anything); each re-checks the symptom
+    before it runs."""
+    recheck = _recheck(symptom, service, params)
     actions, spared = configured_actions(service, wanted, why=why, recheck=recheck)
     spared = handed_to_rollback(findings) + spared
     if scale_why is not None:
@@ -184,3 +195,5 @@ async def scale_back(action: Action, *, service: Service) -> ActionResult:
 SCALE = Remedy(run=scale_out, undo=scale_back)
 # A runbook's executors for every kind scale_action proposes (``**SCALE_EXECUTORS``).
 SCALE_EXECUTORS: dict[ActionKind, Remedy] = {Scale.KUBERNETES: SCALE, Scale.DOCKER: SCALE}
+# The executors of every kind relief_plan proposes: the configured actions and the scale-out.
+RELIEF_EXECUTORS: dict[ActionKind, Remedy] = {Configured.RUN: CONFIGURED, **SCALE_EXECUTORS}
