@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from integrations.errors import AuthError, ConfigError, NotFound, ProviderError, Unreachable
+from integrations.http import tls
 
 __all__ = ["PrefectAPI"]
 
@@ -28,7 +29,7 @@ class PrefectAPI:
         # PREFECT_API_AUTH_STRING, or the local server's own secret (loopback only).
         headers = auth_headers(self.api_url)
         self._client = httpx.Client(
-            base_url=self.api_url, timeout=10.0, transport=transport, headers=headers
+            base_url=self.api_url, timeout=10.0, transport=transport, headers=headers, verify=tls()
         )
 
     def __enter__(self) -> PrefectAPI:

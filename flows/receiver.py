@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import re
@@ -48,6 +49,10 @@ log = logging.getLogger("oncall.receiver")
 
 MAX_DEPTH = 32  # no alert source nests deeper; Python's JSON parser overflows near 1,000
 CLAIM_BATCH = 256
+# How long an alert that joins an open incident may wait for more of its service's alerts,
+# so a storm's joins reach the incident as one run input (it reads them once a second
+# anyway); an alert that opens an incident never waits.
+JOIN_LINGER_S = 1.0
 RECONCILE_S = 30.0  # how often open incidents are checked for runs that died
 IDLE_POLL_S = 2.0
 PRUNE_S = 600.0  # handled alerts older than a week go, checked this often
@@ -78,8 +83,10 @@ class Dispatcher:
         on_result: Callable[[Alert, Submission], None] | None = None,
         *,
         concurrency: int = 8,
+        linger_s: float = JOIN_LINGER_S,
     ) -> None:
         self.spool = spool
+        self.linger_s = linger_s
         self.intake = Intake(spool, api_url, opener)
         self.on_result = on_result  # told what became of each alert (oncall serve's log)
         self.wake = asyncio.Event()
@@ -89,18 +96,6 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._reconciled = 0.0
         self._pruned = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
-
-    def poke(self) -> None:
-        """Wakes the dispatcher: from its own loop, or from the receiver's (another thread)."""
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if self._loop is None or here is self._loop:
-            self.wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self.wake.set)
 
     @property
     def api_url(self) -> str:
@@ -114,14 +109,18 @@ class Dispatcher:
         """Handles every due alert; raises the first outage after doing what it could."""
         done = 0
         waited: Exception | None = None
-        self._loop = asyncio.get_running_loop()
         with PrefectAPI(self.api_url) as api:
             if time.monotonic() - self._reconciled > RECONCILE_S:
                 self._reconciled = time.monotonic()
                 await self.intake.reconcile(api)
             while waited is None:
                 entries = await asyncio.to_thread(
-                    self.spool.claim, self.intake.owner, limit=CLAIM_BATCH
+                    functools.partial(
+                        self.spool.claim,
+                        self.intake.owner,
+                        limit=CLAIM_BATCH,
+                        linger_s=self.linger_s,
+                    )
                 )
                 if not entries:
                     break
@@ -176,7 +175,6 @@ class Dispatcher:
         return done, None
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
         delay = 1.0
         while True:
             # Cleared before draining: an alert stored during the drain wakes the next one.
@@ -194,7 +192,15 @@ class Dispatcher:
                 delay = min(30.0, delay * 2)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=IDLE_POLL_S)
+                await asyncio.wait_for(self.wake.wait(), timeout=await self._idle_s())
+
+    async def _idle_s(self) -> float:
+        """How long to wait for a new alert before looking again: until the next pending
+        alert (a lingering join, a back-off) is due, at most IDLE_POLL_S."""
+        due = await asyncio.to_thread(self.spool.next_due)
+        if due is None:
+            return IDLE_POLL_S
+        return min(IDLE_POLL_S, max(0.05, due + self.linger_s - self.spool.clock()))
 
     def health(self) -> dict[str, Any]:
         """What /healthz says: ok, or degraded with the reasons."""
@@ -270,7 +276,7 @@ def create_app(
         stored = await accepting.put_many(alerts)  # committed: durable
         keys = [key for key, _ in stored]
         duplicates = sum(not new for _, new in stored)
-        dispatcher.poke()
+        dispatcher.wake.set()
         return JSONResponse(
             {"accepted": len(alerts), "duplicates": duplicates, "ids": keys}, status_code=202
         )

@@ -51,38 +51,14 @@ from runbooks.engine.kernel import flow_of
 __all__ = ["LocalIncidents", "build_deployments", "exposure_warnings", "serve"]
 
 log = logging.getLogger("oncall.serve")
-# How long a thread may keep the GIL while another waits (Python's default: 5 ms). The
-# receiver's thread waits for it after every socket read and commit: at 5 ms a 202 under
-# a storm, with incidents running in this process, waited tens of milliseconds for it.
-SWITCH_S = 0.001
 
 
 class _Receiver(uvicorn.Server):
-    """uvicorn without its own signal handling (``serve`` owns shutdown), answering on an
-    event loop of its own thread: a 202 never waits for the dispatcher's or the runner's
-    work on serve's loop to yield, only for the GIL (handed over every few milliseconds)."""
+    """uvicorn without its own signal handling: ``serve`` owns shutdown."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-    async def serve_apart(self) -> None:
-        async def here() -> Any:
-            try:
-                await self.serve()
-            except SystemExit as exc:  # uvicorn's "could not listen" (it logged why)
-                return exc.code
-            return None
-
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="oncall-receiver", daemon=True)
-        thread.start()
-        try:
-            code = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(here(), loop))
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-        if code is not None:
-            raise SystemExit(code)  # as uvicorn meant it, in serve's own thread
 
 
 class LocalIncidents:
@@ -390,7 +366,6 @@ async def serve(
     """
     path = str(Path(config_path).resolve())
     config = load_config(path)
-    sys.setswitchinterval(SWITCH_S)
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
     api_url = ensure()
     for line in exposure_warnings(api_url):  # on stderr whatever logging is set up
@@ -436,7 +411,7 @@ async def serve(
     # on a busy Prefect, and a SIGTERM then must not wait for it to finish.
     waiter = asyncio.create_task(stop.wait())
     tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(receiver.serve_apart(), name="receiver"),
+        asyncio.create_task(receiver.serve(), name="receiver"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
     scheduled: list[Any] = []  # ids of deployments with a schedule, paused on the way out

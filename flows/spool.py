@@ -142,8 +142,11 @@ class Spool(IncidentRegistry):
     # --- plumbing --------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self, durable: bool = False) -> Iterator[Any]:
-        """One transaction; SQLite's is IMMEDIATE (the writer lock up front: no upgrade race)."""
+    def _tx(self, durable: bool = False, *, read: bool = False) -> Iterator[Any]:
+        """One transaction; SQLite's is IMMEDIATE (the writer lock up front: no upgrade race),
+        but a ``read`` takes no writer lock at all (WAL readers see the last commit): the
+        accepting connection waits on SQLite's busy back-off (sleeps of up to 100 ms) for
+        every writer lock the other connection holds."""
         conn, lock = self._durable if durable else self._relaxed
         with lock:
             cur = conn.cursor()
@@ -157,7 +160,7 @@ class Spool(IncidentRegistry):
                 finally:
                     cur.close()
                 return
-            cur.execute("BEGIN IMMEDIATE")
+            cur.execute("BEGIN" if read else "BEGIN IMMEDIATE")
             try:
                 yield cur
                 cur.execute("COMMIT")
@@ -221,24 +224,35 @@ class Spool(IncidentRegistry):
     # --- dispatching -----------------------------------------------------------------
 
     def claim(
-        self, owner: str, *, limit: int = 64, lease_s: float = 30.0, only: str | None = None
+        self,
+        owner: str,
+        *,
+        limit: int = 64,
+        lease_s: float = 30.0,
+        only: str | None = None,
+        linger_s: float = 0.0,
     ) -> list[Entry]:
         """Due pending alerts (or the one ``only`` names), leased to ``owner``: those of
         services without an incident first (an opening is what a storm of joins must not
         delay), then oldest first; never a service another live owner is working on (a
-        service's alerts stay in order)."""
+        service's alerts stay in order). Alerts that would join an incident wait until
+        ``linger_s`` old, so that a storm's joins reach the incident together."""
         now = self.clock()
         which, args = ("AND id = ?", (only,)) if only else ("", ())
+        has_incident = (
+            f"EXISTS (SELECT 1 FROM {self.p}incidents i WHERE i.service = a.service"
+            " AND i.state <> 'closed')"
+        )
         with self._tx() as cur:
             self._lock_claims(cur)
             cur.execute(
                 f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts a WHERE state = 'pending' AND due <= ?"
+                f" AND (due <= ? OR NOT {has_incident})"
                 f" AND (lease < ? OR owner = ?) {which} AND NOT EXISTS (SELECT 1 FROM"
                 f" {self.p}alerts b WHERE b.service = a.service AND b.state = 'pending'"
-                f" AND b.lease >= ? AND b.owner <> ?) ORDER BY EXISTS (SELECT 1 FROM"
-                f" {self.p}incidents i WHERE i.service = a.service AND i.state <> 'closed'),"
-                f" received, id LIMIT ?",
-                (now, now, owner, *args, now, owner, limit),
+                f" AND b.lease >= ? AND b.owner <> ?) ORDER BY {has_incident}, received, id"
+                " LIMIT ?",
+                (now, now - linger_s, now, owner, *args, now, owner, limit),
             )
             entries = [entry_of(r) for r in cur.fetchall()]
             for entry in entries:
@@ -304,7 +318,7 @@ class Spool(IncidentRegistry):
 
     def entries(self, state: str | None = None, limit: int = 100) -> list[Entry]:
         where, args = ("WHERE state = ?", (state,)) if state else ("", ())
-        with self._tx() as cur:
+        with self._tx(read=True) as cur:
             cur.execute(
                 f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts {where}"
                 " ORDER BY received DESC LIMIT ?",
@@ -313,14 +327,21 @@ class Spool(IncidentRegistry):
             return [entry_of(r) for r in cur.fetchall()]
 
     def get(self, entry_id: str) -> Entry | None:
-        with self._tx() as cur:
+        with self._tx(read=True) as cur:
             cur.execute(f"SELECT {ENTRY_COLUMNS} FROM {self.p}alerts WHERE id = ?", (entry_id,))
             row = cur.fetchone()
         return entry_of(row) if row else None
 
+    def next_due(self) -> float | None:
+        """When the earliest pending alert is due (None when nothing is pending)."""
+        with self._tx(read=True) as cur:
+            cur.execute(f"SELECT MIN(due) FROM {self.p}alerts WHERE state = 'pending'")
+            row = cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def stats(self) -> dict[str, Any]:
         """Counts per state and the age of the oldest pending alert (what /healthz reports)."""
-        with self._tx() as cur:
+        with self._tx(read=True) as cur:
             cur.execute(f"SELECT state, COUNT(*), MIN(received) FROM {self.p}alerts GROUP BY state")
             rows = {state: (count, oldest) for state, count, oldest in cur.fetchall()}
         pending, oldest = rows.get("pending", (0, None))

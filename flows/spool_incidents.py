@@ -35,14 +35,14 @@ class IncidentRegistry:
     p: str
     postgres: bool
     clock: Callable[[], float]
-    _tx: Callable[[], AbstractContextManager[Any]]
+    _tx: Callable[..., AbstractContextManager[Any]]
     _lock_claims: Callable[[Any], None]
 
     # --- incidents -------------------------------------------------------------------
 
     def registration(self, service: str) -> Registration | None:
         """The service's incident that is opening or open, if any."""
-        with self._tx() as cur:
+        with self._tx(read=True) as cur:
             cur.execute(
                 f"SELECT {REG_COLUMNS} FROM {self.p}incidents"
                 " WHERE service = ? AND state <> 'closed'",
@@ -51,7 +51,7 @@ class IncidentRegistry:
             return registration_of(cur.fetchone())
 
     def registrations(self, state: str = "open") -> list[Registration]:
-        with self._tx() as cur:
+        with self._tx(read=True) as cur:
             cur.execute(f"SELECT {REG_COLUMNS} FROM {self.p}incidents WHERE state = ?", (state,))
             return [r for r in map(registration_of, cur.fetchall()) if r]
 

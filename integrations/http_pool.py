@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from integrations.http import USER_AGENT
+from integrations.http import USER_AGENT, tls
 
 __all__ = ["SHARD_CONNECTIONS", "http_client"]
 
@@ -51,8 +51,7 @@ class _Shards(httpx.AsyncBaseTransport):
         count = max(1, math.ceil(concurrency / per_shard))
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         # One SSL context for all: each transport would otherwise load the CA bundle (~40 ms).
-        tls = httpx.create_ssl_context()
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits, verify=tls) for _ in range(count)]
+        self._pools = [httpx.AsyncHTTPTransport(limits=limits, verify=tls()) for _ in range(count)]
         self._busy = [0] * count
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

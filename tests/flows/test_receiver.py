@@ -142,11 +142,13 @@ def make_receiver(tmp_path):
         resume: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
         store: str | Path | None = None,
         clock: Callable[[], float] = time.time,
+        linger_s: float = 0.0,
         **receiver: Any,
     ) -> Receiver:
         spool = Spool(store or tmp_path / "intake.db", clock=clock)
         made.append(spool)
-        dispatcher = Dispatcher(spool, api_url or _dead_url(), opener)
+        # Drained by hand in these tests: a join is handled at once, not after a linger.
+        dispatcher = Dispatcher(spool, api_url or _dead_url(), opener, linger_s=linger_s)
         app = create_app(_config(**receiver), spool, dispatcher, resume=resume)
         return Receiver(app, spool, dispatcher)
 
@@ -1212,7 +1214,9 @@ def test_joining_and_closing_are_atomic_and_closing_sees_every_alert_that_joined
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_new_services_first_alert_is_claimed_ahead_of_older_joins(backend, tmp_path, pgdb):
+def test_a_new_services_first_alert_is_claimed_ahead_of_lingering_or_older_joins(
+    backend, tmp_path, pgdb
+):
     """During a storm of joins, the alert that opens a new incident does not queue behind
     them; each service's own alerts stay in the order they came."""
     url = (
@@ -1243,6 +1247,16 @@ def test_a_new_services_first_alert_is_claimed_ahead_of_older_joins(backend, tmp
         claimed = store.claim("me", limit=3)
         assert [e.id for e in claimed] == [newcomer, *joins[:2]]
         assert [e.id for e in store.claim("me", limit=10)] == [newcomer, *joins]
+        # The dispatcher lets joins linger, so a storm's reach the incident together: a
+        # join younger than the linger waits, an opening never does.
+        later_join = store.put(alert(busy, "b9"))[0]
+        second_newcomer = store.put(alert(f"new2-{uuid.uuid4().hex[:8]}", "m0"))[0]
+        now[0] += 0.2
+        lingering = [e.id for e in store.claim("me", limit=20, linger_s=0.5)]
+        assert second_newcomer in lingering and later_join not in lingering
+        assert store.next_due() is not None
+        now[0] += 0.4
+        assert later_join in [e.id for e in store.claim("me", limit=20, linger_s=0.5)]
     finally:
         store.close()
 
