@@ -82,6 +82,9 @@ def test_the_runbook_runs_by_service_for_this_target_kind(
         "HMS_SECRET": "hms-secret-for-tests-0123456789abcdef",
     }.items():
         monkeypatch.setenv(var, value)
+    # `oncall run` exports ONCALL_CONFIG for its own run (its gates read the approvals);
+    # in this process it must not outlive the test (later tests would load this config).
+    monkeypatch.setenv("ONCALL_CONFIG", str(config))
     result = CliRunner().invoke(
         app,
         ["run", runbook, "--service", service, "--config", str(config), "--dry-run", "--json"],
