@@ -55,6 +55,7 @@ CLAIM_BATCH = 256
 JOIN_LINGER_S = 1.0
 RECONCILE_S = 30.0  # how often open incidents are checked for runs that died
 IDLE_POLL_S = 2.0
+IDLE_FLOOR_S = 0.2
 PRUNE_S = 600.0  # handled alerts older than a week go, checked this often
 STUCK_S = 30.0  # a pending alert older than this makes /healthz degraded
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -200,7 +201,8 @@ class Dispatcher:
         due = await asyncio.to_thread(self.spool.next_due)
         if due is None:
             return IDLE_POLL_S
-        return min(IDLE_POLL_S, max(0.05, due + self.linger_s - self.spool.clock()))
+        # At least IDLE_FLOOR_S: an alert another receiver holds under lease is "due" too.
+        return min(IDLE_POLL_S, max(IDLE_FLOOR_S, due + self.linger_s - self.spool.clock()))
 
     def health(self) -> dict[str, Any]:
         """What /healthz says: ok, or degraded with the reasons."""
