@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from integrations.errors import AuthError, ConfigError, NotFound, ProviderError, Unreachable
-from integrations.http import tls
+from integrations.tls import tls
 
 __all__ = ["PrefectAPI"]
 

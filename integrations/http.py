@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import logging
 import random
-import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -32,6 +30,7 @@ from integrations.errors import (
     error_for_status,
 )
 from integrations.redact import scrub
+from integrations.tls import tls
 
 __all__ = [
     "USER_AGENT",
@@ -43,19 +42,10 @@ __all__ = [
     "request",
     "retries_field",
     "timeout_field",
-    "tls",
 ]
 
 USER_AGENT = "oncall-runbooks/0.1"
 log = logging.getLogger("oncall.http")
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """The process's one TLS context for every client: httpx builds one per client (it
-    loads the CA bundle: 15-40 ms of CPU with the GIL held), and a receiver or incident
-    that opens a client per call stalled every other thread for as long."""
-    return httpx.create_ssl_context()
 
 
 def async_client(

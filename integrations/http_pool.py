@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from integrations.http import USER_AGENT, tls
+from integrations.http import USER_AGENT
+from integrations.tls import tls
 
 __all__ = ["SHARD_CONNECTIONS", "http_client"]
 
