@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
@@ -43,7 +43,7 @@ from integrations.errors import ConfigError, OncallError
 from integrations.pagerduty import verify_pagerduty_signature
 from integrations.sentry import verify_sentry_signature
 
-__all__ = ["Dispatcher", "create_app"]
+__all__ = ["Dispatcher", "DispatcherView", "create_app", "health_report"]
 
 log = logging.getLogger("oncall.receiver")
 
@@ -206,30 +206,51 @@ class Dispatcher:
 
     def health(self) -> dict[str, Any]:
         """What /healthz says: ok, or degraded with the reasons."""
-        stats = self.spool.stats()
-        reasons = []
-        if not self.prefect_ok:
-            reasons.append(f"Prefect API unreachable: {self.last_error}")
-        if stats["pending"] and stats["oldest_pending_s"] > STUCK_S:
-            reasons.append(
-                f"{stats['pending']} alert(s) pending, the oldest for"
-                f" {stats['oldest_pending_s']:.0f}s"
-            )
-        if stats["quarantined"]:
-            reasons.append(f"{stats['quarantined']} alert(s) quarantined (oncall intake list)")
-        return {
-            "status": "degraded" if reasons else "ok",
-            "reasons": reasons,
-            "prefect_reachable": self.prefect_ok,
-            "last_error": self.last_error,
-            **stats,
-        }
+        return health_report(self.spool.stats(), self.prefect_ok, self.last_error)
+
+
+class DispatcherView(Protocol):
+    """What the receiver needs of the dispatcher: the in-process :class:`Dispatcher`, or
+    its relay in a receiver process of its own (flows/receiver_process.py)."""
+
+    @property
+    def api_url(self) -> str: ...
+
+    @property
+    def wake(self) -> Wakeable: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class Wakeable(Protocol):
+    def set(self) -> None: ...
+
+
+def health_report(stats: dict[str, Any], prefect_ok: bool, last_error: str) -> dict[str, Any]:
+    """/healthz: ok, or degraded with the reasons, from the store's figures and the
+    dispatcher's state."""
+    reasons = []
+    if not prefect_ok:
+        reasons.append(f"Prefect API unreachable: {last_error}")
+    if stats["pending"] and stats["oldest_pending_s"] > STUCK_S:
+        reasons.append(
+            f"{stats['pending']} alert(s) pending, the oldest for {stats['oldest_pending_s']:.0f}s"
+        )
+    if stats["quarantined"]:
+        reasons.append(f"{stats['quarantined']} alert(s) quarantined (oncall intake list)")
+    return {
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "prefect_reachable": prefect_ok,
+        "last_error": last_error,
+        **stats,
+    }
 
 
 def create_app(
     config: OncallConfig,
     spool: Spool,
-    dispatcher: Dispatcher,
+    dispatcher: DispatcherView,
     *,
     resume: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> FastAPI:

@@ -28,18 +28,17 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import uvicorn
 
 from flows.config import OncallConfig
 from flows.config_load import load_config
 from flows.intake import creation_tags, open_by_deployment
 from flows.prefect_api import PrefectAPI
-from flows.receiver import Dispatcher, create_app
+from flows.receiver import Dispatcher
+from flows.receiver_process import ReceiverProcess, listen
 from flows.serve_log import ServeLog, announce, stopper
 from flows.server import api_protected, ensure, is_loopback
 from flows.spool import Spool, store_url
@@ -51,14 +50,6 @@ from runbooks.engine.kernel import flow_of
 __all__ = ["LocalIncidents", "build_deployments", "exposure_warnings", "serve"]
 
 log = logging.getLogger("oncall.serve")
-
-
-class _Receiver(uvicorn.Server):
-    """uvicorn without its own signal handling: ``serve`` owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class LocalIncidents:
@@ -366,6 +357,8 @@ async def serve(
     """
     path = str(Path(config_path).resolve())
     config = load_config(path)
+    bind = (host or config.receiver.host, port or config.receiver.port)
+    sock = listen(*bind)  # a taken port: one line, before anything starts or changes
     os.environ["ONCALL_CONFIG"] = path  # runs of runbook deployments resolve services by name
     api_url = ensure()
     for line in exposure_warnings(api_url):  # on stderr whatever logging is set up
@@ -387,16 +380,10 @@ async def serve(
         opener = functools.partial(open_by_deployment, config_path=path if runner else None)
     say = ServeLog()
     dispatcher = Dispatcher(spool, api_url, opener, on_result=say.alert)
-    app = create_app(config, spool, dispatcher)
-    receiver = _Receiver(
-        uvicorn.Config(
-            app,
-            host=host or config.receiver.host,
-            port=port or config.receiver.port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
+    # The receiver answers in a process of its own (flows/receiver_process.py): its 202s
+    # wait for no incident, dispatch or runner work under this process's GIL.
+    receiver = ReceiverProcess(sock, path, api_url, dispatcher)
+    receiving = asyncio.create_task(receiver.run(), name="receiver")
     deployments = await build_deployments(config, path) if runner else []
     stop = asyncio.Event()
     request_stop = stopper(asyncio.get_running_loop(), stop, on_stopping)
@@ -404,14 +391,20 @@ async def serve(
     # signal arrives, even while the loop is busy (an incident's first imports), so the
     # stop (and the CLI's deadline) starts at the signal, not when the loop gets to it.
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    receiver_url = f"http://{receiver.config.host}:{receiver.config.port}"
-    await announce(say, config, path, api_url, receiver_url, deployments, local is not None)
-    live.subscribe(say)  # gates, decisions and incidents running in this process
+    receiver_url = f"http://{bind[0]}:{bind[1]}"
     # The stop is awaited from the first moment: registering the deployments takes seconds
     # on a busy Prefect, and a SIGTERM then must not wait for it to finish.
     waiter = asyncio.create_task(stop.wait())
+    # Announced once the receiver answers (its process starts while the deployments
+    # register).
+    listening = asyncio.create_task(receiver.listening.wait())
+    await asyncio.wait([listening, receiving, waiter], return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
+    if receiver.listening.is_set():
+        await announce(say, config, path, api_url, receiver_url, deployments, local is not None)
+    live.subscribe(say)  # gates, decisions and incidents running in this process
     tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(receiver.serve(), name="receiver"),
+        receiving,
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
     scheduled: list[Any] = []  # ids of deployments with a schedule, paused on the way out
@@ -423,7 +416,7 @@ async def serve(
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     request_stop()  # a task that ended by itself stops the rest, within the same bounds
     live.unsubscribe(say)
-    receiver.should_exit = True
+    receiver_stopped = asyncio.create_task(receiver.stop())  # alongside the rest of the stop
     if local is not None:
         await local.stop(api_url)
     if scheduled:
@@ -431,7 +424,7 @@ async def serve(
             await asyncio.wait_for(_pause_schedules(scheduled), 2)
     for task in tasks[1:]:
         task.cancel()
-    for task in tasks:
+    for task in [receiver_stopped, *tasks]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=15)
     for sig, handler in previous.items():
