@@ -367,3 +367,60 @@ def test_incident_of_a_killed_serve_is_marked_crashed_and_a_new_alert_opens_a_ne
     assert api.incident_runs(["service:orders-db"], open_only=True) == []
     ended = api.flow_run(waiting["id"])["state"]["type"]
     assert ended in ("CANCELLED", "CRASHED", "FAILED"), ended
+
+
+def _receiver_pids(serve_pid: int) -> list[int]:
+    """The receiver processes `oncall serve` started (flows/receiver_process.py)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                argv = cmd.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == serve_pid and b"flows.receiver_process" in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def test_a_dead_receiver_process_is_replaced_and_a_killed_serve_takes_it_along(serve_setup):
+    """The receiver answers in a process of its own. Killed, serve starts another on the
+    same socket: an alert sent meanwhile waits in the listen backlog and is accepted. A
+    `kill -9` of serve takes the receiver with it: the port is free at once."""
+    config, env, log = serve_setup
+    url, proc = _start(config, env, log)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        (first,) = _receiver_pids(proc.pid)
+        os.kill(first, 9)
+        answer = httpx.post(  # sent while no receiver process answers
+            f"{url}/alerts/alertmanager",
+            json=_payload(f"respawn-{uuid.uuid4().hex[:12]}"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+        )
+        assert answer.status_code == 202, answer.text
+        (second,) = _receiver_pids(proc.pid)
+        assert second != first and proc.poll() is None
+        assert "the receiver process exited (code -9): starting a new one" in log.read_text()
+        health = _wait(
+            lambda: (lambda h: h if h["pending"] == 0 and h["done"] >= 1 else None)(
+                httpx.get(f"{url}/healthz", timeout=5).json()
+            ),
+            60,
+            "the alert handed on",
+        )
+        assert health["prefect_reachable"] is True, health
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    gone = _wait(lambda: not os.path.exists(f"/proc/{second}") or None, 5, "receiver gone")
+    assert gone
+    with socket.socket() as sock:  # nothing listens on the port any more
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
