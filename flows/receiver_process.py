@@ -15,7 +15,10 @@ How the two processes talk:
   there before the 202, as before. A byte on the *wake* pipe tells the dispatcher to look
   (and ``R`` says the receiver listens).
 - **The dispatcher's state** (is Prefect reachable, the last error) comes down the *state*
-  pipe as JSON lines, for ``/healthz``. End of file on it means serve is gone: the
+  pipe as JSON lines, for ``/healthz``. The receiver process starts (its imports take a
+  second or more) while serve registers its deployments, says ``R`` when loaded and
+  answers from the first state line on, which serve sends once it is up: ``/healthz``
+  answering still means serve is up. End of file on the pipe means serve is gone: the
   receiver stops. On Linux it is also killed with serve (``PR_SET_PDEATHSIG``), so a
   ``kill -9`` of serve frees the port at once.
 
@@ -96,7 +99,8 @@ class ReceiverProcess:
         self.config_path = config_path
         self.api_url = api_url
         self.dispatcher = dispatcher
-        self.listening = asyncio.Event()
+        self.loaded = asyncio.Event()  # the first receiver process is ready to answer
+        self.answering = False  # serve is up: receiver processes may answer
         self.stopping = False
         self._proc: asyncio.subprocess.Process | None = None
         self._state_w = -1
@@ -165,19 +169,29 @@ class ReceiverProcess:
             asyncio.get_running_loop().remove_reader(fd)
             return
         if READY in data:
-            self.listening.set()
+            self.loaded.set()
         self.dispatcher.wake.set()
 
     async def _publish_state(self) -> None:
         while True:
-            state = (self.dispatcher.prefect_ok, self.dispatcher.last_error)
-            now = time.monotonic()
-            if self._state_w >= 0 and (state != self._sent or now - self._sent_at > STATE_RESEND_S):
-                line = json.dumps({"prefect_ok": state[0], "last_error": state[1]}) + "\n"
-                with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                    os.write(self._state_w, line.encode())
-                    self._sent, self._sent_at = state, now
+            self._send_state()
             await asyncio.sleep(STATE_EVERY_S)
+
+    def _send_state(self) -> None:
+        """The dispatcher's state down the state pipe, when it changed (or now and then)."""
+        state = (self.dispatcher.prefect_ok, self.dispatcher.last_error)
+        now = time.monotonic()
+        due = state != self._sent or now - self._sent_at > STATE_RESEND_S
+        if self.answering and self._state_w >= 0 and due:
+            line = json.dumps({"prefect_ok": state[0], "last_error": state[1]}) + "\n"
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self._state_w, line.encode())
+                self._sent, self._sent_at = state, now
+
+    def answer(self) -> None:
+        """Serve is up: the receiver answers from now on (its first state line)."""
+        self.answering = True
+        self._send_state()
 
     async def stop(self) -> None:
         """SIGTERM (it finishes the requests it holds), SIGKILL after STOP_S."""
@@ -207,6 +221,7 @@ class _Relay:
         self.last_error = ""
         self._wake_fd = wake_fd
         self._pending = b""
+        self.told = asyncio.Event()  # the first state line came (or the pipe ended)
 
     def set(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: serve is woken already
@@ -225,6 +240,7 @@ class _Relay:
         if not data:
             asyncio.get_running_loop().remove_reader(fd)
             on_eof()
+            self.told.set()
             return
         *lines, self._pending = (self._pending + data).split(b"\n")
         for line in lines[-1:]:
@@ -232,6 +248,7 @@ class _Relay:
                 state = json.loads(line)
                 self.prefect_ok = bool(state["prefect_ok"])
                 self.last_error = str(state["last_error"])
+                self.told.set()
 
     def health(self) -> dict[str, Any]:
         return health_report(self.spool.stats(), self.prefect_ok, self.last_error)
@@ -275,12 +292,10 @@ def main(argv: list[str]) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop)
         loop.add_reader(int(state_fd), relay.read_state, int(state_fd), stop)
         sock = socket.socket(fileno=int(listen_fd))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            relay.ready()
-        await serving
+        relay.ready()
+        await relay.told.wait()  # serve is up (or gone)
+        if not server.should_exit:
+            await server.serve(sockets=[sock])
 
     asyncio.run(serve())
     spool.close()

@@ -395,13 +395,14 @@ async def serve(
     # The stop is awaited from the first moment: registering the deployments takes seconds
     # on a busy Prefect, and a SIGTERM then must not wait for it to finish.
     waiter = asyncio.create_task(stop.wait())
-    # Announced once the receiver answers (its process starts while the deployments
-    # register).
-    listening = asyncio.create_task(receiver.listening.wait())
-    await asyncio.wait([listening, receiving, waiter], return_when=asyncio.FIRST_COMPLETED)
-    listening.cancel()
-    if receiver.listening.is_set():
+    # The receiver's process started while the deployments registered; once it is loaded,
+    # serve is announced and it answers.
+    loaded = asyncio.create_task(receiver.loaded.wait())
+    await asyncio.wait([loaded, receiving, waiter], return_when=asyncio.FIRST_COMPLETED)
+    loaded.cancel()
+    if receiver.loaded.is_set():
         await announce(say, config, path, api_url, receiver_url, deployments, local is not None)
+        receiver.answer()
     live.subscribe(say)  # gates, decisions and incidents running in this process
     tasks: list[asyncio.Task[Any]] = [
         receiving,
