@@ -1,4 +1,7 @@
-"""``oncall serve``: the webhook receiver and every flow as a Prefect deployment, in one process.
+"""``oncall serve``: the webhook receiver and every flow as a Prefect deployment.
+
+The receiver answers in a process of its own (:mod:`flows.receiver_process`); the
+dispatcher, the incidents and Prefect's runner work in this one.
 
 Deployments: ``incident/incident``, one per runbook (``db-connections/db-connections``
 …, started from the Prefect UI with a service name and validated parameters) and
