@@ -51,6 +51,7 @@ __all__ = ["ReceiverProcess", "listen"]
 log = logging.getLogger("oncall.receiver")
 
 READY = b"R"
+WAKE_EVERY_S = 0.02  # wakes of the dispatcher are coalesced over this long
 STATE_EVERY_S = 0.5  # how often serve looks whether the dispatcher's state changed
 STATE_RESEND_S = 10.0  # and says it again anyway (a restarted receiver hears it)
 STOP_S = 3.0  # SIGTERM, then SIGKILL: serve must be gone within 5 s of a stop
@@ -221,9 +222,19 @@ class _Relay:
         self.last_error = ""
         self._wake_fd = wake_fd
         self._pending = b""
+        self._waking = False
         self.told = asyncio.Event()  # the first state line came (or the pipe ended)
 
     def set(self) -> None:
+        """Wakes the dispatcher WAKE_EVERY_S from now, once for every alert stored
+        meanwhile: a byte per alert cost the receiver a fifth of its time under a storm
+        (each write woke serve, which took the core)."""
+        if not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_later(WAKE_EVERY_S, self._wake)
+
+    def _wake(self) -> None:
+        self._waking = False
         with contextlib.suppress(BlockingIOError):  # a full pipe: serve is woken already
             os.write(self._wake_fd, b"w")
 
