@@ -254,12 +254,7 @@ async def restarts(
             pods=rows,
         )
     if docker is not None:
-        t = docker.target
-        infos = await asyncio.to_thread(
-            docker.service_containers
-            if not t.container and t.compose_service
-            else lambda: [docker.container()]
-        )
+        infos = await asyncio.to_thread(docker.containers)
         for c in infos:
             recent = since is None or (
                 c.finished_at is not None and c.finished_at.timestamp() >= since

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from kubernetes.utils.quantity import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,12 +34,13 @@ from checks.evidence.memory import (
 from checks.findings import Finding, Status
 from checks.http_metrics import current_value, metrics_check
 from integrations.commands import describe, run_configured
-from integrations.docker import DockerOperator, DockerReader, DockerTarget
+from integrations.docker import DockerOperator, DockerTarget
 from integrations.errors import TargetError
-from integrations.kubernetes import KubernetesOperator, KubernetesReader, KubernetesTarget
+from integrations.kubernetes import KubernetesOperator, KubernetesTarget
 from integrations.prometheus import PrometheusClient, PrometheusTarget
 from integrations.service import ConfiguredAction, Service
 from runbooks.diagnosis.findings import problems, seen
+from runbooks.diagnosis.platforms import Readers, metrics_readers
 from runbooks.engine.fields import lookback, percent, seconds, step, switch, verify_window
 from runbooks.engine.guard import remediation
 from runbooks.engine.model import Action, ActionResult, Plan, Risk, RunbookParams
@@ -108,24 +109,6 @@ class MemoryAction(ActionKind):
     MEMORY_LIMIT = "kubernetes.memory_limit"
 
 
-class _Readers(NamedTuple):
-    prom: PrometheusClient
-    kube: KubernetesReader | None
-    docker: DockerReader | None
-
-
-@contextlib.asynccontextmanager
-async def _readers(service: Service) -> AsyncIterator[_Readers]:
-    async with contextlib.AsyncExitStack() as stack:
-        prom = await stack.enter_async_context(PrometheusClient(service.target(PrometheusTarget)))
-        kube = docker = None
-        if service.kubernetes:
-            kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))
-        if service.docker:
-            docker = await stack.enter_async_context(DockerReader(service.docker))
-        yield _Readers(prom, kube, docker)
-
-
 def _window(params: MemoryLeakParams) -> mem.Window:
     return mem.Window(
         lookback_s=params.lookback_seconds,
@@ -139,14 +122,14 @@ def _window(params: MemoryLeakParams) -> mem.Window:
 async def _checks(
     service: Service, params: MemoryLeakParams, moment: Moment
 ) -> AsyncIterator[Mapping[str, Check]]:
-    async with _readers(service) as r:
+    async with metrics_readers(service) as r:
         if moment.verifying and moment.plan is not None and moment.since is not None:
             yield _verify_checks(service, r, params, moment.plan, moment.since)
         else:
             yield _diagnose_checks(service, r, params)
 
 
-def _diagnose_checks(service: Service, r: _Readers, params: MemoryLeakParams) -> dict[str, Check]:
+def _diagnose_checks(service: Service, r: Readers, params: MemoryLeakParams) -> dict[str, Check]:
     q, w, name = mem.MemoryQueries.for_service(service), _window(params), service.name
     runtime = {"kube": r.kube, "docker": r.docker}
 
@@ -171,7 +154,7 @@ def _diagnose_checks(service: Service, r: _Readers, params: MemoryLeakParams) ->
     return checks
 
 
-def _usage(r: _Readers, q: mem.MemoryQueries, params: MemoryLeakParams, name: str) -> Check:
+def _usage(r: Readers, q: mem.MemoryQueries, params: MemoryLeakParams, name: str) -> Check:
     return lambda: mem.memory_usage(
         r.prom,
         q,
@@ -184,7 +167,7 @@ def _usage(r: _Readers, q: mem.MemoryQueries, params: MemoryLeakParams, name: st
 
 
 def _verify_checks(
-    service: Service, r: _Readers, params: MemoryLeakParams, plan: Plan, since: float
+    service: Service, r: Readers, params: MemoryLeakParams, plan: Plan, since: float
 ) -> dict[str, Check]:
     """What a restart promises, and what it does not: memory back towards its baseline,
     under the limit, no OOM kill — and whether it grows again (the leak still at work)."""

@@ -11,6 +11,8 @@ imports another runbook; changes they share live in :mod:`runbooks.remedies`.
 - :mod:`runbooks.diagnosis.http`: an HTTP service's symptom from Prometheus (error rate,
   latency) and what explains it — deploys, traffic, slow statements, dependencies,
   replicas (high-error-rate, performance-degradation);
+- :mod:`runbooks.diagnosis.platforms`: the readers of the platforms a service runs on
+  (Kubernetes, Docker), opened the same way wherever replicas or containers are read;
 - :mod:`runbooks.diagnosis.queues`: a work queue's backlog from its broker (RabbitMQ,
   Redis), the quick reads its remediations re-validate with, and ``Drains``: what
   "drained" means after acting (queue-backlog).

@@ -22,6 +22,7 @@ from integrations.kubernetes import KubernetesReader
 from integrations.prometheus import PrometheusClient
 from integrations.service import Service
 from integrations.vercel import VercelClient
+from runbooks.diagnosis.platforms import workload_readers
 from runbooks.engine.fields import (
     HOUR,
     count,
@@ -94,13 +95,10 @@ class Readers(BaseModel):
 async def open_readers(service: Service) -> AsyncIterator[Readers]:
     """Opens a reader for each platform the service has; closes them all on exit."""
     async with AsyncExitStack() as stack:
+        kube, docker = await workload_readers(stack, service)
         yield Readers(
-            kube=await stack.enter_async_context(KubernetesReader(service.kubernetes))
-            if service.kubernetes
-            else None,
-            docker=await stack.enter_async_context(DockerReader(service.docker))
-            if service.docker
-            else None,
+            kube=kube,
+            docker=docker,
             vercel=await stack.enter_async_context(VercelClient(service.vercel))
             if service.vercel
             else None,

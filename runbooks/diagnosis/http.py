@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from checks import http_metrics as hm
 from checks.findings import Finding, Status
-from integrations.docker import DockerReader, DockerTarget
-from integrations.kubernetes import KubernetesReader, KubernetesTarget
-from integrations.postgres import PostgresReader, PostgresTarget
-from integrations.prometheus import PrometheusClient, PrometheusTarget
+from integrations.docker import DockerTarget
+from integrations.kubernetes import KubernetesTarget
+from integrations.postgres import PostgresTarget
+from integrations.prometheus import PrometheusTarget
 from integrations.service import HttpEndpoint, Service
 from runbooks.diagnosis.findings import problems
+from runbooks.diagnosis.platforms import Readers, metrics_readers
 from runbooks.engine.fields import HOUR, count, lookback, seconds, step, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Checks, Moment
@@ -87,28 +88,9 @@ HTTP_TARGETS = Targets(
 )
 
 
-class Readers(NamedTuple):
-    """The read-only clients a run needs; absent targets are None."""
-
-    prom: PrometheusClient
-    kube: KubernetesReader | None
-    docker: DockerReader | None
-    db: PostgresReader | None
-
-
-@contextlib.asynccontextmanager
-async def readers(service: Service) -> AsyncIterator[Readers]:
+def readers(service: Service) -> contextlib.AbstractAsyncContextManager[Readers]:
     """Opens the service's readers (no I/O until a check uses them) and closes them."""
-    async with contextlib.AsyncExitStack() as stack:
-        prom = await stack.enter_async_context(PrometheusClient(service.target(PrometheusTarget)))
-        kube = docker = db = None
-        if service.kubernetes:
-            kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))
-        if service.docker and service.docker.compose_service:
-            docker = await stack.enter_async_context(DockerReader(service.docker))
-        if service.postgres:
-            db = await stack.enter_async_context(PostgresReader(service.postgres))
-        yield Readers(prom, kube, docker, db)
+    return metrics_readers(service, compose_only=True, postgres=True)
 
 
 def context_checks(

@@ -21,13 +21,12 @@ from checks import providers
 from checks import queues as qc
 from checks.evidence.queues import DrainEvidence
 from checks.findings import Finding, Severity, Status
-from integrations.docker import DockerReader
 from integrations.errors import TargetError
-from integrations.kubernetes import KubernetesReader
 from integrations.rabbitmq import RabbitReader
 from integrations.redis_queue import RedisQueueReader, RedisQueueTarget
 from integrations.service import Service
 from integrations.statuspage import StatuspagePublic
+from runbooks.diagnosis.platforms import workload_readers
 from runbooks.engine.fields import count, seconds, verify_window
 from runbooks.engine.model import RunbookParams
 from runbooks.engine.runbook import Check, Moment
@@ -105,11 +104,7 @@ async def queue_checks(
     async with contextlib.AsyncExitStack() as stack:
         queue = await stack.enter_async_context(reader(service, params))
         pages = [await stack.enter_async_context(StatuspagePublic(p)) for p in service.providers]
-        kube = docker = None
-        if service.kubernetes:
-            kube = await stack.enter_async_context(KubernetesReader(service.kubernetes))
-        if service.docker and service.docker.compose_service:
-            docker = await stack.enter_async_context(DockerReader(service.docker))
+        kube, docker = await workload_readers(stack, service, compose_only=True)
         limits = qc.Limits.model_validate(params.model_dump(include=set(qc.Limits.model_fields)))
         if isinstance(queue, RabbitReader):
             sample = partial(qc.rabbit_snapshot, queue, params.sample_seconds)
