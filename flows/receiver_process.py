@@ -13,7 +13,7 @@ How the two processes talk:
   the listen backlog instead of being refused.
 - **Alerts** go through the intake store both already share (flows/spool.py): committed
   there before the 202, as before. A byte on the *wake* pipe tells the dispatcher to look
-  (and ``R`` says the receiver listens).
+  (at most one every WAKE_EVERY_S).
 - **The dispatcher's state** (is Prefect reachable, the last error) comes down the *state*
   pipe as JSON lines, for ``/healthz``. The receiver process starts (its imports take a
   second or more) while serve registers its deployments, says ``R`` when loaded and

@@ -5,12 +5,17 @@ runbook suspends and is resumed in a new process)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -21,6 +26,8 @@ from tests.oncall_proc import oncall, start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TOKEN = "test-receiver-token-0123"
+SLACK_SECRET = "test-slack-signing-secret-0123"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _free_port() -> int:
@@ -101,6 +108,7 @@ verification: {{healthy_for: 1s, interval: 1s, timeout: 60s}}
 receiver:
   port: {port}
   token: ${{RECEIVER_TOKEN}}
+  slack_signing_secret: ${{SLACK_SIGNING_SECRET}}
   cooldown: 0s
   incidents: {incidents}
 health: {{enabled: false}}
@@ -109,6 +117,7 @@ health: {{enabled: false}}
         **os.environ,
         "ORDERS_DSN": pgdb.dsn,
         "RECEIVER_TOKEN": TOKEN,
+        "SLACK_SIGNING_SECRET": SLACK_SECRET,
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
     log = tmp_path / "serve.log"
@@ -424,3 +433,48 @@ def test_a_dead_receiver_process_is_replaced_and_a_killed_serve_takes_it_along(s
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sock.listen()
+
+
+def _slack_click(run_id: str) -> tuple[bytes, dict[str, str]]:
+    """Slack's signed ``payload=`` form of an Approve click on ``run_id``'s gate."""
+    doc = json.loads((FIXTURES / "slack" / "block_actions.json").read_text())
+    doc.pop("_source")
+    value = f"approve:{run_id}"
+    doc["actions"][0].update(value=value, action_id=value, block_id="approval:approve")
+    body = urlencode({"payload": json.dumps(doc)}).encode()
+    ts = str(int(time.time()))
+    digest = hmac.new(SLACK_SECRET.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256)
+    headers = {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": "v0=" + digest.hexdigest(),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return body, headers
+
+
+@pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
+def test_a_signed_slack_click_on_serve_s_receiver_approves_the_gate_once(
+    served, faults, pgdb, prefect_api
+):
+    """The receiver answers in a process of its own: the Slack click it verifies is sealed
+    for the gate (the same seal key as serve's) and resumes the run, once."""
+    url, _ = served
+    api = PrefectAPI(prefect_api)
+    idle, child, _fingerprint = _fault_alert_and_gate(url, faults, api)
+    body, headers = _slack_click(child["id"])
+    forged = {**headers, "X-Slack-Signature": "v0=" + "0" * 64}
+    assert httpx.post(f"{url}/approvals/slack", content=body, headers=forged).status_code == 401
+    answer = httpx.post(f"{url}/approvals/slack", content=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["text"] == "Approved by jtorrance", answer.text
+    done = _wait(
+        lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
+            api.flow_run(child["id"])
+        ),
+        120,
+        "the approved runbook run",
+    )
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert pgdb.alive(idle) == set()
+    again = httpx.post(f"{url}/approvals/slack", content=body, headers=headers, timeout=30)
+    assert again.status_code == 200 and again.json()["text"].startswith("Not recorded")
