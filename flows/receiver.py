@@ -192,8 +192,9 @@ class Dispatcher:
                 await asyncio.sleep(delay)  # new alerts do not hurry a back-off
                 delay = min(30.0, delay * 2)
                 continue
+            idle_s = await self._idle_s()  # first: a cancel here leaves no coroutine behind
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=await self._idle_s())
+                await asyncio.wait_for(self.wake.wait(), timeout=idle_s)
 
     async def _idle_s(self) -> float:
         """How long to wait for a new alert before looking again: until the next pending
