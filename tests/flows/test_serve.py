@@ -218,13 +218,8 @@ def _fault_alert_and_gate(url: str, faults, api: PrefectAPI):
     return idle, _paused_runbook(api), fingerprint
 
 
-def _approve_and_see_it_through(
-    api: PrefectAPI, child, incident, pgdb, idle, url: str, fingerprint: str
-) -> None:
-    """`oncall approve` from another process → the runbook remediates exactly once → the
-    incident verifies recovery, and resolves once Alertmanager says its alert resolved."""
-    approve = oncall("approve", child["id"], "--as", "bob", timeout=60)
-    assert approve.returncode == 0, approve.stderr
+def _remediated(api: PrefectAPI, child, pgdb, idle) -> None:
+    """The approved runbook run completes, and the idle sessions it was about are gone."""
     done = _wait(
         lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
             api.flow_run(child["id"])
@@ -234,6 +229,16 @@ def _approve_and_see_it_through(
     )
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert pgdb.alive(idle) == set()
+
+
+def _approve_and_see_it_through(
+    api: PrefectAPI, child, incident, pgdb, idle, url: str, fingerprint: str
+) -> None:
+    """`oncall approve` from another process → the runbook remediates exactly once → the
+    incident verifies recovery, and resolves once Alertmanager says its alert resolved."""
+    approve = oncall("approve", child["id"], "--as", "bob", timeout=60)
+    assert approve.returncode == 0, approve.stderr
+    _remediated(api, child, pgdb, idle)
     answer = httpx.post(
         f"{url}/alerts/alertmanager",
         json=_payload(fingerprint, "resolved"),
@@ -467,14 +472,6 @@ def test_a_signed_slack_click_on_serve_s_receiver_approves_the_gate_once(
     answer = httpx.post(f"{url}/approvals/slack", content=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["text"] == "Approved by jtorrance", answer.text
-    done = _wait(
-        lambda: (lambda r: r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") else None)(
-            api.flow_run(child["id"])
-        ),
-        120,
-        "the approved runbook run",
-    )
-    assert done["state"]["type"] == "COMPLETED", done["state"]
-    assert pgdb.alive(idle) == set()
+    _remediated(api, child, pgdb, idle)
     again = httpx.post(f"{url}/approvals/slack", content=body, headers=headers, timeout=30)
     assert again.status_code == 200 and again.json()["text"].startswith("Not recorded")
