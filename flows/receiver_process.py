@@ -68,20 +68,18 @@ class QuietServer(uvicorn.Server):
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``, inheritable; a clear error when it cannot be."""
+    """A listening socket on ``host:port``, inheritable; a clear error when it cannot be.
+    The address family as uvicorn chooses it: IPv6 for a host with a colon, else IPv4
+    (``localhost`` is 127.0.0.1 whatever /etc/hosts lists first)."""
+    sock = None
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError(f"receiver: cannot listen on {host}:{port}: {exc}") from None
-    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         why = (exc.strerror or str(exc)).lower()
         raise ConfigError(f"receiver: cannot listen on {host}:{port}: {why}") from None
     sock.set_inheritable(True)
