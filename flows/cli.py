@@ -265,6 +265,7 @@ def approve_cmd(
             if exc.status in (404, 422):
                 raise ConfigError(f"no flow run {run_id!r}") from None
             raise
+        run = api.pausing(run)
         state = run.get("state") or {}
         if state.get("type") != "PAUSED":
             raise ConfigError(

@@ -104,6 +104,18 @@ class PrefectAPI:
                 return record
         return records[-1] if records else None
 
+    def pausing(self, run: dict[str, Any], within_s: float = 5.0) -> dict[str, Any]:
+        """The run again once Prefect has it PAUSED, when it is still RUNNING but has its
+        gate recorded: the gate is announced (serve's line, Slack) a moment before the
+        pause, and whoever acts on it at once must not be told "not waiting"."""
+        deadline = time.monotonic() + within_s
+        while (run.get("state") or {}).get("type") == "RUNNING" and time.monotonic() < deadline:
+            if not self.run_inputs(run["id"], "oncall-gate-"):
+                break
+            time.sleep(0.2)
+            run = self.flow_run(run["id"])
+        return run
+
     def resolve_run_id(self, run_id: str) -> str:
         """A full run id from a full id or a unique prefix of a waiting run's id."""
         if len(run_id) == 36:

@@ -448,7 +448,7 @@ def _resume(api_url: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
 
     def resume(run_id: str, verified: dict[str, Any]) -> dict[str, Any]:
         with PrefectAPI(api_url) as api:
-            run = api.flow_run(run_id)
+            run = api.pausing(api.flow_run(run_id), within_s=1.0)  # Slack waits 3 s
             gate = api.gate(run) if (run.get("state") or {}).get("type") == "PAUSED" else None
             if gate is None:
                 return {"status": "ABORT", "details": {"reason": "not waiting for approval"}}
