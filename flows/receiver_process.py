@@ -37,7 +37,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -241,7 +241,7 @@ class _Relay:
         os.write(self._wake_fd, READY)
         os.set_blocking(self._wake_fd, False)
 
-    def read_state(self, fd: int, on_eof: Any) -> None:
+    def read_state(self, fd: int, on_eof: Callable[[], None]) -> None:
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
