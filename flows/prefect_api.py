@@ -108,12 +108,16 @@ class PrefectAPI:
         """The run again once Prefect has it PAUSED, when it is still RUNNING but has its
         gate recorded: the gate is announced (serve's line, Slack) a moment before the
         pause, and whoever acts on it at once must not be told "not waiting"."""
+        if (run.get("state") or {}).get("type") != "RUNNING":
+            return run
+        if not self.run_inputs(run["id"], "oncall-gate-"):  # not about to pause
+            return run
         deadline = time.monotonic() + within_s
-        while (run.get("state") or {}).get("type") == "RUNNING" and time.monotonic() < deadline:
-            if not self.run_inputs(run["id"], "oncall-gate-"):
-                break
+        while time.monotonic() < deadline:
             time.sleep(0.2)
             run = self.flow_run(run["id"])
+            if (run.get("state") or {}).get("type") != "RUNNING":
+                break
         return run
 
     def resolve_run_id(self, run_id: str) -> str:

@@ -51,6 +51,7 @@ from flows.server import auth_headers
 from flows.spool import Spool
 from integrations.alerts import Alert
 from integrations.errors import Unreachable
+from tests.approvals import slack_body, slack_doc, slack_headers
 
 TOKEN = "receiver-token-0123456789"
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -243,13 +244,7 @@ def _bearer(token: str = TOKEN) -> dict[str, str]:
 
 
 def _slack_headers(body: bytes, secret: str = SLACK_SECRET, at: float | None = None) -> dict:
-    ts = str(int(time.time() if at is None else at))
-    digest = hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256)
-    return {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": "v0=" + digest.hexdigest(),
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
+    return slack_headers(body, secret, at)
 
 
 def _hex_hmac(secret: str, body: bytes) -> str:
@@ -269,19 +264,6 @@ def _pagerduty_headers(body: bytes, secrets: list[str] = PD_SECRETS) -> dict[str
         "X-PagerDuty-Signature": ",".join(f"v1={_hex_hmac(s, body)}" for s in secrets),
         "Content-Type": "application/json",
     }
-
-
-def _slack_doc(value: str) -> dict[str, Any]:
-    doc = json.loads((FIXTURES / "slack" / "block_actions.json").read_text())
-    doc.pop("_source")
-    decision = value.partition(":")[0]
-    doc["actions"][0].update(value=value, action_id=value, block_id=f"approval:{decision}")
-    return doc
-
-
-def _slack_body(value: str) -> bytes:
-    """Slack's form-encoded ``payload=`` of a block_actions click by SLACK_USER."""
-    return urlencode({"payload": json.dumps(_slack_doc(value))}).encode()
 
 
 SENTRY_BODY = (FIXTURES / "sentry" / "issue_alert.json").read_bytes()
@@ -352,8 +334,8 @@ _RECORDED: dict[str, list[Any]] = {
         _fixture("pagerduty/v3_incident_annotated.json"),
     ],
     "/approvals/slack": [
-        _slack_doc(f"approve:{uuid.UUID(int=7)}"),
-        _slack_doc(f"reject:{uuid.UUID(int=8)}"),
+        slack_doc(f"approve:{uuid.UUID(int=7)}"),
+        slack_doc(f"reject:{uuid.UUID(int=8)}"),
     ],
 }
 _ODD = st.sampled_from(["\ud800", "", " ", "P9", "resolved", "0001-01-01T00:00:00Z", "a\nb"])
@@ -535,7 +517,7 @@ def test_fuzzed_requests_never_5xx_and_unauthenticated_ones_spool_nothing(make_r
 # --- 2. authentication table -----------------------------------------------------------
 
 _AM_BODY = _dumps(_am("checkout", "auth-fp-1"))
-_SLACK_BODY = _slack_body(f"approve:{uuid.UUID(int=42)}")
+_SLACK_BODY = slack_body(f"approve:{uuid.UUID(int=42)}")
 
 
 def _bad_slack_signature(body: bytes) -> dict[str, str]:
@@ -700,9 +682,9 @@ async def _chunks(size: int):
         ("/alerts/sentry", b'{"data": {}}', 422, "Sentry"),
         ("/alerts/pagerduty", b'{"event": []}', 422, "PagerDuty"),
         ("/approvals/slack", b"payload=%7Bnot-json", 400, "Slack"),
-        ("/approvals/slack", _slack_body("approve:"), 400, "Slack"),
-        ("/approvals/slack", _slack_body("approve:../../deployments/x"), 400, "flow run id"),
-        ("/approvals/slack", _slack_body("approve:a\nb"), 400, "flow run id"),
+        ("/approvals/slack", slack_body("approve:"), 400, "Slack"),
+        ("/approvals/slack", slack_body("approve:../../deployments/x"), 400, "flow run id"),
+        ("/approvals/slack", slack_body("approve:a\nb"), 400, "flow run id"),
     ],
 )
 async def test_malformed_or_oversized_bodies_get_a_4xx_naming_the_problem(
@@ -1035,7 +1017,7 @@ async def test_slack_approval_resumes_the_paused_run_with_the_verified_identity(
     task, gate = await _paused_at_gate(db_connections(service=service, params=params), prefect_api)
     run_id = gate["flow_run_id"]
     rx = make_receiver(prefect_api)  # the production resume: Prefect's REST API
-    body = _slack_body(f"approve:{run_id}")
+    body = slack_body(f"approve:{run_id}")
     try:
         async with rx.client() as http:
             for forged in (_bad_slack_signature(body), _slack_headers(body, at=time.time() - 900)):

@@ -5,29 +5,24 @@ runbook suspends and is resumed in a new process)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
-from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from flows.prefect_api import PrefectAPI
 from flows.server import auth_headers
+from tests.approvals import slack_body, slack_headers
 from tests.oncall_proc import oncall, start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TOKEN = "test-receiver-token-0123"
 SLACK_SECRET = "test-slack-signing-secret-0123"
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _free_port() -> int:
@@ -440,23 +435,6 @@ def test_a_dead_receiver_process_is_replaced_and_a_killed_serve_takes_it_along(s
         sock.listen()
 
 
-def _slack_click(run_id: str) -> tuple[bytes, dict[str, str]]:
-    """Slack's signed ``payload=`` form of an Approve click on ``run_id``'s gate."""
-    doc = json.loads((FIXTURES / "slack" / "block_actions.json").read_text())
-    doc.pop("_source")
-    value = f"approve:{run_id}"
-    doc["actions"][0].update(value=value, action_id=value, block_id="approval:approve")
-    body = urlencode({"payload": json.dumps(doc)}).encode()
-    ts = str(int(time.time()))
-    digest = hmac.new(SLACK_SECRET.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256)
-    headers = {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": "v0=" + digest.hexdigest(),
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
-    return body, headers
-
-
 @pytest.mark.parametrize("serve_setup", ["in-process"], indirect=True)
 def test_a_signed_slack_click_on_serve_s_receiver_approves_the_gate_once(
     served, faults, pgdb, prefect_api
@@ -466,7 +444,8 @@ def test_a_signed_slack_click_on_serve_s_receiver_approves_the_gate_once(
     url, _ = served
     api = PrefectAPI(prefect_api)
     idle, child, _fingerprint = _fault_alert_and_gate(url, faults, api)
-    body, headers = _slack_click(child["id"])
+    body = slack_body(f"approve:{child['id']}")
+    headers = slack_headers(body, SLACK_SECRET)
     forged = {**headers, "X-Slack-Signature": "v0=" + "0" * 64}
     assert httpx.post(f"{url}/approvals/slack", content=body, headers=forged).status_code == 401
     answer = httpx.post(f"{url}/approvals/slack", content=body, headers=headers, timeout=30)
